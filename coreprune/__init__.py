@@ -1,0 +1,20 @@
+"""coreprune: framework-agnostic compression of neural-network weights.
+
+Every algorithm takes and returns ``dict[str, numpy.ndarray]``. This package never
+imports torch or mxnet; the converters live in the separate ``adapters`` package.
+"""
+
+from __future__ import annotations
+
+from .errors import CompressionError, UnsafePickleError, WeightFileError
+from .selection import select
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompressionError",
+    "UnsafePickleError",
+    "WeightFileError",
+    "select",
+    "__version__",
+]

@@ -1,0 +1,198 @@
+"""Which tensors an algorithm touches: the one selection rule shared by every function.
+
+Every algorithm in coreprune takes ``include`` and ``exclude`` and calls
+:func:`select`. Keeping the rule in one place means ``prune_threshold``,
+``prune_magnitude``, ``quantize``, ``sparsity`` and the CLI always agree on which
+tensors a pattern means.
+
+The rule
+--------
+1. Only floating-point arrays are ever selected (NumPy float16/32/64 and the
+   ``ml_dtypes`` floats such as bfloat16). Integer and bool buffers
+   (``num_batches_tracked``, index tables) always pass through.
+2. ``include=None`` selects the floating arrays with ``ndim >= 2``: weight
+   matrices and conv kernels, not biases or normalisation parameters.
+   An explicit ``include`` selects the floating arrays it matches, whatever
+   their ``ndim``.
+3. ``exclude`` then removes what it matches.
+
+A pattern is a glob (``fnmatch.fnmatchcase``, case-sensitive) or a sequence of
+globs, matched against the full name; or a predicate ``f(name, array) -> bool``.
+A glob that matches no name at all is almost always a typo, so it raises
+:class:`~coreprune.errors.CompressionError` listing the names that exist.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Union
+
+import numpy as np
+
+from .errors import CompressionError
+
+__all__ = ["Pattern", "select", "check_weights", "is_floating", "require_finite"]
+
+#: A glob, a sequence of globs, or a predicate ``f(name, array) -> bool``.
+Pattern = Union[str, Sequence[str], Callable[[str, np.ndarray], bool], None]
+
+_ML_DTYPES_FLOATS = frozenset(
+    {
+        "bfloat16",
+        "float8_e4m3fn",
+        "float8_e4m3fnuz",
+        "float8_e4m3b11fnuz",
+        "float8_e5m2",
+        "float8_e5m2fnuz",
+        "float8_e3m4",
+        "float8_e4m3",
+        "float8_e8m0fnu",
+        "float6_e2m3fn",
+        "float6_e3m2fn",
+        "float4_e2m1fn",
+    }
+)
+
+
+def is_floating(dtype: np.dtype) -> bool:
+    """True for real floating dtypes, including ``ml_dtypes.bfloat16`` (which NumPy does not classify).
+
+    Parameters
+    ----------
+    dtype : numpy.dtype
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> is_floating(np.dtype(np.float16)), is_floating(np.dtype(np.int8))
+    (True, False)
+    """
+    dtype = np.dtype(dtype)
+    return bool(np.issubdtype(dtype, np.floating)) or dtype.name in _ML_DTYPES_FLOATS
+
+
+def check_weights(weights: Mapping[str, np.ndarray], *, what: str = "weights") -> None:
+    """Raise :class:`CompressionError` unless ``weights`` maps ``str`` names to ``numpy.ndarray``.
+
+    Parameters
+    ----------
+    weights : Mapping[str, numpy.ndarray]
+    what : str
+        How the error message refers to the mapping.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_weights({"w": np.zeros(3)})
+    >>> check_weights({"w": [1, 2]})
+    Traceback (most recent call last):
+    ...
+    coreprune.errors.CompressionError: weights['w'] is a list, not a numpy.ndarray
+    """
+    if not isinstance(weights, Mapping):
+        raise CompressionError(
+            f"{what} must be a mapping of name -> numpy.ndarray, got {type(weights).__name__}"
+        )
+    for name, value in weights.items():
+        if not isinstance(name, str):
+            raise CompressionError(f"{what} has a non-string key {name!r}; names must be str")
+        if not isinstance(value, np.ndarray):
+            raise CompressionError(
+                f"{what}[{name!r}] is a {type(value).__name__}, not a numpy.ndarray"
+            )
+
+
+def require_finite(name: str, array: np.ndarray) -> None:
+    """Raise :class:`CompressionError` if ``array`` holds NaN or Inf, naming the tensor and the count.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> require_finite("fc.weight", np.array([1.0, np.nan]))
+    Traceback (most recent call last):
+    ...
+    coreprune.errors.CompressionError: tensor 'fc.weight' has 1 NaN/Inf value(s); clean it before compressing
+    """
+    if array.size == 0 or not is_floating(array.dtype):
+        return
+    finite = np.isfinite(array.astype(np.float32, copy=False) if array.dtype.name in _ML_DTYPES_FLOATS else array)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise CompressionError(
+            f"tensor {name!r} has {bad} NaN/Inf value(s); clean it before compressing"
+        )
+
+
+def _as_globs(pattern: str | Sequence[str], argname: str) -> list[str]:
+    globs = [pattern] if isinstance(pattern, str) else list(pattern)
+    for g in globs:
+        if not isinstance(g, str):
+            raise CompressionError(
+                f"{argname} must be a glob, a list of globs or a predicate; got an element {g!r}"
+            )
+    return globs
+
+
+def _matcher(pattern: Pattern, argname: str, names: Iterable[str]) -> Callable[[str, np.ndarray], bool]:
+    if callable(pattern):
+        return pattern
+    globs = _as_globs(pattern, argname)  # type: ignore[arg-type]
+    names = list(names)
+    for g in globs:
+        if not any(fnmatch.fnmatchcase(n, g) for n in names):
+            shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+            raise CompressionError(f"{argname} pattern {g!r} matches no tensor; the names are: {shown}")
+    return lambda name, _array: any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+def select(
+    weights: Mapping[str, np.ndarray],
+    include: Pattern = None,
+    exclude: Pattern = None,
+) -> list[str]:
+    """Names of the tensors an algorithm should touch, in the mapping's order.
+
+    Parameters
+    ----------
+    weights : Mapping[str, numpy.ndarray]
+        Name to array. Checked with :func:`check_weights`.
+    include : glob, sequence of globs, predicate, or None
+        None selects floating arrays with ``ndim >= 2``; otherwise the floating
+        arrays it matches, of any ``ndim``.
+    exclude : glob, sequence of globs, predicate, or None
+        Removes what it matches from the selection.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    CompressionError
+        If ``weights`` is not a mapping of arrays, or a glob matches no name.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> w = {"conv.weight": np.ones((4, 3, 3, 3)), "conv.bias": np.ones(4),
+    ...      "dense.weight": np.ones((10, 4)), "bn.num_batches_tracked": np.array(3)}
+    >>> select(w)
+    ['conv.weight', 'dense.weight']
+    >>> select(w, exclude="*dense*")
+    ['conv.weight']
+    >>> select(w, include="conv.*")
+    ['conv.weight', 'conv.bias']
+    """
+    check_weights(weights)
+    names = list(weights)
+    if include is None:
+        keep = lambda name, a: a.ndim >= 2  # noqa: E731
+    else:
+        keep = _matcher(include, "include", names)
+    drop = _matcher(exclude, "exclude", names) if exclude is not None else (lambda n, a: False)
+    return [
+        n
+        for n in names
+        if is_floating(weights[n].dtype) and keep(n, weights[n]) and not drop(n, weights[n])
+    ]
