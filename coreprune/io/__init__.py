@@ -1,0 +1,229 @@
+"""Read and write weight files with nothing but NumPy.
+
+``load(path)`` returns ``dict[str, numpy.ndarray]``; ``open_weights(path)`` returns a
+lazy :class:`~coreprune.io.base.WeightReader` that reads one tensor at a time;
+``save(weights, path)`` writes atomically. The format is chosen by the file
+extension and checked against the file's magic bytes:
+
+===============  =============================  ==========================================
+format           extensions                     module
+===============  =============================  ==========================================
+``npz``          ``.npz``, ``.npy``             :mod:`coreprune.io.npz_format`
+``mxnet``        ``.params``, ``.nd``           :mod:`coreprune.io.mxnet_params`
+``torch``        ``.pt``, ``.pth``, ``.bin``,   :mod:`coreprune.io.torch_format`
+                 ``.ckpt``
+``safetensors``  ``.safetensors``               :mod:`coreprune.io.safetensors_format`
+===============  =============================  ==========================================
+
+Each format module provides ``FORMAT``, ``EXTENSIONS``, ``sniff(head: bytes) -> bool``,
+``open_reader(path, **options) -> WeightReader`` and
+``write(weights: Mapping, f: BinaryIO, **options) -> None``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..errors import WeightFileError
+from .base import TensorSpec, WeightReader, atomic_write
+
+__all__ = ["load", "save", "open_weights", "detect_format", "FORMATS", "TensorSpec", "WeightReader"]
+
+#: format name -> module that implements it
+FORMATS: dict[str, str] = {
+    "npz": "coreprune.io.npz_format",
+    "mxnet": "coreprune.io.mxnet_params",
+    "torch": "coreprune.io.torch_format",
+    "safetensors": "coreprune.io.safetensors_format",
+}
+
+_HEAD_BYTES = 64
+
+
+def _module(fmt: str) -> ModuleType:
+    if fmt not in FORMATS:
+        raise WeightFileError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return importlib.import_module(FORMATS[fmt])
+
+
+def _format_for_extension(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    for fmt in FORMATS:
+        if suffix in _module(fmt).EXTENSIONS:
+            return fmt
+    return None
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """The format of an existing file: by extension, confirmed by its magic bytes.
+
+    Parameters
+    ----------
+    path : path-like
+
+    Returns
+    -------
+    str
+        One of the keys of :data:`FORMATS`.
+
+    Raises
+    ------
+    WeightFileError
+        The file is missing, empty, or its bytes match no known format (or another
+        format than its extension says).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "w.npz")
+    >>> save({"w": np.zeros(2)}, p)
+    >>> detect_format(p)
+    'npz'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightFileError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(_HEAD_BYTES)
+    if not head:
+        raise WeightFileError(f"{path}: the file is empty")
+    by_ext = _format_for_extension(path)
+    if by_ext is not None and _module(by_ext).sniff(head):
+        return by_ext
+    by_magic = [fmt for fmt in FORMATS if _module(fmt).sniff(head)]
+    if by_ext is not None:
+        seen = f"it looks like {by_magic[0]}" if by_magic else "its first bytes match no known format"
+        raise WeightFileError(
+            f"{path}: the extension says {by_ext} but {seen} (corrupted, or misnamed: rename it)"
+        )
+    if by_magic:
+        return by_magic[0]
+    raise WeightFileError(
+        f"{path}: not a weight file this library reads (extension {path.suffix or 'none'!r}; "
+        f"known formats: {', '.join(FORMATS)})"
+    )
+
+
+def open_weights(path: str | os.PathLike, *, format: str | None = None, **options: Any) -> WeightReader:
+    """Open a weight file lazily: names and shapes now, each tensor when it is indexed.
+
+    Parameters
+    ----------
+    path : path-like
+    format : str, optional
+        Skip detection and read as this format.
+    **options
+        Passed to the format's reader (e.g. ``sparse="scipy"`` for MXNet csr/row_sparse arrays).
+
+    Returns
+    -------
+    WeightReader
+        A read-only ``Mapping[str, numpy.ndarray]``; use it as a context manager.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "w.npz")
+    >>> save({"a": np.ones((2, 2), np.float32)}, p)
+    >>> with open_weights(p) as r:
+    ...     print(r.spec("a").shape, r.spec("a").dtype)
+    (2, 2) float32
+    """
+    fmt = format or detect_format(path)
+    return _module(fmt).open_reader(Path(path), **options)
+
+
+def load(path: str | os.PathLike, *, format: str | None = None, **options: Any) -> dict[str, np.ndarray]:
+    """Read every tensor of a weight file into a dict.
+
+    Values that are not tensors (a checkpoint's ``epoch``) are not returned; a
+    ``UserWarning`` names them, and ``open_weights(path).extras`` holds them.
+
+    Parameters
+    ----------
+    path : path-like
+    format : str, optional
+    **options
+        Passed to the format's reader.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "w.npz")
+    >>> save({"w": np.arange(3, dtype=np.int8)}, p)
+    >>> load(p)["w"].tolist()
+    [0, 1, 2]
+    """
+    with open_weights(path, format=format, **options) as reader:
+        out = {}
+        for name in reader:
+            value = reader[name]
+            # An eager load must outlive the file: copy memory maps into RAM.
+            out[name] = np.array(value) if isinstance(value, np.memmap) else value
+        if reader.extras:
+            names = ", ".join(list(reader.extras)[:10])
+            warnings.warn(
+                f"{path}: {len(reader.extras)} non-tensor value(s) not returned by load ({names}); "
+                "open_weights(path).extras holds them",
+                UserWarning,
+                stacklevel=2,
+            )
+    return out
+
+
+def save(
+    weights: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    *,
+    format: str | None = None,
+    inputs: tuple[str | os.PathLike, ...] = (),
+    **options: Any,
+) -> None:
+    """Write ``weights`` to ``path`` atomically (temporary file, then rename).
+
+    Parameters
+    ----------
+    weights : Mapping[str, numpy.ndarray]
+        Any mapping, including a lazy :class:`WeightReader`: values are read one at a time.
+    path : path-like
+        The format follows the extension unless ``format`` is given.
+    format : str, optional
+    inputs : tuple of path-like
+        Files this output must never overwrite.
+    **options
+        Passed to the format's writer.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+    >>> save({"w": np.ones(3, np.float32)}, p)
+    >>> load(p)["w"].tolist()
+    [1.0, 1.0, 1.0]
+    """
+    from ..selection import check_weights
+
+    path = Path(path)
+    fmt = format or _format_for_extension(path)
+    if fmt is None:
+        raise WeightFileError(
+            f"{path}: cannot tell the format from the extension {path.suffix or 'none'!r}; "
+            f"use one of {', '.join(sorted(e for f in FORMATS for e in _module(f).EXTENSIONS))} or pass format="
+        )
+    if not isinstance(weights, WeightReader):
+        check_weights(weights)
+    module = _module(fmt)
+    with atomic_write(path, inputs=inputs) as f:
+        module.write(weights, f, **options)

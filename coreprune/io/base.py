@@ -1,0 +1,254 @@
+"""What every file format shares: the lazy reader, bounded reads, atomic writes.
+
+A format module (``npz_format``, ``mxnet_params``, ``torch_format``,
+``safetensors_format``) reads a file's header into :class:`TensorSpec` records and
+serves tensors one at a time through a :class:`WeightReader`, so that listing or
+inspecting a 4 GiB file never needs 4 GiB of memory. Writers take any
+``Mapping[str, ndarray]`` -- a reader included -- and touch one value at a time.
+
+Nothing here trusts a file: every declared size is checked against the bytes
+that are really there (:func:`check_extent`) before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from ..errors import WeightFileError
+
+__all__ = [
+    "TensorSpec",
+    "WeightReader",
+    "spec_of",
+    "check_extent",
+    "read_exact",
+    "atomic_write",
+    "element_count",
+]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and dtype of a stored tensor, known without reading its data.
+
+    Attributes
+    ----------
+    shape : tuple of int
+    dtype : numpy.dtype
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> TensorSpec((2, 3), np.dtype(np.float16)).nbytes
+    12
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return element_count(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the dense data, ``size * dtype.itemsize``."""
+        return self.size * np.dtype(self.dtype).itemsize
+
+
+def element_count(shape: tuple[int, ...]) -> int:
+    """Product of ``shape`` as an exact Python int (no int64 overflow on lying headers).
+
+    Examples
+    --------
+    >>> element_count((2**40, 2**40))
+    1208925819614629174706176
+    >>> element_count(())
+    1
+    """
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def spec_of(weights: Mapping[str, Any], name: str) -> TensorSpec:
+    """The :class:`TensorSpec` of ``weights[name]``, without reading it when ``weights`` is a reader.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> spec_of({"w": np.zeros((2, 2), np.int8)}, "w")
+    TensorSpec(shape=(2, 2), dtype=dtype('int8'))
+    """
+    if isinstance(weights, WeightReader):
+        return weights.spec(name)
+    value = weights[name]
+    return TensorSpec(tuple(value.shape), np.dtype(value.dtype))
+
+
+def check_extent(path: str | os.PathLike, what: str, offset: int, nbytes: int, file_size: int) -> None:
+    """Raise :class:`WeightFileError` unless ``[offset, offset + nbytes)`` lies inside the file.
+
+    Called before any allocation sized by a header, so a lying header costs nothing.
+
+    Examples
+    --------
+    >>> check_extent("f.params", "tensor 'w'", 100, 24, 124)
+    >>> check_extent("f.params", "tensor 'w'", 100, 2**40, 124)
+    Traceback (most recent call last):
+    ...
+    coreprune.errors.WeightFileError: f.params: tensor 'w' needs 1099511627776 bytes at offset 100 but the file \
+has only 24 bytes left (truncated or corrupted)
+    """
+    if offset < 0 or nbytes < 0 or offset + nbytes > file_size:
+        left = max(file_size - offset, 0)
+        raise WeightFileError(
+            f"{path}: {what} needs {nbytes} bytes at offset {offset} but the file has only {left} bytes left "
+            "(truncated or corrupted)"
+        )
+
+
+def read_exact(f: BinaryIO, n: int, path: str | os.PathLike, what: str) -> bytes:
+    """Read exactly ``n`` bytes or raise :class:`WeightFileError` naming the file and the field.
+
+    Examples
+    --------
+    >>> import io
+    >>> read_exact(io.BytesIO(b"abcd"), 2, "x.bin", "magic")
+    b'ab'
+    """
+    data = f.read(n)
+    if len(data) != n:
+        raise WeightFileError(f"{path}: file ends inside {what} (wanted {n} bytes, got {len(data)})")
+    return data
+
+
+class WeightReader(Mapping[str, np.ndarray]):
+    """A read-only, lazy mapping of the tensors in one weight file.
+
+    Names, shapes and dtypes come from the header when the reader opens; ``reader[name]``
+    reads that one tensor (a fresh array, or a read-only memory map where the format
+    stores it contiguously). Use it as a context manager so the file is closed.
+
+    Subclasses fill ``self._specs`` and implement ``_read(name)``.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    format : str
+        ``"npz"``, ``"mxnet"``, ``"torch"``, ``"safetensors"`` or ``"cpz"``.
+    extras : dict
+        Values in the file that are not tensors (a checkpoint's ``epoch``,
+        safetensors ``__metadata__``), by dotted name. Reported, never dropped silently.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os, coreprune.io as cio
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.npz")
+    >>> cio.save({"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, path)
+    >>> with cio.open_weights(path) as r:
+    ...     print(list(r), r.spec("w").shape, float(r["w"].sum()))
+    ['w'] (2, 3) 15.0
+    """
+
+    format: str = ""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._specs: dict[str, TensorSpec] = {}
+        self.extras: dict[str, Any] = {}
+
+    def spec(self, name: str) -> TensorSpec:
+        """Shape and dtype of ``name`` without reading its data."""
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise KeyError(name) from None
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._specs:
+            raise KeyError(name)
+        return self._read(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    @property
+    def nbytes(self) -> int:
+        """Sum of the dense sizes of all tensors, from the header."""
+        return sum(s.nbytes for s in self._specs.values())
+
+    def _read(self, name: str) -> np.ndarray:  # pragma: no cover - every format overrides it
+        raise NotImplementedError(f"{type(self).__name__} must implement _read")
+
+    def close(self) -> None:
+        """Release the file. Arrays already returned stay valid."""
+
+    def __enter__(self) -> WeightReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.format} {str(self.path)!r}: {len(self)} tensors>"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = ()) -> Iterator[BinaryIO]:
+    """Open a temporary file beside ``path``; on success rename it over ``path``, on error delete it.
+
+    Readers of ``path`` see either the old file or the complete new one, never a partial
+    write. Refuses to write over any of ``inputs`` (the files being read).
+
+    Parameters
+    ----------
+    path : path-like
+        Destination.
+    inputs : tuple of path-like
+        Files that must not be overwritten.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "out.bin")
+    >>> with atomic_write(p) as f:
+    ...     _ = f.write(b"data")
+    >>> open(p, "rb").read()
+    b'data'
+    """
+    path = Path(path)
+    for src in inputs:
+        src = Path(src)
+        if src.exists() and (src.resolve() == path.resolve() or (path.exists() and os.path.samefile(src, path))):
+            raise WeightFileError(f"{path}: refusing to overwrite the input file; choose another output path")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise WeightFileError(f"{path}: the folder {parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
