@@ -116,7 +116,9 @@ def require_finite(name: str, array: np.ndarray) -> None:
     """
     if array.size == 0 or not is_floating(array.dtype):
         return
-    finite = np.isfinite(array.astype(np.float32, copy=False) if array.dtype.name in _ML_DTYPES_FLOATS else array)
+    # ml_dtypes floats have no isfinite ufunc loop on every numpy version; float32 holds them exactly.
+    values = array.astype(np.float32) if array.dtype.name in _ML_DTYPES_FLOATS else array
+    finite = np.isfinite(values)
     if not finite.all():
         bad = int(finite.size - np.count_nonzero(finite))
         raise CompressionError(

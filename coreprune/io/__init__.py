@@ -218,9 +218,10 @@ def save(
     path = Path(path)
     fmt = format or _format_for_extension(path)
     if fmt is None:
+        known = ", ".join(sorted(e for f in FORMATS for e in _module(f).EXTENSIONS))
         raise WeightFileError(
             f"{path}: cannot tell the format from the extension {path.suffix or 'none'!r}; "
-            f"use one of {', '.join(sorted(e for f in FORMATS for e in _module(f).EXTENSIONS))} or pass format="
+            f"use one of {known} or pass format="
         )
     if not isinstance(weights, WeightReader):
         check_weights(weights)
