@@ -503,7 +503,9 @@ def attach_masks(module: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: 
         except CompressionError as exc:
             problems.append(str(exc))
     if unknown:
-        params = [n for n, _ in module.named_parameters()]
+        params = [  # under the names attach_masks accepts
+            n[:-5] if n.endswith("_orig") and n[:-5] in pruned else n for n, _ in module.named_parameters()
+        ]
         shown = ", ".join(params[:20]) + (f", ... ({len(params)} in all)" if len(params) > 20 else "")
         problems.insert(0, f"no parameter named {', '.join(map(repr, unknown))}; the parameters are: {shown}")
     if problems:

@@ -198,6 +198,9 @@ def test_unknown_names_are_listed_and_nothing_is_attached():
     assert "'features.0.weight'" in message and "'0.gamma'" in message
     assert "the parameters are: 0.weight, 0.bias" in message
     assert not prune.is_pruned(net)
+    attach_masks(net, {"4.weight": np.ones((5, 144), bool)})
+    with pytest.raises(CompressionError, match="the parameters are: 0.weight, 0.bias, .*, 4.bias, 4.weight$"):
+        attach_masks(net, {"4.gamma": np.ones(5, bool)})  # listed under the names attach_masks accepts
 
 
 def test_buffer_names_shape_mismatches_and_bad_values_are_refused():
