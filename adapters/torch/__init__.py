@@ -1,0 +1,31 @@
+"""PyTorch adapter: ``torch.nn.Module`` <-> ``dict[str, numpy.ndarray]``, and masks for fine-tuning.
+
+What it does: converts a module's parameters and buffers to NumPy arrays for :mod:`coreprune`
+(:func:`to_numpy`), writes arrays back into the module's own tensors (:func:`load_numpy`), and
+keeps pruned weights at zero while fine-tuning with PyTorch's own pruning hooks
+(:func:`attach_masks`, :func:`masks_from_module`).
+
+What it must not do: any compression maths (that is :mod:`coreprune`'s, on the dicts), any file
+I/O, or any change to a module beyond the pruning reparametrisation it is asked for.
+
+This package is named ``torch`` inside ``adapters``; its modules import PyTorch with absolute
+imports (``import torch``), which always mean the top-level PyTorch package.
+
+Examples
+--------
+>>> import torch
+>>> from adapters.torch import load_numpy, to_numpy
+>>> net = torch.nn.Linear(3, 2)
+>>> weights = {name: array.copy() for name, array in to_numpy(net).items()}
+>>> weights["weight"][:] = 0.5
+>>> load_numpy(net, weights).missing
+[]
+>>> net.weight.sum().item()
+3.0
+"""
+
+from __future__ import annotations
+
+from .convert import LoadReport, attach_masks, load_numpy, masks_from_module, to_numpy
+
+__all__ = ["LoadReport", "to_numpy", "load_numpy", "attach_masks", "masks_from_module"]
