@@ -95,8 +95,8 @@ class LoadReport(NamedTuple):
 def _slots(target: Any, *, verb: str) -> dict[str, Any]:
     """Name -> ``Parameter`` or ``NDArray`` for every tensor of ``target``, in MXNet's order."""
     if isinstance(target, gluon.Block):
-        # The exact routine Block.save_parameters uses for its keys (shared parameters
-        # appear once per name, as save_parameters writes them without deduplicate=True).
+        # The exact routine Block.save_parameters uses for its keys. A shared parameter
+        # appears under every name that reaches it, as save_parameters writes it by default.
         return dict(target._collect_params_with_prefix())
     if isinstance(target, gluon.ParameterDict):
         return dict(target.items())

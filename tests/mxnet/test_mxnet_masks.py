@@ -104,8 +104,9 @@ def test_pruned_entries_stay_zero_and_the_rest_follows_the_reference(optimizer, 
     assert np.all(final["0.bias"] != initial["0.bias"])
 
 
-def test_forward_always_sees_zeros_even_with_stale_momentum():
-    net = make_mlp()
+@pytest.mark.parametrize("hybridize", [False, True], ids=["imperative", "hybridized"])
+def test_forward_always_sees_zeros_even_with_stale_momentum(hybridize):
+    net = make_mlp(hybridize)
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1, "momentum": 0.9})
     for _ in range(3):  # momentum builds up at every entry before pruning
         step(net, trainer)
