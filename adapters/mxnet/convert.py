@@ -1,0 +1,314 @@
+"""Copy MXNet parameter collections to ``dict[str, numpy.ndarray]`` and back.
+
+This module converts and nothing else: no pruning, no quantization, no maths.
+It accepts four kinds of MXNet collection and names their tensors the way
+MXNet's own files do, so that a dict produced here has the keys of the file the
+same collection would be saved to:
+
+* a Gluon ``Block``: structural names, ``fc.weight``, ``0.weight``,
+  ``bn.running_var`` (aux states included), the keys of ``Block.save_parameters``;
+* a ``ParameterDict`` (``block.collect_params()``): global names, ``dense0_weight``,
+  the keys of ``ParameterDict.save``;
+* a mapping name -> ``NDArray`` (what ``mx.nd.load`` returns) or name -> ``Parameter``:
+  the mapping's keys, unchanged (``arg:``/``aux:`` prefixes kept);
+* an ``(arg_params, aux_params)`` pair (``Module.get_params()``,
+  ``mx.model.load_checkpoint``): ``arg:<name>`` and ``aux:<name>``, the keys of
+  ``mx.model.save_checkpoint``.
+
+MXNet keeps its arrays in its own memory (and on its own devices), so
+:func:`to_numpy` always copies (``NDArray.asnumpy``); the dict it returns shares
+nothing with the model. :func:`load_numpy` writes *in place* into the existing
+arrays, keeping each one's dtype and context (device), casting the incoming values
+to the array's dtype.
+
+dtypes: float16/32/64, uint8, int8, int32, int64, bool and bfloat16. MXNet 1.9.1
+hands bfloat16 to Python as the structured dtype ``[('bfloat16', '<u2')]``; here
+it becomes ``ml_dtypes.bfloat16`` (the same 16 bits), and back.
+
+Not supported, with a :class:`~coreprune.errors.CompressionError` naming the
+tensor: sparse arrays (``row_sparse``/``csr``; densify with
+``.tostype('default')``), parameters whose initialisation is still deferred
+(run one forward pass, or give ``in_units``/``in_channels``), and loading floating
+values into integer or bool arrays (almost always a mix-up of names; it would
+truncate silently).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Union
+
+import ml_dtypes
+import mxnet as mx
+import numpy as np
+from mxnet import gluon
+
+from coreprune.errors import CompressionError
+from coreprune.selection import check_weights, is_floating
+
+__all__ = ["LoadReport", "to_numpy", "load_numpy"]
+
+#: How MXNet 1.9.1's Python front end spells bfloat16 (``NDArray.dtype`` of a bf16 array).
+MX_BFLOAT16 = np.dtype([("bfloat16", "<u2")])
+
+#: A collection :func:`to_numpy` and :func:`load_numpy` accept.
+Collection = Union[
+    gluon.Block,
+    gluon.ParameterDict,
+    Mapping[str, Union[mx.nd.NDArray, gluon.Parameter]],
+    "tuple[Mapping[str, mx.nd.NDArray], Mapping[str, mx.nd.NDArray]]",
+]
+
+_PAIR_PREFIXES = ("arg:", "aux:")
+
+
+class LoadReport(NamedTuple):
+    """What :func:`load_numpy` found when matching names, in both strict and non-strict mode.
+
+    Attributes
+    ----------
+    missing : list of str
+        Names the target has and the weights lack (left unchanged).
+    unexpected : list of str
+        Names the weights have and the target lacks (ignored).
+    mismatched : list of (str, tuple of int, tuple of int)
+        ``(name, expected_shape, got_shape)`` for names present in both with different
+        shapes (left unchanged). ``expected`` is the target's shape.
+
+    Examples
+    --------
+    >>> r = LoadReport(missing=[], unexpected=["extra"], mismatched=[])
+    >>> r.ok, r.unexpected
+    (False, ['extra'])
+    """
+
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+
+    @property
+    def ok(self) -> bool:
+        """True when every name matched with the same shape."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+
+def _slots(target: Any, *, verb: str) -> dict[str, Any]:
+    """Name -> ``Parameter`` or ``NDArray`` for every tensor of ``target``, in MXNet's order."""
+    if isinstance(target, gluon.Block):
+        # The exact routine Block.save_parameters uses for its keys. A shared parameter
+        # appears under every name that reaches it, as save_parameters writes it by default.
+        return dict(target._collect_params_with_prefix())
+    if isinstance(target, gluon.ParameterDict):
+        return dict(target.items())
+    if (
+        isinstance(target, (tuple, list))
+        and len(target) == 2
+        and all(isinstance(part, Mapping) for part in target)
+    ):
+        slots: dict[str, Any] = {}
+        for prefix, part in zip(_PAIR_PREFIXES, target):
+            for name, value in _mapping_slots(part, verb=verb, what=f"{prefix[:3]}_params").items():
+                slots[prefix + name] = value
+        return slots
+    if isinstance(target, Mapping):
+        return _mapping_slots(target, verb=verb, what="the mapping")
+    raise CompressionError(
+        f"{verb}: cannot handle a {type(target).__name__}; expected a gluon Block, a ParameterDict, "
+        "a mapping name -> NDArray/Parameter, or an (arg_params, aux_params) pair"
+    )
+
+
+def _mapping_slots(mapping: Mapping, *, verb: str, what: str) -> dict[str, Any]:
+    for name, value in mapping.items():
+        if not isinstance(name, str):
+            raise CompressionError(f"{verb}: {what} has a non-string key {name!r}")
+        if not isinstance(value, (mx.nd.NDArray, gluon.Parameter)):
+            raise CompressionError(
+                f"{verb}: {what}[{name!r}] is a {type(value).__name__}, not an mxnet NDArray or Parameter"
+            )
+    return dict(mapping)
+
+
+def _arrays(name: str, value: Any, *, verb: str) -> list[mx.nd.NDArray]:
+    """The NDArrays holding one tensor: one per context for a Parameter, else the array itself."""
+    if isinstance(value, gluon.Parameter):
+        if value._stype != "default":
+            raise CompressionError(
+                f"{verb}: parameter {name!r} has storage type {value._stype!r}; only dense parameters "
+                "are supported"
+            )
+        if value._data is None:
+            _check_initialised({name: value}, verb=verb)
+        arrays = value.list_data()
+    else:
+        arrays = [value]
+    for arr in arrays:
+        if arr.stype != "default":
+            raise CompressionError(
+                f"{verb}: {name!r} is a {arr.stype} array; only dense arrays are supported "
+                "(densify it with .tostype('default'))"
+            )
+    return arrays
+
+
+def _check_initialised(slots: Mapping[str, Any], *, verb: str) -> None:
+    deferred = [n for n, v in slots.items() if isinstance(v, gluon.Parameter) and v._data is None]
+    if deferred:
+        raise CompressionError(
+            f"{verb}: {len(deferred)} parameter(s) not initialised: {deferred}. If their initialisation "
+            "is deferred, run one forward pass first (or give in_units/in_channels when building the "
+            "layers); otherwise call initialize()"
+        )
+
+
+def _numpy_dtype(arr: mx.nd.NDArray) -> np.dtype:
+    dtype = np.dtype(arr.dtype)
+    return np.dtype(ml_dtypes.bfloat16) if dtype == MX_BFLOAT16 else dtype
+
+
+def _read(arr: mx.nd.NDArray) -> np.ndarray:
+    out = arr.asnumpy()  # synchronous device -> host copy into a fresh NumPy array
+    if out.dtype == MX_BFLOAT16:
+        out = out.view(np.uint16).view(ml_dtypes.bfloat16)
+    return out
+
+
+def _cast_for(name: str, array: np.ndarray, arr: mx.nd.NDArray) -> np.ndarray:
+    """``array`` converted to the dtype MXNet expects for a write into ``arr``."""
+    target = _numpy_dtype(arr)
+    if is_floating(array.dtype) and not is_floating(target):
+        raise CompressionError(
+            f"load_numpy: {name!r} holds {array.dtype} values but the target array is {target}; "
+            "refusing to truncate floating values into an integer/bool array"
+        )
+    out = array.astype(target, copy=False)
+    if target == np.dtype(ml_dtypes.bfloat16):
+        out = np.ascontiguousarray(out).view(np.uint16).view(MX_BFLOAT16)
+    return out
+
+
+def to_numpy(obj: Collection) -> dict[str, np.ndarray]:
+    """Copy every tensor of an MXNet collection into a new ``dict[str, numpy.ndarray]``.
+
+    Parameters
+    ----------
+    obj : gluon.Block, gluon.ParameterDict, Mapping[str, NDArray | Parameter], or (arg_params, aux_params)
+        A Block gives its structural names (the keys ``Block.save_parameters`` writes,
+        aux states such as BatchNorm running statistics included); a ParameterDict its
+        global names; a mapping its own keys; a pair of mappings (``Module.get_params()``,
+        ``mx.model.load_checkpoint``) ``arg:<name>`` and ``aux:<name>``.
+
+    Returns
+    -------
+    dict[str, numpy.ndarray]
+        New arrays (copies), same shapes, the MXNet dtype (bfloat16 as ``ml_dtypes.bfloat16``),
+        in MXNet's order. A parameter held on several contexts is read from its first one
+        (the copies are equal after every ``Trainer.step``).
+
+    Raises
+    ------
+    CompressionError
+        For uninitialised (deferred) parameters, sparse arrays or an unsupported object.
+
+    Examples
+    --------
+    >>> import mxnet as mx
+    >>> net = mx.gluon.nn.HybridSequential()
+    >>> net.add(mx.gluon.nn.Dense(3, in_units=4), mx.gluon.nn.BatchNorm(in_channels=3))
+    >>> net.initialize()
+    >>> w = to_numpy(net)
+    >>> list(w)
+    ['0.weight', '0.bias', '1.gamma', '1.beta', '1.running_mean', '1.running_var']
+    >>> w["0.weight"].shape, str(w["0.weight"].dtype)
+    ((3, 4), 'float32')
+    >>> list(to_numpy(({"fc_weight": mx.nd.ones((2, 2))}, {"bn_running_var": mx.nd.ones(2)})))
+    ['arg:fc_weight', 'aux:bn_running_var']
+    """
+    slots = _slots(obj, verb="to_numpy")
+    _check_initialised(slots, verb="to_numpy")
+    return {name: _read(_arrays(name, value, verb="to_numpy")[0]) for name, value in slots.items()}
+
+
+def load_numpy(target: Collection, weights: Mapping[str, np.ndarray], *, strict: bool = True) -> LoadReport:
+    """Write NumPy arrays into an MXNet collection in place, matching by name.
+
+    Names follow :func:`to_numpy` (structural for a Block, global for a ParameterDict,
+    the mapping's keys, ``arg:``/``aux:`` for a pair). Each value is cast to the target
+    array's dtype (NumPy ``astype``, round-to-nearest for narrower floats) and copied into
+    every context that holds the tensor; dtype, context and array identity are kept. For a
+    Parameter the copy goes through ``Parameter.set_data``, which also keeps a kvstore
+    that updates on the store in sync.
+
+    Parameters
+    ----------
+    target : Block, ParameterDict, Mapping[str, NDArray | Parameter], or (arg_params, aux_params)
+        Written in place. Its parameters must be initialised.
+    weights : Mapping[str, numpy.ndarray]
+        Name to array; never modified. ``QuantizedArray`` values must be dequantized first.
+    strict : bool, default True
+        If True, any missing name, unexpected name or shape mismatch raises before anything
+        is written. If False, the matching names are written and the rest reported.
+
+    Returns
+    -------
+    LoadReport
+        ``missing``, ``unexpected`` and ``mismatched`` (empty lists when everything matched).
+
+    Raises
+    ------
+    CompressionError
+        In strict mode, listing every missing key, unexpected key and shape mismatch
+        ``(name, expected, got)``; in both modes for uninitialised parameters, sparse
+        arrays, non-array values or floating values bound for an integer/bool array.
+
+    Examples
+    --------
+    >>> import mxnet as mx, numpy as np
+    >>> fc = mx.gluon.nn.Dense(2, in_units=3, dtype="float16")
+    >>> fc.initialize()
+    >>> load_numpy(fc, {"weight": np.full((2, 3), 0.5), "bias": np.zeros(2)})
+    LoadReport(missing=[], unexpected=[], mismatched=[])
+    >>> fc.weight.data().asnumpy().tolist(), np.dtype(fc.weight.data().dtype).name
+    ([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]], 'float16')
+    >>> load_numpy(fc, {"weight": np.zeros((3, 2))}, strict=False)
+    LoadReport(missing=['bias'], unexpected=[], mismatched=[('weight', (2, 3), (3, 2))])
+    """
+    check_weights(weights)
+    slots = _slots(target, verb="load_numpy")
+    _check_initialised(slots, verb="load_numpy")
+    arrays = {name: _arrays(name, value, verb="load_numpy") for name, value in slots.items()}
+
+    missing = [name for name in slots if name not in weights]
+    unexpected = [name for name in weights if name not in slots]
+    mismatched = [
+        (name, tuple(arrays[name][0].shape), tuple(weights[name].shape))
+        for name in slots
+        if name in weights and tuple(arrays[name][0].shape) != tuple(weights[name].shape)
+    ]
+    report = LoadReport(missing, unexpected, mismatched)
+    if strict and not report.ok:
+        raise CompressionError(_describe(report))
+
+    bad = {name for name, _, _ in mismatched}
+    todo = [name for name in slots if name in weights and name not in bad]
+    # Cast everything first so that a dtype refusal leaves the target untouched.
+    values = {name: _cast_for(name, weights[name], arrays[name][0]) for name in todo}
+    for name in todo:
+        value = slots[name]
+        if isinstance(value, gluon.Parameter):
+            value.set_data(values[name])
+        else:
+            value[:] = values[name]
+    return report
+
+
+def _describe(report: LoadReport) -> str:
+    parts = []
+    if report.missing:
+        parts.append(f"{len(report.missing)} missing key(s) (not in the weights): {report.missing}")
+    if report.unexpected:
+        parts.append(f"{len(report.unexpected)} unexpected key(s) (not in the target): {report.unexpected}")
+    if report.mismatched:
+        shown = ", ".join(f"{n}: target {e} vs weights {g}" for n, e, g in report.mismatched)
+        parts.append(f"{len(report.mismatched)} shape mismatch(es): {shown}")
+    return "load_numpy(strict=True) refused; nothing was written: " + "; ".join(parts)
