@@ -36,7 +36,7 @@ truncate silently).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Union
+from typing import Any, Union
 
 import ml_dtypes
 import mxnet as mx
@@ -45,6 +45,8 @@ from mxnet import gluon
 
 from coreprune.errors import CompressionError
 from coreprune.selection import check_weights, is_floating
+
+from ..report import LoadReport, match_names
 
 __all__ = ["LoadReport", "to_numpy", "load_numpy"]
 
@@ -60,36 +62,6 @@ Collection = Union[
 ]
 
 _PAIR_PREFIXES = ("arg:", "aux:")
-
-
-class LoadReport(NamedTuple):
-    """What :func:`load_numpy` found when matching names, in both strict and non-strict mode.
-
-    Attributes
-    ----------
-    missing : list of str
-        Names the target has and the weights lack (left unchanged).
-    unexpected : list of str
-        Names the weights have and the target lacks (ignored).
-    mismatched : list of (str, tuple of int, tuple of int)
-        ``(name, expected_shape, got_shape)`` for names present in both with different
-        shapes (left unchanged). ``expected`` is the target's shape.
-
-    Examples
-    --------
-    >>> r = LoadReport(missing=[], unexpected=["extra"], mismatched=[])
-    >>> r.ok, r.unexpected
-    (False, ['extra'])
-    """
-
-    missing: list[str]
-    unexpected: list[str]
-    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
-
-    @property
-    def ok(self) -> bool:
-        """True when every name matched with the same shape."""
-        return not (self.missing or self.unexpected or self.mismatched)
 
 
 def _slots(target: Any, *, verb: str) -> dict[str, Any]:
@@ -278,18 +250,8 @@ def load_numpy(target: Collection, weights: Mapping[str, np.ndarray], *, strict:
     _check_initialised(slots, verb="load_numpy")
     arrays = {name: _arrays(name, value, verb="load_numpy") for name, value in slots.items()}
 
-    missing = [name for name in slots if name not in weights]
-    unexpected = [name for name in weights if name not in slots]
-    mismatched = [
-        (name, tuple(arrays[name][0].shape), tuple(weights[name].shape))
-        for name in slots
-        if name in weights and tuple(arrays[name][0].shape) != tuple(weights[name].shape)
-    ]
-    report = LoadReport(missing, unexpected, mismatched)
-    if strict and not report.ok:
-        raise CompressionError(_describe(report))
-
-    bad = {name for name, _, _ in mismatched}
+    report = match_names({name: tuple(arrays[name][0].shape) for name in slots}, weights, strict=strict)
+    bad = {name for name, _, _ in report.mismatched}
     todo = [name for name in slots if name in weights and name not in bad]
     # Cast everything first so that a dtype refusal leaves the target untouched.
     values = {name: _cast_for(name, weights[name], arrays[name][0]) for name in todo}
@@ -302,13 +264,4 @@ def load_numpy(target: Collection, weights: Mapping[str, np.ndarray], *, strict:
     return report
 
 
-def _describe(report: LoadReport) -> str:
-    parts = []
-    if report.missing:
-        parts.append(f"{len(report.missing)} missing key(s) (not in the weights): {report.missing}")
-    if report.unexpected:
-        parts.append(f"{len(report.unexpected)} unexpected key(s) (not in the target): {report.unexpected}")
-    if report.mismatched:
-        shown = ", ".join(f"{n}: target {e} vs weights {g}" for n, e, g in report.mismatched)
-        parts.append(f"{len(report.mismatched)} shape mismatch(es): {shown}")
-    return "load_numpy(strict=True) refused; nothing was written: " + "; ".join(parts)
+

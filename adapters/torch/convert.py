@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import NamedTuple
 
 import ml_dtypes
 import numpy as np
@@ -49,6 +48,8 @@ from torch.nn.utils import prune
 
 from coreprune.errors import CompressionError
 from coreprune.selection import check_weights, is_floating
+
+from ..report import LoadReport, match_names
 
 __all__ = ["LoadReport", "to_numpy", "load_numpy", "attach_masks", "masks_from_module"]
 
@@ -73,30 +74,6 @@ def _bit_twins() -> dict[torch.dtype, tuple[np.dtype, torch.dtype]]:
 _TORCH_TO_ML = _bit_twins()
 _ML_TO_TORCH = {ndtype: (tdtype, carrier) for tdtype, (ndtype, carrier) in _TORCH_TO_ML.items()}
 _CARRIER_NP = {torch.int16: np.dtype(np.int16), torch.uint8: np.dtype(np.uint8)}
-
-
-class LoadReport(NamedTuple):
-    """What :func:`load_numpy` did not load (all empty when every name and shape matched).
-
-    Attributes
-    ----------
-    missing : list of str
-        Names the target has but ``weights`` lacks (left unchanged).
-    unexpected : list of str
-        Names in ``weights`` that the target does not have (ignored).
-    mismatched : list of (str, tuple of int, tuple of int)
-        ``(name, expected shape, given shape)`` for names present in both with different shapes
-        (left unchanged).
-
-    Examples
-    --------
-    >>> LoadReport([], ["extra"], [])
-    LoadReport(missing=[], unexpected=['extra'], mismatched=[])
-    """
-
-    missing: list[str]
-    unexpected: list[str]
-    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
 
 
 def _pruned(module: nn.Module) -> Iterator[tuple[str, nn.Module, prune.BasePruningMethod]]:
@@ -295,18 +272,6 @@ def _load_slots(target: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, tor
     return slots
 
 
-def _describe(report: LoadReport) -> str:
-    parts = []
-    if report.missing:
-        parts.append(f"missing (in the module, not in weights): {', '.join(report.missing)}")
-    if report.unexpected:
-        parts.append(f"unexpected (in weights, not in the module): {', '.join(report.unexpected)}")
-    if report.mismatched:
-        shapes = ", ".join(f"{n} (expected {e}, got {g})" for n, e, g in report.mismatched)
-        parts.append(f"shape mismatches: {shapes}")
-    return "; ".join(parts)
-
-
 def load_numpy(
     target: nn.Module | Mapping[str, torch.Tensor],
     weights: Mapping[str, np.ndarray],
@@ -366,17 +331,7 @@ def load_numpy(
     """
     _check_arrays(weights, "weights")
     slots = _load_slots(target)
-    report = LoadReport(
-        missing=[n for n in slots if n not in weights],
-        unexpected=[n for n in weights if n not in slots],
-        mismatched=[
-            (n, tuple(slots[n].shape), tuple(a.shape))
-            for n, a in weights.items()
-            if n in slots and tuple(slots[n].shape) != tuple(a.shape)
-        ],
-    )
-    if strict and (report.missing or report.unexpected or report.mismatched):
-        raise CompressionError(f"load_numpy(strict=True): {_describe(report)}")
+    report = match_names({n: tuple(t.shape) for n, t in slots.items()}, weights, strict=strict)
     skipped = {n for n, _, _ in report.mismatched}
     names = [n for n in weights if n in slots and n not in skipped]
 

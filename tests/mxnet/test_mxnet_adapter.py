@@ -334,7 +334,7 @@ def test_strict_lists_missing_unexpected_and_mismatched_and_writes_nothing():
         load_numpy(net, weights)
     msg = str(info.value)
     assert "bn.gamma" in msg and "extra.weight" in msg
-    assert "fc.weight: target (5, 4) vs weights (4, 5)" in msg
+    assert "fc.weight (expected (5, 4), got (4, 5))" in msg
     assert_bit_identical(to_numpy(net), before)
 
 
