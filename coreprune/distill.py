@@ -213,9 +213,7 @@ def _validated(
     q = _as_logits("teacher_logits", teacher_logits)
     y = np.asarray(labels)
     if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] == 0:
-        raise CompressionError(
-            f"student_logits must have shape (B, C) with B, C >= 1, got {s.shape}"
-        )
+        raise CompressionError(f"student_logits must have shape (B, C) with B, C >= 1, got {s.shape}")
     if q.shape != s.shape:
         raise CompressionError(
             f"teacher_logits has shape {q.shape} but student_logits has shape {s.shape}; they must match"

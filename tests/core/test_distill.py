@@ -217,8 +217,10 @@ def test_properties(s, data, temperature, alpha):
     assert total == pytest.approx(loss * s.shape[0], rel=1e-12, abs=1e-12)
 
 
-@given(hnp.arrays(np.float64, st.tuples(st.integers(1, 3), st.integers(1, 5)), elements=st.floats(-1e5, 1e5)),
-       st.floats(1e-3, 1e3))
+@given(
+    hnp.arrays(np.float64, st.tuples(st.integers(1, 3), st.integers(1, 5)), elements=st.floats(-1e5, 1e5)),
+    st.floats(1e-3, 1e3),
+)
 def test_softmax_is_a_distribution(z, temperature):
     p = softmax(z, temperature)
     assert ((p >= 0) & (p <= 1)).all()
