@@ -78,7 +78,7 @@ class Fire(gluon.HybridBlock):
             self.expand1x1 = nn.Conv2D(expand1x1, kernel_size=1, in_channels=squeeze)
             self.expand3x3 = nn.Conv2D(expand3x3, kernel_size=3, padding=1, in_channels=squeeze)
 
-    def hybrid_forward(self, F, x):  # noqa: N803 (Gluon's name)
+    def hybrid_forward(self, F, x):
         x = F.relu(self.squeeze(x))
         return F.concat(F.relu(self.expand1x1(x)), F.relu(self.expand3x3(x)), dim=1)
 
@@ -115,7 +115,7 @@ class DepthwiseSeparable(gluon.HybridBlock):
             self.pointwise = nn.Conv2D(n, kernel_size=1, use_bias=False, in_channels=m)
             self.bn2 = nn.BatchNorm(in_channels=n)
 
-    def hybrid_forward(self, F, x):  # noqa: N803
+    def hybrid_forward(self, F, x):
         x = F.relu(self.bn1(self.depthwise(x)))
         return F.relu(self.bn2(self.pointwise(x)))
 
@@ -138,12 +138,12 @@ class ChannelShuffle(gluon.HybridBlock):
             raise CompressionError(f"groups must be a positive integer, got {groups!r}")
         self.groups = groups
 
-    def forward(self, x, *args):  # noqa: D102
+    def forward(self, x, *args):
         if isinstance(x, mx.nd.NDArray) and (x.ndim < 2 or x.shape[1] % self.groups):
             raise CompressionError(f"groups ({self.groups}) must divide the channels of shape {x.shape}")
         return super().forward(x, *args)
 
-    def hybrid_forward(self, F, x):  # noqa: N803
+    def hybrid_forward(self, F, x):
         # (N, C, H, W) -> (N, g, C/g, H, W) -> swap -> (N, C/g, g, H, W) -> (N, C, H, W)
         x = F.reshape(x, shape=(0, -4, self.groups, -1, -2))
         return F.reshape(F.swapaxes(x, dim1=1, dim2=2), shape=(0, -3, -2))
@@ -180,7 +180,7 @@ class ShuffleUnit(gluon.HybridBlock):
             self.expand = nn.Conv2D(channels, kernel_size=1, groups=groups, use_bias=False, in_channels=b)
             self.bn3 = nn.BatchNorm(in_channels=channels)
 
-    def hybrid_forward(self, F, x):  # noqa: N803
+    def hybrid_forward(self, F, x):
         out = self.shuffle(F.relu(self.bn1(self.compress(x))))
         out = self.bn3(self.expand(self.bn2(self.depthwise(out))))
         return F.relu(out + x)
@@ -216,7 +216,7 @@ class MobileNetStudent(gluon.HybridBlock):
                     self.blocks.add(DepthwiseSeparable(m, n, stride, alpha))
             self.classifier = nn.Dense(num_classes, in_units=last)
 
-    def hybrid_forward(self, F, x):  # noqa: N803
+    def hybrid_forward(self, F, x):
         x = self.blocks(F.relu(self.bn(self.stem(x))))
         return self.classifier(F.mean(x, axis=(2, 3)))
 
@@ -248,7 +248,7 @@ class SqueezeNetStudent(gluon.HybridBlock):
             self.fire3 = Fire(*SQUEEZENET_STUDENT_FIRES[2])
             self.classifier = nn.Conv2D(num_classes, kernel_size=1, in_channels=last)
 
-    def hybrid_forward(self, F, x):  # noqa: N803
+    def hybrid_forward(self, F, x):
         x = F.Pooling(F.relu(self.stem(x)), kernel=(2, 2), stride=(2, 2), pool_type="max")
         x = F.Pooling(self.fire2(self.fire1(x)), kernel=(2, 2), stride=(2, 2), pool_type="max")
         return F.mean(self.classifier(self.fire3(x)), axis=(2, 3))

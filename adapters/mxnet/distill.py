@@ -99,20 +99,22 @@ class KDLoss(gluon.loss.Loss):
         """The weight of the soft term."""
         return self._alpha
 
-    def forward(self, student, teacher, label, sample_weight=None):  # noqa: D102 (documented on the class)
+    def forward(self, student, teacher, label, sample_weight=None):
         if isinstance(student, mx.nd.NDArray):  # imperative call: check what a symbol cannot
             _check_batch(student, teacher, label)
         args = (student, teacher, label) + (() if sample_weight is None else (sample_weight,))
         return super().forward(*args)
 
-    def hybrid_forward(self, F, student, teacher, label, sample_weight=None):  # noqa: N803 (Gluon's name)
+    def hybrid_forward(self, F, student, teacher, label, sample_weight=None):
         t, a = self._temperature, self._alpha
         log_student_soft = F.log_softmax(student / t, axis=-1)
         log_teacher_soft = F.log_softmax(F.BlockGrad(teacher) / t, axis=-1)
         kl = F.sum(F.exp(log_teacher_soft) * (log_teacher_soft - log_student_soft), axis=-1)
         ce = -F.pick(F.log_softmax(student, axis=-1), label, axis=-1)
         loss = (a * t * t) * kl + (1.0 - a) * ce
-        return gluon.loss._apply_weighting(F, loss, self._weight, sample_weight)
+        if sample_weight is not None:  # the weighting rule of Gluon's built-in losses
+            loss = F.broadcast_mul(loss, sample_weight)
+        return loss if self._weight is None else loss * self._weight
 
     def __repr__(self) -> str:
         return f"KDLoss(temperature={self._temperature}, alpha={self._alpha})"
