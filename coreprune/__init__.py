@@ -6,6 +6,9 @@ imports torch or mxnet; the converters live in the separate ``adapters`` package
 
 from __future__ import annotations
 
+from . import arch, distill
+from .arch import channel_shuffle
+from .distill import kd_loss, kd_loss_and_grad
 from .errors import CompressionError, UnsafePickleError, WeightFileError
 from .selection import select
 
@@ -16,5 +19,10 @@ __all__ = [
     "UnsafePickleError",
     "WeightFileError",
     "select",
+    "arch",
+    "distill",
+    "channel_shuffle",
+    "kd_loss",
+    "kd_loss_and_grad",
     "__version__",
 ]
