@@ -22,7 +22,41 @@ imports ``mxnet`` (1.9.1, which needs ``numpy<1.24``); importing :mod:`adapters`
 
 from __future__ import annotations
 
+from .blocks import (
+    TORCH_LEAF_NAMES,
+    ChannelShuffle,
+    DepthwiseSeparable,
+    Fire,
+    MobileNetStudent,
+    ShuffleUnit,
+    SqueezeNetStudent,
+    mobilenet_student,
+    num_parameters,
+    squeezenet_student,
+)
 from .convert import LoadReport, load_numpy, to_numpy
+from .distill import KDLoss, distill_student
 from .masks import attach_masks, detach_masks, reapply_masks
 
-__all__ = ["LoadReport", "to_numpy", "load_numpy", "attach_masks", "reapply_masks", "detach_masks"]
+# The conversion verbs are the adapter proper; the loss and blocks are re-exported for convenience
+# and live in their own modules (blocks.py, distill.py, models.py).
+__all__ = [
+    "LoadReport",
+    "to_numpy",
+    "load_numpy",
+    "attach_masks",
+    "reapply_masks",
+    "detach_masks",
+    "KDLoss",
+    "distill_student",
+    "Fire",
+    "DepthwiseSeparable",
+    "ChannelShuffle",
+    "ShuffleUnit",
+    "MobileNetStudent",
+    "SqueezeNetStudent",
+    "mobilenet_student",
+    "squeezenet_student",
+    "num_parameters",
+    "TORCH_LEAF_NAMES",
+]

@@ -22,7 +22,7 @@ from mxnet import autograd, gluon
 from coreprune.distill import check_hyperparameters
 from coreprune.errors import CompressionError
 
-__all__ = ["KDLoss", "distill"]
+__all__ = ["KDLoss", "distill_student"]
 
 Batches = Union[tuple[Any, Any], Iterable[tuple[Any, Any]]]
 
@@ -168,7 +168,7 @@ def _batches(data: Batches, batch_size: int, rng: np.random.Generator) -> Iterab
     return data  # an iterable of (inputs, labels) batches, such as a gluon.data.DataLoader
 
 
-def distill(
+def distill_student(
     student: gluon.Block,
     teacher: gluon.Block,
     data: Batches,
@@ -232,7 +232,7 @@ def distill(
     >>> teacher.initialize(); student.initialize()
     >>> rng = np.random.default_rng(0)
     >>> x, y = rng.normal(size=(32, 4)).astype("float32"), rng.integers(0, 3, 32)
-    >>> history = distill(student, teacher, (x, y), epochs=3, lr=0.05, batch_size=8)
+    >>> history = distill_student(student, teacher, (x, y), epochs=3, lr=0.05, batch_size=8)
     >>> len(history), history[-1] < history[0]
     (3, True)
     """

@@ -26,6 +26,37 @@ Examples
 
 from __future__ import annotations
 
+from .blocks import (
+    ChannelShuffle,
+    DepthwiseSeparable,
+    Fire,
+    MobileNetStudent,
+    ShuffleUnit,
+    SqueezeNetStudent,
+    mobilenet_student,
+    num_parameters,
+    squeezenet_student,
+)
 from .convert import LoadReport, attach_masks, load_numpy, masks_from_module, to_numpy
+from .distill import distill_student, kd_loss
 
-__all__ = ["LoadReport", "to_numpy", "load_numpy", "attach_masks", "masks_from_module"]
+# The conversion verbs are the adapter proper; the losses and blocks are re-exported for convenience
+# and live in their own modules (blocks.py, distill.py, models.py).
+__all__ = [
+    "LoadReport",
+    "to_numpy",
+    "load_numpy",
+    "attach_masks",
+    "masks_from_module",
+    "kd_loss",
+    "distill_student",
+    "Fire",
+    "DepthwiseSeparable",
+    "ChannelShuffle",
+    "ShuffleUnit",
+    "MobileNetStudent",
+    "SqueezeNetStudent",
+    "mobilenet_student",
+    "squeezenet_student",
+    "num_parameters",
+]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from coreprune.distill import check_hyperparameters
 from coreprune.errors import CompressionError
 
-__all__ = ["kd_loss", "distill"]
+__all__ = ["kd_loss", "distill_student"]
 
 Batches = Union[tuple[Any, Any], Iterable[tuple[Any, Any]]]
 
@@ -143,7 +143,7 @@ def _batches(
     return data  # an iterable of (inputs, labels) batches, such as a DataLoader
 
 
-def distill(
+def distill_student(
     student: torch.nn.Module,
     teacher: torch.nn.Module,
     data: Batches,
@@ -201,7 +201,7 @@ def distill(
     >>> _ = torch.manual_seed(0)
     >>> teacher, student = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
     >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
-    >>> history = distill(student, teacher, (x, y), epochs=3, lr=0.05, batch_size=8)
+    >>> history = distill_student(student, teacher, (x, y), epochs=3, lr=0.05, batch_size=8)
     >>> len(history), history[-1] < history[0]
     (3, True)
     """

@@ -10,7 +10,7 @@ mx = pytest.importorskip("mxnet", reason="needs MXNet")
 # tests/ being on sys.path): only a real installation has mxnet.gluon.
 pytest.importorskip("mxnet.gluon", reason="needs MXNet")
 
-from adapters.mxnet.distill import KDLoss, distill  # noqa: E402
+from adapters.mxnet.distill import KDLoss, distill_student  # noqa: E402
 from coreprune import CompressionError  # noqa: E402
 from coreprune.distill import kd_loss, kd_loss_and_grad  # noqa: E402
 
@@ -137,7 +137,9 @@ def test_distillation_lowers_the_kd_loss_and_leaves_the_teacher_alone():
     teacher, student, x, y = _models()
     before_state = {k: p.data().asnumpy().copy() for k, p in teacher.collect_params().items()}
     before = _kd_on(student, teacher, x, y, 4.0, 0.9)
-    history = distill(student, teacher, (x, y), temperature=4.0, alpha=0.9, epochs=8, lr=0.02, batch_size=32)
+    history = distill_student(
+        student, teacher, (x, y), temperature=4.0, alpha=0.9, epochs=8, lr=0.02, batch_size=32
+    )
     for k, p in teacher.collect_params().items():
         np.testing.assert_array_equal(p.data().asnumpy(), before_state[k])
     assert len(history) == 8 and history[-1] < history[0]
@@ -149,12 +151,14 @@ def test_distill_accepts_a_dataloader_and_is_reproducible():
     dataset = mx.gluon.data.ArrayDataset(x, y.astype(np.float32))
     loader = mx.gluon.data.DataLoader(dataset, batch_size=64)
     before = _kd_on(student, teacher, x, y, 2.0, 0.5)
-    history = distill(student, teacher, loader, temperature=2.0, alpha=0.5, epochs=3, lr=0.05)
+    history = distill_student(student, teacher, loader, temperature=2.0, alpha=0.5, epochs=3, lr=0.05)
     assert len(history) == 3 and _kd_on(student, teacher, x, y, 2.0, 0.5) < before
     runs = []
     for _ in range(2):
         teacher, student, x, y = _models()
-        runs.append(distill(student, teacher, (mx.nd.array(x), y), epochs=2, lr=0.01, batch_size=50, seed=3))
+        runs.append(
+            distill_student(student, teacher, (mx.nd.array(x), y), epochs=2, lr=0.01, batch_size=50, seed=3)
+        )
     assert runs[0] == runs[1]
 
 
@@ -170,6 +174,6 @@ def test_distill_accepts_a_dataloader_and_is_reproducible():
 def test_distill_rejects_bad_arguments(kwargs, match):
     teacher, student, x, y = _models()
     with pytest.raises(CompressionError, match=match):
-        distill(student, teacher, (x, y), **kwargs)
+        distill_student(student, teacher, (x, y), **kwargs)
     with pytest.raises(CompressionError, match="same length"):
-        distill(student, teacher, (x, y[:10]))
+        distill_student(student, teacher, (x, y[:10]))

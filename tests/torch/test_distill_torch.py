@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch", reason="needs PyTorch")
 # tests/ being on sys.path): only a real installation has torch.nn.
 pytest.importorskip("torch.nn", reason="needs PyTorch")
 
-from adapters.torch.distill import distill, kd_loss  # noqa: E402
+from adapters.torch.distill import distill_student, kd_loss  # noqa: E402
 from coreprune import CompressionError  # noqa: E402
 from coreprune.distill import kd_loss_and_grad  # noqa: E402
 
@@ -113,7 +113,9 @@ def test_distillation_lowers_the_kd_loss_and_leaves_the_teacher_alone():
     student.eval()
     before = _kd_on(student, teacher, x, y, 4.0, 0.9)
     teacher.train()
-    history = distill(student, teacher, (x, y), temperature=4.0, alpha=0.9, epochs=8, lr=0.02, batch_size=32)
+    history = distill_student(
+        student, teacher, (x, y), temperature=4.0, alpha=0.9, epochs=8, lr=0.02, batch_size=32
+    )
     assert teacher.training and not student.training  # modes restored
     for k, v in teacher.state_dict().items():
         torch.testing.assert_close(v, before_state[k], rtol=0, atol=0)
@@ -127,9 +129,11 @@ def test_distill_accepts_a_dataloader_and_numpy_arrays():
     teacher, student, x, y = _models()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64)
     before = _kd_on(student, teacher, x, y, 2.0, 0.5)
-    history = distill(student, teacher, loader, temperature=2.0, alpha=0.5, epochs=3, lr=0.05)
+    history = distill_student(student, teacher, loader, temperature=2.0, alpha=0.5, epochs=3, lr=0.05)
     assert len(history) == 3 and _kd_on(student, teacher, x, y, 2.0, 0.5) < before
-    h2 = distill(student, teacher, (x.numpy(), y.numpy()), temperature=2.0, alpha=0.5, epochs=1, lr=0.01)
+    h2 = distill_student(
+        student, teacher, (x.numpy(), y.numpy()), temperature=2.0, alpha=0.5, epochs=1, lr=0.01
+    )
     assert len(h2) == 1 and np.isfinite(h2[0])
 
 
@@ -137,7 +141,7 @@ def test_distill_is_reproducible_with_a_seed():
     runs = []
     for _ in range(2):
         teacher, student, x, y = _models()
-        runs.append(distill(student, teacher, (x, y), epochs=2, lr=0.01, batch_size=50, seed=3))
+        runs.append(distill_student(student, teacher, (x, y), epochs=2, lr=0.01, batch_size=50, seed=3))
     assert runs[0] == runs[1]
 
 
@@ -153,6 +157,6 @@ def test_distill_is_reproducible_with_a_seed():
 def test_distill_rejects_bad_arguments(kwargs, match):
     teacher, student, x, y = _models()
     with pytest.raises(CompressionError, match=match):
-        distill(student, teacher, (x, y), **kwargs)
+        distill_student(student, teacher, (x, y), **kwargs)
     with pytest.raises(CompressionError, match="same length"):
-        distill(student, teacher, (x, y[:10]))
+        distill_student(student, teacher, (x, y[:10]))
