@@ -7,7 +7,10 @@ imports torch or mxnet; the converters live in the separate ``adapters`` package
 from __future__ import annotations
 
 from .errors import CompressionError, UnsafePickleError, WeightFileError
+from .pruning import apply_masks, prune_magnitude, prune_threshold
+from .quantization import QuantizedArray, dequantize, quantize
 from .selection import select
+from .stats import sparsity
 
 __version__ = "0.1.0"
 
@@ -16,5 +19,12 @@ __all__ = [
     "UnsafePickleError",
     "WeightFileError",
     "select",
+    "prune_threshold",
+    "prune_magnitude",
+    "apply_masks",
+    "sparsity",
+    "QuantizedArray",
+    "quantize",
+    "dequantize",
     "__version__",
 ]
