@@ -34,6 +34,7 @@ import ml_dtypes
 import numpy as np
 
 from .errors import CompressionError
+from .packing import _check_bits
 from .selection import Pattern, check_weights, is_floating, require_finite, select
 
 __all__ = ["QuantizedArray", "quantize", "dequantize"]
@@ -45,12 +46,6 @@ _F32_MAX = float(np.finfo(np.float32).max)
 
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _check_bits(bits: object) -> int:
-    if not _is_int(bits) or not 1 <= int(bits) <= 16:  # type: ignore[call-overload]
-        raise CompressionError(f"bits must be an int in 1..16, got {bits!r}")
-    return int(bits)  # type: ignore[call-overload]
 
 
 def code_dtype(bits: int, symmetric: bool) -> np.dtype:
