@@ -10,7 +10,10 @@ from . import arch, distill
 from .arch import channel_shuffle
 from .distill import kd_loss, kd_loss_and_grad
 from .errors import CompressionError, UnsafePickleError, WeightFileError
+from .pruning import apply_masks, prune_magnitude, prune_threshold
+from .quantization import QuantizedArray, dequantize, quantize
 from .selection import select
+from .stats import sparsity
 
 __version__ = "0.1.0"
 
@@ -19,6 +22,13 @@ __all__ = [
     "UnsafePickleError",
     "WeightFileError",
     "select",
+    "prune_threshold",
+    "prune_magnitude",
+    "apply_masks",
+    "sparsity",
+    "QuantizedArray",
+    "quantize",
+    "dequantize",
     "arch",
     "distill",
     "channel_shuffle",
