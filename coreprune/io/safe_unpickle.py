@@ -153,7 +153,7 @@ TORCH_DTYPES: dict[str, np.dtype | None] = {
 
 @dataclass(frozen=True)
 class TorchGlobal:
-    """An allowlisted global as the pickle names it: ``torch.float32``, ``torch.FloatStorage``, a rebuild function.
+    """An allowlisted global as the pickle names it: ``torch.float32``, ``torch.FloatStorage``, a function.
 
     Attributes
     ----------
@@ -290,8 +290,8 @@ class _Unpickler:
         if n < 0 or self.pos + n > self.end:
             raise _bad(
                 self.source,
-                f"pickle asks for {n} bytes at offset {self.pos} but only {max(self.end - self.pos, 0)} are left "
-                "(truncated or corrupted)",
+                f"pickle asks for {n} bytes at offset {self.pos} but only "
+                f"{max(self.end - self.pos, 0)} remain (truncated or corrupted)",
             )
         data = self.f.read(n)
         if len(data) != n:
@@ -343,9 +343,9 @@ class _Unpickler:
         found = _GLOBALS.get(f"builtins.{name}" if module == "__builtin__" else full)
         if found is None:
             raise UnsafePickleError(
-                f"{self.source}: the pickle asks for the global {full}, which is not a tensor, storage, dtype "
-                "or plain container; refused before anything ran (only weights-only checkpoints are read: "
-                "save model.state_dict(), not the model or arbitrary objects)"
+                f"{self.source}: the pickle asks for the global {full}, which is not a tensor, storage, "
+                "dtype or plain container; refused before anything ran (only weights-only checkpoints "
+                "are read: save model.state_dict(), not the model or arbitrary objects)"
             )
         return found
 
@@ -750,13 +750,15 @@ def _tensor(
         if last >= capacity:
             raise _bad(
                 src,
-                f"{func}: a tensor of size {shape}, stride {strides} at offset {offset} reaches element {last} "
+                f"{func}: a tensor of size {shape}, stride {strides} at offset {offset} reaches "
+                f"element {last} "
                 f"of storage {storage.key!r}, which holds {capacity} {dtype} elements (corrupted)",
             )
         if u.max_tensor_nbytes is not None and count * itemsize > u.max_tensor_nbytes:
             raise _bad(
                 src,
-                f"{func}: a tensor of size {shape} ({count * itemsize} bytes dense) over storage {storage.key!r} "
+                f"{func}: a tensor of size {shape} ({count * itemsize} bytes dense) over storage "
+                f"{storage.key!r} "
                 f"is larger than the file ({u.max_tensor_nbytes} bytes); refusing a view that would "
                 "allocate more than the file holds",
             )

@@ -277,9 +277,9 @@ def _record_span(path: Path, f: BinaryIO, size: int, info: zipfile.ZipInfo) -> t
         raise WeightFileError(f"{path}: zip record {name} is encrypted")
     if info.compress_type != zipfile.ZIP_STORED:
         raise WeightFileError(
-            f"{path}: zip record {name} is compressed (method {info.compress_type}); torch.save stores records "
-            "uncompressed and memory-maps them, so a re-zipped checkpoint is refused: unzip it and zip it again "
-            "with `zip -0`, or load and re-save it with torch.save"
+            f"{path}: zip record {name} is compressed (method {info.compress_type}); torch.save "
+            "stores records uncompressed and memory-maps them, so a re-zipped checkpoint is refused: "
+            "unzip it and zip it again with `zip -0`, or load and re-save it with torch.save"
         )
     if info.compress_size != info.file_size:
         raise WeightFileError(f"{path}: zip record {name} has different stored and real sizes (corrupted)")
@@ -311,9 +311,9 @@ def _open_zip(path: Path, f: BinaryIO, size: int) -> TorchReader:
     records = {i.filename[len(prefix) :]: i for i in infos if i.filename.startswith(prefix)}
     if "constants.pkl" in records or any(n.startswith("code/") for n in records):
         raise WeightFileError(
-            f"{path}: a TorchScript archive (written by torch.jit.save), a compiled program rather than saved "
-            "weights. In PyTorch run `torch.save(torch.jit.load(path).state_dict(), 'weights.pt')` and read "
-            "that file"
+            f"{path}: a TorchScript archive (written by torch.jit.save), a compiled program rather "
+            "than saved weights. In PyTorch run "
+            "`torch.save(torch.jit.load(path).state_dict(), 'weights.pt')` and read that file"
         )
     if "data.pkl" not in records:
         raise WeightFileError(f"{path}: zip archive without {prefix}data.pkl, so not a torch.save file")
@@ -404,7 +404,8 @@ def _open_legacy(path: Path, f: BinaryIO, size: int) -> TorchReader:
         count = struct.unpack("<q" if byteorder == "little" else ">q", f.read(8))[0]
         if count != ref.root_numel:
             raise WeightFileError(
-                f"{path}: storage {key!r:.40} holds {count} elements but the pickle declares {ref.root_numel} "
+                f"{path}: storage {key!r:.40} holds {count} elements but the pickle declares "
+                f"{ref.root_numel} "
                 "(corrupted)"
             )
         nbytes = count * ref.dtype.itemsize
@@ -732,7 +733,8 @@ def _tensor_chunks(name: str, value: Any, spec: TensorSpec) -> Iterator[memoryvi
         value = np.asarray(value)
     if not isinstance(value, np.ndarray) or tuple(value.shape) != spec.shape or value.dtype != spec.dtype:
         raise CompressionError(
-            f"tensor {name!r}: its value does not match its spec {spec.shape} {spec.dtype} (changed while writing?)"
+            f"tensor {name!r}: its value does not match its spec {spec.shape} {spec.dtype} "
+            "(changed while writing?)"
         )
     arr = np.ascontiguousarray(value)
     if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and sys.byteorder == "big"):

@@ -52,7 +52,7 @@ class Storage:
 
 @dataclass(eq=False)
 class Tensor:
-    """A tensor over a :class:`Storage`; pickles as ``torch._utils._rebuild_tensor_v2`` (or v3 with ``dtype``)."""
+    """A tensor over a :class:`Storage`, pickled as ``_rebuild_tensor_v2`` (v3 when ``dtype`` is set)."""
 
     storage: Storage
     offset: int
