@@ -734,6 +734,9 @@ def _tensor(
         if type(metadata) is not dict or not set(metadata) <= {"conj", "neg"}:
             raise _bad(src, f"{func}: unknown tensor metadata {metadata!r:.80}")
         conj, neg = bool(metadata.get("conj", False)), bool(metadata.get("neg", False))
+        # torch sets these bits on views of complex tensors only (x.conj(), x.conj().imag).
+        if (conj and dtype.kind != "c") or (neg and dtype.kind not in "fcV"):
+            raise _bad(src, f"{func}: a conj/neg bit on a {dtype} tensor (corrupted)")
     itemsize = dtype.itemsize
     if storage.byte_offset % itemsize:
         raise _bad(src, f"{func}: storage view offset is not a multiple of the {dtype} element size")

@@ -355,6 +355,23 @@ def test_tensor_bounds_checked_against_storage():
     assert isinstance(ok, su.TensorRef) and (ok.offset, ok.shape, ok.stride) == (1, (3,), (1,))
     with pytest.raises(WeightFileError, match="reaches element 4"):
         su.restricted_loads(tensor(2, [b"K\x03"], [b"K\x01"]))
+    with pytest.raises(WeightFileError, match="conj/neg bit on a bool"):
+        pid = T(S("storage"), G("torch", "BoolStorage"), S("0"), S("cpu"), b"K\x01") + b"Q"
+        neg = b"}" + S("neg") + b"\x88s"
+        su.restricted_loads(
+            prog(
+                call(
+                    G("torch._utils", "_rebuild_tensor_v2"),
+                    pid,
+                    b"K\x00",
+                    T(b"K\x01"),
+                    T(b"K\x01"),
+                    b"\x89",
+                    call(G("collections", "OrderedDict")),
+                    neg,
+                )
+            )
+        )
     empty = su.restricted_loads(tensor(9, [b"K\x00"], [b"K\x01"]))  # no element: any offset is harmless
     assert empty.shape == (0,)
 
