@@ -32,7 +32,13 @@ def _torch_like_zip() -> bytes:
 
 @pytest.mark.parametrize(
     "name, fmt",
-    [("w.npz", "npz"), ("w.NPZ", "npz"), ("w.params", "mxnet"), ("w.nd", "mxnet"), ("w.safetensors", "safetensors")],
+    [
+        ("w.npz", "npz"),
+        ("w.NPZ", "npz"),
+        ("w.params", "mxnet"),
+        ("w.nd", "mxnet"),
+        ("w.safetensors", "safetensors"),
+    ],
 )
 def test_extension_confirmed_by_magic(tmp_path, name, fmt):
     path = tmp_path / name

@@ -149,7 +149,7 @@ def test_mutated_files_end_in_weightfileerror_or_a_consistent_load(scratch, fmt,
             # Half the cases go through extension/magic dispatch as a user's load would.
             out = _check_load(path, fmt if case % 2 else None, options)
         except Exception as e:  # anything but WeightFileError is a bug: report the reproducer
-            raise AssertionError(f"case {case}: {type(e).__name__}: {e}; mutated bytes {mutated.hex()}") from e
+            raise AssertionError(f"case {case}: {type(e).__name__}: {e}; bytes {mutated.hex()}") from e
         slowest = max(slowest, time.perf_counter() - start)
         outcomes["refused" if out is None else "loaded"] += 1
         if out is not None and reference is not None:
