@@ -475,8 +475,9 @@ def write(weights: Mapping[str, np.ndarray], f: BinaryIO, *, np_shape: bool = Fa
     little-endian. By default the records are V2, what ``mx.nd.save`` writes and
     ``mx.nd.load`` / ``Block.load_parameters`` read without NumPy-shape mode; V2 cannot
     hold 0-d or 0-size arrays. ``np_shape=True`` writes V3 records for every tensor
-    (0-d and 0-size included); such files load only under ``mx.npx.set_np()`` (or
-    through ``Block.load_parameters``, which retries).
+    (0-d and 0-size included); MXNet loads such files only with NumPy-shape semantics on
+    (``mx.npx.set_np()`` or ``with mx.util.np_shape(True):``), ``Block.load_parameters``
+    included.
 
     Parameters
     ----------

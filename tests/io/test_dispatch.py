@@ -156,3 +156,23 @@ def test_a_format_module_that_cannot_be_imported_disables_only_itself(tmp_path, 
         cio.load(tmp_path / "g.what")
     with pytest.raises(WeightFileError, match="the broken format is unavailable"):
         cio.load(path, format="broken")
+
+
+@pytest.mark.parametrize("name", ["w.npz", "w.params", "w.safetensors"])
+def test_shared_storage_and_views_round_trip_in_every_format(tmp_path, name):
+    base = np.arange(48, dtype=np.float32).reshape(6, 8)
+    weights = {
+        "base": base,
+        "rows": base[1:4],  # shares base's buffer, offset
+        "cols": base[:, ::3],  # shares it, strided
+        "transposed": base.T,  # shares it, Fortran order
+        "again": base,  # the very same object twice
+    }
+    snapshot = {k: v.copy() for k, v in weights.items()}
+    cio.save(weights, tmp_path / name)
+    out = cio.load(tmp_path / name)
+    assert list(out) == list(weights)
+    for key, value in snapshot.items():
+        np.testing.assert_array_equal(out[key], value)
+        np.testing.assert_array_equal(weights[key], value)  # inputs untouched
+    assert not np.shares_memory(out["base"], out["rows"])  # each tensor is stored on its own
