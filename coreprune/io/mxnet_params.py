@@ -286,7 +286,7 @@ class MXNetParamsReader(WeightReader):
                 raise WeightFileError(
                     f"{path}: {what} has a non-integer index array ({aux_dtype}) (corrupted?)"
                 )
-            aux_ndim, aux_dims = cur.tshape(f"aux shape #{k} of {what}")
+            _, aux_dims = cur.tshape(f"aux shape #{k} of {what}")
             aux.append(
                 _Block(
                     aux_dtype, check_shape(path, f"aux shape #{k} of {what}", aux_dims, aux_dtype.itemsize)
