@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# The suite runs in importlib mode, which puts no test folder on sys.path; the file builders here
+# (mxnet_records.py, _torchpickle.py) are plain modules the tests import by name.
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="session")

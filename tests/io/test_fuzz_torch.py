@@ -11,7 +11,6 @@ import collections
 import io
 import random
 import struct
-import sys
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -19,8 +18,6 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
 from _torchpickle import Storage, Tensor, legacy_file, tensor_of, zip_file  # noqa: E402
 
 from coreprune.errors import WeightFileError  # noqa: E402

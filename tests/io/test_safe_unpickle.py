@@ -19,11 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _torchpickle import MAGIC, Storage, Tensor, tensor_of, zip_file  # noqa: E402
 from hypothesis import given
 from hypothesis import strategies as st
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _torchpickle import MAGIC, Storage, Tensor, tensor_of, zip_file  # noqa: E402
 
 from coreprune.errors import UnsafePickleError, WeightFileError  # noqa: E402
 from coreprune.io import safe_unpickle as su  # noqa: E402

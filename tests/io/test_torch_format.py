@@ -10,7 +10,6 @@ import collections
 import io
 import os
 import struct
-import sys
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -18,12 +17,10 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+from _torchpickle import Global, Storage, Tensor, dumps, legacy_file, tensor_of, zip_file  # noqa: E402
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _torchpickle import Global, Storage, Tensor, dumps, legacy_file, tensor_of, zip_file  # noqa: E402
 
 import coreprune.io as cio  # noqa: E402
 from coreprune.errors import CompressionError, UnsafePickleError, WeightFileError  # noqa: E402
