@@ -159,6 +159,19 @@ def _cast_for(name: str, array: np.ndarray, arr: mx.nd.NDArray) -> np.ndarray:
     return out
 
 
+def _host_array(array: np.ndarray) -> np.ndarray | mx.nd.NDArray:
+    """Wrap a cast NumPy array as a CPU NDArray, the one source MXNet copies into any layout.
+
+    After a forward pass with MKL-DNN, conv weights live in an MKL-DNN layout, and copying a NumPy
+    array into them fails ("can't generate TBlob for MKLDNN data"); an NDArray source is reordered
+    by MXNet itself. bfloat16 (a structured NumPy dtype here) has no NDArray constructor and is
+    never held in an MKL-DNN layout, so it stays NumPy.
+    """
+    if array.dtype == MX_BFLOAT16:
+        return array
+    return mx.nd.array(array, ctx=mx.cpu(), dtype=array.dtype)
+
+
 def to_numpy(obj: Collection) -> dict[str, np.ndarray]:
     """Copy every tensor of an MXNet collection into a new ``dict[str, numpy.ndarray]``.
 
@@ -254,7 +267,7 @@ def load_numpy(target: Collection, weights: Mapping[str, np.ndarray], *, strict:
     bad = {name for name, _, _ in report.mismatched}
     todo = [name for name in slots if name in weights and name not in bad]
     # Cast everything first so that a dtype refusal leaves the target untouched.
-    values = {name: _cast_for(name, weights[name], arrays[name][0]) for name in todo}
+    values = {name: _host_array(_cast_for(name, weights[name], arrays[name][0])) for name in todo}
     for name in todo:
         value = slots[name]
         if isinstance(value, gluon.Parameter):

@@ -411,3 +411,21 @@ def test_docstring_examples_run():
         result = doctest.testmod(module, optionflags=flags)
         assert result.attempted > 0, module.__name__
         assert result.failed == 0, module.__name__
+
+
+def test_load_after_forward_pass_with_mkldnn_layout():
+    # A forward pass leaves conv weights in an MKL-DNN layout on CPU builds; loading NumPy
+    # arrays into them must still work and take effect.
+    net = mx.gluon.nn.HybridSequential()
+    net.add(mx.gluon.nn.Conv2D(8, 3), mx.gluon.nn.Dense(10))
+    net.initialize()
+    x = mx.nd.ones((1, 1, 28, 28))
+    net(x)
+    weights = {k: np.full_like(v, 0.01) for k, v in to_numpy(net).items()}
+    load_numpy(net, weights)
+    got = to_numpy(net)
+    for k in weights:
+        np.testing.assert_array_equal(got[k], weights[k])
+    conv = np.full((8,), 0.01 * 9 + 0.01, np.float32)  # every conv output is 9 * 0.01 + bias
+    expected = 8 * 26 * 26 * conv[0] * 0.01 + 0.01
+    np.testing.assert_allclose(net(x).asnumpy(), np.full((1, 10), expected), rtol=1e-5)
