@@ -6,6 +6,7 @@ imports torch or mxnet; the converters live in the separate ``adapters`` package
 
 from __future__ import annotations
 
+from .compressed import load_compressed, save_compressed
 from .errors import CompressionError, UnsafePickleError, WeightFileError
 from .selection import select
 
@@ -16,5 +17,7 @@ __all__ = [
     "UnsafePickleError",
     "WeightFileError",
     "select",
+    "save_compressed",
+    "load_compressed",
     "__version__",
 ]
