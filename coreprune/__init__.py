@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from .compressed import load_compressed, save_compressed
 from .errors import CompressionError, UnsafePickleError, WeightFileError
+from .pruning import apply_masks, prune_magnitude, prune_threshold
+from .quantization import QuantizedArray, dequantize, quantize
 from .selection import select
+from .stats import sparsity
 
 __version__ = "0.1.0"
 
@@ -17,6 +20,13 @@ __all__ = [
     "UnsafePickleError",
     "WeightFileError",
     "select",
+    "prune_threshold",
+    "prune_magnitude",
+    "apply_masks",
+    "sparsity",
+    "QuantizedArray",
+    "quantize",
+    "dequantize",
     "save_compressed",
     "load_compressed",
     "__version__",
