@@ -659,7 +659,7 @@ class CpzReader(WeightReader):
     >>> p = os.path.join(tempfile.mkdtemp(), "m.cpz")
     >>> save_compressed(coreprune.quantize({"w": np.ones((2, 4), np.float32)}, bits=8), p)
     >>> with CpzReader(p) as r:
-    ...     print(type(r.raw("w")).__name__, r["w"].dtype, r.spec("w").shape, r.kind("w"))
+    ...     print(type(r.raw("w")).__name__, r["w"].dtype, r.spec("w").shape, r.storage("w")["kind"])
     QuantizedArray float32 (2, 4) quantized
     """
 
@@ -732,17 +732,23 @@ class CpzReader(WeightReader):
             raise WeightFileError(f"{self.path}: the reader is closed")
         return self._f
 
-    def kind(self, name: str) -> str:
-        """``"dense"`` or ``"quantized"``, from the manifest."""
-        return self._entry(name).kind
+    def storage(self, name: str) -> dict[str, Any]:
+        """How ``name`` is stored, from the manifest.
 
-    def layout(self, name: str) -> str:
-        """``"full"``, ``"bitmask"`` or ``"csr"``, from the manifest."""
-        return self._entry(name).layout
-
-    def stored_nbytes(self, name: str) -> int:
-        """Bytes of ``name``'s blobs in the file (its :func:`encoded_nbytes`)."""
-        return sum(b[1] for b in self._entry(name).blobs.values())
+        Returns
+        -------
+        dict
+            ``kind`` (``"dense"`` or ``"quantized"``), ``layout`` (``"full"``, ``"bitmask"``,
+            ``"csr"``), ``bits`` (None for dense) and ``stored_nbytes`` (its blobs' bytes,
+            which is its :func:`encoded_nbytes`).
+        """
+        e = self._entry(name)
+        return {
+            "kind": e.kind,
+            "layout": e.layout,
+            "bits": e.bits if e.kind == "quantized" else None,
+            "stored_nbytes": sum(b[1] for b in e.blobs.values()),
+        }
 
     def _entry(self, name: str) -> _Entry:
         try:
@@ -843,7 +849,7 @@ def open_reader(path: str | os.PathLike) -> CpzReader:
     >>> p = os.path.join(tempfile.mkdtemp(), "m.cpz")
     >>> save_compressed({"w": np.zeros((3, 3), np.float16)}, p)
     >>> with open_reader(p) as r:
-    ...     print(r.spec("w"), r.layout("w"))
+    ...     print(r.spec("w"), r.storage("w")["layout"])
     TensorSpec(shape=(3, 3), dtype=dtype('float16')) csr
     """
     return CpzReader(path)

@@ -387,8 +387,9 @@ def test_open_weights_reads_cpz_dequantized_and_load_compressed_exactly(tmp_path
     with cio.open_weights(path) as r:
         assert isinstance(r, CpzReader) and r.spec("a").shape == (6, 5) and r.spec("a").dtype == np.float32
         assert r.extras == {"__metadata__": {"source": "unit test"}}
-        assert r.kind("a") == "quantized" and r.kind("n") == "dense"
-        assert r.stored_nbytes("a") == encoded_nbytes(q["a"])
+        assert r.storage("a") == {"kind": "quantized", "layout": "full", "bits": 4,
+                                  "stored_nbytes": encoded_nbytes(q["a"])}
+        assert r.storage("n")["kind"] == "dense" and r.storage("n")["bits"] is None
     dense = cio.load(path)
     np.testing.assert_array_equal(dense["a"], q["a"].dequantize())
     assert same_bits(dense["n"], w["n"])
