@@ -1,0 +1,734 @@
+"""PyTorch ``torch.save`` files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) with NumPy only.
+
+Reading
+-------
+Both layouts ``torch.save`` has used are read:
+
+* the **zip** layout (default since PyTorch 1.6): ``<folder>/data.pkl`` is the
+  pickled object, ``<folder>/data/<key>`` the raw bytes of each storage;
+* the **legacy** layout (``_use_new_zipfile_serialization=False``, PyTorch < 1.6):
+  five pickles in a row (magic number, protocol, system info, the object, the
+  storage keys) followed by each storage as an int64 element count and its bytes.
+
+The pickle goes through :mod:`coreprune.io.safe_unpickle`, which builds tensors and
+plain containers and refuses everything else before anything runs. The tensors
+found anywhere in the object are served by name (see *Names*); storages are
+memory-mapped when a tensor is first read, so opening a 4 GiB checkpoint reads
+only its pickle. ``reader[name]`` is a read-only ``numpy.memmap`` view shaped by the
+tensor's size, stride and offset (a strided view for non-contiguous tensors; a
+copy for conjugated / negated-bit tensors and big-endian files). Tensors that
+share a storage are views of the same mapped bytes.
+
+Names
+-----
+A nested checkpoint is flattened to dotted names: ``{"model": {"fc.weight": t},
+"epoch": 3}`` gives the tensor ``"model.fc.weight"`` and ``extras["epoch"] == 3``.
+Integer keys (optimizer state) become decimal parts (``"optimizer.state.0.exp_avg"``).
+A list or tuple that holds tensors is indexed (``"layers.0"``); one that holds none
+is one value in ``extras`` (``"optimizer.param_groups"``). A bare saved tensor is
+named ``"tensor"``; a bare non-tensor value is ``extras["value"]``.
+
+Writing
+-------
+:func:`write` stores a flat state dict (``OrderedDict`` of plain tensors, as
+``model.state_dict()`` holds) in the zip layout, which ``torch.load(path,
+weights_only=True)`` reads with ``mmap`` on or off: every record stored
+(uncompressed) and 64-byte aligned, CRCs set, zip64 end records as torch writes
+them. Tensors are written one at a time, C-contiguous, each in its own storage.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import re
+import struct
+import sys
+import zipfile
+import zlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from ..errors import CompressionError, WeightFileError
+from .base import TensorSpec, WeightReader, check_extent, element_count, read_exact, spec_of
+from .safe_unpickle import STORAGE_DTYPES, TORCH_DTYPES, StorageRef, TensorRef, TorchGlobal, restricted_load
+
+__all__ = ["FORMAT", "EXTENSIONS", "sniff", "open_reader", "write", "TorchReader"]
+
+FORMAT = "torch"
+EXTENSIONS = (".pt", ".pth", ".bin", ".ckpt")
+
+#: ``torch.serialization.MAGIC_NUMBER`` and ``PROTOCOL_VERSION`` of the legacy layout.
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+#: The magic number pickled as LONG1: the bytes after ``80 02`` in a legacy file.
+_LEGACY_HEAD = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+_ZIP_HEAD = b"PK\x03\x04"
+
+#: Names of a bare tensor and a bare non-tensor value saved with ``torch.save(obj)``.
+ROOT_TENSOR = "tensor"
+ROOT_VALUE = "value"
+#: Containers nest a handful of levels in real checkpoints; deeper means cyclic or hostile.
+_MAX_DEPTH = 100
+
+_ALIGN = 64
+_ZIP64_LIMIT = 0xFFFFFFFF  # sizes and offsets from here on go in zip64 extras (a module constant: tests lower it)
+_U32_MAX = 0xFFFFFFFF  # the "see the zip64 extra" value of a 32-bit field
+_CHUNK = 1 << 24
+
+
+# ------------------------------------------------------------------------------------------------------
+# Detection
+# ------------------------------------------------------------------------------------------------------
+def sniff(head: bytes) -> bool:
+    """True when ``head`` (the first bytes of a file) starts a ``torch.save`` file, zip or legacy.
+
+    A zip whose first entry is a visible ``*.npy`` name is an ``.npz`` archive instead.
+
+    Examples
+    --------
+    >>> sniff(b"PK\\x03\\x04" + bytes(26) + b"archive/data.pkl")
+    False
+    >>> import struct
+    >>> sniff(b"PK\\x03\\x04" + bytes(22) + struct.pack("<HH", 16, 0) + b"archive/data.pkl")
+    True
+    >>> sniff(b"\\x80\\x02\\x8a\\x0a\\x6c\\xfc\\x9c\\x46\\xf9\\x20\\x6a\\xa8\\x50\\x19.")
+    True
+    """
+    if head.startswith(_ZIP_HEAD):
+        if len(head) < 30:
+            return len(head) >= 4
+        name_len = struct.unpack_from("<H", head, 26)[0]
+        name = head[30 : 30 + name_len]
+        if len(name) < name_len:  # longer than the head: cannot tell, the extension decides
+            return True
+        return name_len > 0 and not name.endswith(b".npy")
+    return len(head) >= 2 + len(_LEGACY_HEAD) and head[0] == 0x80 and head[2:].startswith(_LEGACY_HEAD)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The reader
+# ------------------------------------------------------------------------------------------------------
+class TorchReader(WeightReader):
+    """Lazy reader of a ``torch.save`` file; see the module docstring for names and views.
+
+    Attributes
+    ----------
+    layout : str
+        ``"zip"`` or ``"legacy"``.
+    byteorder : str
+        ``"little"`` or ``"big"``: the byte order of the stored data.
+    parameters : frozenset of str
+        Names of tensors saved as ``nn.Parameter``.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "sd.pt")
+    >>> with open(p, "wb") as f:
+    ...     write({"fc.weight": np.eye(2, dtype=np.float32)}, f)
+    >>> with open_reader(p) as r:
+    ...     print(r.layout, list(r), r["fc.weight"].tolist())
+    zip ['fc.weight'] [[1.0, 0.0], [0.0, 1.0]]
+    """
+
+    format = FORMAT
+
+    def __init__(
+        self,
+        path: Path,
+        layout: str,
+        refs: dict[str, TensorRef],
+        extras: dict[str, Any],
+        spans: dict[str, tuple[int, int]],
+        byteorder: str,
+    ) -> None:
+        super().__init__(path)
+        self.layout = layout
+        self.byteorder = byteorder
+        self.extras = extras
+        self._refs = refs
+        self._spans = spans
+        self._map: np.memmap | None = None
+        self._specs = {name: TensorSpec(ref.shape, ref.dtype) for name, ref in refs.items()}
+        self.parameters = frozenset(name for name, ref in refs.items() if ref.parameter)
+
+    def _mapped(self) -> np.memmap:
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        return self._map
+
+    def _read(self, name: str) -> np.ndarray:
+        ref = self._refs[name]
+        dtype = ref.dtype
+        if element_count(ref.shape) == 0:
+            return np.empty(ref.shape, dtype)
+        offset, nbytes = self._spans[ref.storage.key]
+        itemsize = dtype.itemsize
+        usable = nbytes // itemsize * itemsize
+        buf = self._mapped()[offset : offset + usable]
+        strides = tuple(s * itemsize for s in ref.stride)
+        unit = itemsize // 2 if dtype.kind == "c" else itemsize
+        if self.byteorder == sys.byteorder or unit == 1:
+            # as_strided goes through __array_interface__, which cannot name the ml_dtypes types
+            # (bfloat16, float8): stride an unsigned carrier of the same width and view it back.
+            carrier = dtype if dtype.isbuiltin == 1 else np.dtype(f"u{itemsize}")
+            flat = buf.view(carrier)
+            out = np.lib.stride_tricks.as_strided(flat[ref.offset :], ref.shape, strides, subok=True, writeable=False)
+            if carrier != dtype:
+                out = out.view(dtype)
+        else:
+            # Gather this tensor's raw elements, then swap each scalar (each half of a complex).
+            raw = buf.view(np.dtype((np.void, itemsize)))
+            picked = np.ascontiguousarray(np.lib.stride_tricks.as_strided(raw[ref.offset :], ref.shape, strides))
+            words = picked.reshape(-1).view(np.dtype(f"u{unit}")).byteswap()
+            out = words.view(dtype).reshape(ref.shape)
+        if ref.conj:
+            out = np.conj(out)
+        if ref.neg:
+            out = np.negative(out)
+        return out
+
+    def close(self) -> None:
+        # Arrays already returned hold their own reference to the mapping.
+        self._map = None
+
+
+def open_reader(path: str | os.PathLike, **options: Any) -> TorchReader:
+    """Open a ``torch.save`` file lazily (zip or legacy layout).
+
+    Parameters
+    ----------
+    path : path-like
+
+    Returns
+    -------
+    TorchReader
+
+    Raises
+    ------
+    UnsafePickleError
+        The pickle names a global that is not a tensor, storage, dtype or plain container
+        (a pickled ``nn.Module``, ``os.system``, ...).
+    WeightFileError
+        A TorchScript archive, a truncated or corrupted file, or a tensor whose declared
+        size does not fit the bytes present.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "sd.pt")
+    >>> with open(p, "wb") as f:
+    ...     write({"b": np.arange(3, dtype=np.int64)}, f)
+    >>> with open_reader(p) as r:
+    ...     print(r.spec("b").shape, r["b"].tolist())
+    (3,) [0, 1, 2]
+    """
+    if options:
+        raise WeightFileError(f"{path}: unknown option(s) for torch files: {', '.join(sorted(options))}")
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        f = open(path, "rb")
+    except OSError as e:
+        raise WeightFileError(f"{path}: cannot open: {e.strerror or e}") from None
+    with f:
+        head = f.read(64)
+        f.seek(0)
+        if head.startswith(_ZIP_HEAD):
+            return _open_zip(path, f, size)
+        if head[:1] == b"\x80" and head[2 : 2 + len(_LEGACY_HEAD)] == _LEGACY_HEAD:
+            return _open_legacy(path, f, size)
+        if len(head) >= 2 and head[:2] == b"\x80\x02":
+            raise WeightFileError(f"{path}: a bare pickle, not a torch.save file (no torch magic number)")
+        raise WeightFileError(f"{path}: not a torch.save file (neither a zip archive nor the legacy layout)")
+
+
+# -- zip layout ---------------------------------------------------------------------------------------
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    ValueError,
+    struct.error,
+    OSError,
+    EOFError,
+    NotImplementedError,
+    UnicodeDecodeError,
+    OverflowError,
+    KeyError,
+    IndexError,
+)
+
+
+def _record_span(path: Path, f: BinaryIO, size: int, info: zipfile.ZipInfo) -> tuple[int, int]:
+    """(data offset, length) of a stored zip record, from its local header; no CRC trusted or needed."""
+    name = info.filename
+    if info.flag_bits & 0x1:
+        raise WeightFileError(f"{path}: zip record {name} is encrypted")
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise WeightFileError(
+            f"{path}: zip record {name} is compressed (method {info.compress_type}); torch.save stores records "
+            "uncompressed and memory-maps them, so a re-zipped checkpoint is refused: unzip it and zip it again "
+            "with `zip -0`, or load and re-save it with torch.save"
+        )
+    if info.compress_size != info.file_size:
+        raise WeightFileError(f"{path}: zip record {name} has different stored and real sizes (corrupted)")
+    check_extent(path, f"the local header of zip record {name}", info.header_offset, 30, size)
+    f.seek(info.header_offset)
+    local = f.read(30)
+    if local[:4] != _ZIP_HEAD:
+        raise WeightFileError(f"{path}: zip record {name} has no local header at offset {info.header_offset}")
+    name_len, extra_len = struct.unpack_from("<HH", local, 26)
+    data_offset = info.header_offset + 30 + name_len + extra_len
+    check_extent(path, f"zip record {name}", data_offset, info.file_size, size)
+    return data_offset, info.file_size
+
+
+def _open_zip(path: Path, f: BinaryIO, size: int) -> TorchReader:
+    try:
+        infos = zipfile.ZipFile(f).infolist()
+    except _ZIP_ERRORS as e:
+        raise WeightFileError(f"{path}: not a readable zip archive ({type(e).__name__}: {e})") from None
+    if not infos:
+        raise WeightFileError(f"{path}: an empty zip archive, not a torch.save file")
+    first = infos[0].filename
+    if "/" not in first:
+        raise WeightFileError(
+            f"{path}: a zip archive whose entries are not in a folder ({first!r:.60}); torch.save puts every "
+            "record under one folder, so this is not a torch.save file"
+        )
+    prefix = first.split("/", 1)[0] + "/"
+    records = {i.filename[len(prefix) :]: i for i in infos if i.filename.startswith(prefix)}
+    if "constants.pkl" in records or any(n.startswith("code/") for n in records):
+        raise WeightFileError(
+            f"{path}: a TorchScript archive (written by torch.jit.save), a compiled program rather than saved "
+            "weights. In PyTorch run `torch.save(torch.jit.load(path).state_dict(), 'weights.pt')` and read "
+            "that file"
+        )
+    if "data.pkl" not in records:
+        raise WeightFileError(f"{path}: zip archive without {prefix}data.pkl, so not a torch.save file")
+    byteorder = "little"
+    if "byteorder" in records:
+        start, length = _record_span(path, f, size, records["byteorder"])
+        f.seek(start)
+        mark = f.read(min(length, 16))
+        if mark not in (b"little", b"big"):
+            raise WeightFileError(f"{path}: byteorder record holds {mark!r}, not 'little' or 'big'")
+        byteorder = mark.decode()
+    info = records["data.pkl"]
+    start, length = _record_span(path, f, size, info)
+    f.seek(start)
+    pickle_bytes = read_exact(f, length, path, "data.pkl")
+    if info.CRC and zlib.crc32(pickle_bytes) != info.CRC:
+        raise WeightFileError(f"{path}: data.pkl fails its CRC-32 check (corrupted)")
+    spans: dict[str, tuple[int, int]] = {}
+
+    def storage_hook(ref: StorageRef) -> None:
+        if ref.key not in spans:
+            record = records.get(f"data/{ref.key}")
+            if record is None:
+                raise WeightFileError(f"{path}: the pickle refers to storage {ref.key!r:.40} but no record holds it")
+            spans[ref.key] = _record_span(path, f, size, record)
+        need = ref.root_numel * ref.dtype.itemsize
+        if spans[ref.key][1] < need:
+            raise WeightFileError(
+                f"{path}: storage {ref.key!r} declares {need} bytes but its record holds {spans[ref.key][1]} "
+                "(truncated or corrupted)"
+            )
+
+    obj = restricted_load(
+        io.BytesIO(pickle_bytes),
+        end=length,
+        source=f"{path} ({prefix}data.pkl)",
+        storage_hook=storage_hook,
+        max_tensor_nbytes=size,
+    )
+    tensors, extras = _flatten(path, obj, budget=length + 16)
+    return TorchReader(path, "zip", tensors, extras, spans, byteorder)
+
+
+# -- legacy layout ------------------------------------------------------------------------------------
+def _open_legacy(path: Path, f: BinaryIO, size: int) -> TorchReader:
+    magic = restricted_load(f, end=size, source=f"{path} (magic number)")
+    if magic != LEGACY_MAGIC:
+        raise WeightFileError(f"{path}: wrong torch magic number (corrupted)")
+    protocol = restricted_load(f, end=size, source=f"{path} (protocol version)")
+    if protocol != LEGACY_PROTOCOL:
+        raise WeightFileError(f"{path}: legacy protocol version {protocol!r:.20}, expected {LEGACY_PROTOCOL}")
+    sys_info = restricted_load(f, end=size, source=f"{path} (system info)")
+    if type(sys_info) is not dict or type(sys_info.get("little_endian", True)) is not bool:
+        raise WeightFileError(f"{path}: legacy system-info record is not a dict with little_endian (corrupted)")
+    byteorder = "little" if sys_info.get("little_endian", True) else "big"
+    declared: dict[str, StorageRef] = {}
+
+    def storage_hook(ref: StorageRef) -> None:
+        seen = declared.setdefault(ref.key, ref)
+        if (seen.dtype.itemsize, seen.root_numel) != (ref.dtype.itemsize, ref.root_numel):
+            raise WeightFileError(f"{path}: storage {ref.key!r:.40} is declared twice with different sizes")
+
+    start = f.tell()
+    obj = restricted_load(f, end=size, source=str(path), storage_hook=storage_hook, max_tensor_nbytes=size)
+    pickle_len = f.tell() - start
+    keys = restricted_load(f, end=size, source=f"{path} (storage key list)")
+    if type(keys) is not list or any(type(k) is not str for k in keys):
+        raise WeightFileError(f"{path}: the legacy storage key list is not a list of strings (corrupted)")
+    missing = set(declared) - set(keys)
+    if missing:
+        raise WeightFileError(f"{path}: storage {sorted(missing)[0]!r:.40} is used but its data is not in the file")
+    spans: dict[str, tuple[int, int]] = {}
+    pos = f.tell()
+    for key in keys:
+        ref = declared.get(key)
+        if ref is None:
+            raise WeightFileError(f"{path}: the key list names storage {key!r:.40}, which no tensor uses (corrupted)")
+        check_extent(path, f"the element count of storage {key!r:.40}", pos, 8, size)
+        f.seek(pos)
+        count = struct.unpack("<q" if byteorder == "little" else ">q", f.read(8))[0]
+        if count != ref.root_numel:
+            raise WeightFileError(
+                f"{path}: storage {key!r:.40} holds {count} elements but the pickle declares {ref.root_numel} "
+                "(corrupted)"
+            )
+        nbytes = count * ref.dtype.itemsize
+        check_extent(path, f"storage {key!r:.40}", pos + 8, nbytes, size)
+        spans[key] = (pos + 8, nbytes)
+        pos += 8 + nbytes
+    tensors, extras = _flatten(path, obj, budget=pickle_len + 16)
+    return TorchReader(path, "legacy", tensors, extras, spans, byteorder)
+
+
+# -- names --------------------------------------------------------------------------------------------
+def _flatten(path: Path, root: Any, budget: int) -> tuple[dict[str, TensorRef], dict[str, Any]]:
+    """Tensors and other values of a checkpoint by dotted name.
+
+    ``budget`` bounds the values visited: a tree cannot have more nodes than its pickle
+    has bytes, so visiting more means containers shared or nested in a cycle.
+    """
+    visits = 0
+
+    def key_text(key: Any, where: str) -> str:
+        if type(key) is str:
+            return key
+        if type(key) in (int, bool) and abs(key) < 2**63 or type(key) is float or key is None:
+            return str(key)
+        raise WeightFileError(f"{path}: a dict at {where or 'the top'!r:.60} has a {type(key).__name__} key")
+
+    def walk(obj: Any, name: str, depth: int) -> tuple[list[tuple[str, TensorRef]], list[tuple[str, Any]]]:
+        nonlocal visits
+        visits += 1
+        if visits > budget or depth > _MAX_DEPTH:
+            raise WeightFileError(
+                f"{path}: containers nest deeper than {_MAX_DEPTH} levels or refer to themselves near "
+                f"{name!r:.60} (corrupted or hostile)"
+            )
+        if isinstance(obj, TensorRef):
+            return [(name, obj)], []
+        if isinstance(obj, StorageRef):  # a bare storage reads as the 1-D tensor of its elements
+            return [(name, TensorRef(obj, obj.dtype, obj.byte_offset // obj.dtype.itemsize, (obj.numel,), (1,)))], []
+        if type(obj) in (dict, collections.OrderedDict):
+            if not obj:
+                return [], [(name, {})]
+            tensors: list[tuple[str, TensorRef]] = []
+            extras: list[tuple[str, Any]] = []
+            for k, v in obj.items():
+                part = key_text(k, name)
+                t, e = walk(v, f"{name}.{part}" if name else part, depth + 1)
+                tensors += t
+                extras += e
+            return tensors, extras
+        if type(obj) in (list, tuple):
+            tensors, extras = [], []
+            for i, v in enumerate(obj):
+                t, e = walk(v, f"{name}.{i}" if name else str(i), depth + 1)
+                tensors += t
+                extras += e
+            return (tensors, extras) if tensors else ([], [(name, obj)])
+        if isinstance(obj, TorchGlobal):
+            return [], [(name, obj.name)]
+        return [], [(name, obj)]
+
+    tensors, extras = walk(root, "", 0)
+    out_t: dict[str, TensorRef] = {}
+    out_e: dict[str, Any] = {}
+    for name, ref in tensors:
+        name = name if name or not isinstance(root, (TensorRef, StorageRef)) else ROOT_TENSOR
+        if name in out_t:
+            raise WeightFileError(f"{path}: two tensors map to the name {name!r:.80}")
+        out_t[name] = ref
+    for name, value in extras:
+        if not name:
+            if isinstance(root, (dict, collections.OrderedDict)):
+                continue  # an empty checkpoint dict: nothing to report
+            name = ROOT_VALUE
+        if name in out_t or name in out_e:
+            raise WeightFileError(f"{path}: two values map to the name {name!r:.80}")
+        out_e[name] = value
+    return out_t, out_e
+
+
+# ------------------------------------------------------------------------------------------------------
+# The writer
+# ------------------------------------------------------------------------------------------------------
+_V2_STORAGE = {dt: name for name, dt in STORAGE_DTYPES.items()}
+_V3_DTYPES: dict[np.dtype, str] = {
+    TORCH_DTYPES[n]: n  # type: ignore[misc]
+    for n in ("uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+              "float8_e8m0fnu")
+    if TORCH_DTYPES[n] is not None
+}
+
+
+def _torch_name(name: str, dtype: np.dtype) -> tuple[str, str]:
+    """("v2", "<Name>Storage") or ("v3", "<torch dtype>") for a NumPy dtype, or raise."""
+    dt = np.dtype(dtype)
+    if dt.byteorder in "<>":
+        dt = dt.newbyteorder("=")
+    if dt in _V2_STORAGE:
+        return "v2", _V2_STORAGE[dt]
+    if dt in _V3_DTYPES:
+        return "v3", _V3_DTYPES[dt]
+    kinds = sorted({str(d) for d in _V2_STORAGE} | {str(d) for d in _V3_DTYPES})
+    raise CompressionError(f"tensor {name!r}: dtype {dtype} cannot be stored in a torch file ({', '.join(kinds)})")
+
+
+class _Pickle:
+    """Protocol-2 opcodes for a flat state dict, written by hand so no global is ever imported."""
+
+    def __init__(self) -> None:
+        self.out = bytearray(b"\x80\x02")
+        self.memo: dict[str, int] = {}
+
+    def global_(self, module: str, name: str) -> None:
+        key = f"{module}\n{name}\n"
+        index = self.memo.get(key)
+        if index is not None:  # BINGET / LONG_BINGET of the memoised global
+            self.out += b"h" + bytes([index]) if index < 256 else b"j" + struct.pack("<I", index)
+            return
+        self.out += b"c" + key.encode("utf-8")
+        index = self.memo[key] = len(self.memo)
+        self.out += b"q" + bytes([index]) if index < 256 else b"r" + struct.pack("<I", index)  # BINPUT
+
+    def int_(self, n: int) -> None:
+        if 0 <= n < 256:
+            self.out += b"K" + bytes([n])
+        elif 0 <= n < 65536:
+            self.out += b"M" + struct.pack("<H", n)
+        elif -(2**31) <= n < 2**31:
+            self.out += b"J" + struct.pack("<i", n)
+        else:
+            data = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+            self.out += b"\x8a" + bytes([len(data)]) + data
+
+    def str_(self, s: str) -> None:
+        data = s.encode("utf-8", "surrogatepass")
+        self.out += b"X" + struct.pack("<I", len(data)) + data
+
+    def tuple_(self, items: tuple[int, ...]) -> None:
+        if not items:
+            self.out += b")"
+            return
+        if len(items) > 3:
+            self.out += b"("
+        for v in items:
+            self.int_(v)
+        self.out += {1: b"\x85", 2: b"\x86", 3: b"\x87"}.get(len(items), b"t")
+
+    def empty_ordered_dict(self) -> None:
+        self.global_("collections", "OrderedDict")
+        self.out += b")R"
+
+    def tensor(self, key: str, spec: TensorSpec, version: str, torch_name: str) -> None:
+        self.global_("torch._utils", "_rebuild_tensor_v2" if version == "v2" else "_rebuild_tensor_v3")
+        self.out += b"(("  # args tuple, then the persistent-id tuple
+        self.str_("storage")
+        if version == "v2":
+            self.global_("torch", torch_name)
+            numel = spec.size
+        else:
+            self.global_("torch.storage", "UntypedStorage")
+            numel = spec.nbytes
+        self.str_(key)
+        self.str_("cpu")
+        self.int_(numel)
+        self.out += b"tQ"  # TUPLE, BINPERSID
+        self.int_(0)
+        self.tuple_(spec.shape)
+        self.tuple_(_contiguous_strides(spec.shape))
+        self.out += b"\x89"  # requires_grad=False
+        self.empty_ordered_dict()
+        if version == "v3":
+            self.global_("torch", torch_name)
+        self.out += b"tR"
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Row-major strides in elements, as torch computes them (a 0-length dimension counts as 1).
+
+    Examples
+    --------
+    >>> _contiguous_strides((2, 3, 4)), _contiguous_strides((3, 0)), _contiguous_strides(())
+    ((12, 4, 1), (1, 1), ())
+    """
+    strides = []
+    step = 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= max(d, 1)
+    return tuple(reversed(strides))
+
+
+def _state_dict_pickle(items: list[tuple[str, TensorSpec, str, str]]) -> bytes:
+    p = _Pickle()
+    p.empty_ordered_dict()
+    for start in range(0, len(items), 1000):  # SETITEMS in batches, as pickle itself does
+        p.out += b"("
+        for i, (name, spec, version, torch_name) in enumerate(items[start : start + 1000], start):
+            p.str_(name)
+            p.tensor(str(i), spec, version, torch_name)
+        p.out += b"u"
+    p.out += b"."
+    return bytes(p.out)
+
+
+class _ZipWriter:
+    """A stored (uncompressed) zip with 64-byte-aligned records, as torch's writer lays it out."""
+
+    def __init__(self, f: BinaryIO, folder: str) -> None:
+        self.f = f
+        self.folder = folder
+        self.pos = 0
+        self.entries: list[tuple[bytes, int, int, int]] = []  # name, header offset, crc, size
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self.f.write(data)
+        self.pos += len(data)
+
+    def record(self, name: str, size: int, chunks: Iterator[memoryview | bytes]) -> None:
+        full = f"{self.folder}/{name}".encode()
+        header_offset = self.pos
+        zip64 = size >= _ZIP64_LIMIT
+        zip64_extra = struct.pack("<HHQQ", 1, 16, 0, 0) if zip64 else b""
+        pad = -(header_offset + 30 + len(full) + len(zip64_extra) + 4) % _ALIGN
+        extra = zip64_extra + b"FB" + struct.pack("<H", pad) + b"Z" * pad
+        sizes = _U32_MAX if zip64 else 0
+        self._write(
+            struct.pack(
+                "<4sHHHHHIIIHH", _ZIP_HEAD, 45 if zip64 else 20, 0x0808, 0, 0, 0x21, 0, sizes, sizes,
+                len(full), len(extra),
+            )
+            + full
+            + extra
+        )
+        crc = 0
+        written = 0
+        for chunk in chunks:
+            crc = zlib.crc32(chunk, crc)
+            self._write(chunk)
+            written += len(chunk)
+        if written != size:
+            raise CompressionError(f"record {name}: wrote {written} bytes, expected {size}")
+        if zip64:
+            self._write(struct.pack("<4sIQQ", b"PK\x07\x08", crc, size, size))
+        else:
+            self._write(struct.pack("<4sIII", b"PK\x07\x08", crc, size, size))
+        self.entries.append((full, header_offset, crc, size))
+
+    def finish(self) -> None:
+        cd_offset = self.pos
+        for full, offset, crc, size in self.entries:
+            fields = []
+            if size >= _ZIP64_LIMIT:
+                fields += [size, size]
+            if offset >= _ZIP64_LIMIT:
+                fields.append(offset)
+            extra = struct.pack(f"<HH{len(fields)}Q", 1, 8 * len(fields), *fields) if fields else b""
+            small = _U32_MAX if size >= _ZIP64_LIMIT else size
+            self._write(
+                struct.pack(
+                    "<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 45, 45 if fields else 20, 0x0808, 0, 0, 0x21, crc,
+                    small, small, len(full), len(extra), 0, 0, 0, 0, _U32_MAX if offset >= _ZIP64_LIMIT else offset,
+                )
+                + full
+                + extra
+            )
+        cd_size = self.pos - cd_offset
+        eocd64_offset = self.pos
+        n = len(self.entries)
+        self._write(struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, n, n, cd_size, cd_offset))
+        self._write(struct.pack("<4sIQI", b"PK\x06\x07", 0, eocd64_offset, 1))
+        self._write(
+            struct.pack(
+                "<4sHHHHIIH", b"PK\x05\x06", 0, 0, min(n, 0xFFFF), min(n, 0xFFFF),
+                _U32_MAX if cd_size >= _ZIP64_LIMIT else cd_size, _U32_MAX if cd_offset >= _ZIP64_LIMIT else cd_offset, 0,
+            )
+        )
+
+
+def _tensor_chunks(name: str, value: Any, spec: TensorSpec) -> Iterator[memoryview]:
+    if isinstance(value, np.generic):
+        value = np.asarray(value)
+    if not isinstance(value, np.ndarray) or tuple(value.shape) != spec.shape or value.dtype != spec.dtype:
+        raise CompressionError(
+            f"tensor {name!r}: its value does not match its spec {spec.shape} {spec.dtype} (changed while writing?)"
+        )
+    arr = np.ascontiguousarray(value)
+    if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and sys.byteorder == "big"):
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    raw = arr.reshape(-1).view(np.uint8)
+    for start in range(0, raw.size, _CHUNK):
+        yield memoryview(raw[start : start + _CHUNK])
+
+
+def write(weights: Mapping[str, np.ndarray], f: BinaryIO, *, archive_name: str = "archive") -> None:
+    """Write ``weights`` as a ``torch.save`` zip file holding a flat state dict.
+
+    The pickle (names, shapes, dtypes) is built from the specs first; then each tensor
+    is read, made C-contiguous and streamed into its own ``data/<i>`` record, so a lazy
+    :class:`~coreprune.io.base.WeightReader` input is never held whole in memory.
+
+    Parameters
+    ----------
+    weights : Mapping[str, numpy.ndarray]
+        float16/32/64, bfloat16, int8/16/32/64, uint8, bool, complex64/128 (as
+        ``_rebuild_tensor_v2`` with typed storages), and uint16/32/64 and the ml_dtypes
+        float8 types (as ``_rebuild_tensor_v3``, torch >= 2.3). Any shape, 0-d and empty
+        included; the values are written in C order.
+    f : binary file
+        Written sequentially from its current position.
+    archive_name : str
+        Name of the zip's top-level folder (torch ignores it; ``[A-Za-z0-9_.-]+``).
+
+    Raises
+    ------
+    CompressionError
+        A name that is not a string, a dtype torch cannot hold, or a bad ``archive_name``.
+
+    Examples
+    --------
+    >>> import io, zipfile, numpy as np
+    >>> buf = io.BytesIO()
+    >>> write({"w": np.ones((2, 2), np.float16)}, buf)
+    >>> zipfile.ZipFile(buf).namelist()
+    ['archive/data.pkl', 'archive/byteorder', 'archive/data/0', 'archive/version']
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", archive_name) or archive_name in (".", ".."):
+        raise CompressionError(f"archive_name {archive_name!r}: use letters, digits, '_', '.', '-'")
+    items = []
+    for name in weights:
+        if not isinstance(name, str):
+            raise CompressionError(f"tensor name {name!r}: torch state dicts need string names")
+        spec = spec_of(weights, name)
+        version, torch_name = _torch_name(name, spec.dtype)
+        items.append((name, TensorSpec(spec.shape, np.dtype(spec.dtype)), version, torch_name))
+    pickle_bytes = _state_dict_pickle(items)
+    z = _ZipWriter(f, archive_name)
+    z.record("data.pkl", len(pickle_bytes), iter([pickle_bytes]))
+    z.record("byteorder", 6, iter([b"little"]))
+    for i, (name, spec, _, _) in enumerate(items):
+        z.record(f"data/{i}", spec.nbytes, _tensor_chunks(name, weights[name], spec))
+    z.record("version", 2, iter([b"3\n"]))
+    z.finish()
