@@ -307,18 +307,29 @@ def _is_cpz(path: str | os.PathLike) -> bool:
 
 
 def _write(args: argparse.Namespace, source: WeightReader, pipeline: _Pipeline, output: str) -> None:
-    """Write ``pipeline`` to ``output`` (never over the input) and say what was written."""
-    if _is_cpz(output):
-        command = " ".join(["coreprune", *args.argv])
-        save_compressed(
-            pipeline, output, inputs=(args.input,),
-            metadata={"coreprune": __version__, "source": Path(args.input).name, "command": command},
-        )
+    """Write ``pipeline`` to ``output`` (never over the input) and say what was not written.
+
+    String metadata (safetensors ``__metadata__``, a ``.cpz`` manifest's metadata) is carried
+    over to the formats that hold it; a ``.cpz`` output also records its provenance.
+    """
+    meta = source.metadata if isinstance(source, CpzReader) else source.extras.get("__metadata__")
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        meta = None
+    suffix = Path(output).suffix.lower()
+    carried = False
+    if suffix == ".cpz":
+        provenance = {"coreprune": __version__, "source": Path(args.input).name,
+                      "command": " ".join([_PROG, *args.argv])}
+        save_compressed(pipeline, output, inputs=(args.input,), metadata={**(meta or {}), **provenance})
+        carried = True
+    elif suffix == ".safetensors" and meta:
+        save(pipeline, output, inputs=(args.input,), metadata=meta)
+        carried = True
     else:
         save(pipeline, output, inputs=(args.input,))
-    if source.extras:
-        names = ", ".join(list(source.extras)[:8])
-        _note(args, f"{len(source.extras)} non-tensor value(s) of {args.input} not written: {names}")
+    lost = [k for k in source.extras if not (carried and k == "__metadata__")]
+    if lost:
+        _note(args, f"{len(lost)} non-tensor value(s) of {args.input} not written: {', '.join(lost[:8])}")
 
 
 def _summary(args: argparse.Namespace, output: str, counts: _Counts, tensors: int) -> None:
@@ -366,6 +377,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             del array
             bar.update(1)
         extras = dict(reader.extras)
+        metadata = dict(reader.metadata) if isinstance(reader, CpzReader) else {}
     summary = totals(stats)
     file_size = os.path.getsize(args.input)
     if args.json:
@@ -383,10 +395,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             "tensors": tensors,
             "totals": {k: _jsonable(v) for k, v in summary.items()},
             "extras": _jsonable(extras),
+            "metadata": metadata,
         }
         print(json.dumps(doc, indent=1))
     else:
         _print_table(args, fmt, stats, storage, summary, extras, file_size)
+        if metadata:
+            print("metadata: " + ", ".join(f"{k} = {v!r}" for k, v in metadata.items()))
     if args.plot is not None:
         _plot(args, stats, samples)
         if not args.json:

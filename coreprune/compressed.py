@@ -484,7 +484,7 @@ def save_compressed(
     path : path-like
         Destination, conventionally ``*.cpz``.
     metadata : Mapping[str, str], optional
-        Free text kept in the manifest; ``open_weights(path).extras["__metadata__"]``.
+        Free text kept in the manifest; ``open_weights(path).metadata`` reads it back.
     inputs : tuple of path-like
         Files that must not be overwritten (the files being read).
 
@@ -651,7 +651,8 @@ class CpzReader(WeightReader):
     dtype), so that a ``.cpz`` file reads like any other weight file;
     :meth:`raw` gives exactly the stored value (a QuantizedArray for quantized tensors).
     The manifest is validated completely when the reader opens; each blob's CRC-32 is
-    checked when it is read.
+    checked when it is read. ``metadata`` holds the manifest's free-text metadata
+    (``dict[str, str]``, empty if none); ``extras`` is always empty.
 
     Examples
     --------
@@ -713,8 +714,7 @@ class CpzReader(WeightReader):
         meta = manifest.get("metadata", {})
         if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
             raise _fail(where, "metadata is not an object of strings")
-        if meta:
-            self.extras["__metadata__"] = dict(meta)
+        self.metadata: dict[str, str] = dict(meta)
         tensors = manifest.get("tensors")
         if not isinstance(tensors, list):
             raise _fail(where, "manifest has no tensor list")

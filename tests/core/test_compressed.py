@@ -386,7 +386,7 @@ def test_open_weights_reads_cpz_dequantized_and_load_compressed_exactly(tmp_path
     assert cio.detect_format(path) == "cpz"
     with cio.open_weights(path) as r:
         assert isinstance(r, CpzReader) and r.spec("a").shape == (6, 5) and r.spec("a").dtype == np.float32
-        assert r.extras == {"__metadata__": {"source": "unit test"}}
+        assert r.metadata == {"source": "unit test"} and r.extras == {}
         assert r.storage("a") == {"kind": "quantized", "layout": "full", "bits": 4,
                                   "stored_nbytes": encoded_nbytes(q["a"])}
         assert r.storage("n")["kind"] == "dense" and r.storage("n")["bits"] is None
