@@ -29,8 +29,8 @@ from .compressed import CpzReader, save_compressed
 from .errors import CompressionError
 from .inspect_stats import DEFAULT_THRESHOLD, TensorStats, tensor_stats, totals
 from .io import detect_format, open_weights, save
-from .io.base import WeightReader, atomic_write
-from .name_mapping import MAPPINGS
+from .io.base import TensorSpec, WeightReader, atomic_write
+from .name_mapping import MAPPINGS, torch_batch_norm_counters
 from .pruning import prune_magnitude, prune_threshold
 from .quantization import quantize
 from .selection import is_floating, select
@@ -210,11 +210,23 @@ class _Pipeline(WeightReader):
         step: Callable[[str, np.ndarray], Any] | None = None,
         selected: Sequence[str] = (),
         rename: dict[str, str] | None = None,
+        added: dict[str, tuple[str, np.ndarray]] | None = None,
     ) -> None:
+        """``rename``: old -> new name (names it lacks are dropped); ``added``: new name ->
+        (the output name it follows, value), for tensors the source does not have."""
         super().__init__(source.path)
         self._source = source
-        self._old = {new: old for old, new in (rename or {n: n for n in source}).items()}
-        self._specs = {new: source.spec(old) for new, old in self._old.items()}
+        self._old: dict[str, str] = {}
+        self._added: dict[str, np.ndarray] = {}
+        after: dict[str, list[str]] = {}
+        for name, (anchor, value) in (added or {}).items():
+            after.setdefault(anchor, []).append(name)
+            self._added[name] = value
+        for old, new in (rename or {n: n for n in source}).items():
+            self._old[new] = old
+            self._specs[new] = source.spec(old)
+            for extra in after.get(new, []):
+                self._specs[extra] = TensorSpec(tuple(self._added[extra].shape), self._added[extra].dtype)
         self.extras = source.extras
         self._step = step
         self._selected = set(selected)
@@ -222,6 +234,8 @@ class _Pipeline(WeightReader):
         self._seen: set[str] = set()
 
     def _read(self, name: str) -> Any:
+        if name in self._added:
+            return self._added[name]
         old = self._old[name]
         value = self._source[old]
         if self._step is not None and old in self._selected:
@@ -551,14 +565,23 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     with _open_input(args) as reader, _progress(len(reader), "convert", args.quiet) as bar:
         rename = MAPPINGS[args.map](list(reader)) if args.map else None
-        pipe = _Pipeline(reader, bar=bar, rename=rename)
+        added = {}
+        if args.map == "gluon-to-torch":  # torch's batch norms keep a counter that Gluon has not
+            counters = torch_batch_norm_counters(rename.values()) if rename else {}
+            added = {name: (anchor, np.array(0, np.int64)) for name, anchor in counters.items()}
+        pipe = _Pipeline(reader, bar=bar, rename=rename, added=added)
         _write(args, reader, pipe, args.output)
         dropped = [n for n in reader if rename is not None and n not in rename]
     if dropped:
         shown = ", ".join(dropped[:8])
         _note(args, f"{args.map}: dropped {len(dropped)} tensor(s) with no counterpart: {shown}")
     renamed = sum(1 for old, new in (rename or {}).items() if old != new)
-    _say(args, f"wrote {args.output}: {len(pipe)} tensors" + (f", {renamed} renamed" if args.map else ""))
+    done = f"wrote {args.output}: {len(pipe)} tensors"
+    if args.map:
+        done += f", {renamed} renamed"
+    if added:
+        done += f", {len(added)} batch-norm num_batches_tracked counter(s) added as 0"
+    _say(args, done)
     return 0
 
 

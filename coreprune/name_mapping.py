@@ -28,6 +28,10 @@ Gluon to PyTorch (:func:`gluon_to_torch_names`)
    (activations, pooling) sit between them in a torch ``nn.Sequential``, the
    torch indices are larger: prefer structural names when you can.
 
+PyTorch's ``BatchNorm`` also keeps a ``num_batches_tracked`` counter, which a strict
+``load_state_dict`` expects; :func:`torch_batch_norm_counters` names the counters a
+converted Gluon file lacks (``coreprune convert --map gluon-to-torch`` adds them as 0).
+
 PyTorch to Gluon (:func:`torch_to_gluon_names`)
 -----------------------------------------------
 Paths are kept (Gluon's structural names are attribute paths too). A module that
@@ -47,7 +51,7 @@ from collections.abc import Callable, Iterable
 
 from .errors import CompressionError
 
-__all__ = ["gluon_to_torch_names", "torch_to_gluon_names", "MAPPINGS"]
+__all__ = ["gluon_to_torch_names", "torch_to_gluon_names", "torch_batch_norm_counters", "MAPPINGS"]
 
 _GLUON_TO_TORCH_LEAF = {
     "gamma": "weight",
@@ -176,6 +180,38 @@ def torch_to_gluon_names(names: Iterable[str]) -> dict[str, str]:
             leaf = "gamma" if leaf == "weight" else "beta"
         out[n] = f"{path}{dot}{leaf}"
     return _check_unique(out, "torch-to-gluon")
+
+
+def torch_batch_norm_counters(names: Iterable[str]) -> dict[str, str]:
+    """The ``num_batches_tracked`` counters PyTorch batch norms have and ``names`` lack.
+
+    A module with a ``running_var`` is a batch norm; torch's ``BatchNorm`` registers
+    ``num_batches_tracked`` (an int64 scalar) right after it.
+
+    Parameters
+    ----------
+    names : iterable of str
+        PyTorch ``state_dict`` names (e.g. the output of :func:`gluon_to_torch_names`).
+
+    Returns
+    -------
+    dict of str to str
+        Missing counter name -> the existing name it belongs after, in input order.
+
+    Examples
+    --------
+    >>> torch_batch_norm_counters(["0.weight", "1.weight", "1.running_mean", "1.running_var", "2.weight"])
+    {'1.num_batches_tracked': '1.running_var'}
+    """
+    names = list(names)
+    present = set(names)
+    out: dict[str, str] = {}
+    for n in names:
+        path, dot, leaf = n.rpartition(".")
+        counter = f"{path}{dot}num_batches_tracked"
+        if leaf == "running_var" and counter not in present:
+            out[counter] = n
+    return out
 
 
 #: ``--map`` choices of ``coreprune convert``: name -> function(names) -> {old: new}
