@@ -40,7 +40,7 @@ __all__ = ["TensorStats", "tensor_stats", "sqnr_db", "quantized_nbytes", "totals
 
 #: Default ``threshold`` of :func:`tensor_stats` and ``coreprune inspect --threshold``.
 DEFAULT_THRESHOLD = 1e-3
-_CHUNK = 1 << 20
+_CHUNK = 1 << 18  # elements per float64 working chunk: 2 MiB
 
 
 @dataclass(frozen=True)
