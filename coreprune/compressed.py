@@ -668,7 +668,11 @@ class CpzReader(WeightReader):
 
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__(path)
-        self._f: BinaryIO | None = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        self.metadata: dict[str, str] = {}
+        try:
+            self._f: BinaryIO | None = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        except OSError as e:
+            raise WeightFileError(f"{self.path}: cannot open ({e.strerror or e})") from None
         try:
             self._entries = self._read_manifest()
         except BaseException:
@@ -704,8 +708,8 @@ class CpzReader(WeightReader):
             raise _fail(where, "manifest checksum mismatch")
         try:
             manifest = json.loads(text.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise _fail(where, f"manifest is not JSON ({e})") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: hostile nesting
+            raise _fail(where, f"manifest is not JSON ({type(e).__name__})") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise _fail(where, "manifest is not a .cpz manifest")
         if manifest.get("version") != version:
@@ -714,7 +718,7 @@ class CpzReader(WeightReader):
         meta = manifest.get("metadata", {})
         if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
             raise _fail(where, "metadata is not an object of strings")
-        self.metadata: dict[str, str] = dict(meta)
+        self.metadata = dict(meta)
         tensors = manifest.get("tensors")
         if not isinstance(tensors, list):
             raise _fail(where, "manifest has no tensor list")
@@ -840,8 +844,13 @@ class CpzReader(WeightReader):
             self._f = None
 
 
-def open_reader(path: str | os.PathLike) -> CpzReader:
+def open_reader(path: str | os.PathLike, **options: Any) -> CpzReader:
     """Open a ``.cpz`` file lazily (the :mod:`coreprune.io` reader interface).
+
+    Raises
+    ------
+    WeightFileError
+        Any option (the format has none), or a file that cannot be opened or is not a valid ``.cpz``.
 
     Examples
     --------
@@ -852,6 +861,8 @@ def open_reader(path: str | os.PathLike) -> CpzReader:
     ...     print(r.spec("w"), r.storage("w")["layout"])
     TensorSpec(shape=(3, 3), dtype=dtype('float16')) csr
     """
+    if options:
+        raise WeightFileError(f"{path}: the cpz reader takes no options, got {', '.join(sorted(options))}")
     return CpzReader(path)
 
 

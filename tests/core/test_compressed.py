@@ -551,6 +551,20 @@ def test_a_forged_index_that_points_past_the_tensor_is_refused(tmp_path):
         load_compressed(path)
 
 
+def test_hostile_json_nesting_and_unknown_reader_options_are_refused(tmp_path):
+    from coreprune import io as cio
+
+    _, path = make_sample(tmp_path)
+    data = path.read_bytes()
+    offset = FOOTER.unpack(data[-FOOTER.size :])[0]
+    text = b"[" * 100_000 + b"]" * 100_000
+    path.write_bytes(data[:offset] + text + FOOTER.pack(offset, len(text), zlib.crc32(text), b"CPZE"))
+    with pytest.raises(WeightFileError, match="not JSON"):
+        load_compressed(path)
+    with pytest.raises(WeightFileError, match="takes no options"):
+        cio.open_weights(tmp_path / "sample.cpz", sparse="scipy")
+
+
 def test_newer_versions_ask_for_an_upgrade_and_other_files_are_refused(tmp_path):
     _, path = make_sample(tmp_path)
     data = bytearray(path.read_bytes())
