@@ -30,9 +30,11 @@ import dataclasses
 import math
 from collections.abc import Mapping
 
+import ml_dtypes
 import numpy as np
 
 from .errors import CompressionError
+from .packing import _check_bits
 from .selection import Pattern, check_weights, is_floating, require_finite, select
 
 __all__ = ["QuantizedArray", "quantize", "dequantize"]
@@ -44,12 +46,6 @@ _F32_MAX = float(np.finfo(np.float32).max)
 
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _check_bits(bits: object) -> int:
-    if not _is_int(bits) or not 1 <= int(bits) <= 16:  # type: ignore[call-overload]
-        raise CompressionError(f"bits must be an int in 1..16, got {bits!r}")
-    return int(bits)  # type: ignore[call-overload]
 
 
 def code_dtype(bits: int, symmetric: bool) -> np.dtype:
@@ -178,7 +174,9 @@ class QuantizedArray:
         def fail(problem: str) -> CompressionError:
             return CompressionError(f"inconsistent QuantizedArray: {problem}")
 
-        bits = _check_bits(self.bits)
+        if not _is_int(self.bits) or not 1 <= int(self.bits) <= 16:  # type: ignore[call-overload]
+            raise fail(f"bits must be an int in 1..16, got {self.bits!r}")
+        bits = int(self.bits)  # type: ignore[call-overload]
         if not isinstance(self.symmetric, (bool, np.bool_)):
             raise fail(f"symmetric must be a bool, got {self.symmetric!r}")
         symmetric = bool(self.symmetric)
@@ -254,7 +252,8 @@ class QuantizedArray:
 
         ``scale * codes`` (symmetric), ``scale * (codes - zero_point)`` (affine),
         ``scale * (2 * codes - 1)`` (``bits == 1``), computed in float32 (float64 for float64
-        tensors) with each scale broadcast over its channel or group, then cast to ``dtype``.
+        tensors) with each scale broadcast over its channel or group, clipped to the largest finite
+        value of ``dtype`` and cast to ``dtype``.
 
         Examples
         --------
@@ -273,7 +272,12 @@ class QuantizedArray:
             values -= 1
         elif not self.symmetric:
             values -= self.zero_point.astype(work).reshape(kd_shape)  # type: ignore[union-attr]
-        values *= scale
+        with np.errstate(over="ignore"):  # an overshoot past the float32 range is clipped just below
+            values *= scale
+        # rounding can put an extreme value up to scale/2 beyond the dtype's largest finite value;
+        # clipping it there keeps it finite and only brings it closer to the original
+        peak = float(ml_dtypes.finfo(self.dtype).max)
+        np.clip(values, -peak, peak, out=values)
         return np.asarray(values.reshape(self.shape).astype(self.dtype))
 
     def __repr__(self) -> str:
