@@ -286,7 +286,7 @@ class MXNetParamsReader(WeightReader):
                 raise WeightFileError(
                     f"{path}: {what} has a non-integer index array ({aux_dtype}) (corrupted?)"
                 )
-            aux_ndim, aux_dims = cur.tshape(f"aux shape #{k} of {what}")
+            _, aux_dims = cur.tshape(f"aux shape #{k} of {what}")
             aux.append(
                 _Block(
                     aux_dtype, check_shape(path, f"aux shape #{k} of {what}", aux_dims, aux_dtype.itemsize)
@@ -364,14 +364,17 @@ class MXNetParamsReader(WeightReader):
             return self._row_sparse(name, rec, values, aux[0])
         return self._csr(name, rec, values, aux[0], aux[1])
 
-    def _dense_out(self, name: str, rec: _Record) -> np.ndarray:
-        nbytes = element_count(rec.shape) * rec.data.dtype.itemsize
+    def _check_limit(self, name: str, rec: _Record, nbytes: int, what: str) -> None:
+        # A sparse header may declare any logical shape; only dense_limit bounds what that costs.
         if self._dense_limit is not None and nbytes > self._dense_limit:
             raise WeightFileError(
                 f"{self.path}: {_STYPES[rec.stype]} array {name!r} of shape {rec.shape} would take {nbytes} "
-                f"bytes dense (limit {self._dense_limit}); open it with sparse='scipy' or a larger "
-                "dense_limit"
+                f"bytes {what} (limit dense_limit={self._dense_limit}); raise dense_limit if that is intended"
+                + (" or open it with sparse='scipy'" if what == "dense" else "")
             )
+
+    def _dense_out(self, name: str, rec: _Record) -> np.ndarray:
+        self._check_limit(name, rec, element_count(rec.shape) * rec.data.dtype.itemsize, "dense")
         return np.zeros(rec.shape, rec.data.dtype)
 
     def _row_sparse(self, name: str, rec: _Record, values: np.ndarray, rows: np.ndarray) -> Any:
@@ -384,6 +387,7 @@ class MXNetParamsReader(WeightReader):
             import scipy.sparse
 
             n_rows, n_cols = rec.shape
+            self._check_limit(name, rec, 8 * (n_rows + 1), "of csr row pointers")
             indptr = np.zeros(n_rows + 1, np.int64)
             indptr[rows + 1] = n_cols
             np.cumsum(indptr, out=indptr)
@@ -471,8 +475,9 @@ def write(weights: Mapping[str, np.ndarray], f: BinaryIO, *, np_shape: bool = Fa
     little-endian. By default the records are V2, what ``mx.nd.save`` writes and
     ``mx.nd.load`` / ``Block.load_parameters`` read without NumPy-shape mode; V2 cannot
     hold 0-d or 0-size arrays. ``np_shape=True`` writes V3 records for every tensor
-    (0-d and 0-size included); such files load only under ``mx.npx.set_np()`` (or
-    through ``Block.load_parameters``, which retries).
+    (0-d and 0-size included); MXNet loads such files only with NumPy-shape semantics on
+    (``mx.npx.set_np()`` or ``with mx.util.np_shape(True):``), ``Block.load_parameters``
+    included.
 
     Parameters
     ----------

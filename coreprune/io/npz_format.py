@@ -31,8 +31,10 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -162,9 +164,12 @@ def _parse_npy_header(data: bytes, path: Path, what: str) -> tuple[tuple[int, ..
     fp = io.BytesIO(data)
     fp.seek(8)
     try:
-        shape, fortran_order, dtype = reader(fp, max_header_size=MAX_HEADER_SIZE)
-    except (ValueError, TypeError, SyntaxError, OverflowError, RecursionError, MemoryError) as e:
-        raise WeightFileError(f"{path}: {what} has a corrupted .npy header ({e})") from e
+        with warnings.catch_warnings():
+            # Parsing hostile header text can warn about escape sequences; the error below says enough.
+            warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
+            shape, fortran_order, dtype = reader(fp, max_header_size=MAX_HEADER_SIZE)
+    except Exception as e:  # numpy's parser can raise SyntaxError, tokenize.TokenError, ...: none may escape
+        raise WeightFileError(f"{path}: {what} has a corrupted .npy header ({type(e).__name__}: {e})") from e
     if dtype.hasobject:
         raise WeightFileError(
             f"{path}: {what} is an object array; pickled data is never loaded (allow_pickle=False)"
@@ -173,26 +178,16 @@ def _parse_npy_header(data: bytes, path: Path, what: str) -> tuple[tuple[int, ..
     return shape, bool(fortran_order), dtype, length
 
 
+@dataclass(frozen=True)
 class _Entry:
-    """Where one array lives: member info, data offset (stored) and its .npy header length."""
+    """Where one array lives: its zip member (None for a .npy file), data offset when stored
+    (-1 when compressed), .npy header length and the dtype as stored."""
 
-    __slots__ = ("member", "zinfo", "data_offset", "header_length", "stored_dtype", "fortran")
-
-    def __init__(
-        self,
-        member: str,
-        zinfo: zipfile.ZipInfo | None,
-        data_offset: int,
-        header_length: int,
-        stored_dtype: np.dtype,
-        fortran: bool,
-    ) -> None:
-        self.member = member
-        self.zinfo = zinfo
-        self.data_offset = data_offset
-        self.header_length = header_length
-        self.stored_dtype = stored_dtype
-        self.fortran = fortran
+    zinfo: zipfile.ZipInfo | None
+    data_offset: int
+    header_length: int
+    stored_dtype: np.dtype
+    fortran: bool
 
 
 class NpzReader(WeightReader):
@@ -242,7 +237,7 @@ class NpzReader(WeightReader):
             raise WeightFileError(
                 f"{self.path}: {self._size - length - nbytes} bytes follow the array data (corrupted?)"
             )
-        self._add(self.path.stem, shape, _Entry(self.path.stem, None, length, length, dtype, fortran))
+        self._add(self.path.stem, shape, _Entry(None, length, length, dtype, fortran))
 
     def _open_npz(self) -> None:
         try:
@@ -316,7 +311,7 @@ class NpzReader(WeightReader):
         self._add(
             fname[:-4],
             shape,
-            _Entry(fname[:-4], zinfo, start + length if start >= 0 else -1, length, dtype, fortran),
+            _Entry(zinfo, start + length if start >= 0 else -1, length, dtype, fortran),
         )
 
     def _read(self, name: str) -> np.ndarray:

@@ -257,6 +257,34 @@ def test_sparse_dense_limit(tmp_path):
     assert cio.load(path, dense_limit=80)["c"].shape == (5, 4)
 
 
+def test_huge_logical_shapes_of_sparse_arrays_are_bounded_by_dense_limit(tmp_path):
+    # One stored row of a (2**40, 3) row_sparse array: a tiny file whose dense form is 12 TiB.
+    record = (
+        struct.pack("<Ii", MAGIC[2], 1)
+        + tshape((1, 3))
+        + tshape((2**40, 3))
+        + struct.pack("<iii", 1, 0, 0)
+        + struct.pack("<i", 6)
+        + tshape((1,))
+        + np.ones(3, "<f4").tobytes()
+        + np.array([2**39], "<i8").tobytes()
+    )
+    path = _write(tmp_path / "r.params", params_file([record], ["r"]))
+    tracemalloc.start()
+    try:
+        with cio.open_weights(path) as r:
+            assert r.spec("r").shape == (2**40, 3)
+            with pytest.raises(WeightFileError, match="would take 13194139533312 bytes dense"):
+                r["r"]
+        with cio.open_weights(path, sparse="scipy") as r:
+            with pytest.raises(WeightFileError, match="bytes of csr row pointers"):
+                r["r"]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
 def _csr_with(indptr, indices, values, shape):
     return (
         struct.pack("<Ii", MAGIC[2], 2)
