@@ -30,7 +30,8 @@ The allowlist
 ``torch.<Name>Storage`` (Float, Double, Half, BFloat16, Long, Int, Short, Char,
 Byte, Bool, ComplexFloat, ComplexDouble), ``torch.storage.UntypedStorage``,
 ``torch.<dtype>``, ``torch.Size``, ``_codecs.encode`` (how protocol 2 pickles
-``bytes``) and ``builtins.set`` / ``frozenset`` / ``complex`` / ``bytearray``.
+``bytes``) and ``builtins.set`` / ``frozenset`` / ``complex`` / ``bytearray`` / ``bytes`` (also spelled
+``__builtin__``, as protocol 2 writes them), with their arguments checked.
 It is a subset of ``torch.load(weights_only=True)``'s.
 
 Opcodes
@@ -152,7 +153,7 @@ TORCH_DTYPES: dict[str, np.dtype | None] = {
 
 @dataclass(frozen=True)
 class TorchGlobal:
-    """An allowlisted global as the pickle names it: ``torch.float32``, ``torch.FloatStorage``, a rebuild function.
+    """An allowlisted global as the pickle names it: ``torch.float32``, ``torch.FloatStorage``, a function.
 
     Attributes
     ----------
@@ -283,19 +284,20 @@ class _Unpickler:
         self.stack: list[Any] = []
         self.metastack: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
-        self.globals = _allowed_globals(self)
 
     # -- reading ------------------------------------------------------------------------------------
     def read(self, n: int) -> bytes:
         if n < 0 or self.pos + n > self.end:
             raise _bad(
                 self.source,
-                f"pickle asks for {n} bytes at offset {self.pos} but only {max(self.end - self.pos, 0)} are left "
-                "(truncated or corrupted)",
+                f"pickle asks for {n} bytes at offset {self.pos} but only "
+                f"{max(self.end - self.pos, 0)} remain (truncated or corrupted)",
             )
         data = self.f.read(n)
         if len(data) != n:
-            raise _bad(self.source, f"file ends inside the pickle at offset {self.pos + len(data)} (truncated)")
+            raise _bad(
+                self.source, f"file ends inside the pickle at offset {self.pos + len(data)} (truncated)"
+            )
         self.pos += n
         return data
 
@@ -337,12 +339,13 @@ class _Unpickler:
     # -- globals ------------------------------------------------------------------------------------
     def find_class(self, module: str, name: str) -> TorchGlobal:
         full = f"{module}.{name}"
-        found = self.globals.get(full)
+        # Protocol-2 pickles spell builtins the Python 2 way (pickle's fix_imports).
+        found = _GLOBALS.get(f"builtins.{name}" if module == "__builtin__" else full)
         if found is None:
             raise UnsafePickleError(
-                f"{self.source}: the pickle asks for the global {full}, which is not a tensor, storage, dtype "
-                "or plain container; refused before anything ran (only weights-only checkpoints are read: "
-                "save model.state_dict(), not the model or arbitrary objects)"
+                f"{self.source}: the pickle asks for the global {full}, which is not a tensor, storage, "
+                "dtype or plain container; refused before anything ran (only weights-only checkpoints "
+                "are read: save model.state_dict(), not the model or arbitrary objects)"
             )
         return found
 
@@ -352,7 +355,9 @@ class _Unpickler:
     def persistent_load(self, pid: Any) -> StorageRef:
         src = self.source
         if type(pid) is not tuple or not pid:
-            raise self.refuse(f"has a persistent id of type {type(pid).__name__}, not a ('storage', ...) tuple")
+            raise self.refuse(
+                f"has a persistent id of type {type(pid).__name__}, not a ('storage', ...) tuple"
+            )
         tag = pid[0].decode("ascii", "replace") if isinstance(pid[0], bytes) else pid[0]
         if tag != "storage":
             detail = f" of class {pid[1]!r:.80}" if tag == "module" and len(pid) > 1 else ""
@@ -377,7 +382,9 @@ class _Unpickler:
             v_off = _check_int(src, f"storage {key!r} view offset", view[1])
             v_size = _check_int(src, f"storage {key!r} view size", view[2])
             if v_off + v_size > numel:
-                raise _bad(src, f"storage view [{v_off}, {v_off + v_size}) lies outside storage {key!r} of {numel}")
+                raise _bad(
+                    src, f"storage view [{v_off}, {v_off + v_size}) lies outside storage {key!r} of {numel}"
+                )
             ref = StorageRef(key, stype.dtype, v_size, location, v_off * stype.dtype.itemsize, numel)
         if self.storage_hook is not None:
             self.storage_hook(ref)
@@ -398,9 +405,13 @@ class _Unpickler:
         except (TypeError, ValueError, KeyError, IndexError, OverflowError, struct.error) as e:
             if isinstance(e, WeightFileError):
                 raise
-            raise _bad(self.source, f"corrupted pickle near offset {self.pos}: {type(e).__name__}: {e}") from None
+            raise _bad(
+                self.source, f"corrupted pickle near offset {self.pos}: {type(e).__name__}: {e}"
+            ) from None
         except RecursionError:
             raise _bad(self.source, "pickle nests too deeply (corrupted or hostile)") from None
+        finally:  # drop partial results now, not at the next garbage collection
+            self.stack, self.metastack, self.memo = [], [], {}
 
 
 def _refused_opcode(u: _Unpickler, op: int) -> WeightFileError:
@@ -597,7 +608,7 @@ def _op_reduce(u: _Unpickler) -> None:
         raise u.refuse(f"calls {shown} (REDUCE), which is not an allowed function")
     if type(args) is not tuple:
         raise _bad(u.source, f"corrupted pickle: arguments of {func.name} are a {type(args).__name__}")
-    u.stack[-1] = func.call(*args)
+    u.stack[-1] = func.call(u, *args)
 
 
 def _op_newobj(u: _Unpickler) -> None:
@@ -608,14 +619,16 @@ def _op_newobj(u: _Unpickler) -> None:
         raise u.refuse(f"creates an object of {shown} (NEWOBJ), which is not an allowed class")
     if type(args) is not tuple:
         raise _bad(u.source, f"corrupted pickle: arguments of {cls.name} are a {type(args).__name__}")
-    u.stack.append(cls.call(*args))
+    u.stack.append(cls.call(u, *args))
 
 
 def _op_build(u: _Unpickler) -> None:
     state = u.pop()
     inst = u.top()
     if type(inst) is not collections.OrderedDict:
-        raise u.refuse(f"sets the state of a {type(inst).__name__} object (BUILD); only OrderedDict is allowed")
+        raise u.refuse(
+            f"sets the state of a {type(inst).__name__} object (BUILD); only OrderedDict is allowed"
+        )
     # torch's state_dict() carries module versions in OrderedDict._metadata; the values are what matter,
     # so the attribute state is checked for shape and dropped (never setattr'd).
     if isinstance(state, tuple) and len(state) == 2:
@@ -721,6 +734,9 @@ def _tensor(
         if type(metadata) is not dict or not set(metadata) <= {"conj", "neg"}:
             raise _bad(src, f"{func}: unknown tensor metadata {metadata!r:.80}")
         conj, neg = bool(metadata.get("conj", False)), bool(metadata.get("neg", False))
+        # torch sets these bits on views of complex tensors only (x.conj(), x.conj().imag).
+        if (conj and dtype.kind != "c") or (neg and dtype.kind not in "fcV"):
+            raise _bad(src, f"{func}: a conj/neg bit on a {dtype} tensor (corrupted)")
     itemsize = dtype.itemsize
     if storage.byte_offset % itemsize:
         raise _bad(src, f"{func}: storage view offset is not a multiple of the {dtype} element size")
@@ -737,13 +753,15 @@ def _tensor(
         if last >= capacity:
             raise _bad(
                 src,
-                f"{func}: a tensor of size {shape}, stride {strides} at offset {offset} reaches element {last} "
+                f"{func}: a tensor of size {shape}, stride {strides} at offset {offset} reaches "
+                f"element {last} "
                 f"of storage {storage.key!r}, which holds {capacity} {dtype} elements (corrupted)",
             )
         if u.max_tensor_nbytes is not None and count * itemsize > u.max_tensor_nbytes:
             raise _bad(
                 src,
-                f"{func}: a tensor of size {shape} ({count * itemsize} bytes dense) over storage {storage.key!r} "
+                f"{func}: a tensor of size {shape} ({count * itemsize} bytes dense) over storage "
+                f"{storage.key!r} "
                 f"is larger than the file ({u.max_tensor_nbytes} bytes); refusing a view that would "
                 "allocate more than the file holds",
             )
@@ -768,20 +786,27 @@ def _check_hooks(u: _Unpickler, func: str, hooks: Any) -> None:
         raise u.refuse(f"attaches backward hooks to a tensor in {func}")
 
 
-def _allowed_globals(u: _Unpickler) -> dict[str, TorchGlobal]:
-    """The allowlist, bound to one unpickler (the stand-ins report errors against its source)."""
-    src = u.source
+def _allowed_globals() -> dict[str, TorchGlobal]:
+    """The allowlist: each name and its stand-in, called as ``stand_in(unpickler, *args)``."""
 
-    def rebuild_v1(storage: Any, offset: Any, size: Any, stride: Any) -> TensorRef:
+    def rebuild_v1(u: _Unpickler, storage: Any, offset: Any, size: Any, stride: Any) -> TensorRef:
         return _tensor(u, "_rebuild_tensor", storage, offset, size, stride)
 
     def rebuild_v2(
-        storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, metadata: Any = None
+        u: _Unpickler,
+        storage: Any,
+        offset: Any,
+        size: Any,
+        stride: Any,
+        requires_grad: Any,
+        hooks: Any,
+        metadata: Any = None,
     ) -> TensorRef:
         _check_hooks(u, "_rebuild_tensor_v2", hooks)
         return _tensor(u, "_rebuild_tensor_v2", storage, offset, size, stride, requires_grad, None, metadata)
 
     def rebuild_v3(
+        u: _Unpickler,
         storage: Any,
         offset: Any,
         size: Any,
@@ -793,55 +818,66 @@ def _allowed_globals(u: _Unpickler) -> dict[str, TorchGlobal]:
     ) -> TensorRef:
         _check_hooks(u, "_rebuild_tensor_v3", hooks)
         if not isinstance(dtype, TorchGlobal) or dtype.kind != "dtype":
-            raise _bad(src, f"_rebuild_tensor_v3: dtype argument is {type(dtype).__name__}, not a torch dtype")
+            raise _bad(
+                u.source, f"_rebuild_tensor_v3: dtype argument is {type(dtype).__name__}, not a torch dtype"
+            )
         if dtype.dtype is None:
-            raise _bad(src, f"a tensor of {dtype.name} cannot be read: NumPy has no such dtype")
-        return _tensor(u, "_rebuild_tensor_v3", storage, offset, size, stride, requires_grad, dtype.dtype, metadata)
+            raise _bad(u.source, f"a tensor of {dtype.name} cannot be read: NumPy has no such dtype")
+        return _tensor(
+            u, "_rebuild_tensor_v3", storage, offset, size, stride, requires_grad, dtype.dtype, metadata
+        )
 
-    def rebuild_parameter(data: Any, requires_grad: Any, hooks: Any, state: Any = None) -> TensorRef:
+    def rebuild_parameter(
+        u: _Unpickler, data: Any, requires_grad: Any, hooks: Any, state: Any = None
+    ) -> TensorRef:
         if not isinstance(data, TensorRef):
-            raise _bad(src, f"_rebuild_parameter: data is a {type(data).__name__}, not a tensor")
+            raise _bad(u.source, f"_rebuild_parameter: data is a {type(data).__name__}, not a tensor")
         _check_hooks(u, "_rebuild_parameter", hooks)
         return replace(data, requires_grad=bool(requires_grad), parameter=True)
 
-    def ordered_dict(*args: Any) -> collections.OrderedDict:
+    def ordered_dict(u: _Unpickler, *args: Any) -> collections.OrderedDict:
         if len(args) > 1 or (args and type(args[0]) not in (list, tuple, dict, collections.OrderedDict)):
-            raise _bad(src, "collections.OrderedDict: expected no argument or one list of pairs")
+            raise _bad(u.source, "collections.OrderedDict: expected no argument or one list of pairs")
         return collections.OrderedDict(*args)
 
-    def torch_size(*args: Any) -> tuple[int, ...]:
+    def torch_size(u: _Unpickler, *args: Any) -> tuple[int, ...]:
         if len(args) > 1:
-            raise _bad(src, "torch.Size: expected one tuple")
-        return _int_tuple(src, "torch.Size", args[0] if args else ())
+            raise _bad(u.source, "torch.Size: expected one tuple")
+        return _int_tuple(u.source, "torch.Size", args[0] if args else ())
 
-    def codecs_encode(text: Any, encoding: Any = "utf-8") -> bytes:
+    def codecs_encode(u: _Unpickler, text: Any, encoding: Any = "utf-8") -> bytes:
         if type(text) is not str or encoding not in ("latin1", "latin-1"):
-            raise _bad(src, "_codecs.encode: only (str, 'latin1') is accepted, as pickle writes bytes")
+            raise _bad(u.source, "_codecs.encode: only (str, 'latin1') is accepted, as pickle writes bytes")
         try:
             return text.encode("latin1")
         except UnicodeEncodeError:
-            raise _bad(src, "_codecs.encode: text is not latin-1 (corrupted)") from None
+            raise _bad(u.source, "_codecs.encode: text is not latin-1 (corrupted)") from None
 
-    def make_set(items: Any = ()) -> set:
+    def make_set(u: _Unpickler, items: Any = ()) -> set:
         if type(items) not in (list, tuple, set, frozenset):
-            raise _bad(src, "builtins.set: expected a list")
+            raise _bad(u.source, "builtins.set: expected a list")
         return set(items)
 
-    def make_frozenset(items: Any = ()) -> frozenset:
-        return frozenset(make_set(items))
+    def make_frozenset(u: _Unpickler, items: Any = ()) -> frozenset:
+        return frozenset(make_set(u, items))
 
-    def make_complex(real: Any = 0.0, imag: Any = 0.0) -> complex:
+    def make_complex(u: _Unpickler, real: Any = 0.0, imag: Any = 0.0) -> complex:
         if type(real) not in (int, float) or type(imag) not in (int, float):
-            raise _bad(src, "builtins.complex: expected two numbers")
+            raise _bad(u.source, "builtins.complex: expected two numbers")
         return complex(real, imag)
 
-    def make_bytearray(data: Any = b"", encoding: Any = None) -> bytearray:
+    def make_bytearray(u: _Unpickler, data: Any = b"", encoding: Any = None) -> bytearray:
         # bytearray(n) allocates n bytes: only the (bytes,) and (str, 'latin-1') forms pickle writes.
         if type(data) is bytes and encoding is None:
             return bytearray(data)
         if type(data) is str and encoding in ("latin1", "latin-1"):
-            return bytearray(codecs_encode(data, encoding))
-        raise _bad(src, "builtins.bytearray: only bytes or (str, 'latin-1') are accepted")
+            return bytearray(codecs_encode(u, data, encoding))
+        raise _bad(u.source, "builtins.bytearray: only bytes or (str, 'latin-1') are accepted")
+
+    def make_bytes(u: _Unpickler, *args: Any) -> bytes:
+        if args:  # bytes(n) allocates n bytes; pickle writes only bytes() this way
+            raise _bad(u.source, "builtins.bytes: only the empty form is accepted")
+        return b""
 
     calls: dict[str, Callable[..., Any]] = {
         "collections.OrderedDict": ordered_dict,
@@ -856,11 +892,14 @@ def _allowed_globals(u: _Unpickler) -> dict[str, TorchGlobal]:
         "builtins.frozenset": make_frozenset,
         "builtins.complex": make_complex,
         "builtins.bytearray": make_bytearray,
+        "builtins.bytes": make_bytes,
     }
     table = {name: TorchGlobal(name, "call", None, fn) for name, fn in calls.items()}
     for name, dt in STORAGE_DTYPES.items():
         table[f"torch.{name}"] = TorchGlobal(f"torch.{name}", "storage", dt)
-    table["torch.storage.UntypedStorage"] = TorchGlobal("torch.storage.UntypedStorage", "storage", np.dtype("u1"))
+    table["torch.storage.UntypedStorage"] = TorchGlobal(
+        "torch.storage.UntypedStorage", "storage", np.dtype("u1")
+    )
     for name, dt in TORCH_DTYPES.items():
         table[f"torch.{name}"] = TorchGlobal(f"torch.{name}", "dtype", dt)
     return table
@@ -868,8 +907,9 @@ def _allowed_globals(u: _Unpickler) -> dict[str, TorchGlobal]:
 
 _DISPATCH = _make_dispatch()
 
+_GLOBALS = _allowed_globals()
 #: Every global name the unpickler accepts, as ``"module.name"``.
-ALLOWED_GLOBALS: tuple[str, ...] = tuple(sorted(_allowed_globals(_Unpickler(io.BytesIO(), 0, "", None, None))))
+ALLOWED_GLOBALS: tuple[str, ...] = tuple(sorted(_GLOBALS))
 
 
 def restricted_load(

@@ -76,7 +76,9 @@ ROOT_VALUE = "value"
 _MAX_DEPTH = 100
 
 _ALIGN = 64
-_ZIP64_LIMIT = 0xFFFFFFFF  # sizes and offsets from here on go in zip64 extras (a module constant: tests lower it)
+_ZIP64_LIMIT = (
+    0xFFFFFFFF  # sizes and offsets from here on go in zip64 extras (a module constant: tests lower it)
+)
 _U32_MAX = 0xFFFFFFFF  # the "see the zip64 extra" value of a 32-bit field
 _CHUNK = 1 << 24
 
@@ -178,13 +180,17 @@ class TorchReader(WeightReader):
             # (bfloat16, float8): stride an unsigned carrier of the same width and view it back.
             carrier = dtype if dtype.isbuiltin == 1 else np.dtype(f"u{itemsize}")
             flat = buf.view(carrier)
-            out = np.lib.stride_tricks.as_strided(flat[ref.offset :], ref.shape, strides, subok=True, writeable=False)
+            out = np.lib.stride_tricks.as_strided(
+                flat[ref.offset :], ref.shape, strides, subok=True, writeable=False
+            )
             if carrier != dtype:
                 out = out.view(dtype)
         else:
             # Gather this tensor's raw elements, then swap each scalar (each half of a complex).
             raw = buf.view(np.dtype((np.void, itemsize)))
-            picked = np.ascontiguousarray(np.lib.stride_tricks.as_strided(raw[ref.offset :], ref.shape, strides))
+            picked = np.ascontiguousarray(
+                np.lib.stride_tricks.as_strided(raw[ref.offset :], ref.shape, strides)
+            )
             words = picked.reshape(-1).view(np.dtype(f"u{unit}")).byteswap()
             out = words.view(dtype).reshape(ref.shape)
         if ref.conj:
@@ -271,9 +277,9 @@ def _record_span(path: Path, f: BinaryIO, size: int, info: zipfile.ZipInfo) -> t
         raise WeightFileError(f"{path}: zip record {name} is encrypted")
     if info.compress_type != zipfile.ZIP_STORED:
         raise WeightFileError(
-            f"{path}: zip record {name} is compressed (method {info.compress_type}); torch.save stores records "
-            "uncompressed and memory-maps them, so a re-zipped checkpoint is refused: unzip it and zip it again "
-            "with `zip -0`, or load and re-save it with torch.save"
+            f"{path}: zip record {name} is compressed (method {info.compress_type}); torch.save "
+            "stores records uncompressed and memory-maps them, so a re-zipped checkpoint is refused: "
+            "unzip it and zip it again with `zip -0`, or load and re-save it with torch.save"
         )
     if info.compress_size != info.file_size:
         raise WeightFileError(f"{path}: zip record {name} has different stored and real sizes (corrupted)")
@@ -305,9 +311,9 @@ def _open_zip(path: Path, f: BinaryIO, size: int) -> TorchReader:
     records = {i.filename[len(prefix) :]: i for i in infos if i.filename.startswith(prefix)}
     if "constants.pkl" in records or any(n.startswith("code/") for n in records):
         raise WeightFileError(
-            f"{path}: a TorchScript archive (written by torch.jit.save), a compiled program rather than saved "
-            "weights. In PyTorch run `torch.save(torch.jit.load(path).state_dict(), 'weights.pt')` and read "
-            "that file"
+            f"{path}: a TorchScript archive (written by torch.jit.save), a compiled program rather "
+            "than saved weights. In PyTorch run "
+            "`torch.save(torch.jit.load(path).state_dict(), 'weights.pt')` and read that file"
         )
     if "data.pkl" not in records:
         raise WeightFileError(f"{path}: zip archive without {prefix}data.pkl, so not a torch.save file")
@@ -331,7 +337,9 @@ def _open_zip(path: Path, f: BinaryIO, size: int) -> TorchReader:
         if ref.key not in spans:
             record = records.get(f"data/{ref.key}")
             if record is None:
-                raise WeightFileError(f"{path}: the pickle refers to storage {ref.key!r:.40} but no record holds it")
+                raise WeightFileError(
+                    f"{path}: the pickle refers to storage {ref.key!r:.40} but no record holds it"
+                )
             spans[ref.key] = _record_span(path, f, size, record)
         need = ref.root_numel * ref.dtype.itemsize
         if spans[ref.key][1] < need:
@@ -361,7 +369,9 @@ def _open_legacy(path: Path, f: BinaryIO, size: int) -> TorchReader:
         raise WeightFileError(f"{path}: legacy protocol version {protocol!r:.20}, expected {LEGACY_PROTOCOL}")
     sys_info = restricted_load(f, end=size, source=f"{path} (system info)")
     if type(sys_info) is not dict or type(sys_info.get("little_endian", True)) is not bool:
-        raise WeightFileError(f"{path}: legacy system-info record is not a dict with little_endian (corrupted)")
+        raise WeightFileError(
+            f"{path}: legacy system-info record is not a dict with little_endian (corrupted)"
+        )
     byteorder = "little" if sys_info.get("little_endian", True) else "big"
     declared: dict[str, StorageRef] = {}
 
@@ -378,19 +388,24 @@ def _open_legacy(path: Path, f: BinaryIO, size: int) -> TorchReader:
         raise WeightFileError(f"{path}: the legacy storage key list is not a list of strings (corrupted)")
     missing = set(declared) - set(keys)
     if missing:
-        raise WeightFileError(f"{path}: storage {sorted(missing)[0]!r:.40} is used but its data is not in the file")
+        raise WeightFileError(
+            f"{path}: storage {sorted(missing)[0]!r:.40} is used but its data is not in the file"
+        )
     spans: dict[str, tuple[int, int]] = {}
     pos = f.tell()
     for key in keys:
         ref = declared.get(key)
         if ref is None:
-            raise WeightFileError(f"{path}: the key list names storage {key!r:.40}, which no tensor uses (corrupted)")
+            raise WeightFileError(
+                f"{path}: the key list names storage {key!r:.40}, which no tensor uses (corrupted)"
+            )
         check_extent(path, f"the element count of storage {key!r:.40}", pos, 8, size)
         f.seek(pos)
         count = struct.unpack("<q" if byteorder == "little" else ">q", f.read(8))[0]
         if count != ref.root_numel:
             raise WeightFileError(
-                f"{path}: storage {key!r:.40} holds {count} elements but the pickle declares {ref.root_numel} "
+                f"{path}: storage {key!r:.40} holds {count} elements but the pickle declares "
+                f"{ref.root_numel} "
                 "(corrupted)"
             )
         nbytes = count * ref.dtype.itemsize
@@ -428,7 +443,9 @@ def _flatten(path: Path, root: Any, budget: int) -> tuple[dict[str, TensorRef], 
         if isinstance(obj, TensorRef):
             return [(name, obj)], []
         if isinstance(obj, StorageRef):  # a bare storage reads as the 1-D tensor of its elements
-            return [(name, TensorRef(obj, obj.dtype, obj.byte_offset // obj.dtype.itemsize, (obj.numel,), (1,)))], []
+            return [
+                (name, TensorRef(obj, obj.dtype, obj.byte_offset // obj.dtype.itemsize, (obj.numel,), (1,)))
+            ], []
         if type(obj) in (dict, collections.OrderedDict):
             if not obj:
                 return [], [(name, {})]
@@ -476,8 +493,16 @@ def _flatten(path: Path, root: Any, budget: int) -> tuple[dict[str, TensorRef], 
 _V2_STORAGE = {dt: name for name, dt in STORAGE_DTYPES.items()}
 _V3_DTYPES: dict[np.dtype, str] = {
     TORCH_DTYPES[n]: n  # type: ignore[misc]
-    for n in ("uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
-              "float8_e8m0fnu")
+    for n in (
+        "uint16",
+        "uint32",
+        "uint64",
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "float8_e4m3fnuz",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+    )
     if TORCH_DTYPES[n] is not None
 }
 
@@ -492,7 +517,9 @@ def _torch_name(name: str, dtype: np.dtype) -> tuple[str, str]:
     if dt in _V3_DTYPES:
         return "v3", _V3_DTYPES[dt]
     kinds = sorted({str(d) for d in _V2_STORAGE} | {str(d) for d in _V3_DTYPES})
-    raise CompressionError(f"tensor {name!r}: dtype {dtype} cannot be stored in a torch file ({', '.join(kinds)})")
+    raise CompressionError(
+        f"tensor {name!r}: dtype {dtype} cannot be stored in a torch file ({', '.join(kinds)})"
+    )
 
 
 class _Pickle:
@@ -617,8 +644,18 @@ class _ZipWriter:
         sizes = _U32_MAX if zip64 else 0
         self._write(
             struct.pack(
-                "<4sHHHHHIIIHH", _ZIP_HEAD, 45 if zip64 else 20, 0x0808, 0, 0, 0x21, 0, sizes, sizes,
-                len(full), len(extra),
+                "<4sHHHHHIIIHH",
+                _ZIP_HEAD,
+                45 if zip64 else 20,
+                0x0808,
+                0,
+                0,
+                0x21,
+                0,
+                sizes,
+                sizes,
+                len(full),
+                len(extra),
             )
             + full
             + extra
@@ -649,8 +686,24 @@ class _ZipWriter:
             small = _U32_MAX if size >= _ZIP64_LIMIT else size
             self._write(
                 struct.pack(
-                    "<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 45, 45 if fields else 20, 0x0808, 0, 0, 0x21, crc,
-                    small, small, len(full), len(extra), 0, 0, 0, 0, _U32_MAX if offset >= _ZIP64_LIMIT else offset,
+                    "<4sHHHHHHIIIHHHHHII",
+                    b"PK\x01\x02",
+                    45,
+                    45 if fields else 20,
+                    0x0808,
+                    0,
+                    0,
+                    0x21,
+                    crc,
+                    small,
+                    small,
+                    len(full),
+                    len(extra),
+                    0,
+                    0,
+                    0,
+                    0,
+                    _U32_MAX if offset >= _ZIP64_LIMIT else offset,
                 )
                 + full
                 + extra
@@ -662,8 +715,15 @@ class _ZipWriter:
         self._write(struct.pack("<4sIQI", b"PK\x06\x07", 0, eocd64_offset, 1))
         self._write(
             struct.pack(
-                "<4sHHHHIIH", b"PK\x05\x06", 0, 0, min(n, 0xFFFF), min(n, 0xFFFF),
-                _U32_MAX if cd_size >= _ZIP64_LIMIT else cd_size, _U32_MAX if cd_offset >= _ZIP64_LIMIT else cd_offset, 0,
+                "<4sHHHHIIH",
+                b"PK\x05\x06",
+                0,
+                0,
+                min(n, 0xFFFF),
+                min(n, 0xFFFF),
+                _U32_MAX if cd_size >= _ZIP64_LIMIT else cd_size,
+                _U32_MAX if cd_offset >= _ZIP64_LIMIT else cd_offset,
+                0,
             )
         )
 
@@ -673,7 +733,8 @@ def _tensor_chunks(name: str, value: Any, spec: TensorSpec) -> Iterator[memoryvi
         value = np.asarray(value)
     if not isinstance(value, np.ndarray) or tuple(value.shape) != spec.shape or value.dtype != spec.dtype:
         raise CompressionError(
-            f"tensor {name!r}: its value does not match its spec {spec.shape} {spec.dtype} (changed while writing?)"
+            f"tensor {name!r}: its value does not match its spec {spec.shape} {spec.dtype} "
+            "(changed while writing?)"
         )
     arr = np.ascontiguousarray(value)
     if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and sys.byteorder == "big"):

@@ -52,7 +52,7 @@ class Storage:
 
 @dataclass(eq=False)
 class Tensor:
-    """A tensor over a :class:`Storage`; pickles as ``torch._utils._rebuild_tensor_v2`` (or v3 with ``dtype``)."""
+    """A tensor over a :class:`Storage`, pickled as ``_rebuild_tensor_v2`` (v3 when ``dtype`` is set)."""
 
     storage: Storage
     offset: int
@@ -163,7 +163,11 @@ def zip_file(
 def legacy_file(obj: Any, *, little_endian: bool = True, keys: list[str] | None = None) -> bytes:
     """A legacy-layout torch file: five pickles, then each storage as int64 count + bytes."""
     body, storages = dumps(obj, legacy=True)
-    sys_info = {"protocol_version": 1001, "little_endian": little_endian, "type_sizes": {"short": 2, "int": 4}}
+    sys_info = {
+        "protocol_version": 1001,
+        "little_endian": little_endian,
+        "type_sizes": {"short": 2, "int": 4},
+    }
     out = io.BytesIO()
     for value in (MAGIC, 1001, sys_info):
         out.write(pickle.dumps(value, protocol=2))

@@ -115,7 +115,13 @@ def test_written_zip_matches_the_layout_torch_reads(tmp_path):
     weights = {"w": np.ones((3, 5), np.float32), "b": np.arange(7, dtype=np.int64)}
     data = save_bytes(weights, archive_name="model")
     z = zipfile.ZipFile(io.BytesIO(data))
-    assert z.namelist() == ["model/data.pkl", "model/byteorder", "model/data/0", "model/data/1", "model/version"]
+    assert z.namelist() == [
+        "model/data.pkl",
+        "model/byteorder",
+        "model/data/0",
+        "model/data/1",
+        "model/version",
+    ]
     assert z.testzip() is None  # every CRC is right
     assert z.read("model/version") == b"3\n" and z.read("model/byteorder") == b"little"
     for info in z.infolist():
@@ -128,9 +134,28 @@ def test_written_zip_matches_the_layout_torch_reads(tmp_path):
     import pickletools
 
     ops = {op.name for op, _, _ in pickletools.genops(z.read("model/data.pkl"))}
-    assert ops <= {"PROTO", "GLOBAL", "BINPUT", "BINGET", "EMPTY_TUPLE", "REDUCE", "MARK", "BINUNICODE", "TUPLE",
-                   "BINPERSID", "BININT1", "BININT2", "BININT", "LONG1", "TUPLE1", "TUPLE2", "TUPLE3", "NEWFALSE",
-                   "SETITEMS", "STOP"}
+    assert ops <= {
+        "PROTO",
+        "GLOBAL",
+        "BINPUT",
+        "BINGET",
+        "EMPTY_TUPLE",
+        "REDUCE",
+        "MARK",
+        "BINUNICODE",
+        "TUPLE",
+        "BINPERSID",
+        "BININT1",
+        "BININT2",
+        "BININT",
+        "LONG1",
+        "TUPLE1",
+        "TUPLE2",
+        "TUPLE3",
+        "NEWFALSE",
+        "SETITEMS",
+        "STOP",
+    }
 
 
 def test_forced_zip64_records_still_read(tmp_path, monkeypatch):
@@ -166,8 +191,12 @@ def test_writer_does_not_modify_its_input():
     assert same(weights["a"], before) and not weights["a"].flags.c_contiguous
 
 
-@given(hnp.arrays(st.sampled_from([np.float32, np.int16, np.uint8, np.complex64, np.bool_]),
-                  hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=4)))
+@given(
+    hnp.arrays(
+        st.sampled_from([np.float32, np.int16, np.uint8, np.complex64, np.bool_]),
+        hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=4),
+    )
+)
 def test_property_round_trip(array):
     data = save_bytes({"x": array})
     # A fixed path per process: hypothesis examples may not use the function-scoped tmp_path.
@@ -206,7 +235,11 @@ def test_detect_format_by_extension_and_magic(tmp_path):
 def test_reader_serves_read_only_memory_maps_and_shares_storages(tmp_path):
     data = np.arange(12, dtype=np.float32).tobytes()
     s = Storage(data, "FloatStorage", "0")
-    obj = {"full": Tensor(s, 0, (3, 4), (4, 1)), "t": Tensor(s, 0, (4, 3), (1, 4)), "row": Tensor(s, 4, (4,), (1,))}
+    obj = {
+        "full": Tensor(s, 0, (3, 4), (4, 1)),
+        "t": Tensor(s, 0, (4, 3), (1, 4)),
+        "row": Tensor(s, 4, (4,), (1,)),
+    }
     p = put(tmp_path, zip_file(obj))
     with tf.open_reader(p) as r:
         full, t, row = r["full"], r["t"], r["row"]
@@ -292,7 +325,9 @@ def test_nested_checkpoint_is_flattened_and_extras_reported(tmp_path):
 
 
 def test_bare_tensor_and_bare_value(tmp_path):
-    with tf.open_reader(put(tmp_path, zip_file(tensor_of(np.arange(3, dtype=np.int16), "0", "ShortStorage")))) as r:
+    with tf.open_reader(
+        put(tmp_path, zip_file(tensor_of(np.arange(3, dtype=np.int16), "0", "ShortStorage")))
+    ) as r:
         assert list(r) == [tf.ROOT_TENSOR] and r[tf.ROOT_TENSOR].tolist() == [0, 1, 2]
     with tf.open_reader(put(tmp_path, zip_file(42), "v.pt")) as r:
         assert len(r) == 0 and r.extras == {tf.ROOT_VALUE: 42}
@@ -321,7 +356,11 @@ def test_state_dict_metadata_parameters_conj_neg_and_v3(tmp_path):
 
 
 def test_big_endian_files_read_as_native_values(tmp_path):
-    values = {"f": np.array([1.5, -2.0], ">f4"), "c": np.array([1 + 2j], ">c16"), "i": np.arange(3, dtype=">i8")}
+    values = {
+        "f": np.array([1.5, -2.0], ">f4"),
+        "c": np.array([1 + 2j], ">c16"),
+        "i": np.arange(3, dtype=">i8"),
+    }
     names = {"f": "FloatStorage", "c": "ComplexDoubleStorage", "i": "LongStorage"}
     obj = {}
     for i, (k, v) in enumerate(values.items()):
@@ -364,8 +403,12 @@ def test_uncrc_zip_reads(tmp_path):
 # -- refusals ------------------------------------------------------------------------------------------
 def test_torchscript_archive_is_refused_with_advice(tmp_path):
     body, storages = dumps({"w": tensor_of(np.ones(1, np.float32), "0", "FloatStorage")})
-    data = zip_file(pickle_bytes=body, storages=storages, extra={"constants.pkl": b"\x80\x02).", "code/m.py": b""})
-    with pytest.raises(WeightFileError, match=r"TorchScript archive \(written by torch.jit.save\).*state_dict"):
+    data = zip_file(
+        pickle_bytes=body, storages=storages, extra={"constants.pkl": b"\x80\x02).", "code/m.py": b""}
+    )
+    with pytest.raises(
+        WeightFileError, match=r"TorchScript archive \(written by torch.jit.save\).*state_dict"
+    ):
         tf.open_reader(put(tmp_path, data))
 
 
@@ -375,23 +418,53 @@ def test_torchscript_archive_is_refused_with_advice(tmp_path):
         (lambda: b"", "not a torch.save file"),
         (lambda: b"\x80\x02}q\x00.", "bare pickle"),
         (lambda: zip_file(1, folder="x").replace(b"x/", b"x_"), "not in a folder"),
-        (lambda: zip_file(pickle_bytes=b"\x80\x02K\x01.", storages={}, folder="a").replace(b"a/data.pkl", b"a/other.pk"),
-         "without a/data.pkl"),
-        (lambda: zip_file({"w": tensor_of(np.ones(2), "0", "DoubleStorage")}, compression=zipfile.ZIP_DEFLATED),
-         "compressed"),
-        (lambda: zip_file({"w": tensor_of(np.ones(2), "0", "DoubleStorage")}, byteorder=b"middle"), "byteorder"),
-        (lambda: zip_file(pickle_bytes=dumps({"w": tensor_of(np.ones(2), "0", "DoubleStorage")})[0], storages={}),
-         "no record holds it"),
-        (lambda: zip_file(pickle_bytes=dumps({"w": tensor_of(np.ones(4), "0", "DoubleStorage")})[0],
-                          storages={"0": Storage(b"\x00" * 16)}), "declares 32 bytes"),
+        (
+            lambda: zip_file(pickle_bytes=b"\x80\x02K\x01.", storages={}, folder="a").replace(
+                b"a/data.pkl", b"a/other.pk"
+            ),
+            "without a/data.pkl",
+        ),
+        (
+            lambda: zip_file(
+                {"w": tensor_of(np.ones(2), "0", "DoubleStorage")}, compression=zipfile.ZIP_DEFLATED
+            ),
+            "compressed",
+        ),
+        (
+            lambda: zip_file({"w": tensor_of(np.ones(2), "0", "DoubleStorage")}, byteorder=b"middle"),
+            "byteorder",
+        ),
+        (
+            lambda: zip_file(
+                pickle_bytes=dumps({"w": tensor_of(np.ones(2), "0", "DoubleStorage")})[0], storages={}
+            ),
+            "no record holds it",
+        ),
+        (
+            lambda: zip_file(
+                pickle_bytes=dumps({"w": tensor_of(np.ones(4), "0", "DoubleStorage")})[0],
+                storages={"0": Storage(b"\x00" * 16)},
+            ),
+            "declares 32 bytes",
+        ),
         (lambda: zip_file({"w": Tensor(Storage(bytes(16)), 2, (2, 2), (2, 1))}), "reaches element 5"),
         (lambda: zip_file({"w": Tensor(Storage(bytes(16)), 0, (2**40,), (0,))}), "larger than the file"),
         (lambda: zip_file({"w": Tensor(Storage(bytes(16)), 0, (2,), (1, 1))}), "different lengths"),
         (lambda: zip_file({"w": Tensor(Storage(bytes(16)), -1, (2,), (1,))}), "offset must be an integer"),
         (lambda: zip_file({"w": Tensor(Storage(bytes(16)), 0, (2,), (-1,))}), "stride entry must be"),
-        (lambda: zip_file({"w": Tensor(Storage(bytes(2)), 0, (2,), (1,), dtype="complex32")}), "NumPy has no"),
-        (lambda: zip_file({"a.b": tensor_of(np.ones(1), "0", "DoubleStorage"),
-                           "a": {"b": tensor_of(np.ones(1), "1", "DoubleStorage")}}), "two tensors map"),
+        (
+            lambda: zip_file({"w": Tensor(Storage(bytes(2)), 0, (2,), (1,), dtype="complex32")}),
+            "NumPy has no",
+        ),
+        (
+            lambda: zip_file(
+                {
+                    "a.b": tensor_of(np.ones(1), "0", "DoubleStorage"),
+                    "a": {"b": tensor_of(np.ones(1), "1", "DoubleStorage")},
+                }
+            ),
+            "two tensors map",
+        ),
         (lambda: zip_file({(1, 2): 3}), "tuple key"),
         (lambda: legacy_file({"w": 1}).replace(b"\xe9\x03", b"\xea\x03", 1), "protocol version"),
     ],
@@ -407,8 +480,10 @@ def test_broken_files_give_clear_errors(tmp_path, make, message):
 def test_legacy_storage_counts_are_checked(tmp_path):
     obj = {"w": tensor_of(np.arange(3, dtype=np.float32), "7", "FloatStorage")}
     data = legacy_file(obj)
-    bad = data.replace(struct.pack("<q", 3) + np.arange(3, dtype=np.float32).tobytes(),
-                       struct.pack("<q", 4) + np.arange(3, dtype=np.float32).tobytes())
+    bad = data.replace(
+        struct.pack("<q", 3) + np.arange(3, dtype=np.float32).tobytes(),
+        struct.pack("<q", 4) + np.arange(3, dtype=np.float32).tobytes(),
+    )
     with pytest.raises(WeightFileError, match="holds 4 elements but the pickle declares 3"):
         tf.open_reader(put(tmp_path, bad))
     with pytest.raises(WeightFileError, match="truncated"):
