@@ -13,6 +13,9 @@ import pytest
 
 mx = pytest.importorskip("mxnet", reason="needs MXNet")
 torch = pytest.importorskip("torch", reason="needs PyTorch")
+# tests/mxnet and tests/torch are importable namespace packages when tests/ is on sys.path
+pytest.importorskip("mxnet.gluon", reason="needs MXNet")
+pytest.importorskip("torch.nn", reason="needs PyTorch")
 
 from mxnet import gluon  # noqa: E402
 

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 
 mx = pytest.importorskip("mxnet", reason="needs MXNet")
+# tests/mxnet itself is an importable namespace package "mxnet" when tests/ is on sys.path
+pytest.importorskip("mxnet.gluon", reason="needs MXNet")
 
 from mxnet import gluon  # noqa: E402
 

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="needs PyTorch")
+# tests/torch itself is an importable namespace package "torch" when tests/ is on sys.path
+pytest.importorskip("torch.nn", reason="needs PyTorch")
 
 import torch.nn.utils.prune as tprune  # noqa: E402
 
