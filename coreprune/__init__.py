@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from . import arch, distill
 from .arch import channel_shuffle
-from .distill import kd_loss, kd_loss_and_grad
 from .compressed import load_compressed, save_compressed
+from .distill import kd_loss, kd_loss_and_grad
 from .errors import CompressionError, UnsafePickleError, WeightFileError
 from .pruning import apply_masks, prune_magnitude, prune_threshold
 from .quantization import QuantizedArray, dequantize, quantize
