@@ -51,6 +51,7 @@ from typing import Any, BinaryIO, Union
 
 import numpy as np
 
+from .dtypes import ML_FLOAT_NAMES, ML_INT_NAMES, ml_dtype
 from .errors import CompressionError, WeightFileError
 from .io.base import TensorSpec, WeightReader, atomic_write, check_extent, element_count, read_exact
 from .packing import pack_bits, unpack_bits
@@ -104,26 +105,6 @@ _NUMPY_DTYPES = frozenset(
         "complex128",
     ]
 )
-_ML_DTYPES = frozenset(
-    [
-        "bfloat16",
-        "float8_e4m3fn",
-        "float8_e4m3fnuz",
-        "float8_e4m3b11fnuz",
-        "float8_e5m2",
-        "float8_e5m2fnuz",
-        "float8_e3m4",
-        "float8_e4m3",
-        "float8_e8m0fnu",
-        "float6_e2m3fn",
-        "float6_e3m2fn",
-        "float4_e2m1fn",
-        "int4",
-        "uint4",
-        "int2",
-        "uint2",
-    ]
-)
 _CODE_DTYPES = frozenset(["int8", "int16", "uint8", "uint16"])
 
 
@@ -132,7 +113,7 @@ _CODE_DTYPES = frozenset(["int8", "int16", "uint8", "uint16"])
 
 def _dtype_name(dtype: np.dtype, name: str) -> str:
     dtype = np.dtype(dtype)
-    if dtype.name in _NUMPY_DTYPES or dtype.name in _ML_DTYPES:
+    if dtype.name in _NUMPY_DTYPES or dtype.name in ML_FLOAT_NAMES or dtype.name in ML_INT_NAMES:
         return dtype.name
     raise CompressionError(
         f"tensor {name!r} has dtype {dtype}, which .cpz does not store (numeric dtypes and the ml_dtypes "
@@ -144,11 +125,10 @@ def _parse_dtype(text: object, where: str) -> np.dtype:
     """The (native) dtype named in a manifest."""
     if isinstance(text, str) and text in _NUMPY_DTYPES:
         return np.dtype(text)
-    if isinstance(text, str) and text in _ML_DTYPES:
-        import ml_dtypes
-
-        if hasattr(ml_dtypes, text):
-            return np.dtype(getattr(ml_dtypes, text))
+    if isinstance(text, str) and (text in ML_FLOAT_NAMES or text in ML_INT_NAMES):
+        found = ml_dtype(text)
+        if found is not None:
+            return found
         raise WeightFileError(f"{where}: dtype {text!r} needs a newer ml_dtypes than the one installed")
     raise WeightFileError(f"{where}: unknown dtype {text!r}")
 

@@ -30,6 +30,7 @@ from typing import Union
 
 import numpy as np
 
+from .dtypes import ML_FLOAT_NAMES
 from .errors import CompressionError
 
 __all__ = ["Pattern", "select", "check_weights", "is_floating", "require_finite"]
@@ -37,22 +38,6 @@ __all__ = ["Pattern", "select", "check_weights", "is_floating", "require_finite"
 #: A glob, a sequence of globs, or a predicate ``f(name, array) -> bool``.
 Pattern = Union[str, Sequence[str], Callable[[str, np.ndarray], bool], None]
 
-_ML_DTYPES_FLOATS = frozenset(
-    {
-        "bfloat16",
-        "float8_e4m3fn",
-        "float8_e4m3fnuz",
-        "float8_e4m3b11fnuz",
-        "float8_e5m2",
-        "float8_e5m2fnuz",
-        "float8_e3m4",
-        "float8_e4m3",
-        "float8_e8m0fnu",
-        "float6_e2m3fn",
-        "float6_e3m2fn",
-        "float4_e2m1fn",
-    }
-)
 
 
 def is_floating(dtype: np.dtype) -> bool:
@@ -69,7 +54,7 @@ def is_floating(dtype: np.dtype) -> bool:
     (True, False)
     """
     dtype = np.dtype(dtype)
-    return bool(np.issubdtype(dtype, np.floating)) or dtype.name in _ML_DTYPES_FLOATS
+    return bool(np.issubdtype(dtype, np.floating)) or dtype.name in ML_FLOAT_NAMES
 
 
 def check_weights(weights: Mapping[str, np.ndarray], *, what: str = "weights") -> None:
@@ -117,7 +102,7 @@ def require_finite(name: str, array: np.ndarray) -> None:
     if array.size == 0 or not is_floating(array.dtype):
         return
     # ml_dtypes floats have no isfinite ufunc loop on every numpy version; float32 holds them exactly.
-    values = array.astype(np.float32) if array.dtype.name in _ML_DTYPES_FLOATS else array
+    values = array.astype(np.float32) if array.dtype.name in ML_FLOAT_NAMES else array
     finite = np.isfinite(values)
     if not finite.all():
         bad = int(finite.size - np.count_nonzero(finite))

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import ml_dtypes
 import numpy as np
 
+from ..dtypes import ML_FLOAT_NAMES, ml_dtype
 from ..errors import WeightFileError
 from .base import TensorSpec, WeightReader, check_extent, check_shape, read_exact, spec_of
 
@@ -61,17 +61,7 @@ _ALIGN = 64  # writer: member data (after the .npy header, itself a multiple of 
 _PAD_ID = 0x5043  # zip extra-field id of the writer's alignment padding ("CP")
 _CHUNK = 1 << 20
 # ml_dtypes types with no .npy descriptor, stored as raw bits under "name@<type>".
-_BITS_DTYPES = (
-    "bfloat16",
-    "float8_e4m3fn",
-    "float8_e4m3fnuz",
-    "float8_e4m3b11fnuz",
-    "float8_e5m2",
-    "float8_e5m2fnuz",
-    "float8_e4m3",
-    "float8_e3m4",
-    "float8_e8m0fnu",
-)
+_BITS_DTYPES = tuple(sorted(ML_FLOAT_NAMES))
 _UINT_OF_SIZE = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16)}
 
 
@@ -99,9 +89,7 @@ def sniff(head: bytes) -> bool:
 
 def _bits_dtype(name: str) -> np.dtype | None:
     """The ml_dtypes type called ``name`` if this ml_dtypes has it and it is stored as raw bits."""
-    if name not in _BITS_DTYPES or not hasattr(ml_dtypes, name):
-        return None
-    return np.dtype(getattr(ml_dtypes, name))
+    return ml_dtype(name) if name in ML_FLOAT_NAMES else None
 
 
 def _stored_form(name: str, array: np.ndarray) -> tuple[str, np.ndarray]:
@@ -110,11 +98,11 @@ def _stored_form(name: str, array: np.ndarray) -> tuple[str, np.ndarray]:
     if dtype.hasobject:
         raise WeightFileError(f"tensor {name!r} is an object array; .npz files here never hold pickles")
     if dtype.type.__module__.startswith("ml_dtypes"):
-        if dtype.name in _BITS_DTYPES:
+        if dtype.name in ML_FLOAT_NAMES:
             return f"{name}@{dtype.name}", array.view(_UINT_OF_SIZE[dtype.itemsize])
         raise WeightFileError(
             f"tensor {name!r} has dtype {dtype.name}, which .npz cannot store "
-            f"(supported ml_dtypes types: {', '.join(t for t in _BITS_DTYPES if hasattr(ml_dtypes, t))})"
+            f"(supported ml_dtypes types: {', '.join(t for t in _BITS_DTYPES if ml_dtype(t) is not None)})"
         )
     if "@" in name:
         stem, _, suffix = name.rpartition("@")
