@@ -176,3 +176,15 @@ def test_shared_storage_and_views_round_trip_in_every_format(tmp_path, name):
         np.testing.assert_array_equal(out[key], value)
         np.testing.assert_array_equal(weights[key], value)  # inputs untouched
     assert not np.shares_memory(out["base"], out["rows"])  # each tensor is stored on its own
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "w.npz"
+        cio.save({"w": np.zeros(2, np.float32)}, path)
+        assert (path.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(umask)
