@@ -326,22 +326,20 @@ def _write(args: argparse.Namespace, source: WeightReader, pipeline: _Pipeline, 
     String metadata (safetensors ``__metadata__``, a ``.cpz`` manifest's metadata) is carried
     over to the formats that hold it; a ``.cpz`` output also records its provenance.
     """
-    meta = source.metadata if isinstance(source, CpzReader) else source.extras.get("__metadata__")
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        meta = None
+    meta = dict(source.metadata) or None
     suffix = Path(output).suffix.lower()
-    carried = False
     if suffix == ".cpz":
         provenance = {"coreprune": __version__, "source": Path(args.input).name,
                       "command": " ".join([_PROG, *args.argv])}
         save_compressed(pipeline, output, inputs=(args.input,), metadata={**(meta or {}), **provenance})
-        carried = True
     elif suffix == ".safetensors" and meta:
         save(pipeline, output, inputs=(args.input,), metadata=meta)
-        carried = True
     else:
         save(pipeline, output, inputs=(args.input,))
-    lost = [k for k in source.extras if not (carried and k == "__metadata__")]
+        if meta:
+            _note(args, f"the metadata of {args.input} ({', '.join(meta)}) is not written: "
+                  f"{Path(output).suffix or 'that format'} has no place for it")
+    lost = list(source.extras)
     if lost:
         _note(args, f"{len(lost)} non-tensor value(s) of {args.input} not written: {', '.join(lost[:8])}")
 
@@ -391,7 +389,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             del array
             bar.update(1)
         extras = dict(reader.extras)
-        metadata = dict(reader.metadata) if isinstance(reader, CpzReader) else {}
+        metadata = dict(reader.metadata)
     summary = totals(stats)
     file_size = os.path.getsize(args.input)
     if args.json:

@@ -648,7 +648,6 @@ class CpzReader(WeightReader):
 
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__(path)
-        self.metadata: dict[str, str] = {}
         try:
             self._f: BinaryIO | None = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         except OSError as e:

@@ -213,8 +213,11 @@ class WeightReader(Mapping[str, np.ndarray]):
     format : str
         ``"npz"``, ``"mxnet"``, ``"torch"``, ``"safetensors"`` or ``"cpz"``.
     extras : dict
-        Values in the file that are not tensors (a checkpoint's ``epoch``,
-        safetensors ``__metadata__``), by dotted name. Reported, never dropped silently.
+        Values in the file that are not tensors (a checkpoint's ``epoch``, an optimizer's
+        hyper-parameters), by dotted name. Reported, never dropped silently.
+    metadata : dict of str to str
+        The file's own string metadata (safetensors ``__metadata__``, a ``.cpz`` manifest's
+        metadata); empty for formats that have none.
 
     Examples
     --------
@@ -232,6 +235,7 @@ class WeightReader(Mapping[str, np.ndarray]):
         self.path = Path(path)
         self._specs: dict[str, TensorSpec] = {}
         self.extras: dict[str, Any] = {}
+        self.metadata: dict[str, str] = {}
 
     def spec(self, name: str) -> TensorSpec:
         """Shape and dtype of ``name`` without reading its data."""

@@ -6,7 +6,7 @@ File layout::
 
 The JSON object maps each tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}``
 (offsets relative to the start of the data region) and may hold ``"__metadata__"``, a
-string-to-string map, which the reader puts in ``reader.extras["__metadata__"]``.
+string-to-string map, which the reader puts in ``reader.metadata``.
 
 Reading checks what the safetensors specification requires: the header fits in the file
 and is at most :data:`MAX_HEADER_SIZE` bytes, starts with ``{``, is valid JSON with no
@@ -120,7 +120,7 @@ class SafetensorsReader(WeightReader):
     >>> with open(p, "wb") as f:
     ...     write({"w": np.ones((2, 3), np.float16)}, f, metadata={"format": "np"})
     >>> with SafetensorsReader(p) as r:
-    ...     print(r.spec("w").shape, type(r["w"]).__name__, r.extras["__metadata__"])
+    ...     print(r.spec("w").shape, type(r["w"]).__name__, r.metadata)
     (2, 3) memmap {'format': 'np'}
     """
 
@@ -163,7 +163,7 @@ class SafetensorsReader(WeightReader):
         if metadata is not None:
             if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
                 raise WeightFileError(f"{path}: __metadata__ must map strings to strings")
-            self.extras["__metadata__"] = metadata
+            self.metadata = dict(metadata)
         extents = []
         for name, info in header.items():
             what = f"tensor {name!r}"
@@ -227,7 +227,7 @@ def open_reader(path: str | os.PathLike, **options: Any) -> SafetensorsReader:
     Returns
     -------
     SafetensorsReader
-        ``extras["__metadata__"]`` holds the file's metadata, if any.
+        ``metadata`` holds the file's ``__metadata__``, if any.
 
     Raises
     ------

@@ -410,9 +410,9 @@ def test_convert_carries_safetensors_metadata_and_notes_what_it_drops(run, tmp_p
     cio.save(model, src, metadata={"format": "pt", "note": "hello"})
     dst = tmp_path / "m2.safetensors"
     assert run("convert", src, dst).code == 0
-    assert cio.open_weights(dst).extras["__metadata__"] == {"format": "pt", "note": "hello"}
+    assert cio.open_weights(dst).metadata == {"format": "pt", "note": "hello"}
     r = run("convert", src, tmp_path / "m.npz")
-    assert r.code == 0 and "not written: __metadata__" in r.err
+    assert r.code == 0 and "metadata of" in r.err and "(format, note) is not written" in r.err
 
 
 # --------------------------------------------------------------------------------------- user errors

@@ -137,11 +137,15 @@ def test_failed_write_keeps_the_old_file_and_names_the_destination(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.params"]
 
 
-def test_load_reports_metadata_it_does_not_return(tmp_path):
+def test_load_keeps_metadata_on_the_reader_without_warning(tmp_path):
+    import warnings
+
     path = tmp_path / "w.safetensors"
     cio.save(W, path, metadata={"format": "pt"})
-    with pytest.warns(UserWarning, match="non-tensor value.*__metadata__"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         out = cio.load(path)
+    assert cio.open_weights(path).metadata == {"format": "pt"}
     assert list(out) == list(W)
     assert not any(isinstance(v, np.memmap) for v in out.values())  # an eager load owns its memory
 

@@ -84,7 +84,7 @@ def test_files_written_by_the_reference_read_equal(tmp_path, reference, name):
     path = tmp_path / "ref.safetensors"
     path.write_bytes(reference.serialize(specs, {"framework": "none"}))
     with cio.open_weights(path) as r:
-        assert r.extras == {"__metadata__": {"framework": "none"}}
+        assert r.metadata == {"framework": "none"} and r.extras == {}
         for key, value in arrays.items():
             assert r.spec(key).dtype == value.dtype and r.spec(key).shape == value.shape
             out = r[key]
@@ -258,6 +258,6 @@ def test_round_trip_property(scratch_root, arrays, metadata):
     cio.save(weights, path, metadata=metadata)
     with cio.open_weights(path) as r:
         assert list(r) == list(weights)
-        assert r.extras.get("__metadata__") == metadata
+        assert r.metadata == (metadata or {})
         for key, value in weights.items():
             assert r[key].dtype == value.dtype and _bits(r[key]) == _bits(value)
