@@ -2,11 +2,29 @@
 
 Every algorithm takes and returns ``dict[str, numpy.ndarray]``. This package never
 imports torch or mxnet; the converters live in the separate ``adapters`` package.
+
+* pruning: :func:`prune_threshold`, :func:`prune_magnitude`, :func:`apply_masks`, :func:`sparsity`
+* quantization: :func:`quantize`, :func:`dequantize`, :class:`QuantizedArray`
+* files: :mod:`coreprune.io` (``load``, ``save``, ``open_weights``), :func:`save_compressed`,
+  :func:`load_compressed`
+* distillation and light architectures: :mod:`coreprune.distill`, :mod:`coreprune.arch`
+* selection of tensors: :func:`select`; errors: :class:`CompressionError`
+
+Examples
+--------
+>>> import numpy as np, coreprune
+>>> w = {"fc.weight": np.array([[0.5, -0.01], [0.02, -2.0]], np.float32)}
+>>> pruned, masks = coreprune.prune_threshold(w, 0.1)
+>>> pruned["fc.weight"].tolist()
+[[0.5, 0.0], [0.0, -2.0]]
+>>> q = coreprune.quantize(pruned, bits=8)
+>>> q["fc.weight"].codes.tolist(), q["fc.weight"].nbytes
+([[32, 0], [0, -127]], 8)
 """
 
 from __future__ import annotations
 
-from . import arch, distill
+from . import arch, distill, io
 from .arch import channel_shuffle
 from .compressed import load_compressed, save_compressed
 from .distill import kd_loss, kd_loss_and_grad
@@ -31,6 +49,7 @@ __all__ = [
     "quantize",
     "dequantize",
     "arch",
+    "io",
     "distill",
     "channel_shuffle",
     "kd_loss",
