@@ -5,7 +5,8 @@ but without its bit matrix, which holds ``bits`` bytes per value. Values are han
 whose starts are multiples of 8, so every block begins on a byte boundary of the stream
 (``8 * bits`` stream bits = ``bits`` bytes per 8 values) and blocks are packed independently:
 
-* ``bits`` in 1, 2, 4: several values per byte, combined with shifts (``np.packbits`` for 1);
+* ``bits`` in 1, 2, 4: several values per byte, gathered by shifts of the 2 or 4 bytes that hold
+  them read as one integer (``np.packbits`` for 1);
 * ``bits`` 8 and 16: the low byte(s) of each value, little-endian;
 * any other width: each group of 8 values is assembled in one or two little-endian uint64
   words (``8 * bits <= 128`` bits), whose first ``bits`` bytes are the group's bytes.
@@ -40,13 +41,17 @@ def _pack_values(u: np.ndarray, bits: int) -> np.ndarray:
         return u.astype("<u2", copy=False).view(_U8)
     if bits == 1:
         return np.packbits(u, bitorder="little")
-    if bits in (2, 4):
-        per = 8 // bits
-        v = u.reshape(-1, per)
-        out = v[:, 0].copy()
-        for i in range(1, per):
-            out |= v[:, i] << np.uint8(i * bits)
-        return out
+    if bits == 4:
+        # byte pairs as one little-endian uint16 h << 8 | l (l, h < 16): (w | w >> 4) has l | h << 4 in
+        # its low byte, and the cast to uint8 keeps exactly that byte
+        w = u.view("<u2")
+        return (w | (w >> np.uint16(4))).astype(_U8)
+    if bits == 2:
+        # four values b0..b3 (< 4) in one little-endian uint32; two shift-ors gather them into the low
+        # byte: x = w | w >> 6 puts b1 at bit 2, then x | x >> 12 puts b2 at bit 4 and b3 at bit 6
+        w = u.view("<u4")
+        x = w | (w >> np.uint32(6))
+        return (x | (x >> np.uint32(12))).astype(_U8)
     groups = u.size // 8
     v = u.reshape(groups, 8)
     lo = np.zeros(groups, _LE64)
@@ -73,13 +78,14 @@ def _unpack_values(b: np.ndarray, bits: int, n8: int) -> np.ndarray:
         return b.view("<u2")
     if bits == 1:
         return np.unpackbits(b, bitorder="little")
-    if bits in (2, 4):
-        per = 8 // bits
-        u = np.empty((b.size, per), _U8)
-        mask = np.uint8((1 << bits) - 1)
-        for i in range(per):
-            np.bitwise_and(b >> np.uint8(i * bits), mask, out=u[:, i])
-        return u.reshape(-1)
+    if bits == 4:
+        # the inverse of the uint16 trick of _pack_values: w | w << 4 puts the high nibble in the high byte
+        w = b.astype("<u2")
+        return ((w | (w << np.uint16(4))) & np.uint16(0x0F0F)).view(_U8)
+    if bits == 2:
+        w = b.astype("<u4")
+        x = w | (w << np.uint32(12))
+        return ((x | (x << np.uint32(6))) & np.uint32(0x03030303)).view(_U8)
     groups = n8 // 8
     bb = b.reshape(groups, bits)
     lo = np.zeros(groups, _LE64)

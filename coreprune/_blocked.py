@@ -235,23 +235,23 @@ def _call(task: Callable[[], Any]) -> Any:
 def scratch(slot: str, n: int, dtype: np.dtype | type) -> np.ndarray:
     """A 1-D scratch array of ``n`` values of ``dtype``, private to the calling thread.
 
-    The same ``slot`` returns the same memory on every call from a thread (grown when needed), so a
-    kernel can use several scratch arrays at once under different slot names. Contents are
-    undefined. A worker keeps at most a few blocks' worth of these alive.
+    The same ``slot`` and dtype return the same memory on every call from a thread (grown when
+    needed), so a kernel can use several scratch arrays at once under different slot names.
+    Contents are undefined. A thread keeps a few blocks' worth of these alive.
 
     Examples
     --------
     >>> a = scratch("doc", 8, np.float32)
-    >>> a.shape, a.dtype.name, scratch("doc", 4, np.float32).base is a.base
+    >>> a.shape, a.dtype.name, np.shares_memory(a, scratch("doc", 4, np.float32))
     ((8,), 'float32', True)
     """
-    dtype = np.dtype(dtype)
-    buffers = getattr(_local, "buffers", None)
-    if buffers is None:
+    try:
+        buffers = _local.buffers
+    except AttributeError:
         buffers = _local.buffers = {}
-    nbytes = n * dtype.itemsize
-    buf = buffers.get(slot)
-    if buf is None or buf.size < nbytes:
-        # round up so that blocks of slightly different sizes share one buffer
-        buf = buffers[slot] = np.empty(max(nbytes, 4 * BLOCK_ELEMENTS * 2), np.uint8)
-    return buf[:nbytes].view(dtype)
+    key = (slot, dtype)
+    buf = buffers.get(key)
+    if buf is None or buf.size < n:
+        # at least a block, so that blocks of slightly different sizes share one buffer
+        buf = buffers[key] = np.empty(max(n, BLOCK_ELEMENTS), dtype)
+    return buf[:n]

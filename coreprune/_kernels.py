@@ -149,7 +149,7 @@ def prune_job(
             np.greater(a, cut, out=k)
             k[np.flatnonzero(a == cut)[skips[b] :]] = True
         np.multiply(src[s:e], k, out=dst[s:e])
-        return bool(np.isfinite(a.max())) if a.size else True  # NaN propagates through the maximum
+        return bool(np.isfinite(np.maximum.reduce(a))) if a.size else True  # NaN propagates through max
 
     finite = yield [partial(block, b, s, e) for b, (s, e) in enumerate(block_ranges(flat.size))]
     return out, keep, all(finite)

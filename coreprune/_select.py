@@ -5,8 +5,9 @@ tensors (``N`` values together) and how many entries equal to it rank among the 
 Concatenating the tensors and calling ``np.partition`` copies the whole model and runs a
 selection over it; a radix select over the bit patterns needs two passes or more. Here:
 
-1. **Sample.** Every ``step``-th value of the (virtually concatenated) tensors, ``step`` about
-   ``N / SAMPLE`` and coprime with small numbers so that it does not alias with row lengths.
+1. **Sample.** Every ``step``-th value of the (virtually concatenated) tensors, ``S = N / step``
+   between 2**15 and 2**18 values, ``step`` coprime with 2, 3, 5 and 7 so that it does not alias
+   with row lengths.
 2. **Bracket.** If the sample is a fair one, the k-th value lies between its quantiles
    ``p - d`` and ``p + d`` (``p = k / N``, ``d`` = ``Z`` standard errors of a sample quantile):
    ``lo <= v <= hi``.
@@ -15,7 +16,7 @@ selection over it; a radix select over the bit patterns needs two passes or more
    ``N``).
 4. **Exact answer.** When ``L < k <= L + #candidates`` the answer is the ``(k - L)``-th smallest
    candidate (``np.partition``); this is exact whatever the sample was. Otherwise (an unfair
-   sample) or when the candidates outgrow their budget (``N / 64`` values), a blocked radix select
+   sample) or when the candidates outgrow their budget (``N / 32`` values), a blocked radix select
    on the IEEE-754 bit patterns (16 bits per pass) finds the same value.
 
 For non-negative IEEE floats the bit pattern read as an unsigned integer orders like the value,
@@ -38,12 +39,16 @@ from ._kernels import work_abs
 
 __all__ = ["kth_smallest", "kth_smallest_abs", "select_job", "radix_job", "Selection"]
 
-#: Target sample size.
-SAMPLE = 1 << 18
-#: Half-width of the bracket in standard errors of the sample quantile.
-Z = 6.0
-#: The candidates may use at most 1 / CANDIDATE_SHARE of N values (1.6 %), else the radix select runs.
-CANDIDATE_SHARE = 64
+#: Sample size: N / SAMPLE_SHARE, clamped to [SAMPLE_MIN, SAMPLE_MAX] (all of N when smaller).
+SAMPLE_SHARE = 64
+SAMPLE_MIN = 1 << 15
+SAMPLE_MAX = 1 << 18
+#: Half-width of the bracket in standard errors of the sample quantile (a miss, which only costs
+#: time, has probability ~6e-7 for a fair sample).
+Z = 5.0
+#: The candidates may hold at most N / CANDIDATE_SHARE values (3.1 %; at least 2**16), else the
+#: radix select runs. With the sample sizes above, 2 Z sqrt(p (1 - p) / S) N stays below that.
+CANDIDATE_SHARE = 32
 _DIGIT_BITS = 16
 
 
@@ -94,22 +99,28 @@ class Selection:
 
 
 def _sample_step(n: int) -> int:
-    step = max(1, n // SAMPLE)
+    step = max(1, n // min(max(n // SAMPLE_SHARE, SAMPLE_MIN), SAMPLE_MAX))
     while step > 1 and math.gcd(step, 2 * 3 * 5 * 7) != 1:  # avoid aliasing with row lengths
         step += 1
     return step
 
 
-def _sample(flats: Sequence[np.ndarray], work: np.dtype) -> np.ndarray:
-    """Every ``step``-th magnitude of the tensors taken as one sequence, as ``work``."""
+def _sample_tasks(flats: Sequence[np.ndarray], work: np.dtype) -> list[partial]:
+    """Tasks that each return part of the sample: every ``step``-th magnitude of the tensors taken
+    as one sequence, as ``work``, one task per block."""
     total = sum(f.size for f in flats)
     step = _sample_step(total)
-    parts, start = [], 0
+    tasks, start = [], 0
     for f in flats:
-        part = f[(-start) % step :: step]
-        parts.append(np.abs(part.astype(work)))
+        first = (-start) % step  # the first sampled index of this tensor
+        for s, e in block_ranges(f.size):
+            tasks.append(partial(_sample_part, f, s + (first - s) % step, e, step, work))
         start += f.size
-    return np.concatenate(parts)
+    return tasks
+
+
+def _sample_part(f: np.ndarray, s: int, e: int, step: int, work: np.dtype) -> np.ndarray:
+    return np.abs(f[s:e:step].astype(work))
 
 
 def _bracket(sample: np.ndarray, k: int, n: int) -> tuple[np.generic | None, np.generic | None]:
@@ -131,7 +142,9 @@ def select_job(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -> Job:
     """Job computing :func:`kth_smallest_abs` (see there), for :func:`~coreprune._blocked.run_jobs`."""
     flats = [np.ascontiguousarray(t).reshape(-1) for t in tensors]
     total = sum(f.size for f in flats)
-    lo, hi = _bracket(_sample(flats, work), k, total)
+    parts = yield _sample_tasks(flats, work)
+    # one task: the brackets of all jobs of a sweep (one per tensor in layer scope) run in parallel
+    ((lo, hi),) = yield [partial(_bracket, np.concatenate(parts), k, total)]
     budget = max(1 << 16, total // CANDIDATE_SHARE)
     stored = [0]
     overflow = threading.Event()
@@ -140,7 +153,7 @@ def select_job(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -> Job:
 
     def count(i: int, s: int, e: int) -> tuple[int, int, np.ndarray | None]:
         a = work_abs(flats[i][s:e], work)
-        if not np.isfinite(a.max()):  # NaN propagates through the maximum
+        if not np.isfinite(np.maximum.reduce(a)):  # NaN propagates through the maximum
             bad.add(i)
             return 0, 0, None
         below = np.less(a, lo, out=scratch("lt", a.size, np.bool_)) if lo is not None else None
@@ -174,10 +187,11 @@ def select_job(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -> Job:
         v, r, equal = yield from radix_job(flats, k, work)
         return Selection(v, r, equal, None)
     candidates = [r[2] if r[2] is not None else np.zeros(0, work) for r in results]
-    v, r = kth_smallest(np.concatenate(candidates), k - below)
+    ((v, r),) = yield [partial(kth_smallest, np.concatenate(candidates), k - below)]
     per_block, pos = [], 0
     for b in blocks:
-        per_block.append([int(np.count_nonzero(c == v)) for c in candidates[pos : pos + len(b)]])
+        mine = candidates[pos : pos + len(b)]
+        per_block.append([int(np.count_nonzero(c == v)) if c.size else 0 for c in mine])
         pos += len(b)
     return Selection(v, r, sum(map(sum, per_block)), per_block)
 
