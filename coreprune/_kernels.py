@@ -32,7 +32,7 @@ import ml_dtypes
 import numpy as np
 
 from . import _blocked
-from ._blocked import Job, block_ranges, run_job, run_parallel, scratch
+from ._blocked import Job, block_ranges, run_job, scratch
 
 __all__ = [
     "FAST_FLOATS",
@@ -43,6 +43,7 @@ __all__ = [
     "prune_job",
     "prune_by_cut",
     "count_equal_job",
+    "minmax_job",
     "minmax",
     "quantize_job",
     "dequantize_job",
@@ -177,16 +178,21 @@ def count_equal_job(w: np.ndarray, value: np.generic, work: np.dtype) -> Job:
     return counts
 
 
-def minmax(a: np.ndarray) -> tuple[int, int]:
-    """``(int(a.min()), int(a.max()))`` of a non-empty C-contiguous integer array, in one blocked pass."""
+def minmax_job(a: np.ndarray) -> Job:
+    """Job: ``(int(a.min()), int(a.max()))`` of a non-empty C-contiguous integer array, in one pass."""
     flat = a.reshape(-1)
 
-    def block(r: tuple[int, int]) -> tuple[int, int]:
-        part = flat[r[0] : r[1]]
+    def block(s: int, e: int) -> tuple[int, int]:
+        part = flat[s:e]
         return int(part.min()), int(part.max())
 
-    parts = run_parallel(block_ranges(flat.size), block)
+    parts = yield [partial(block, s, e) for s, e in block_ranges(flat.size)]
     return min(p[0] for p in parts), max(p[1] for p in parts)
+
+
+def minmax(a: np.ndarray) -> tuple[int, int]:
+    """:func:`minmax_job` run on its own."""
+    return run_job(minmax_job(a))
 
 
 # ------------------------------------------------------------------------------------ quantization
@@ -326,11 +332,13 @@ def quantize_job(
         partial_stats = yield [partial(stats, *t) for t in tiles]
         row_of = np.array([t[0] for t in tiles])
         first = np.full(rows, -np.inf if symmetric else np.inf)
-        (np.maximum if symmetric else np.minimum).at(first, row_of, [float(p[0][0]) for p in partial_stats])
         second = None
-        if not symmetric:
-            second = np.full(rows, -np.inf)
-            np.maximum.at(second, row_of, [float(p[1][0]) for p in partial_stats])
+        with np.errstate(invalid="ignore"):  # a NaN statistic is reported by set_scales, not warned about
+            combine = np.maximum if symmetric else np.minimum
+            combine.at(first, row_of, [float(p[0][0]) for p in partial_stats])
+            if not symmetric:
+                second = np.full(rows, -np.inf)
+                np.maximum.at(second, row_of, [float(p[1][0]) for p in partial_stats])
         if set_scales(0, rows, first, second):
             yield [partial(encode, *t) for t in tiles]
     return None if failed.is_set() else (codes, scale, zero_point)

@@ -46,9 +46,10 @@ SAMPLE_MAX = 1 << 18
 #: Half-width of the bracket in standard errors of the sample quantile (a miss, which only costs
 #: time, has probability ~6e-7 for a fair sample).
 Z = 5.0
-#: The candidates may hold at most N / CANDIDATE_SHARE values (3.1 %; at least 2**16), else the
+#: The candidates may hold at most N / CANDIDATE_SHARE values (3.1 %; at least CANDIDATE_MIN), else the
 #: radix select runs. With the sample sizes above, 2 Z sqrt(p (1 - p) / S) N stays below that.
 CANDIDATE_SHARE = 32
+CANDIDATE_MIN = 1 << 16
 _DIGIT_BITS = 16
 
 
@@ -145,7 +146,7 @@ def select_job(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -> Job:
     parts = yield _sample_tasks(flats, work)
     # one task: the brackets of all jobs of a sweep (one per tensor in layer scope) run in parallel
     ((lo, hi),) = yield [partial(_bracket, np.concatenate(parts), k, total)]
-    budget = max(1 << 16, total // CANDIDATE_SHARE)
+    budget = max(CANDIDATE_MIN, total // CANDIDATE_SHARE)
     stored = [0]
     overflow = threading.Event()
     lock = threading.Lock()
