@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import arch, distill
 from .arch import channel_shuffle
+from .compressed import load_compressed, save_compressed
 from .distill import kd_loss, kd_loss_and_grad
 from .errors import CompressionError, UnsafePickleError, WeightFileError
 from .pruning import apply_masks, prune_magnitude, prune_threshold
@@ -34,5 +35,7 @@ __all__ = [
     "channel_shuffle",
     "kd_loss",
     "kd_loss_and_grad",
+    "save_compressed",
+    "load_compressed",
     "__version__",
 ]

@@ -13,11 +13,16 @@ format           extensions                     module
 ``torch``        ``.pt``, ``.pth``, ``.bin``,   :mod:`coreprune.io.torch_format`
                  ``.ckpt``
 ``safetensors``  ``.safetensors``               :mod:`coreprune.io.safetensors_format`
+``cpz``          ``.cpz``                       :mod:`coreprune.compressed` (reads dequantized)
 ===============  =============================  ==========================================
 
 Each format module provides ``FORMAT``, ``EXTENSIONS``, ``sniff(head: bytes) -> bool``,
 ``open_reader(path, **options) -> WeightReader`` and
-``write(weights: Mapping, f: BinaryIO, **options) -> None``.
+``write(weights: Mapping, f: BinaryIO, **options) -> None``; optionally
+``EXTENSION_OPTIONS`` (extension -> default writer options, e.g. ``.npy`` -> one array).
+Writers raise :class:`~coreprune.errors.WeightFileError` naming the tensor; :func:`save`
+prefixes the destination path. A format module that fails to import disables only that
+format, and error messages say so.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ FORMATS: dict[str, str] = {
     "mxnet": "coreprune.io.mxnet_params",
     "torch": "coreprune.io.torch_format",
     "safetensors": "coreprune.io.safetensors_format",
+    "cpz": "coreprune.compressed",
 }
 
 _HEAD_BYTES = 64
@@ -51,13 +57,32 @@ _HEAD_BYTES = 64
 def _module(fmt: str) -> ModuleType:
     if fmt not in FORMATS:
         raise WeightFileError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return importlib.import_module(FORMATS[fmt])
+    try:
+        return importlib.import_module(FORMATS[fmt])
+    except ImportError as e:
+        raise WeightFileError(
+            f"the {fmt} format is unavailable: {FORMATS[fmt]} failed to import ({e})"
+        ) from e
+
+
+def _available(fmt: str) -> ModuleType | None:
+    # A format module that cannot be imported must not take the other formats down with it.
+    try:
+        return _module(fmt)
+    except WeightFileError:
+        return None
+
+
+def _unavailable_note() -> str:
+    missing = [fmt for fmt in FORMATS if _available(fmt) is None]
+    return f"; these formats could not be imported: {', '.join(missing)}" if missing else ""
 
 
 def _format_for_extension(path: Path) -> str | None:
     suffix = path.suffix.lower()
     for fmt in FORMATS:
-        if suffix in _module(fmt).EXTENSIONS:
+        module = _available(fmt)
+        if module is not None and suffix in module.EXTENSIONS:
             return fmt
     return None
 
@@ -98,7 +123,7 @@ def detect_format(path: str | os.PathLike) -> str:
     by_ext = _format_for_extension(path)
     if by_ext is not None and _module(by_ext).sniff(head):
         return by_ext
-    by_magic = [fmt for fmt in FORMATS if _module(fmt).sniff(head)]
+    by_magic = [fmt for fmt in FORMATS if (m := _available(fmt)) is not None and m.sniff(head)]
     if by_ext is not None:
         seen = f"it looks like {by_magic[0]}" if by_magic else "its first bytes match no known format"
         raise WeightFileError(
@@ -108,7 +133,7 @@ def detect_format(path: str | os.PathLike) -> str:
         return by_magic[0]
     raise WeightFileError(
         f"{path}: not a weight file this library reads (extension {path.suffix or 'none'!r}; "
-        f"known formats: {', '.join(FORMATS)})"
+        f"known formats: {', '.join(FORMATS)}){_unavailable_note()}"
     )
 
 
@@ -218,13 +243,21 @@ def save(
     path = Path(path)
     fmt = format or _format_for_extension(path)
     if fmt is None:
-        known = ", ".join(sorted(e for f in FORMATS for e in _module(f).EXTENSIONS))
         raise WeightFileError(
             f"{path}: cannot tell the format from the extension {path.suffix or 'none'!r}; "
-            f"use one of {known} or pass format="
+            f"use one of {', '.join(sorted(e for m in map(_available, FORMATS) if m for e in m.EXTENSIONS))}"
+            f" or pass format={_unavailable_note()}"
         )
     if not isinstance(weights, WeightReader):
         check_weights(weights)
     module = _module(fmt)
-    with atomic_write(path, inputs=inputs) as f:
-        module.write(weights, f, **options)
+    # Some formats have several extensions that mean different layouts (.npy is one array, .npz many).
+    options = {**getattr(module, "EXTENSION_OPTIONS", {}).get(path.suffix.lower(), {}), **options}
+    try:
+        with atomic_write(path, inputs=inputs) as f:
+            module.write(weights, f, **options)
+    except WeightFileError as e:
+        # Writers see only an open file; the user needs the destination in the message.
+        if str(e).startswith(str(path)):
+            raise
+        raise WeightFileError(f"{path}: {e}") from e

@@ -8,6 +8,10 @@ inspecting a 4 GiB file never needs 4 GiB of memory. Writers take any
 
 Nothing here trusts a file: every declared size is checked against the bytes
 that are really there (:func:`check_extent`) before anything is allocated.
+
+Writers receive an open binary file, not a path: they raise
+:class:`~coreprune.errors.WeightFileError` naming the tensor, and
+:func:`coreprune.io.save` puts the destination path in front of the message.
 """
 
 from __future__ import annotations
@@ -32,7 +36,16 @@ __all__ = [
     "read_exact",
     "atomic_write",
     "element_count",
+    "check_shape",
+    "write_c_order",
+    "MAX_NDIM",
 ]
+
+#: The most dimensions a stored tensor may declare (NumPy 1.x's limit); more is treated as corruption.
+MAX_NDIM = 32
+
+# NumPy cannot create an array whose byte size (counting only the non-zero dims) exceeds intp.
+_MAX_ARRAY_BYTES = 2**62
 
 
 @dataclass(frozen=True)
@@ -107,7 +120,8 @@ def check_extent(path: str | os.PathLike, what: str, offset: int, nbytes: int, f
     >>> check_extent("f.params", "tensor 'w'", 100, 2**40, 124)
     Traceback (most recent call last):
     ...
-    coreprune.errors.WeightFileError: f.params: tensor 'w' needs 1099511627776 bytes at offset 100 ...
+    coreprune.errors.WeightFileError: f.params: tensor 'w' needs 1099511627776 bytes at offset 100 \
+but the file has only 24 bytes left (truncated or corrupted)
     """
     if offset < 0 or nbytes < 0 or offset + nbytes > file_size:
         left = max(file_size - offset, 0)
@@ -115,6 +129,59 @@ def check_extent(path: str | os.PathLike, what: str, offset: int, nbytes: int, f
             f"{path}: {what} needs {nbytes} bytes at offset {offset} but the file has only {left} bytes left "
             "(truncated or corrupted)"
         )
+
+
+def check_shape(
+    path: str | os.PathLike, what: str, shape: Any, itemsize: int, *, max_ndim: int = MAX_NDIM
+) -> tuple[int, ...]:
+    """Validate a shape read from a file and return it as a tuple of Python ints.
+
+    Refuses anything but a sequence of at most ``max_ndim`` non-negative ints (``bool``
+    is not an int here), and shapes NumPy could not allocate even with a zero dimension
+    (the product of the non-zero dims times ``itemsize`` must stay below 2**62). Checking
+    the byte count against the file is :func:`check_extent`'s job.
+
+    Parameters
+    ----------
+    path : path-like
+        The file, for the message.
+    what : str
+        The field, for the message (``"tensor 'w'"``).
+    shape : sequence of int
+    itemsize : int
+        Bytes per element.
+    max_ndim : int
+
+    Returns
+    -------
+    tuple of int
+
+    Examples
+    --------
+    >>> check_shape("f.bin", "tensor 'w'", [2, 3], 4)
+    (2, 3)
+    >>> check_shape("f.bin", "tensor 'w'", [2, -1], 4)
+    Traceback (most recent call last):
+    ...
+    coreprune.errors.WeightFileError: f.bin: tensor 'w' has an invalid shape [2, -1] (dims must be \
+non-negative integers)
+    """
+    if not isinstance(shape, (tuple, list)):
+        raise WeightFileError(f"{path}: {what} has a shape of type {type(shape).__name__}, not a sequence")
+    if len(shape) > max_ndim:
+        raise WeightFileError(
+            f"{path}: {what} declares {len(shape)} dimensions; at most {max_ndim} are allowed (corrupted?)"
+        )
+    dims = []
+    for d in shape:
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) or d < 0:
+            raise WeightFileError(
+                f"{path}: {what} has an invalid shape {list(shape)} (dims must be non-negative integers)"
+            )
+        dims.append(int(d))
+    if element_count(tuple(d for d in dims if d)) * max(int(itemsize), 1) >= _MAX_ARRAY_BYTES:
+        raise WeightFileError(f"{path}: {what} declares an impossibly large shape {tuple(dims)} (corrupted?)")
+    return tuple(dims)
 
 
 def read_exact(f: BinaryIO, n: int, path: str | os.PathLike, what: str) -> bytes:
@@ -209,6 +276,50 @@ class WeightReader(Mapping[str, np.ndarray]):
         return f"<{type(self).__name__} {self.format} {str(self.path)!r}: {len(self)} tensors>"
 
 
+def write_c_order(f: BinaryIO, array: np.ndarray, *, chunk_bytes: int = 16 << 20) -> int:
+    """Write the elements of ``array`` as raw bytes in C (row-major) order, a chunk at a time.
+
+    A C-contiguous array is written straight from its buffer; any other layout (a slice,
+    a transpose) is copied ``chunk_bytes`` at a time, so no full-size copy is made.
+    Byte order is the array's own: convert first if the format fixes one.
+
+    Parameters
+    ----------
+    f : binary file
+    array : numpy.ndarray
+        Any shape, any fixed-size dtype.
+    chunk_bytes : int
+        Largest temporary copy, in bytes.
+
+    Returns
+    -------
+    int
+        Bytes written, ``array.nbytes``.
+
+    Examples
+    --------
+    >>> import io, numpy as np
+    >>> buf = io.BytesIO()
+    >>> write_c_order(buf, np.arange(6, dtype=np.uint8).reshape(2, 3).T)
+    6
+    >>> list(buf.getvalue())
+    [0, 3, 1, 4, 2, 5]
+    """
+    a = np.asarray(array)
+    if a.size == 0:
+        return 0
+    if a.flags.c_contiguous:
+        flat = a.reshape(-1).view(np.uint8)
+        for start in range(0, flat.size, chunk_bytes):
+            f.write(flat[start : start + chunk_bytes])
+        return int(flat.size)
+    row_bytes = max(a[0].nbytes, 1)
+    step = max(1, chunk_bytes // row_bytes)
+    for start in range(0, a.shape[0], step):
+        f.write(np.ascontiguousarray(a[start : start + step]).reshape(-1).view(np.uint8))
+    return int(a.nbytes)
+
+
 @contextlib.contextmanager
 def atomic_write(
     path: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = ()
@@ -237,9 +348,10 @@ def atomic_write(
     path = Path(path)
     for src in inputs:
         src = Path(src)
-        if not src.exists():
-            continue
-        if src.resolve() == path.resolve() or (path.exists() and os.path.samefile(src, path)):
+        same = src.exists() and (
+            src.resolve() == path.resolve() or (path.exists() and os.path.samefile(src, path))
+        )
+        if same:
             raise WeightFileError(f"{path}: refusing to overwrite the input file; choose another output path")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():

@@ -1,0 +1,898 @@
+"""The ``.cpz`` compressed weight format: n-bit codes bit-packed, pruned tensors sparse, exact round trip.
+
+``save_compressed(weights, path)`` writes a mapping whose values are NumPy arrays or
+:class:`~coreprune.quantization.QuantizedArray`; ``load_compressed(path)`` gives back
+the same values: QuantizedArrays with identical codes, scales, zero points and
+parameters, arrays bit for bit (``-0.0``, NaN payloads, bfloat16, 0-d and empty
+arrays included).
+
+Each tensor is stored in the smallest of three layouts:
+
+* ``full``: every element. Arrays as raw little-endian bytes (``n * itemsize``),
+  quantized codes bit-packed at their bit width (``ceil(n * bits / 8)``).
+* ``bitmask``: one bit per element saying which elements are *stored*, then the
+  stored elements only: ``ceil(n / 8) + cost(nnz)``.
+* ``csr``: the gaps between stored elements as 8- or 16-bit unsigned integers,
+  then the stored elements: ``entries * width / 8 + cost(nnz)``. A gap ``g`` of
+  skipped elements takes ``g // M`` escape entries of value ``M = 2**width - 1``
+  (each skips ``M`` elements and stores nothing) and one entry ``g % M``;
+  ``entries = nnz + sum(g // M)``. Elements after the last stored one are implicit.
+
+An element is *not stored* when it is the fill value: for arrays an all-zero bit
+pattern (``+0.0``; ``-0.0`` has a sign bit, so it is stored), for quantized codes
+the code of 0.0 (0 when symmetric, the ``zero_point`` of the element's channel or
+group when affine; ``bits == 1`` has no code for 0.0 and is always ``full``).
+A pruned-then-quantized tensor therefore keeps its saving: only the surviving codes
+are packed, at ``bits`` each, plus the index.
+
+:func:`encoded_nbytes` is the honest size of a value in this format: the bytes of
+its chosen layout, plus ``scale`` and ``zero_point`` for a QuantizedArray; for a
+quantized tensor stored ``full`` it equals ``QuantizedArray.nbytes``, for an array
+stored ``full`` it equals ``ndarray.nbytes``. A file adds 40 bytes of header and
+footer, at most 7 bytes of alignment per blob and a JSON manifest of roughly 200
+bytes per tensor. The byte layout is documented in ``docs/compressed-format.md``.
+
+Through :mod:`coreprune.io` (``load``, ``open_weights``, ``convert``), a ``.cpz``
+file reads as plain dense arrays: quantized tensors come back dequantized.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import sys
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Union
+
+import numpy as np
+
+from .errors import CompressionError, WeightFileError
+from .io.base import TensorSpec, WeightReader, atomic_write, check_extent, element_count, read_exact
+from .packing import pack_bits, unpack_bits
+from .quantization import QuantizedArray
+
+__all__ = [
+    "save_compressed",
+    "load_compressed",
+    "encoded_nbytes",
+    "layout_of",
+    "CpzReader",
+    "FORMAT",
+    "EXTENSIONS",
+    "MAGIC",
+    "VERSION",
+    "sniff",
+    "open_reader",
+    "write",
+]
+
+FORMAT = "cpz"
+EXTENSIONS = (".cpz",)
+#: First 8 bytes of every file. The high byte and CR LF / Ctrl-Z catch text-mode transfers (as PNG does).
+MAGIC = b"\x89CPZ\r\n\x1a\n"
+#: Format version written in the header and the manifest; readers refuse newer versions.
+VERSION = 1
+_HEADER = struct.Struct("<8sII")  # magic, version, reserved (0)
+_FOOTER = struct.Struct("<QQI4s")  # manifest offset, manifest length, manifest crc32, end magic
+_END_MAGIC = b"CPZE"
+_ALIGN = 8
+# A declared tensor larger than this is a lie (numpy could not index it anyway).
+_MAX_NBYTES = 1 << 62
+
+Value = Union[np.ndarray, QuantizedArray]
+
+_NUMPY_DTYPES = frozenset(
+    [
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+    ]
+)
+_ML_DTYPES = frozenset(
+    [
+        "bfloat16",
+        "float8_e4m3fn",
+        "float8_e4m3fnuz",
+        "float8_e4m3b11fnuz",
+        "float8_e5m2",
+        "float8_e5m2fnuz",
+        "float8_e3m4",
+        "float8_e4m3",
+        "float8_e8m0fnu",
+        "float6_e2m3fn",
+        "float6_e3m2fn",
+        "float4_e2m1fn",
+        "int4",
+        "uint4",
+        "int2",
+        "uint2",
+    ]
+)
+_CODE_DTYPES = frozenset(["int8", "int16", "uint8", "uint16"])
+
+
+# ----------------------------------------------------------------------------------------------- dtypes
+
+
+def _dtype_name(dtype: np.dtype, name: str) -> str:
+    dtype = np.dtype(dtype)
+    if dtype.name in _NUMPY_DTYPES or dtype.name in _ML_DTYPES:
+        return dtype.name
+    raise CompressionError(
+        f"tensor {name!r} has dtype {dtype}, which .cpz does not store (numeric dtypes and the ml_dtypes "
+        "floats only)"
+    )
+
+
+def _parse_dtype(text: object, where: str) -> np.dtype:
+    """The (native) dtype named in a manifest."""
+    if isinstance(text, str) and text in _NUMPY_DTYPES:
+        return np.dtype(text)
+    if isinstance(text, str) and text in _ML_DTYPES:
+        import ml_dtypes
+
+        if hasattr(ml_dtypes, text):
+            return np.dtype(getattr(ml_dtypes, text))
+        raise WeightFileError(f"{where}: dtype {text!r} needs a newer ml_dtypes than the one installed")
+    raise WeightFileError(f"{where}: unknown dtype {text!r}")
+
+
+def _little(a: np.ndarray) -> np.ndarray:
+    """C-contiguous, little-endian view (or copy) of ``a``."""
+    order = a.dtype.byteorder
+    if a.dtype.itemsize > 1 and (order == ">" or (order == "=" and sys.byteorder == "big")):
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(a)
+
+
+def _le(dtype: np.dtype) -> np.dtype:
+    """``dtype`` with little-endian byte order (how blobs are stored)."""
+    return dtype.newbyteorder("<") if dtype.itemsize > 1 and dtype.byteorder != "|" else dtype
+
+
+def _native(a: np.ndarray) -> np.ndarray:
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
+
+
+def _bytes_of(a: np.ndarray) -> memoryview:
+    """The raw bytes of a contiguous array, without a copy (works for ml_dtypes too)."""
+    return memoryview(a.reshape(-1).view(np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------- layouts
+
+
+def _stored_mask(flat: np.ndarray) -> np.ndarray:
+    """True where a 1-D array's element is not the all-zero bit pattern."""
+    size = flat.dtype.itemsize
+    if size in (1, 2, 4, 8):
+        return flat.view(f"u{size}") != 0
+    return flat.view(np.uint8).reshape(flat.size, size).any(axis=1)
+
+
+def _param_shape(shape: tuple[int, ...], axis: int | None, group_size: int | None) -> tuple[int, ...]:
+    """Shape of ``scale`` / ``zero_point`` for a quantizer layout (see QuantizedArray)."""
+    if group_size is not None:
+        return shape[:-1] + (shape[-1] // group_size,)
+    if axis is not None:
+        return (shape[axis],)
+    return ()
+
+
+def _fill_codes(
+    bits: int,
+    symmetric: bool,
+    zero_point: np.ndarray | None,
+    axis: int | None,
+    group_size: int | None,
+    shape: tuple[int, ...],
+) -> np.ndarray | None:
+    """Code of 0.0 for every element, flat (or a 0-d array); None where 0.0 has no code (bits=1)."""
+    if bits == 1:
+        return None
+    if symmetric or zero_point is None:
+        return np.zeros((), np.int8)
+    if group_size is not None:
+        full = np.repeat(zero_point, group_size, axis=-1)
+    elif axis is not None:
+        full = np.broadcast_to(zero_point.reshape([-1 if i == axis else 1 for i in range(len(shape))]), shape)
+    else:
+        return zero_point.reshape(())
+    return np.ascontiguousarray(full).reshape(-1)
+
+
+def _fill_of(q: QuantizedArray) -> np.ndarray | None:
+    return _fill_codes(q.bits, q.symmetric, q.zero_point, q.axis, q.group_size, q.shape)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    layout: str  # "full" | "bitmask" | "csr"
+    nbytes: int  # payload bytes of the layout (values/codes + index)
+    nnz: int
+    width: int = 0  # csr index width in bits
+    entries: int = 0  # csr index entries
+
+
+def _value_bytes(count: int, itemsize: int, bits: int | None) -> int:
+    return math.ceil(count * bits / 8) if bits is not None else count * itemsize
+
+
+def _plan(stored: np.ndarray | None, n: int, itemsize: int, bits: int | None) -> _Plan:
+    """Cheapest layout for ``n`` elements of which ``stored`` (bool, flat) must be kept.
+
+    Ties go to the simpler layout (full, then bitmask, then csr with 8-bit, then 16-bit gaps).
+    """
+    full = _Plan("full", _value_bytes(n, itemsize, bits), n)
+    if stored is None or n == 0:
+        return full
+    positions = np.flatnonzero(stored)
+    nnz = int(positions.size)
+    values = _value_bytes(nnz, itemsize, bits)
+    plans = [full, _Plan("bitmask", math.ceil(n / 8) + values, nnz)]
+    gaps = np.diff(positions, prepend=-1) - 1
+    for width in (8, 16):
+        entries = nnz + int((gaps // ((1 << width) - 1)).sum())
+        plans.append(_Plan("csr", entries * width // 8 + values, nnz, width, entries))
+    return min(plans, key=lambda p: p.nbytes)
+
+
+def _encode_gaps(stored: np.ndarray, width: int, entries: int) -> np.ndarray:
+    """The csr index stream (see the module docstring) of a flat bool mask."""
+    escape = (1 << width) - 1
+    positions = np.flatnonzero(stored)
+    gaps = np.diff(positions, prepend=-1) - 1
+    out = np.full(entries, escape, dtype=f"<u{width // 8}")
+    last = np.cumsum(gaps // escape + 1) - 1  # where each stored element's own entry goes
+    out[last] = gaps % escape
+    return out
+
+
+def _decode_gaps(index: np.ndarray, width: int, n: int, nnz: int, where: str) -> np.ndarray:
+    """Flat positions of the stored elements, validated against ``n`` and ``nnz``."""
+    escape = (1 << width) - 1
+    entries = index.astype(np.int64)
+    final = entries != escape
+    if int(np.count_nonzero(final)) != nnz:
+        raise _fail(where, f"the index names {int(np.count_nonzero(final))} elements, not {nnz}")
+    if entries.size and not final[-1]:
+        raise _fail(where, "the index ends with an escape entry")
+    positions = np.cumsum(entries + final)[final] - 1
+    if positions.size and int(positions[-1]) >= n:
+        raise _fail(where, f"the index points past the tensor's {n} elements")
+    return positions
+
+
+def layout_of(value: Value) -> str:
+    """The layout :func:`save_compressed` picks for ``value``: ``"full"``, ``"bitmask"`` or ``"csr"``.
+
+    Parameters
+    ----------
+    value : numpy.ndarray or QuantizedArray
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> w = np.zeros(1000, np.float32); w[::2] = 1.0
+    >>> layout_of(w), layout_of(np.ones(1000, np.float32)), layout_of(np.eye(100, dtype=np.float32))
+    ('bitmask', 'full', 'csr')
+    """
+    return _plan_value(value, "value")[0].layout
+
+
+def _plan_value(value: Value, name: str) -> tuple[_Plan, np.ndarray | None, np.ndarray]:
+    """The plan for one value, its flat ``stored`` mask (None when the layout is full) and its flat
+    little-endian data (the codes of a QuantizedArray)."""
+    if isinstance(value, QuantizedArray):
+        fill = _fill_of(value)
+        flat = value.codes.reshape(-1)
+        stored = None if fill is None else flat != fill
+        plan = _plan(stored, flat.size, flat.dtype.itemsize, value.bits)
+    elif isinstance(value, np.ndarray):
+        _dtype_name(value.dtype, name)
+        flat = _little(value).reshape(-1)
+        stored = _stored_mask(flat)
+        plan = _plan(stored, flat.size, flat.dtype.itemsize, None)
+    else:
+        raise CompressionError(
+            f"tensor {name!r} is a {type(value).__name__}; .cpz stores numpy arrays and QuantizedArray"
+        )
+    return plan, (None if plan.layout == "full" else stored), flat
+
+
+def encoded_nbytes(value: Value) -> int:
+    """Bytes of ``value``'s data in a ``.cpz`` file, before alignment and manifest.
+
+    The honest size of a compressed tensor: the smallest of the full, bitmask and csr
+    layouts (module docstring), plus ``scale.nbytes`` and ``zero_point.nbytes`` for a
+    :class:`~coreprune.quantization.QuantizedArray`. Never more than ``value.nbytes``.
+
+    Parameters
+    ----------
+    value : numpy.ndarray or QuantizedArray
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> w = np.zeros(1000, np.float32); w[::2] = 1.0    # 500 non-zeros
+    >>> encoded_nbytes(w)     # bitmask 125 bytes + 500 float32 values
+    2125
+    >>> w[::2] = 0; w[::10] = 1.0                       # 100 non-zeros, gaps of 9
+    >>> encoded_nbytes(w)     # csr: 100 one-byte gaps + 100 float32 values
+    500
+    >>> encoded_nbytes(np.ones(1000, np.float32))
+    4000
+    """
+    plan = _plan_value(value, "value")[0]
+    if isinstance(value, QuantizedArray):
+        extra = value.scale.nbytes + (value.zero_point.nbytes if value.zero_point is not None else 0)
+        return plan.nbytes + extra
+    return plan.nbytes
+
+
+# ----------------------------------------------------------------------------------------------- writer
+
+
+class _CountingWriter:
+    """Writes to a binary file, counting the offset (no ``tell``: works on pipes) and aligning blobs."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.offset = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.f.write(data)
+        self.offset += memoryview(data).nbytes
+
+    def blob(self, data: np.ndarray) -> list[int]:
+        """Write ``data``'s raw bytes at the next aligned offset; return ``[offset, length, crc32]``."""
+        pad = -self.offset % _ALIGN
+        if pad:
+            self.write(b"\0" * pad)
+        raw = _bytes_of(np.ascontiguousarray(data))
+        entry = [self.offset, raw.nbytes, zlib.crc32(raw)]
+        self.write(raw)
+        return entry
+
+
+def _write_tensor(out: _CountingWriter, name: str, value: Value) -> dict[str, Any]:
+    plan, stored, flat = _plan_value(value, name)
+    entry: dict[str, Any] = {"name": name, "layout": plan.layout}
+    blobs: dict[str, list[int]] = {}
+    if plan.layout != "full":
+        assert stored is not None
+        entry["nnz"] = plan.nnz
+        if plan.layout == "bitmask":
+            blobs["mask"] = out.blob(np.packbits(stored, bitorder="little"))
+        else:
+            entry["width"] = plan.width
+            entry["entries"] = plan.entries
+            blobs["index"] = out.blob(_encode_gaps(stored, plan.width, plan.entries))
+    if isinstance(value, QuantizedArray):
+        entry.update(
+            kind="quantized",
+            shape=list(value.shape),
+            dtype=_dtype_name(value.dtype, name),
+            bits=value.bits,
+            symmetric=value.symmetric,
+            axis=value.axis,
+            group_size=value.group_size,
+            code_dtype=value.codes.dtype.name,
+        )
+        blobs["codes"] = out.blob(pack_bits(flat if stored is None else flat[stored], value.bits))
+        blobs["scale"] = out.blob(_little(value.scale))
+        if value.zero_point is not None:
+            blobs["zero_point"] = out.blob(_little(value.zero_point))
+    else:
+        entry.update(kind="dense", shape=list(value.shape), dtype=_dtype_name(value.dtype, name))
+        blobs["values"] = out.blob(flat if stored is None else flat[stored])
+    entry["blobs"] = blobs
+    return entry
+
+
+def write(
+    weights: Mapping[str, Value], f: BinaryIO, *, metadata: Mapping[str, str] | None = None
+) -> None:
+    """Write ``weights`` to the open binary file ``f`` in the ``.cpz`` format, one tensor at a time.
+
+    The :mod:`coreprune.io` writer interface; most callers want :func:`save_compressed`.
+    Blobs are written as each tensor is read, the manifest last, so a lazy
+    :class:`~coreprune.io.base.WeightReader` is streamed with one tensor in memory.
+
+    Parameters
+    ----------
+    weights : Mapping[str, numpy.ndarray or QuantizedArray]
+    f : binary file opened for writing
+    metadata : Mapping[str, str], optional
+        Free text stored in the manifest (provenance, settings).
+
+    Raises
+    ------
+    CompressionError
+        A name that is not a string, a value that is neither an array nor a QuantizedArray,
+        a dtype the format cannot store, or metadata that is not ``str -> str``.
+
+    Examples
+    --------
+    >>> import io, numpy as np
+    >>> buf = io.BytesIO()
+    >>> write({"w": np.arange(4, dtype=np.int16)}, buf)
+    >>> buf.getvalue()[:4]
+    b'\\x89CPZ'
+    """
+    if not isinstance(weights, Mapping):
+        raise CompressionError(f"weights must be a mapping of name -> array, got {type(weights).__name__}")
+    meta = dict(metadata or {})
+    for k, v in meta.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise CompressionError(f"metadata must map str to str; got {k!r}: {type(v).__name__}")
+    out = _CountingWriter(f)
+    out.write(_HEADER.pack(MAGIC, VERSION, 0))
+    tensors = []
+    for name in weights:
+        if not isinstance(name, str):
+            raise CompressionError(f"weights has a non-string key {name!r}; names must be str")
+        tensors.append(_write_tensor(out, name, weights[name]))
+    manifest = json.dumps(
+        {"format": FORMAT, "version": VERSION, "metadata": meta, "tensors": tensors},
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    ).encode("utf-8")
+    offset = out.offset
+    out.write(manifest)
+    out.write(_FOOTER.pack(offset, len(manifest), zlib.crc32(manifest), _END_MAGIC))
+
+
+def save_compressed(
+    weights: Mapping[str, Value],
+    path: str | os.PathLike,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    inputs: tuple[str | os.PathLike, ...] = (),
+) -> None:
+    """Write arrays and QuantizedArrays to a ``.cpz`` file, atomically.
+
+    Quantized codes are bit-packed at their bit width; a tensor with many zeros (or
+    many codes of 0.0) stores only the others plus a bitmask or a gap index, whichever
+    is smaller (see :func:`encoded_nbytes`); everything else is stored as is.
+
+    Parameters
+    ----------
+    weights : Mapping[str, numpy.ndarray or QuantizedArray]
+        Any mapping, a lazy reader included (values are read one at a time).
+    path : path-like
+        Destination, conventionally ``*.cpz``.
+    metadata : Mapping[str, str], optional
+        Free text kept in the manifest; ``open_weights(path).metadata`` reads it back.
+    inputs : tuple of path-like
+        Files that must not be overwritten (the files being read).
+
+    Raises
+    ------
+    CompressionError
+        A value the format cannot store (see :func:`write`).
+    WeightFileError
+        ``path`` is one of ``inputs`` or its folder does not exist.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os, coreprune
+    >>> w = {"fc.weight": np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8), "step": np.array(3)}
+    >>> q = coreprune.quantize(w, bits=4, axis=0)
+    >>> p = os.path.join(tempfile.mkdtemp(), "m.cpz")
+    >>> save_compressed(q, p)
+    >>> back = load_compressed(p)
+    >>> bool(np.array_equal(back["fc.weight"].codes, q["fc.weight"].codes)), back["step"].tolist()
+    (True, 3)
+    """
+    with atomic_write(path, inputs=inputs) as f:
+        write(weights, f, metadata=metadata)
+
+
+# ----------------------------------------------------------------------------------------------- reader
+
+
+def sniff(head: bytes) -> bool:
+    """True when ``head`` (the first bytes of a file) starts with the ``.cpz`` magic.
+
+    Examples
+    --------
+    >>> sniff(MAGIC + b"rest"), sniff(b"PK\\x03\\x04")
+    (True, False)
+    """
+    return head.startswith(MAGIC)
+
+
+def _fail(where: str, problem: str) -> WeightFileError:
+    return WeightFileError(f"{where}: {problem} (corrupted or not written by coreprune)")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _field(entry: Mapping[str, Any], key: str, kind: Any, where: str, *, optional: bool = False) -> Any:
+    if key not in entry:
+        if optional:
+            return None
+        raise _fail(where, f"manifest entry lacks {key!r}")
+    value = entry[key]
+    if optional and value is None:
+        return None
+    ok = _is_int(value) if kind is int else isinstance(value, kind)
+    if not ok:
+        raise _fail(where, f"manifest field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One validated manifest entry."""
+
+    name: str
+    kind: str
+    layout: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    nnz: int
+    width: int
+    entries: int
+    blobs: dict[str, tuple[int, int, int]]
+    bits: int = 0
+    symmetric: bool = True
+    axis: int | None = None
+    group_size: int | None = None
+    code_dtype: np.dtype | None = None
+
+
+def _validate_entry(raw: object, path: Path, data_end: int) -> _Entry:
+    if not isinstance(raw, dict):
+        raise _fail(str(path), "a manifest tensor entry is not an object")
+    name = _field(raw, "name", str, str(path))
+    where = f"{path}: tensor {name!r}"
+    kind = _field(raw, "kind", str, where)
+    layout = _field(raw, "layout", str, where)
+    if kind not in ("dense", "quantized") or layout not in ("full", "bitmask", "csr"):
+        raise _fail(where, f"unknown kind/layout {kind!r}/{layout!r}")
+    shape_raw = _field(raw, "shape", list, where)
+    if not all(_is_int(d) and d >= 0 for d in shape_raw):
+        raise _fail(where, f"bad shape {shape_raw!r}")
+    shape = tuple(shape_raw)
+    n = element_count(shape)
+    dtype = _parse_dtype(raw.get("dtype"), where)
+    if n * dtype.itemsize >= _MAX_NBYTES:
+        raise _fail(where, f"declared shape {shape} is impossibly large")
+    blobs_raw = _field(raw, "blobs", dict, where)
+    blobs: dict[str, tuple[int, int, int]] = {}
+    for role, b in blobs_raw.items():
+        if not (isinstance(b, list) and len(b) == 3 and all(_is_int(x) and x >= 0 for x in b)):
+            raise _fail(where, f"bad blob record {role!r}: {b!r}")
+        check_extent(path, f"tensor {name!r} blob {role!r}", b[0], b[1], data_end)
+        if b[0] < _HEADER.size:
+            raise _fail(where, f"blob {role!r} overlaps the header")
+        blobs[role] = (b[0], b[1], b[2])
+
+    nnz, width, entries = n, 0, 0
+    if layout != "full":
+        nnz = _field(raw, "nnz", int, where)
+        if not 0 <= nnz <= n:
+            raise _fail(where, f"nnz {nnz} is not in [0, {n}]")
+    if layout == "csr":
+        width = _field(raw, "width", int, where)
+        entries = _field(raw, "entries", int, where)
+        if width not in (8, 16) or entries < nnz:
+            raise _fail(where, f"bad csr index (width {width}, {entries} entries for {nnz} elements)")
+
+    extra: dict[str, Any] = {}
+    expected: dict[str, int] = {}
+    if kind == "quantized":
+        bits = _field(raw, "bits", int, where)
+        symmetric = _field(raw, "symmetric", bool, where)
+        axis = _field(raw, "axis", int, where, optional=True)
+        group_size = _field(raw, "group_size", int, where, optional=True)
+        code_name = _field(raw, "code_dtype", str, where)
+        if code_name not in _CODE_DTYPES or not 1 <= bits <= 16 or 8 * np.dtype(code_name).itemsize < bits:
+            raise _fail(where, f"bad quantization parameters (bits {bits}, codes {code_name})")
+        if axis is not None and not 0 <= axis < len(shape):
+            raise _fail(where, f"axis {axis} out of range for shape {shape}")
+        if group_size is not None and (
+            axis is not None or not shape or group_size < 1 or shape[-1] % group_size
+        ):
+            raise _fail(where, f"group_size {group_size} does not fit shape {shape}")
+        if bits == 1 and layout != "full":
+            raise _fail(where, "1-bit codes have no sparse layout")
+        params = element_count(_param_shape(shape, axis, group_size))
+        expected["codes"] = math.ceil(nnz * bits / 8)
+        expected["scale"] = params * 4
+        if not symmetric:
+            expected["zero_point"] = params * np.dtype(code_name).itemsize
+        extra = dict(
+            bits=bits, symmetric=symmetric, axis=axis, group_size=group_size, code_dtype=np.dtype(code_name)
+        )
+    else:
+        expected["values"] = nnz * dtype.itemsize
+    if layout == "bitmask":
+        expected["mask"] = math.ceil(n / 8)
+    elif layout == "csr":
+        expected["index"] = entries * width // 8
+    if set(blobs) != set(expected):
+        raise _fail(where, f"blobs {sorted(blobs)} do not match the layout (want {sorted(expected)})")
+    for role, length in expected.items():
+        if blobs[role][1] != length:
+            raise _fail(where, f"blob {role!r} has {blobs[role][1]} bytes, the shape says {length}")
+    return _Entry(name, kind, layout, shape, dtype, nnz, width, entries, blobs, **extra)
+
+
+class CpzReader(WeightReader):
+    """Lazy reader of a ``.cpz`` file.
+
+    ``reader[name]`` gives a dense array (quantized tensors dequantized to their original
+    dtype), so that a ``.cpz`` file reads like any other weight file;
+    :meth:`raw` gives exactly the stored value (a QuantizedArray for quantized tensors).
+    The manifest is validated completely when the reader opens; each blob's CRC-32 is
+    checked when it is read. ``metadata`` holds the manifest's free-text metadata
+    (``dict[str, str]``, empty if none); ``extras`` is always empty.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os, coreprune
+    >>> p = os.path.join(tempfile.mkdtemp(), "m.cpz")
+    >>> save_compressed(coreprune.quantize({"w": np.ones((2, 4), np.float32)}, bits=8), p)
+    >>> with CpzReader(p) as r:
+    ...     print(type(r.raw("w")).__name__, r["w"].dtype, r.spec("w").shape, r.storage("w")["kind"])
+    QuantizedArray float32 (2, 4) quantized
+    """
+
+    format = FORMAT
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(path)
+        self.metadata: dict[str, str] = {}
+        try:
+            self._f: BinaryIO | None = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        except OSError as e:
+            raise WeightFileError(f"{self.path}: cannot open ({e.strerror or e})") from None
+        try:
+            self._entries = self._read_manifest()
+        except BaseException:
+            self.close()
+            raise
+        self._specs = {name: TensorSpec(e.shape, e.dtype) for name, e in self._entries.items()}
+
+    def _read_manifest(self) -> dict[str, _Entry]:
+        f = self._file
+        where = str(self.path)
+        size = os.fstat(f.fileno()).st_size
+        if size < _HEADER.size + _FOOTER.size:
+            raise _fail(where, f"file has {size} bytes, too short for a .cpz file")
+        magic, version, _ = _HEADER.unpack(read_exact(f, _HEADER.size, where, "the header"))
+        if magic != MAGIC:
+            raise _fail(where, "bad magic bytes")
+        if version > VERSION:
+            raise WeightFileError(
+                f"{where}: .cpz format version {version} is newer than this coreprune reads ({VERSION}); "
+                "upgrade coreprune"
+            )
+        if version < 1:
+            raise _fail(where, f"bad format version {version}")
+        f.seek(size - _FOOTER.size)
+        offset, length, crc, end = _FOOTER.unpack(read_exact(f, _FOOTER.size, where, "the footer"))
+        if end != _END_MAGIC:
+            raise _fail(where, "bad footer (truncated?)")
+        if offset < _HEADER.size or offset + length != size - _FOOTER.size:
+            raise _fail(where, f"manifest at {offset} (+{length} bytes) does not end at the footer")
+        f.seek(offset)
+        text = read_exact(f, length, where, "the manifest")
+        if zlib.crc32(text) != crc:
+            raise _fail(where, "manifest checksum mismatch")
+        try:
+            manifest = json.loads(text.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: hostile nesting
+            raise _fail(where, f"manifest is not JSON ({type(e).__name__})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise _fail(where, "manifest is not a .cpz manifest")
+        if manifest.get("version") != version:
+            found = manifest.get("version")
+            raise _fail(where, f"manifest version {found!r} differs from the header's {version}")
+        meta = manifest.get("metadata", {})
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise _fail(where, "metadata is not an object of strings")
+        self.metadata = dict(meta)
+        tensors = manifest.get("tensors")
+        if not isinstance(tensors, list):
+            raise _fail(where, "manifest has no tensor list")
+        entries: dict[str, _Entry] = {}
+        for raw in tensors:
+            e = _validate_entry(raw, self.path, offset)
+            if e.name in entries:
+                raise _fail(where, f"tensor {e.name!r} appears twice")
+            entries[e.name] = e
+        return entries
+
+    @property
+    def _file(self) -> BinaryIO:
+        if self._f is None:
+            raise WeightFileError(f"{self.path}: the reader is closed")
+        return self._f
+
+    def storage(self, name: str) -> dict[str, Any]:
+        """How ``name`` is stored, from the manifest.
+
+        Returns
+        -------
+        dict
+            ``kind`` (``"dense"`` or ``"quantized"``), ``layout`` (``"full"``, ``"bitmask"``,
+            ``"csr"``), ``bits`` (None for dense) and ``stored_nbytes`` (its blobs' bytes,
+            which is its :func:`encoded_nbytes`).
+        """
+        e = self._entry(name)
+        return {
+            "kind": e.kind,
+            "layout": e.layout,
+            "bits": e.bits if e.kind == "quantized" else None,
+            "stored_nbytes": sum(b[1] for b in e.blobs.values()),
+        }
+
+    def _entry(self, name: str) -> _Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise KeyError(name) from None
+
+    def _blob(self, e: _Entry, role: str, dtype: np.dtype) -> np.ndarray:
+        offset, length, crc = e.blobs[role]
+        f = self._file
+        f.seek(offset)
+        buf = bytearray(length)
+        if f.readinto(buf) != length:
+            raise _fail(f"{self.path}: tensor {e.name!r}", f"file ends inside blob {role!r}")
+        if zlib.crc32(buf) != crc:
+            raise _fail(f"{self.path}: tensor {e.name!r}", f"checksum mismatch in blob {role!r}")
+        return np.frombuffer(buf, dtype=_le(dtype))
+
+    def _positions(self, e: _Entry) -> np.ndarray:
+        """Flat positions of the stored elements (bitmask or csr layout)."""
+        n = element_count(e.shape)
+        where = f"{self.path}: tensor {e.name!r}"
+        if e.layout == "bitmask":
+            bits = np.unpackbits(self._blob(e, "mask", np.dtype(np.uint8)), bitorder="little")
+            if bits[n:].any():
+                raise _fail(where, "mask padding bits are set")
+            positions = np.flatnonzero(bits[:n])
+            if positions.size != e.nnz:
+                raise _fail(where, f"the mask names {positions.size} elements, not {e.nnz}")
+            return positions
+        index = self._blob(e, "index", np.dtype(f"<u{e.width // 8}"))
+        return _decode_gaps(index, e.width, n, e.nnz, where)
+
+    def raw(self, name: str) -> Value:
+        """The value exactly as saved: an array, or a QuantizedArray for quantized tensors.
+
+        Raises
+        ------
+        KeyError
+            No such tensor.
+        WeightFileError
+            The tensor's bytes are corrupted (checksum, index or parameters).
+        """
+        e = self._entry(name)
+        n = element_count(e.shape)
+        positions = None if e.layout == "full" else self._positions(e)
+        if e.kind == "dense":
+            values = self._blob(e, "values", e.dtype)
+            if positions is None:
+                return _native(values).reshape(e.shape)
+            out = np.zeros(n, dtype=e.dtype)
+            out[positions] = values
+            return _native(out).reshape(e.shape)
+
+        assert e.code_dtype is not None
+        where = f"{self.path}: tensor {name!r}"
+        packed = self._blob(e, "codes", np.dtype(np.uint8))
+        try:
+            codes = unpack_bits(packed, e.bits, e.nnz, e.code_dtype)
+        except CompressionError as err:
+            raise _fail(where, str(err)) from None
+        pshape = _param_shape(e.shape, e.axis, e.group_size)
+        scale = _native(self._blob(e, "scale", np.dtype(np.float32))).reshape(pshape)
+        zero_point = None
+        if not e.symmetric:
+            zero_point = _native(self._blob(e, "zero_point", e.code_dtype)).reshape(pshape)
+        try:
+            if positions is not None:
+                fill = _fill_codes(e.bits, e.symmetric, zero_point, e.axis, e.group_size, e.shape)
+                assert fill is not None  # bits == 1 has no sparse layout (validated)
+                full = np.empty(n, e.code_dtype)
+                full[...] = fill
+                full[positions] = codes
+                codes = full
+            return QuantizedArray(
+                codes=codes.reshape(e.shape), scale=scale, zero_point=zero_point, bits=e.bits,
+                symmetric=e.symmetric, axis=e.axis, group_size=e.group_size, shape=e.shape, dtype=e.dtype,
+            )
+        except CompressionError as err:
+            raise _fail(where, str(err)) from None
+
+    def _read(self, name: str) -> np.ndarray:
+        value = self.raw(name)
+        return value.dequantize() if isinstance(value, QuantizedArray) else value
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def open_reader(path: str | os.PathLike, **options: Any) -> CpzReader:
+    """Open a ``.cpz`` file lazily (the :mod:`coreprune.io` reader interface).
+
+    Raises
+    ------
+    WeightFileError
+        Any option (the format has none), or a file that cannot be opened or is not a valid ``.cpz``.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "m.cpz")
+    >>> save_compressed({"w": np.zeros((3, 3), np.float16)}, p)
+    >>> with open_reader(p) as r:
+    ...     print(r.spec("w"), r.storage("w")["layout"])
+    TensorSpec(shape=(3, 3), dtype=dtype('float16')) csr
+    """
+    if options:
+        raise WeightFileError(f"{path}: the cpz reader takes no options, got {', '.join(sorted(options))}")
+    return CpzReader(path)
+
+
+def load_compressed(path: str | os.PathLike) -> dict[str, Value]:
+    """Read a ``.cpz`` file: arrays and QuantizedArrays exactly as :func:`save_compressed` wrote them.
+
+    Parameters
+    ----------
+    path : path-like
+
+    Returns
+    -------
+    dict of str to numpy.ndarray or QuantizedArray
+
+    Raises
+    ------
+    WeightFileError
+        Missing, truncated, corrupted or not a ``.cpz`` file; the message starts with the path.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "m.cpz")
+    >>> save_compressed({"b": np.array([0.0, -0.0, 2.5], np.float32)}, p)
+    >>> np.signbit(load_compressed(p)["b"]).tolist()
+    [False, True, False]
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightFileError(f"{path}: no such file")
+    with CpzReader(path) as reader:
+        return {name: reader.raw(name) for name in reader}
+

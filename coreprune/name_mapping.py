@@ -1,0 +1,221 @@
+"""Rename tensors between MXNet Gluon and PyTorch conventions.
+
+The two frameworks store the same layers with the same array layouts (a Gluon
+``Dense`` weight is ``(units, in_units)`` like a torch ``Linear``; convolution
+kernels are ``(out, in, *kernel)`` in both), so converting a checkpoint is a
+matter of names only. This module computes the new names; it never touches
+values.
+
+Gluon to PyTorch (:func:`gluon_to_torch_names`)
+-----------------------------------------------
+1. A ``arg:`` / ``aux:`` prefix (files written by ``HybridBlock.export`` and the
+   Module API) is dropped.
+2. The parameter (the last part of the name) is renamed:
+   ``gamma`` -> ``weight``, ``beta`` -> ``bias``,
+   ``moving_mean`` / ``running_mean`` -> ``running_mean``,
+   ``moving_var`` / ``running_var`` -> ``running_var``; anything else is kept.
+3. Structural names, which contain a dot (``"1.gamma"``, ``"features.3.weight"``;
+   what ``Block.save_parameters`` writes since MXNet 1.3), keep their path: it
+   is already the attribute path a torch module of the same structure uses.
+4. Legacy prefixed names (``"hybridsequential0_dense1_weight"``; written by
+   ``save_params``, ``export`` and the symbol API) are split at ``_`` into block
+   names. A first block name shared by every legacy name (the root block, such as
+   ``hybridsequential0``) is dropped, and each remaining block name is replaced
+   by its position among its siblings, counted in order of first appearance:
+   ``seq0_dense0_weight, seq0_dense0_bias, seq0_dense1_weight`` become
+   ``0.weight, 0.bias, 1.weight``, and a lone ``dense0_weight`` becomes ``weight``.
+   Only blocks that own parameters are counted, so where parameter-free layers
+   (activations, pooling) sit between them in a torch ``nn.Sequential``, the
+   torch indices are larger: prefer structural names when you can.
+
+PyTorch's ``BatchNorm`` also keeps a ``num_batches_tracked`` counter, which a strict
+``load_state_dict`` expects; :func:`torch_batch_norm_counters` names the counters a
+converted Gluon file lacks (``coreprune convert --map gluon-to-torch`` adds them as 0).
+
+PyTorch to Gluon (:func:`torch_to_gluon_names`)
+-----------------------------------------------
+Paths are kept (Gluon's structural names are attribute paths too). A module that
+has a ``running_mean`` is a batch norm: its ``weight`` / ``bias`` become
+``gamma`` / ``beta``. ``num_batches_tracked`` has no Gluon counterpart and is
+left out of the mapping (the caller reports it as dropped). Layer norms have no
+running statistics, so their ``weight`` / ``bias`` cannot be told from a linear
+layer's and are kept.
+
+Both functions raise :class:`~coreprune.errors.CompressionError` when two names
+would map to the same new name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from .errors import CompressionError
+
+__all__ = ["gluon_to_torch_names", "torch_to_gluon_names", "torch_batch_norm_counters", "MAPPINGS"]
+
+_GLUON_TO_TORCH_LEAF = {
+    "gamma": "weight",
+    "beta": "bias",
+    "moving_mean": "running_mean",
+    "running_mean": "running_mean",
+    "moving_var": "running_var",
+    "running_var": "running_var",
+}
+# Longest first, so that "running_mean" wins over a hypothetical "mean".
+_LEGACY_SUFFIXES = sorted(
+    ["weight", "bias", "gamma", "beta", "moving_mean", "moving_var", "running_mean", "running_var"],
+    key=len,
+    reverse=True,
+)
+
+
+def _check_unique(mapping: dict[str, str], direction: str) -> dict[str, str]:
+    seen: dict[str, str] = {}
+    for old, new in mapping.items():
+        if new in seen:
+            raise CompressionError(
+                f"{direction}: {seen[new]!r} and {old!r} would both be renamed to {new!r}; "
+                "rename one of them first"
+            )
+        seen[new] = old
+    return mapping
+
+
+def _split_legacy(name: str) -> tuple[list[str], str]:
+    """``"seq0_dense1_weight"`` -> (["seq0", "dense1"], "weight"); a bare ``"weight"`` -> ([], "weight")."""
+    for suffix in _LEGACY_SUFFIXES:
+        if name == suffix:
+            return [], suffix
+        if name.endswith("_" + suffix):
+            prefix = name[: -len(suffix) - 1]
+            return [p for p in prefix.split("_") if p], suffix
+    head, _, leaf = name.rpartition("_")
+    return ([p for p in head.split("_") if p], leaf) if head else ([], name)
+
+
+def gluon_to_torch_names(names: Iterable[str]) -> dict[str, str]:
+    """Map MXNet Gluon parameter names to PyTorch ``state_dict`` names.
+
+    Parameters
+    ----------
+    names : iterable of str
+        The names in a Gluon ``.params`` file, in file order (the order numbers
+        legacy layer names).
+
+    Returns
+    -------
+    dict of str to str
+        Old name -> new name, for every input name, in input order.
+
+    Raises
+    ------
+    CompressionError
+        Two names map to the same new name.
+
+    Examples
+    --------
+    >>> gluon_to_torch_names(["0.weight", "1.gamma", "1.beta", "1.running_mean", "1.running_var"])
+    {'0.weight': '0.weight', '1.gamma': '1.weight', '1.beta': '1.bias', '1.running_mean': '1.running_mean', \
+'1.running_var': '1.running_var'}
+    >>> gluon_to_torch_names(["arg:net0_dense0_weight", "arg:net0_dense0_bias", "aux:net0_bn0_moving_var"])
+    {'arg:net0_dense0_weight': '0.weight', 'arg:net0_dense0_bias': '0.bias', \
+'aux:net0_bn0_moving_var': '1.running_var'}
+    """
+    names = list(names)
+    stripped = {n: n[4:] if n.startswith(("arg:", "aux:")) else n for n in names}
+    legacy = {n: _split_legacy(s) for n, s in stripped.items() if "." not in s}
+    # The root block's name (shared first component) says nothing a torch path would.
+    firsts = {parts[0] for parts, _ in legacy.values() if parts}
+    drop_root = len(firsts) == 1 and all(parts for parts, _ in legacy.values())
+    children: dict[tuple[str, ...], dict[str, int]] = {}
+    out: dict[str, str] = {}
+    for n in names:
+        s = stripped[n]
+        if n not in legacy:
+            path, _, leaf = s.rpartition(".")
+            out[n] = f"{path}.{_GLUON_TO_TORCH_LEAF.get(leaf, leaf)}"
+            continue
+        parts, leaf = legacy[n]
+        if drop_root:
+            parts = parts[1:]
+        indices: list[str] = []
+        for depth, part in enumerate(parts):
+            siblings = children.setdefault(tuple(parts[:depth]), {})
+            indices.append(str(siblings.setdefault(part, len(siblings))))
+        out[n] = ".".join([*indices, _GLUON_TO_TORCH_LEAF.get(leaf, leaf)])
+    return _check_unique(out, "gluon-to-torch")
+
+
+def torch_to_gluon_names(names: Iterable[str]) -> dict[str, str]:
+    """Map PyTorch ``state_dict`` names to MXNet Gluon structural parameter names.
+
+    Parameters
+    ----------
+    names : iterable of str
+
+    Returns
+    -------
+    dict of str to str
+        Old name -> new name, in input order. ``*.num_batches_tracked`` names are
+        absent: Gluon has no such parameter.
+
+    Raises
+    ------
+    CompressionError
+        Two names map to the same new name.
+
+    Examples
+    --------
+    >>> torch_to_gluon_names(["0.weight", "1.weight", "1.bias", "1.running_mean", "1.num_batches_tracked"])
+    {'0.weight': '0.weight', '1.weight': '1.gamma', '1.bias': '1.beta', '1.running_mean': '1.running_mean'}
+    """
+    names = list(names)
+    batch_norms = {n.rpartition(".")[0] for n in names if n.rpartition(".")[2] == "running_mean"}
+    out: dict[str, str] = {}
+    for n in names:
+        path, dot, leaf = n.rpartition(".")
+        if leaf == "num_batches_tracked":
+            continue
+        if path in batch_norms and leaf in ("weight", "bias"):
+            leaf = "gamma" if leaf == "weight" else "beta"
+        out[n] = f"{path}{dot}{leaf}"
+    return _check_unique(out, "torch-to-gluon")
+
+
+def torch_batch_norm_counters(names: Iterable[str]) -> dict[str, str]:
+    """The ``num_batches_tracked`` counters PyTorch batch norms have and ``names`` lack.
+
+    A module with a ``running_var`` is a batch norm; torch's ``BatchNorm`` registers
+    ``num_batches_tracked`` (an int64 scalar) right after it.
+
+    Parameters
+    ----------
+    names : iterable of str
+        PyTorch ``state_dict`` names (e.g. the output of :func:`gluon_to_torch_names`).
+
+    Returns
+    -------
+    dict of str to str
+        Missing counter name -> the existing name it belongs after, in input order.
+
+    Examples
+    --------
+    >>> torch_batch_norm_counters(["0.weight", "1.weight", "1.running_mean", "1.running_var", "2.weight"])
+    {'1.num_batches_tracked': '1.running_var'}
+    """
+    names = list(names)
+    present = set(names)
+    out: dict[str, str] = {}
+    for n in names:
+        path, dot, leaf = n.rpartition(".")
+        counter = f"{path}{dot}num_batches_tracked"
+        if leaf == "running_var" and counter not in present:
+            out[counter] = n
+    return out
+
+
+#: ``--map`` choices of ``coreprune convert``: name -> function(names) -> {old: new}
+MAPPINGS: dict[str, Callable[[Iterable[str]], dict[str, str]]] = {
+    "gluon-to-torch": gluon_to_torch_names,
+    "torch-to-gluon": torch_to_gluon_names,
+}
