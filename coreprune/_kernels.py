@@ -363,6 +363,11 @@ def dequantize_job(
     peak = float(ml_dtypes.finfo(dtype).max)
     scale_w = scale.astype(work)
     zp_w = None if zero_point is None else zero_point.astype(work)
+    # The clip only changes values beyond the dtype's range. |code (- zero point)| is at most 1
+    # (bits=1), 2**(bits-1) (symmetric) or 2**bits - 1 (affine) and the product's rounding adds
+    # less than 2**-20 relatively, so when this bound is within range the clip changes nothing.
+    largest = 1 if bits == 1 else (1 << (bits - 1)) if zero_point is None else (1 << bits) - 1
+    clip = not scale.size or float(np.max(scale)) * largest * (1 + 2.0**-20) > peak
 
     def tile(r0: int, r1: int, c0: int, c1: int) -> None:
         target = out[r0:r1, c0:c1]
@@ -375,7 +380,8 @@ def dequantize_job(
             v -= zp_w[r0:r1, None]
         with np.errstate(over="ignore"):
             np.multiply(v, scale_w[r0:r1, None], out=v)
-        np.clip(v, -peak, peak, out=v)
+        if clip:
+            np.clip(v, -peak, peak, out=v)
         if v is not target:
             np.copyto(target, v, casting="unsafe")
 
