@@ -94,6 +94,18 @@ def set_num_threads(n: int) -> int:
     return previous
 
 
+def _forget_pool_after_fork() -> None:
+    # A forked child inherits the executor object but not its threads: work submitted to it would
+    # never run. Start from scratch (and with a fresh lock: the parent may have held it).
+    global _executor, _lock
+    _executor = None
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def _pool() -> ThreadPoolExecutor:
     global _executor
     with _lock:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import threading
 
 import ml_dtypes
@@ -196,6 +197,22 @@ def test_run_parallel_reraises_and_nested_calls_run_inline():
 
         nested = _blocked.run_parallel(range(4), inner)
     assert nested == [3, 6, 10, 15]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_a_working_pool():
+    w = {"w": np.random.default_rng(2).standard_normal((40, 40)).astype(np.float32)}
+    with fast(threads=2):
+        expected = prune_threshold(w, 0.5)[0]["w"]  # the parent's pool now exists
+        pid = os.fork()
+        if pid == 0:  # the child: the inherited executor has no threads
+            ok = False
+            try:
+                ok = prune_threshold(w, 0.5)[0]["w"].tobytes() == expected.tobytes()
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_set_num_threads_validates_and_returns_the_previous_value():
