@@ -6,7 +6,7 @@ Concatenating the tensors and calling ``np.partition`` copies the whole model an
 selection over it; a radix select over the bit patterns needs two passes or more. Here:
 
 1. **Sample.** Every ``step``-th value of the (virtually concatenated) tensors, ``S = N / step``
-   between 2**15 and 2**18 values, ``step`` coprime with 2, 3, 5 and 7 so that it does not alias
+   between 2**16 and 2**18 values, ``step`` coprime with 2, 3, 5 and 7 so that it does not alias
    with row lengths.
 2. **Bracket.** If the sample is a fair one, the k-th value lies between its quantiles
    ``p - d`` and ``p + d`` (``p = k / N``, ``d`` = ``Z`` standard errors of a sample quantile):
@@ -16,7 +16,7 @@ selection over it; a radix select over the bit patterns needs two passes or more
    ``N``).
 4. **Exact answer.** When ``L < k <= L + #candidates`` the answer is the ``(k - L)``-th smallest
    candidate (``np.partition``); this is exact whatever the sample was. Otherwise (an unfair
-   sample) or when the candidates outgrow their budget (``N / 32`` values), a blocked radix select
+   sample) or when the candidates outgrow their budget (``N / 48`` values), a blocked radix select
    on the IEEE-754 bit patterns (16 bits per pass) finds the same value.
 
 For non-negative IEEE floats the bit pattern read as an unsigned integer orders like the value,
@@ -41,14 +41,15 @@ __all__ = ["kth_smallest", "kth_smallest_abs", "select_job", "radix_job", "Selec
 
 #: Sample size: N / SAMPLE_SHARE, clamped to [SAMPLE_MIN, SAMPLE_MAX] (all of N when smaller).
 SAMPLE_SHARE = 64
-SAMPLE_MIN = 1 << 15
+SAMPLE_MIN = 1 << 16
 SAMPLE_MAX = 1 << 18
 #: Half-width of the bracket in standard errors of the sample quantile (a miss, which only costs
 #: time, has probability ~6e-7 for a fair sample).
 Z = 5.0
-#: The candidates may hold at most N / CANDIDATE_SHARE values (3.1 %; at least CANDIDATE_MIN), else the
-#: radix select runs. With the sample sizes above, 2 Z sqrt(p (1 - p) / S) N stays below that.
-CANDIDATE_SHARE = 32
+#: The candidates may hold at most N / CANDIDATE_SHARE values (2.1 %; at least CANDIDATE_MIN), else
+#: the radix select runs. With S >= 2**16, 2 Z sqrt(p (1 - p) / S) N stays below that for every p.
+#: They exist twice at the peak (the blocks' pieces and their concatenation): <= 4.2 % of N values.
+CANDIDATE_SHARE = 48
 CANDIDATE_MIN = 1 << 16
 _DIGIT_BITS = 16
 
@@ -188,13 +189,23 @@ def select_job(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -> Job:
         v, r, equal = yield from radix_job(flats, k, work)
         return Selection(v, r, equal, None)
     candidates = [r[2] if r[2] is not None else np.zeros(0, work) for r in results]
-    ((v, r),) = yield [partial(kth_smallest, np.concatenate(candidates), k - below)]
+    del results
+    ((v, r),) = yield [partial(_kth_in_place, candidates, k - below)]
     per_block, pos = [], 0
     for b in blocks:
         mine = candidates[pos : pos + len(b)]
         per_block.append([int(np.count_nonzero(c == v)) if c.size else 0 for c in mine])
         pos += len(b)
     return Selection(v, r, sum(map(sum, per_block)), per_block)
+
+
+def _kth_in_place(parts: list[np.ndarray], k: int) -> tuple[np.generic, int]:
+    """:func:`kth_smallest` of the concatenated ``parts``, partitioning the concatenation in place
+    (``np.partition`` would add a third copy of the candidates)."""
+    a = np.concatenate(parts)
+    a.partition(k - 1)
+    v = a[k - 1]
+    return v, k - int(np.count_nonzero(a < v))
 
 
 def kth_smallest_abs(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -> Selection:
