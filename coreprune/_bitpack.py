@@ -33,25 +33,45 @@ def _small(bits: int) -> np.dtype:
     return np.dtype(np.uint8 if bits <= 8 else np.uint16)
 
 
-def _pack_values(u: np.ndarray, bits: int) -> np.ndarray:
-    """Bytes of ``u`` (unsigned, ``< 2**bits``, a multiple of 8 values): ``u.size * bits / 8`` of them."""
+def _pack_values(u: np.ndarray, bits: int, dest: np.ndarray) -> None:
+    """Write the bytes of ``u`` (unsigned, ``< 2**bits``, a multiple of 8 values) to ``dest``.
+
+    ``dest`` is a uint8 array of at most ``u.size * bits / 8`` bytes: the stream is cut there.
+    """
+    full = dest.size == u.size * bits // 8
     if bits == 8:
-        return u
+        np.copyto(dest, u[: dest.size])
+    elif bits == 16 and full:
+        np.copyto(dest.view("<u2"), u)
+    elif bits in (2, 4) and full:
+        # bits=4: byte pairs as one little-endian uint16 h << 8 | l (l, h < 16): w | w >> 4 has
+        # l | h << 4 in its low byte, which the cast to uint8 keeps. bits=2: four values b0..b3 in a
+        # little-endian uint32; x = w | w >> 6 puts b1 at bit 2, then x | x >> 12 puts b2 at bit 4
+        # and b3 at bit 6.
+        word = np.dtype("<u2" if bits == 4 else "<u4")
+        w = u.view(word)
+        x = scratch("pack_word", w.size, word)
+        np.right_shift(w, word.type(4 if bits == 4 else 6), out=x)
+        np.bitwise_or(x, w, out=x)
+        if bits == 2:
+            w = scratch("pack_word2", w.size, word)
+            np.right_shift(x, word.type(12), out=w)
+            np.bitwise_or(x, w, out=x)
+        np.copyto(dest, x, casting="unsafe")  # the low byte
+    else:
+        np.copyto(dest, _pack_bytes(u, bits)[: dest.size])
+
+
+def _pack_bytes(u: np.ndarray, bits: int) -> np.ndarray:
+    """All ``u.size * bits / 8`` bytes of ``u`` (see :func:`_pack_values`), as a new array."""
     if bits == 16:
-        return u.astype("<u2", copy=False).view(_U8)
+        return u.astype("<u2").view(_U8)
     if bits == 1:
         return np.packbits(u, bitorder="little")
-    if bits == 4:
-        # byte pairs as one little-endian uint16 h << 8 | l (l, h < 16): (w | w >> 4) has l | h << 4 in
-        # its low byte, and the cast to uint8 keeps exactly that byte
-        w = u.view("<u2")
-        return (w | (w >> np.uint16(4))).astype(_U8)
-    if bits == 2:
-        # four values b0..b3 (< 4) in one little-endian uint32; two shift-ors gather them into the low
-        # byte: x = w | w >> 6 puts b1 at bit 2, then x | x >> 12 puts b2 at bit 4 and b3 at bit 6
-        w = u.view("<u4")
-        x = w | (w >> np.uint32(6))
-        return (x | (x >> np.uint32(12))).astype(_U8)
+    if bits in (2, 4):
+        out = np.empty(u.size * bits // 8, _U8)
+        _pack_values(u, bits, out)
+        return out
     groups = u.size // 8
     v = u.reshape(groups, 8)
     lo = np.zeros(groups, _LE64)
@@ -129,8 +149,7 @@ def pack_job(flat: np.ndarray, bits: int):  # noqa: ANN201 - a coreprune._blocke
         u[m:] = 0
         np.bitwise_and(src[s:e], mask_scalar, out=u[:m], casting="unsafe")
         start = s * bits // 8
-        target = out[start : start + -(-m * bits // 8)]
-        target[:] = _pack_values(u, bits)[: target.size]
+        _pack_values(u, bits, out[start : start + -(-m * bits // 8)])
         return int(part.min()), int(part.max())
 
     extremes = yield [partial(block, s, e) for s, e in block_ranges(n, align=8)]
