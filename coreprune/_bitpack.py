@@ -21,9 +21,9 @@ from functools import partial
 
 import numpy as np
 
-from ._blocked import block_ranges, run_job, scratch
+from ._blocked import Job, block_ranges, run_job, scratch
 
-__all__ = ["pack", "unpack"]
+__all__ = ["pack_job", "pack", "unpack"]
 
 _U8 = np.dtype(np.uint8)
 _LE64 = np.dtype("<u8")
@@ -129,7 +129,7 @@ def _unpack_values(b: np.ndarray, bits: int, n8: int) -> np.ndarray:
     return u.reshape(-1)
 
 
-def pack_job(flat: np.ndarray, bits: int):  # noqa: ANN201 - a coreprune._blocked.Job
+def pack_job(flat: np.ndarray, bits: int) -> Job:
     """Job: ``(packed, (min, max))`` of a 1-D integer array, as :func:`pack`."""
     n = flat.size
     out = np.empty(-(-n * bits // 8), _U8)
@@ -194,7 +194,7 @@ def unpack(packed: np.ndarray, bits: int, count: int, dtype: np.dtype) -> np.nda
         else:
             np.copyto(out[s:e], u, casting="unsafe")
 
-    def job():  # noqa: ANN202 - a coreprune._blocked.Job
+    def job() -> Job:
         yield [partial(block, s, e) for s, e in block_ranges(count, align=8)]
         return out
 

@@ -7,7 +7,7 @@ checks each against its reference. They are called only for inputs that :func:`e
 everything else (small, non-contiguous or exotic arrays) takes the reference path.
 
 Each kernel comes as a *job* (a generator for :func:`coreprune._blocked.run_jobs`, so that all
-tensors of a dict are processed in one sweep) and as a plain function running one job.
+tensors of a dict are processed in one sweep); a few also come as a plain function running one job.
 
 Two tricks avoid full-size temporaries and casts:
 
@@ -41,7 +41,6 @@ __all__ = [
     "zero_job",
     "zero_where_false",
     "prune_job",
-    "prune_by_cut",
     "count_equal_job",
     "minmax_job",
     "minmax",
@@ -154,17 +153,6 @@ def prune_job(
 
     finite = yield [partial(block, b, s, e) for b, (s, e) in enumerate(block_ranges(flat.size))]
     return out, keep, all(finite)
-
-
-def prune_by_cut(
-    w: np.ndarray,
-    cut: np.generic,
-    work: np.dtype,
-    skips: Sequence[int] | None = None,
-    ties: Sequence[int] | None = None,
-) -> tuple[np.ndarray, np.ndarray, bool]:
-    """:func:`prune_job` run on its own."""
-    return run_job(prune_job(w, cut, work, skips, ties))
 
 
 def count_equal_job(w: np.ndarray, value: np.generic, work: np.dtype) -> Job:
