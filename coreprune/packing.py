@@ -5,9 +5,12 @@ bit first, and bit ``j`` of the stream is bit ``j % 8`` of byte ``j // 8``. Sign
 as ``bits``-bit two's complement. ``n`` values take ``ceil(n * bits / 8)`` bytes; the unused high
 bits of the last byte are 0.
 
-Both directions are vectorised: values are split into a bit matrix that ``np.packbits`` /
-``np.unpackbits`` (``bitorder="little"``) turn into bytes, a chunk of values at a time so the
-temporary memory stays bounded; 8- and 16-bit codes are plain byte views.
+The reference implementation below is vectorised: values are split into a bit matrix that
+``np.packbits`` / ``np.unpackbits`` (``bitorder="little"``) turn into bytes, a chunk of values at a
+time so the temporary memory stays bounded; 8- and 16-bit codes are plain byte views. Arrays of at
+least ``coreprune._blocked.MIN_FAST_ELEMENTS`` values take the blocked, threaded path of
+:mod:`coreprune._bitpack` instead (shifts of whole bytes and 64-bit words, no bit matrix), which
+produces the same bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import math
 
 import numpy as np
 
+from . import _bitpack, _kernels
 from .errors import CompressionError
 
 __all__ = ["pack_bits", "unpack_bits"]
@@ -71,11 +75,17 @@ def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
         )
     flat = codes.reshape(-1)
     lo, hi = _value_range(bits, np.issubdtype(codes.dtype, np.signedinteger))
-    if flat.size and (int(flat.min()) < lo or int(flat.max()) > hi):
+    if _kernels.eligible(codes, dtypes=None):
+        packed, found = _bitpack.pack(flat, bits)  # packs and finds min/max in one pass
+    else:
+        packed, found = None, (int(flat.min()), int(flat.max())) if flat.size else (lo, hi)
+    if found[0] < lo or found[1] > hi:
         raise CompressionError(
-            f"codes out of range for bits={bits} ({codes.dtype}): found [{int(flat.min())}, "
-            f"{int(flat.max())}], allowed [{lo}, {hi}]"
+            f"codes out of range for bits={bits} ({codes.dtype}): found [{found[0]}, "
+            f"{found[1]}], allowed [{lo}, {hi}]"
         )
+    if packed is not None:
+        return packed
     # two's complement: masking the low `bits` bits of the int64 value
     unsigned = (flat.astype(np.int64) & ((1 << bits) - 1)).astype(np.uint16)
     if bits == 8:
@@ -143,6 +153,8 @@ def unpack_bits(packed: np.ndarray, bits: int, count: int, dtype: np.dtype) -> n
         raise CompressionError(
             f"packed has {packed.size} bytes; {count} values of {bits} bits need {n_bytes}"
         )
+    if count and _kernels.eligible(packed, dtypes=None):
+        return _bitpack.unpack(packed, bits, count, dtype)
     if bits == 8:
         unsigned = packed.astype(np.uint16)
     elif bits == 16:

@@ -23,6 +23,14 @@ When no two candidate magnitudes tie, the masks equal those of PyTorch's
 ``torch.nn.utils.prune.l1_unstructured`` (``amount`` a float) and ``global_unstructured`` with
 ``L1Unstructured``, which use the same ``round(amount * n)``.
 
+Fast paths
+----------
+Tensors that are C-contiguous float16/bfloat16/float32/float64 with at least
+``coreprune._blocked.MIN_FAST_ELEMENTS`` values go through :mod:`coreprune._kernels` (blocked and
+threaded, one pass for the mask and the pruned copy) and :mod:`coreprune._select` (the k-th
+magnitude from a sample bracket and one counting pass). They give bit-identical results to the plain
+NumPy code kept below, which handles every other input and which the tests compare them with.
+
 Global threshold without concatenation
 --------------------------------------
 ``scope="global"`` needs the k-th smallest magnitude of all selected tensors together. Instead of
@@ -42,6 +50,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from . import _blocked, _kernels, _select
+from ._select import kth_smallest as _kth_smallest
 from .errors import CompressionError
 from .selection import Pattern, check_weights, require_finite, select
 
@@ -71,9 +81,15 @@ def _abs_flat(w: np.ndarray, work: np.dtype) -> np.ndarray:
     return np.abs(w.astype(work, copy=False)).reshape(-1)
 
 
-def _zero_where_false(w: np.ndarray, keep: np.ndarray) -> np.ndarray:
+def _zero_where_false_reference(w: np.ndarray, keep: np.ndarray) -> np.ndarray:
     # np.where with a +0 of w's dtype: multiplying by the mask would turn negative entries into -0.0.
     return np.where(keep, w, np.zeros((), dtype=w.dtype))
+
+
+def _zero_where_false(w: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    if _kernels.eligible(w, dtypes=None):
+        return _kernels.zero_where_false(w, keep)
+    return _zero_where_false_reference(w, keep)
 
 
 def _kth_smallest_abs_reference(
@@ -85,12 +101,6 @@ def _kth_smallest_abs_reference(
     how many entries equal to ``v`` are among the k smallest (``1 <= r``). Needs ``1 <= k <= N``.
     """
     return _kth_smallest(np.concatenate([_abs_flat(w, work) for w in tensors]), k)
-
-
-def _kth_smallest(a: np.ndarray, k: int) -> tuple[np.generic, int]:
-    """``(v, r)`` for one flat array ``a``: the k-th smallest value and how many ties of it rank <= k."""
-    v = np.partition(a, k - 1)[k - 1]
-    return v, k - int(np.count_nonzero(a < v))
 
 
 def _kth_smallest_abs(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -> tuple[np.generic, int]:
@@ -128,6 +138,43 @@ def _kth_smallest_abs(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -> 
         prefix = (prefix << _DIGIT_BITS) | d
     v = np.array(prefix, dtype=uint).view(work)[()]
     return v, remaining
+
+
+def _prune_smallest_job(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -> _blocked.Job:
+    """Fast path (a job) of removing the ``k`` smallest magnitudes over ``tensors`` (``1 <= k <= N``).
+
+    Same ranking as the reference: every ``|w| < v`` goes, then the first ``r`` entries equal to
+    ``v`` in (tensor, C-order index) order, located per block from per-block counts of ``v``.
+    Returns ``[(pruned, keep), ...]``, or the index of the first tensor holding NaN/Inf (the
+    counting pass of the selection checks it), for :func:`require_finite` to report.
+    """
+    sel = yield from _select.select_job(tensors, k, work)
+    if sel.nonfinite is not None:
+        return sel.nonfinite
+    if sel.equal == sel.ties:  # every entry equal to v goes: no tie to break
+        jobs = [_kernels.prune_job(w, sel.value, work) for w in tensors]
+    else:
+        per_block = sel.per_block
+        if per_block is None:
+            counting = [_kernels.count_equal_job(w, sel.value, work) for w in tensors]
+            per_block = yield from _blocked.gather(counting)
+        jobs, remaining = [], sel.ties
+        for w, ties in zip(tensors, per_block):
+            skips = []
+            for n_equal in ties:
+                skips.append(min(remaining, n_equal))
+                remaining -= skips[-1]
+            jobs.append(_kernels.prune_job(w, sel.value, work, skips, ties))
+    results = yield from _blocked.gather(jobs)
+    return [(pruned, keep) for pruned, keep, _ in results]
+
+
+def _fast_tensors(tensors: Sequence[np.ndarray]) -> bool:
+    """Whether a set of tensors ranked together takes the fast path (all of them, or none)."""
+    total = sum(w.size for w in tensors)
+    return total >= _blocked.MIN_FAST_ELEMENTS and all(
+        w.flags.c_contiguous and w.dtype in _kernels.FAST_FLOATS for w in tensors
+    )
 
 
 def _keep_mask(a: np.ndarray, v: np.generic, ties: int) -> tuple[np.ndarray, int]:
@@ -194,18 +241,29 @@ def prune_threshold(
     if t < 0:
         raise CompressionError(f"threshold must be >= 0, got {t}")
     names = select(weights, include, exclude)
-    for name in names:
-        require_finite(name, weights[name])
     pruned = dict(weights)
     masks: dict[str, np.ndarray] = {}
+    cuts = {}
+    for name in names:
+        work = _work_dtype(weights[name].dtype)
+        with np.errstate(over="ignore"):  # a threshold beyond the dtype's range becomes inf: prune all
+            cuts[name] = work.type(np.array(t).astype(weights[name].dtype))
+    fast = [name for name in names if _kernels.eligible(weights[name])]
+    jobs = [_kernels.prune_job(weights[n], cuts[n], _work_dtype(weights[n].dtype)) for n in fast]
+    done = dict(zip(fast, _blocked.run_jobs(jobs)))
+    # in order, so that the first tensor holding NaN/Inf is the one reported (the kernels check it)
     for name in names:
         w = weights[name]
-        work = _work_dtype(w.dtype)
-        with np.errstate(over="ignore"):  # a threshold beyond the dtype's range becomes inf: prune all
-            t_work = work.type(np.array(t).astype(w.dtype))
+        if name in done:
+            pruned[name], masks[name], finite = done[name]
+            if not finite:
+                require_finite(name, w)
+            continue
+        require_finite(name, w)
+        work, t_work = _work_dtype(w.dtype), cuts[name]
         keep = (np.abs(w.astype(work, copy=False)) > t_work).reshape(w.shape)
         masks[name] = keep
-        pruned[name] = _zero_where_false(w, keep)
+        pruned[name] = _zero_where_false_reference(w, keep)
     return pruned, masks
 
 
@@ -267,13 +325,25 @@ def prune_magnitude(
     if scope not in _SCOPES:
         raise CompressionError(f"scope must be 'layer' or 'global', got {scope!r}")
     names = select(weights, include, exclude)
-    for name in names:
-        require_finite(name, weights[name])
     flat_keep: dict[str, np.ndarray] = {}
+    done: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (pruned, mask) from a fast path
     if scope == "layer":
+        fast = [n for n in names if round(s * weights[n].size) > 0 and _fast_tensors([weights[n]])]
+        jobs = [
+            _prune_smallest_job([weights[n]], round(s * weights[n].size), _work_dtype(weights[n].dtype))
+            for n in fast
+        ]
+        results = dict(zip(fast, _blocked.run_jobs(jobs)))
+        # in order, so that the first tensor holding NaN/Inf is the one reported
         for name in names:
             w = weights[name]
             k = round(s * w.size)
+            if name in results:
+                if isinstance(results[name], int):  # not finite: the counting pass found it
+                    require_finite(name, w)
+                (done[name],) = results[name]
+                continue
+            require_finite(name, w)
             if k == 0:
                 flat_keep[name] = np.ones(w.size, dtype=bool)
                 continue
@@ -287,9 +357,17 @@ def prune_magnitude(
         # one comparison dtype for all, so that magnitudes from different dtypes rank exactly
         wide = any(_work_dtype(w.dtype).itemsize == 8 for w in tensors)
         work = np.dtype(np.float64 if wide else np.float32)
+        if k > 0 and _fast_tensors(tensors):
+            result = _blocked.run_job(_prune_smallest_job(tensors, k, work))
+            if isinstance(result, int):  # the first tensor holding NaN/Inf
+                require_finite(names[result], tensors[result])
+            done = dict(zip(names, result))
+        else:
+            for name in names:
+                require_finite(name, weights[name])
         if k == 0:
             flat_keep = {name: np.ones(weights[name].size, dtype=bool) for name in names}
-        else:
+        elif not done:
             v, ties = _kth_smallest_abs(tensors, k, work)
             for name in names:
                 flat_keep[name], ties = _keep_mask(_abs_flat(weights[name], work), v, ties)
@@ -297,6 +375,9 @@ def prune_magnitude(
     masks: dict[str, np.ndarray] = {}
     for name in names:
         w = weights[name]
+        if name in done:
+            pruned[name], masks[name] = done[name]
+            continue
         masks[name] = flat_keep[name].reshape(w.shape)
         pruned[name] = _zero_where_false(w, masks[name])
     return pruned, masks
@@ -347,6 +428,9 @@ def apply_masks(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarra
                 f"mask {name!r} has shape {mask.shape} but tensor {name!r} has shape {weights[name].shape}"
             )
     out = dict(weights)
+    fast = [name for name in masks if _kernels.eligible(weights[name], dtypes=None)]
+    out.update(zip(fast, _blocked.run_jobs([_kernels.zero_job(weights[n], masks[n]) for n in fast])))
     for name, mask in masks.items():
-        out[name] = _zero_where_false(weights[name], mask)
+        if name not in fast:
+            out[name] = _zero_where_false_reference(weights[name], mask)
     return out

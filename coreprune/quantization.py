@@ -33,6 +33,7 @@ from collections.abc import Mapping
 import ml_dtypes
 import numpy as np
 
+from . import _blocked, _kernels
 from .errors import CompressionError
 from .packing import _check_bits
 from .selection import Pattern, check_weights, is_floating, require_finite, select
@@ -87,6 +88,20 @@ def _grouped(x: np.ndarray, axis: int | None, group_size: int | None) -> tuple[n
     if axis is not None:
         return x, tuple(i for i in range(x.ndim) if i != axis)
     return x, tuple(range(x.ndim))
+
+
+def _rows(shape: tuple, axis: int | None, group_size: int | None) -> int | None:
+    """Rows of the ``(rows, -1)`` view with one scale per row, for the layouts the fast path takes.
+
+    Per group (the groups are consecutive in C order), per tensor (one row) and per index of axis 0;
+    None for another axis.
+    """
+    size = math.prod(shape)
+    if group_size is not None:
+        return size // group_size
+    if axis is None:
+        return 1
+    return shape[0] if axis == 0 else None
 
 
 def _scale_shape(shape: tuple, axis: int | None, group_size: int | None) -> tuple:
@@ -209,8 +224,14 @@ class QuantizedArray:
         if self.codes.shape != shape:
             raise fail(f"codes have shape {self.codes.shape}, expected {shape}")
         lo, hi = _code_range(bits, symmetric)
-        if self.codes.size and (int(self.codes.min()) < lo or int(self.codes.max()) > hi):
-            raise fail(f"codes outside [{lo}, {hi}] for bits={bits}")
+        if self.codes.size:
+            found = (
+                _kernels.minmax(self.codes)
+                if _kernels.eligible(self.codes, dtypes=None)
+                else (int(self.codes.min()), int(self.codes.max()))
+            )
+            if found[0] < lo or found[1] > hi:
+                raise fail(f"codes outside [{lo}, {hi}] for bits={bits}")
         scale_shape = _scale_shape(shape, axis, group_size)
         if not isinstance(self.scale, np.ndarray) or self.scale.dtype != np.float32:
             got = getattr(self.scale, "dtype", type(self.scale).__name__)
@@ -262,6 +283,9 @@ class QuantizedArray:
         >>> quantize({"w": w}, bits=3, symmetric=False)["w"].dequantize().tolist()
         [[0.0, 1.5, -0.25, 0.5]]
         """
+        job = self._fast_job()
+        if job is not None:
+            return _blocked.run_job(job)
         work = np.dtype(np.float64 if self.dtype.itemsize > 4 else np.float32)
         codes, reduce_axes = _grouped(self.codes, self.axis, self.group_size)
         kd_shape = tuple(1 if i in reduce_axes else n for i, n in enumerate(codes.shape))
@@ -279,6 +303,27 @@ class QuantizedArray:
         peak = float(ml_dtypes.finfo(self.dtype).max)
         np.clip(values, -peak, peak, out=values)
         return np.asarray(values.reshape(self.shape).astype(self.dtype))
+
+    def _fast_job(self) -> _blocked.Job | None:
+        """:meth:`dequantize` as a blocked, threaded job (same result), or None where it does not apply.
+
+        It applies to C-contiguous codes of at least ``coreprune._blocked.MIN_FAST_ELEMENTS`` values
+        with one scale per tensor, per index of axis 0 or per group, for float16/bfloat16/float32/
+        float64 originals.
+        """
+        rows = _rows(self.shape, self.axis, self.group_size)
+        if rows is None or self.dtype not in _kernels.FAST_FLOATS or not _kernels.eligible(self.codes, None):
+            return None
+        zero_point = None if self.zero_point is None else self.zero_point.reshape(-1)
+        shape = self.shape
+
+        def job() -> _blocked.Job:
+            values = yield from _kernels.dequantize_job(
+                self.codes.reshape(rows, -1), self.scale.reshape(-1), zero_point, self.bits, self.dtype
+            )
+            return values.reshape(shape)
+
+        return job()
 
     def __repr__(self) -> str:
         return (
@@ -298,9 +343,55 @@ def _to_scale(name: str, scale64: np.ndarray, what: str) -> np.ndarray:
     return np.maximum(scale64.astype(np.float32), np.float32(SCALE_FLOOR))
 
 
-def _quantize_tensor(
+def _quantize_fast_job(
     name: str, w: np.ndarray, bits: int, symmetric: bool, axis: int | None, group_size: int | None
-) -> QuantizedArray:
+) -> _blocked.Job | None:
+    """The blocked, threaded path of :func:`_quantize_tensor` as a job, or None where it does not apply.
+
+    It applies to C-contiguous float16/bfloat16/float32/float64 tensors of at least
+    ``coreprune._blocked.MIN_FAST_ELEMENTS`` values, ``bits >= 2``, with one scale per tensor, per
+    index of axis 0 or per group, given ``axis`` and ``group_size`` already checked and normalised.
+    The job returns the :class:`QuantizedArray` -- the same one as the reference path -- or None
+    when the tensor holds NaN/Inf or a scale exceeds float32, for the reference path to report.
+    (``bits=1`` stays on the reference path: its mean is a float64 sum whose rounding depends on
+    NumPy's summation order.)
+    """
+    rows = _rows(w.shape, axis, group_size)
+    if bits == 1 or rows is None or not _kernels.eligible(w):
+        return None
+    qmax = (1 << (bits - 1)) - 1 if symmetric else (1 << bits) - 1
+    what = "max |w| / qmax" if symmetric else "(max - min) / (2**bits - 1)"
+
+    def scale_of(stat64: np.ndarray) -> np.ndarray:
+        return _to_scale(name, np.where(stat64 > 0, stat64 / qmax, 1.0), what)
+
+    def job() -> _blocked.Job:
+        result = yield from _kernels.quantize_job(
+            w.reshape(rows, -1), bits, symmetric, code_dtype(bits, symmetric), scale_of, CompressionError
+        )
+        if result is None:
+            return None
+        codes, scale, zero_point = result
+        scale_shape = _scale_shape(w.shape, axis, group_size)
+        return QuantizedArray(
+            codes=codes.reshape(w.shape),
+            scale=scale.reshape(scale_shape),
+            zero_point=None if zero_point is None else zero_point.reshape(scale_shape),
+            bits=bits,
+            symmetric=symmetric,
+            axis=axis,
+            group_size=group_size,
+            shape=w.shape,
+            dtype=w.dtype,
+        )
+
+    return job()
+
+
+def _layout(
+    name: str, w: np.ndarray, axis: int | None, group_size: int | None
+) -> tuple[int | None, int | None]:
+    """``axis`` normalised for ``w`` and ``group_size``, or CompressionError naming the tensor."""
     if axis is not None:
         if not -w.ndim <= axis < w.ndim:
             raise CompressionError(f"tensor {name!r}: axis {axis} is out of range for ndim={w.ndim}")
@@ -315,6 +406,13 @@ def _quantize_tensor(
     problem = _layout_problem(w.shape, axis, group_size)
     if problem:
         raise CompressionError(f"tensor {name!r} of shape {w.shape}: {problem}")
+    return axis, group_size
+
+
+def _quantize_tensor(
+    name: str, w: np.ndarray, bits: int, symmetric: bool, axis: int | None, group_size: int | None
+) -> QuantizedArray:
+    """The reference path: whole-tensor NumPy expressions (``axis`` and ``group_size`` normalised)."""
     require_finite(name, w)
 
     work = np.dtype(np.float64 if w.dtype.itemsize > 4 else np.float32)
@@ -441,8 +539,29 @@ def quantize(
     group_size = None if group_size is None else int(group_size)
     names = select(weights, include, exclude)
     out: dict[str, QuantizedArray | np.ndarray] = dict(weights)
+    # Layouts are checked first, but each error is raised at its tensor's turn, so that the first
+    # problem in mapping order is the one reported, as when every tensor is done one by one.
+    plans: dict[str, tuple[int | None, int | None] | CompressionError] = {}
     for name in names:
-        out[name] = _quantize_tensor(name, weights[name], bits, symmetric, axis, group_size)
+        try:
+            plans[name] = _layout(name, weights[name], axis, group_size)
+        except CompressionError as problem:
+            plans[name] = problem
+            break  # nothing after the first layout error is ever reached
+    jobs = {}
+    for name, plan in plans.items():
+        if not isinstance(plan, CompressionError):
+            job = _quantize_fast_job(name, weights[name], bits, symmetric, *plan)
+            if job is not None:
+                jobs[name] = job
+    done = dict(zip(jobs, _blocked.run_jobs(list(jobs.values()))))
+    for name, plan in plans.items():
+        if isinstance(plan, CompressionError):
+            raise plan
+        result = done.get(name)
+        if result is None:  # not a fast layout, or NaN/Inf or a scale overflow for the reference to report
+            result = _quantize_tensor(name, weights[name], bits, symmetric, *plan)
+        out[name] = result
     return out
 
 
@@ -476,4 +595,10 @@ def dequantize(qweights: Mapping[str, QuantizedArray | np.ndarray]) -> dict[str,
     if not isinstance(qweights, Mapping):
         raise CompressionError(f"qweights must be a mapping, got {type(qweights).__name__}")
     check_weights({k: v for k, v in qweights.items() if not isinstance(v, QuantizedArray)}, what="qweights")
-    return {k: v.dequantize() if isinstance(v, QuantizedArray) else v for k, v in qweights.items()}
+    jobs = {k: v._fast_job() for k, v in qweights.items() if isinstance(v, QuantizedArray)}
+    jobs = {k: job for k, job in jobs.items() if job is not None}
+    done = dict(zip(jobs, _blocked.run_jobs(list(jobs.values()))))
+    return {
+        k: done[k] if k in done else v.dequantize() if isinstance(v, QuantizedArray) else v
+        for k, v in qweights.items()
+    }

@@ -1,0 +1,272 @@
+"""Exact k-th smallest magnitude over several tensors: a bracket from a sample, one counting pass.
+
+``prune_magnitude`` needs, for ``k`` in ``1..N``, the k-th smallest ``|w|`` over all selected
+tensors (``N`` values together) and how many entries equal to it rank among the ``k`` smallest.
+Concatenating the tensors and calling ``np.partition`` copies the whole model and runs a
+selection over it; a radix select over the bit patterns needs two passes or more. Here:
+
+1. **Sample.** Every ``step``-th value of the (virtually concatenated) tensors, ``S = N / step``
+   between 2**16 and 2**18 values, ``step`` coprime with 2, 3, 5 and 7 so that it does not alias
+   with row lengths.
+2. **Bracket.** If the sample is a fair one, the k-th value lies between its quantiles
+   ``p - d`` and ``p + d`` (``p = k / N``, ``d`` = ``Z`` standard errors of a sample quantile):
+   ``lo <= v <= hi``.
+3. **One counting pass**, in cache-sized blocks on every core: ``L`` = the number of values
+   ``< lo``, and the values in ``[lo, hi]`` themselves (the candidates, a fraction ``~2 d`` of
+   ``N``).
+4. **Exact answer.** When ``L < k <= L + #candidates`` the answer is the ``(k - L)``-th smallest
+   candidate (``np.partition``); this is exact whatever the sample was. Otherwise (an unfair
+   sample) or when the candidates outgrow their budget (``N / 48`` values), a blocked radix select
+   on the IEEE-754 bit patterns (16 bits per pass) finds the same value.
+
+For non-negative IEEE floats the bit pattern read as an unsigned integer orders like the value,
+which is what the radix select uses; the counting pass compares floats, which for finite values
+gives the same order. All comparisons happen on magnitudes converted exactly to ``work``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from functools import partial
+
+import numpy as np
+
+from . import _blocked
+from ._blocked import Job, block_ranges, run_job, scratch
+from ._kernels import work_abs
+
+__all__ = ["kth_smallest", "kth_smallest_abs", "select_job", "radix_job", "Selection"]
+
+#: Sample size: N / SAMPLE_SHARE, clamped to [SAMPLE_MIN, SAMPLE_MAX] (all of N when smaller).
+SAMPLE_SHARE = 64
+SAMPLE_MIN = 1 << 16
+SAMPLE_MAX = 1 << 18
+#: Half-width of the bracket in standard errors of the sample quantile (a miss, which only costs
+#: time, has probability ~6e-7 for a fair sample).
+Z = 5.0
+#: The candidates may hold at most N / CANDIDATE_SHARE values (2.1 %; at least CANDIDATE_MIN), else
+#: the radix select runs. With S >= 2**16, 2 Z sqrt(p (1 - p) / S) N stays below that for every p.
+#: They exist twice at the peak (the blocks' pieces and their concatenation): <= 4.2 % of N values.
+CANDIDATE_SHARE = 48
+CANDIDATE_MIN = 1 << 16
+_DIGIT_BITS = 16
+
+
+def kth_smallest(a: np.ndarray, k: int) -> tuple[np.generic, int]:
+    """``(v, r)`` for one flat array ``a``: the k-th smallest value and how many ties of it rank <= k.
+
+    Examples
+    --------
+    >>> v, r = kth_smallest(np.array([3.0, 1.0, 2.0, 2.0]), 2)
+    >>> float(v), r
+    (2.0, 1)
+    """
+    v = np.partition(a, k - 1)[k - 1]
+    return v, k - int(np.count_nonzero(a < v))
+
+
+class Selection:
+    """Result of :func:`kth_smallest_abs`.
+
+    Attributes
+    ----------
+    value : numpy scalar of ``work``
+        The k-th smallest magnitude ``v``.
+    ties : int
+        ``r >= 1``: how many entries equal to ``v`` rank among the ``k`` smallest, i.e. are removed.
+    equal : int
+        How many entries equal ``v`` in all (``>= ties``).
+    per_block : list of list of int, or None
+        For each tensor and each block of :func:`~coreprune._blocked.block_ranges` of its size,
+        the number of entries equal to ``v``; None when the radix select ran (count them then).
+    nonfinite : int or None
+        Index of the first tensor holding NaN or Inf, found by the counting pass; the other fields
+        are then meaningless (the caller reports the tensor). None when all values are finite.
+    """
+
+    __slots__ = ("value", "ties", "equal", "per_block", "nonfinite")
+
+    def __init__(
+        self,
+        value: np.generic,
+        ties: int,
+        equal: int,
+        per_block: list[list[int]] | None,
+        nonfinite: int | None = None,
+    ) -> None:
+        self.value, self.ties, self.equal, self.per_block = value, ties, equal, per_block
+        self.nonfinite = nonfinite
+
+
+def _sample_step(n: int) -> int:
+    step = max(1, n // min(max(n // SAMPLE_SHARE, SAMPLE_MIN), SAMPLE_MAX))
+    while step > 1 and math.gcd(step, 2 * 3 * 5 * 7) != 1:  # avoid aliasing with row lengths
+        step += 1
+    return step
+
+
+def _sample_tasks(flats: Sequence[np.ndarray], work: np.dtype) -> list[partial]:
+    """Tasks that each return part of the sample: every ``step``-th magnitude of the tensors taken
+    as one sequence, as ``work``, one task per block."""
+    total = sum(f.size for f in flats)
+    step = _sample_step(total)
+    tasks, start = [], 0
+    for f in flats:
+        first = (-start) % step  # the first sampled index of this tensor
+        for s, e in block_ranges(f.size):
+            tasks.append(partial(_sample_part, f, s + (first - s) % step, e, step, work))
+        start += f.size
+    return tasks
+
+
+def _sample_part(f: np.ndarray, s: int, e: int, step: int, work: np.dtype) -> np.ndarray:
+    return np.abs(f[s:e:step].astype(work))
+
+
+def _bracket(sample: np.ndarray, k: int, n: int) -> tuple[np.generic | None, np.generic | None]:
+    """``(lo, hi)`` around the k-th of ``n`` from the sample's quantiles; None is an open end."""
+    s = sample.size
+    p = k / n
+    center = p * s
+    margin = Z * math.sqrt(s * p * (1.0 - p)) + 2.0
+    i_lo, i_hi = math.floor(center - margin) - 1, math.ceil(center + margin)
+    wanted = [i for i in (i_lo, i_hi) if 0 <= i < s]
+    if wanted:
+        sample = np.partition(sample, wanted)
+    lo = sample[i_lo] if 0 <= i_lo < s else None
+    hi = sample[i_hi] if 0 <= i_hi < s else None
+    return lo, hi
+
+
+def select_job(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -> Job:
+    """Job computing :func:`kth_smallest_abs` (see there), for :func:`~coreprune._blocked.run_jobs`."""
+    flats = [np.ascontiguousarray(t).reshape(-1) for t in tensors]
+    total = sum(f.size for f in flats)
+    parts = yield _sample_tasks(flats, work)
+    # one task: the brackets of all jobs of a sweep (one per tensor in layer scope) run in parallel
+    ((lo, hi),) = yield [partial(_bracket, np.concatenate(parts), k, total)]
+    budget = max(CANDIDATE_MIN, total // CANDIDATE_SHARE)
+    stored = [0]
+    overflow = threading.Event()
+    lock = threading.Lock()
+    bad: set[int] = set()
+
+    def count(i: int, s: int, e: int) -> tuple[int, int, np.ndarray | None]:
+        a = work_abs(flats[i][s:e], work)
+        if not np.isfinite(np.maximum.reduce(a)):  # NaN propagates through the maximum
+            bad.add(i)
+            return 0, 0, None
+        below = np.less(a, lo, out=scratch("lt", a.size, np.bool_)) if lo is not None else None
+        upto = np.less_equal(a, hi, out=scratch("le", a.size, np.bool_)) if hi is not None else None
+        n_below = int(np.count_nonzero(below)) if below is not None else 0
+        n_upto = int(np.count_nonzero(upto)) if upto is not None else a.size
+        if n_upto == n_below or overflow.is_set():
+            return n_below, n_upto, None
+        with lock:
+            stored[0] += n_upto - n_below
+            if stored[0] > budget:
+                overflow.set()
+                return n_below, n_upto, None
+        if below is None and upto is None:
+            return n_below, n_upto, a.copy()
+        if below is None:
+            inside = upto
+        elif upto is None:
+            inside = np.logical_not(below, out=below)
+        else:
+            inside = np.logical_xor(below, upto, out=upto)  # below implies upto
+        return n_below, n_upto, a[np.flatnonzero(inside)]
+
+    blocks = [[(s, e) for s, e in block_ranges(f.size)] for f in flats]
+    results = yield [partial(count, i, s, e) for i in range(len(flats)) for s, e in blocks[i]]
+    if bad:
+        return Selection(work.type(0), 0, 0, None, nonfinite=min(bad))
+    below = sum(r[0] for r in results)
+    upto = sum(r[1] for r in results)
+    if overflow.is_set() or not below < k <= upto:
+        v, r, equal = yield from radix_job(flats, k, work)
+        return Selection(v, r, equal, None)
+    candidates = [r[2] if r[2] is not None else np.zeros(0, work) for r in results]
+    del results
+    ((v, r),) = yield [partial(_kth_in_place, candidates, k - below)]
+    per_block, pos = [], 0
+    for b in blocks:
+        mine = candidates[pos : pos + len(b)]
+        per_block.append([int(np.count_nonzero(c == v)) if c.size else 0 for c in mine])
+        pos += len(b)
+    return Selection(v, r, sum(map(sum, per_block)), per_block)
+
+
+def _kth_in_place(parts: list[np.ndarray], k: int) -> tuple[np.generic, int]:
+    """:func:`kth_smallest` of the concatenated ``parts``, partitioning the concatenation in place
+    (``np.partition`` would add a third copy of the candidates)."""
+    a = np.concatenate(parts)
+    a.partition(k - 1)
+    v = a[k - 1]
+    return v, k - int(np.count_nonzero(a < v))
+
+
+def kth_smallest_abs(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -> Selection:
+    """The k-th smallest ``|w|`` over several tensors, without concatenating them.
+
+    Parameters
+    ----------
+    tensors : sequence of numpy.ndarray
+        Floating arrays; their total size ``N`` must satisfy ``1 <= k <= N``.
+    k : int
+        1-based rank.
+    work : numpy.dtype
+        float32 or float64: every ``|w|`` is converted to it (exactly) before ranking.
+
+    Returns
+    -------
+    Selection
+        ``value`` and ``ties`` equal ``_kth_smallest_abs_reference`` in :mod:`coreprune.pruning`.
+
+    Examples
+    --------
+    >>> sel = kth_smallest_abs([np.array([[3.0, -1.0]]), np.array([-2.0, 2.0])], 3, np.dtype(np.float64))
+    >>> float(sel.value), sel.ties, sel.equal, sel.per_block
+    (2.0, 2, 2, [[0], [2]])
+    """
+    return run_job(select_job(tensors, k, work))
+
+
+def radix_job(flats: Sequence[np.ndarray], k: int, work: np.dtype) -> Job:
+    """Job: radix select of the k-th smallest magnitude on its bit patterns, 16 bits per pass.
+
+    Returns ``(v, r, equal)`` as :class:`Selection`'s fields. Memory: the block temporaries and one
+    65536-bin histogram per task in flight; each task covers many blocks and adds its histogram to
+    the pass total.
+    """
+    uint = np.dtype(f"u{work.itemsize}")
+    nbits = 8 * work.itemsize
+    prefix, remaining, last = 0, k, 0
+    span = 32 * _blocked.BLOCK_ELEMENTS
+    tasks = [(i, s, min(s + span, f.size)) for i, f in enumerate(flats) for s in range(0, f.size, span)]
+    lock = threading.Lock()
+    for shift in range(nbits - _DIGIT_BITS, -1, -_DIGIT_BITS):
+        total = np.zeros(1 << _DIGIT_BITS, dtype=np.int64)
+
+        def histogram(i: int, s: int, e: int, shift: int = shift, prefix: int = prefix,
+                      total: np.ndarray = total) -> None:
+            hist = np.zeros(1 << _DIGIT_BITS, dtype=np.int64)
+            for bs, be in block_ranges(e - s):
+                key = work_abs(flats[i][s + bs : s + be], work).view(uint)
+                if shift + _DIGIT_BITS < nbits:  # only the bucket chosen by the previous passes
+                    key = key[(key >> uint.type(shift + _DIGIT_BITS)) == uint.type(prefix)]
+                digit = ((key >> uint.type(shift)) & uint.type(0xFFFF)).astype(np.intp)
+                hist += np.bincount(digit, minlength=1 << _DIGIT_BITS)
+            with lock:
+                total += hist
+
+        yield [partial(histogram, *t) for t in tasks]
+        cumulative = np.cumsum(total)
+        d = int(np.searchsorted(cumulative, remaining))  # first digit whose bucket reaches the rank
+        remaining -= int(cumulative[d - 1]) if d > 0 else 0
+        last = int(total[d])
+        prefix = (prefix << _DIGIT_BITS) | d
+    v = np.array(prefix, dtype=uint).view(work)[()]
+    return v, remaining, last

@@ -1,0 +1,438 @@
+"""Benchmark of coreprune's element-wise compression against memcpy, plain NumPy and PyTorch.
+
+A script, not a test (pytest does not collect ``tests/benchmarks``)::
+
+    PYTHONPATH=. python tests/benchmarks/bench_compression.py                 # 1 GiB, ~3 minutes
+    PYTHONPATH=. python tests/benchmarks/bench_compression.py --size 128MiB   # a quick run
+    PYTHONPATH=. python tests/benchmarks/bench_compression.py --out bench.json --with-slow-torch
+
+The weights are ``size / 16 MiB`` float32 tensors of 1024 x 4096 drawn from N(0, 1) (1 GiB = 64
+tensors). In one run it measures the memcpy baseline (``np.copyto`` into preallocated arrays), then
+for each operation coreprune, the plain NumPy expression and torch (when installed):
+
+* threshold pruning at t = 1.6449 (90 % of N(0, 1) removed);
+* magnitude pruning at 90 %, per layer and global; the exact global threshold alone (coreprune's
+  selection against concatenate + ``np.partition``, and ``torch.nn.utils.prune.global_unstructured``
+  on at most 64 MiB unless ``--with-slow-torch``: it takes about a minute per GiB);
+* per-channel (axis 0) symmetric int8 quantization with its codes;
+* 4-bit group-128 symmetric quantization with the codes packed two per byte;
+* dequantization of the int8 per-channel result.
+
+Each timing is the best of ``--repeats`` consecutive runs (the machine is shared: the median and
+the load average are recorded too). GB/s is bytes of float32 weights (read, or written for
+dequantization) per second; "ratio" is the memcpy time over the operation's time, so 1.0 means as
+fast as copying the weights once. Peak memory is measured in a separate run: tracemalloc for NumPy
+allocations (coreprune, NumPy) and the peak RSS (``/proc/self/status`` VmHWM, reset through
+``/proc/self/clear_refs``) for everything, both net of the result's own size. ``--out`` writes
+everything as JSON. The figures are documented in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import coreprune as cp  # noqa: E402
+from coreprune import _blocked, _select  # noqa: E402
+from coreprune.packing import pack_bits  # noqa: E402
+from coreprune.pruning import _kth_smallest_abs_reference  # noqa: E402
+
+try:
+    import torch
+except ImportError:  # torch is optional: its rows are skipped
+    torch = None
+
+ROWS, COLS = 1024, 4096
+THRESHOLD = 1.6449  # P(|z| <= t) = 0.9 for z ~ N(0, 1)
+SPARSITY = 0.9
+GROUP = 128
+TARGETS = {  # operation: minimum ratio to memcpy (the issue's targets)
+    "threshold pruning": 0.6,
+    "int8 per-channel quantization": 0.5,
+    "4-bit group-128 quantization + packing": 0.3,
+}
+SLOW_TORCH_BYTES = 64 << 20
+CP = "coreprune"
+
+
+def parse_size(text: str) -> int:
+    """``"1GiB"``, ``"256MiB"``, ``"512KiB"`` or a number of bytes."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([KMG]i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"cannot read the size {text!r}; use e.g. 1GiB or 256MiB")
+    unit = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get((m.group(2) or " ")[0].lower(), 1)
+    return int(float(m.group(1)) * unit)
+
+
+def make_weights(size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    per_tensor = ROWS * COLS * 4
+    if size >= per_tensor:
+        shapes = [(ROWS, COLS)] * (size // per_tensor)
+    else:
+        shapes = [(max(1, size // (COLS * 4)), COLS)]
+    return {f"layer{i}.weight": rng.standard_normal(s, dtype=np.float32) for i, s in enumerate(shapes)}
+
+
+def nbytes_of(obj: Any) -> int:
+    """Bytes of the arrays held by a result (dicts, tuples, QuantizedArray, torch tensors)."""
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, cp.QuantizedArray):
+        return obj.codes.nbytes + obj.scale.nbytes
+    if isinstance(obj, dict):
+        return sum(nbytes_of(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(nbytes_of(v) for v in obj)
+    if torch is not None and isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    return 0
+
+
+def _status() -> dict[str, int]:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmHWM:", "VmRSS:")):
+                key, value = line.split(":")
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def peak_memory(fn: Callable[[], Any]) -> dict[str, int | None]:
+    """Extra memory of one call, net of the result: NumPy (tracemalloc) and RSS (VmHWM) peaks."""
+    gc.collect()
+    rss = None
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        before = _status()["VmRSS"]
+        rss = True
+    except OSError:
+        before = 0
+    tracemalloc.start()
+    result = fn()
+    current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    size = nbytes_of(result)
+    out: dict[str, int | None] = {"result_bytes": size, "numpy_peak_extra": max(0, peak - size)}
+    out["rss_peak_extra"] = max(0, _status()["VmHWM"] - before - size) if rss else None
+    del result
+    return out
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
+    walls, cpus = [], []
+    for _ in range(repeats):
+        gc.collect()
+        c0, t0 = time.process_time(), time.perf_counter()
+        result = fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+        del result
+    best = min(range(repeats), key=walls.__getitem__)
+    return {"best_s": walls[best], "median_s": statistics.median(walls), "cpu_s_of_best": cpus[best]}
+
+
+# ------------------------------------------------------------------ plain NumPy and torch references
+
+
+def numpy_threshold(w: dict, t: float) -> dict:
+    return {k: v * (np.abs(v) > t) for k, v in w.items()}
+
+
+def numpy_layer_magnitude(w: dict, s: float) -> dict:
+    out = {}
+    for k, v in w.items():
+        a = np.abs(v)
+        n = round(s * a.size)
+        cut = np.partition(a.reshape(-1), n - 1)[n - 1]
+        out[k] = v * (a > cut)
+    return out
+
+
+def numpy_global_threshold(w: dict, s: float) -> np.floating:
+    a = np.concatenate([np.abs(v).reshape(-1) for v in w.values()])
+    n = round(s * a.size)
+    return np.partition(a, n - 1)[n - 1]
+
+
+def numpy_int8(w: dict) -> dict:
+    out = {}
+    for k, v in w.items():
+        scale = np.abs(v).max(axis=1, keepdims=True) / 127
+        out[k] = (np.clip(np.rint(v / scale), -127, 127).astype(np.int8), scale)
+    return out
+
+
+def numpy_4bit_pack(w: dict) -> dict:
+    out = {}
+    for k, v in w.items():
+        g = v.reshape(-1, GROUP)
+        scale = np.abs(g).max(axis=1, keepdims=True) / 7
+        codes = np.clip(np.rint(g / scale), -7, 7).astype(np.int8)
+        u = (codes & 0xF).astype(np.uint8).reshape(-1)
+        out[k] = (u[0::2] | (u[1::2] << 4), scale)
+    return out
+
+
+def numpy_dequant(q: dict) -> dict:
+    return {k: codes.astype(np.float32) * scale for k, (codes, scale) in q.items()}
+
+
+def torch_refs(w: dict, slow: bool) -> dict[str, Callable[[], Any]]:
+    tw = {k: torch.from_numpy(v) for k, v in w.items()}
+
+    def threshold() -> dict:
+        return {k: torch.where(t.abs() > THRESHOLD, t, 0.0) for k, t in tw.items()}
+
+    def layer() -> dict:
+        out = {}
+        for k, t in tw.items():
+            a = t.abs()
+            cut = torch.kthvalue(a.reshape(-1), round(SPARSITY * a.numel())).values
+            out[k] = torch.where(a > cut, t, 0.0)
+        return out
+
+    def int8() -> dict:
+        out = {}
+        for k, t in tw.items():
+            scale = t.abs().amax(dim=1).double() / 127
+            zero = torch.zeros(t.shape[0], dtype=torch.long)
+            out[k] = torch.quantize_per_channel(t, scale, zero, 0, torch.qint8)
+        return out
+
+    def four_bit() -> dict:
+        out = {}
+        for k, t in tw.items():
+            g = t.reshape(-1, GROUP)
+            scale = g.abs().amax(dim=1, keepdim=True) / 7
+            codes = torch.clamp(torch.round(g / scale), -7, 7).to(torch.int8)
+            u = (codes & 0xF).to(torch.uint8).reshape(-1)
+            out[k] = (u[0::2] | (u[1::2] << 4), scale)
+        return out
+
+    q8 = int8()
+    refs = {"threshold": threshold, "layer": layer, "int8": int8, "4bit": four_bit,
+            "dequant": lambda: {k: q.dequantize() for k, q in q8.items()}}
+
+    # global_unstructured: concatenation + topk, ~1 minute per GiB on 2 cores
+    subset = w if slow else dict(list(w.items())[: max(1, SLOW_TORCH_BYTES // (ROWS * COLS * 4))])
+
+    def global_unstructured() -> list:
+        import torch.nn.utils.prune as tprune
+
+        modules = []
+        for v in subset.values():
+            m = torch.nn.Linear(v.shape[1], v.shape[0], bias=False)
+            with torch.no_grad():
+                m.weight = torch.nn.Parameter(torch.from_numpy(v.copy()))
+            modules.append(m)
+        tprune.global_unstructured([(m, "weight") for m in modules], pruning_method=tprune.L1Unstructured,
+                                   amount=SPARSITY)
+        return [m.weight_mask for m in modules]
+
+    refs["global_unstructured"] = global_unstructured
+    refs["global_unstructured_bytes"] = sum(v.nbytes for v in subset.values())  # type: ignore[assignment]
+    return refs
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=parse_size, default=parse_size("1GiB"), help="weights (default 1GiB)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per measurement, best is kept")
+    parser.add_argument("--threads", type=int, default=None, help="coreprune threads (default: cores)")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--with-slow-torch", action="store_true",
+                        help="run torch global_unstructured on the whole size (about a minute per GiB)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip checking the global threshold against a full sort")
+    parser.add_argument("--no-torch", action="store_true", help="leave torch out even if installed")
+    args = parser.parse_args(argv)
+    if args.threads:
+        _blocked.set_num_threads(args.threads)
+    use_torch = torch is not None and not args.no_torch
+
+    print(f"building {args.size / 2**30:.3f} GiB of float32 weights ...", flush=True)
+    w = make_weights(args.size)
+    weights_bytes = sum(v.nbytes for v in w.values())
+    tensors = list(w.values())
+    total = sum(t.size for t in tensors)
+    k = round(SPARSITY * total)
+    f32 = np.dtype(np.float32)
+    dst = {name: np.empty_like(v) for name, v in w.items()}
+    for name in w:  # touch the destination once: memcpy is measured into warm memory
+        np.copyto(dst[name], w[name])
+
+    def memcpy() -> None:
+        for name in w:
+            np.copyto(dst[name], w[name])
+
+    q8 = cp.quantize(w, 8, axis=0)
+    q8_plain = numpy_int8(w)
+    torch_ref = torch_refs(w, args.with_slow_torch) if use_torch else {}
+
+    def coreprune_4bit_pack() -> dict:
+        return {n: pack_bits(q.codes, 4) for n, q in cp.quantize(w, 4, group_size=GROUP).items()}
+
+    # (operation, implementation, callable, bytes processed)
+    cases: list[tuple[str, str, Callable[[], Any], int]] = [
+        ("memcpy", "np.copyto", memcpy, weights_bytes),
+        ("copy into new arrays", "np.copy", lambda: {n: v.copy() for n, v in w.items()}, weights_bytes),
+        ("threshold pruning", "coreprune", lambda: cp.prune_threshold(w, THRESHOLD), weights_bytes),
+        ("threshold pruning", "numpy w * (abs(w) > t)", lambda: numpy_threshold(w, THRESHOLD), weights_bytes),
+        ("layer magnitude pruning 90%", "coreprune", lambda: cp.prune_magnitude(w, SPARSITY), weights_bytes),
+        ("layer magnitude pruning 90%", "numpy partition", lambda: numpy_layer_magnitude(w, SPARSITY),
+         weights_bytes),
+        ("global magnitude pruning 90%", "coreprune", lambda: cp.prune_magnitude(w, SPARSITY, scope="global"),
+         weights_bytes),
+        ("global threshold (exact k-th)", "coreprune", lambda: _select.kth_smallest_abs(tensors, k, f32),
+         weights_bytes),
+        ("global threshold (exact k-th)", "numpy concatenate + partition",
+         lambda: numpy_global_threshold(w, SPARSITY), weights_bytes),
+        ("int8 per-channel quantization", "coreprune", lambda: cp.quantize(w, 8, axis=0), weights_bytes),
+        ("int8 per-channel quantization", "numpy", lambda: numpy_int8(w), weights_bytes),
+        ("4-bit group-128 quantization + packing", "coreprune", coreprune_4bit_pack, weights_bytes),
+        ("4-bit group-128 quantization + packing", "numpy", lambda: numpy_4bit_pack(w), weights_bytes),
+        ("int8 dequantization", "coreprune", lambda: cp.dequantize(q8), weights_bytes),
+        ("int8 dequantization", "numpy", lambda: numpy_dequant(q8_plain), weights_bytes),
+    ]
+    if use_torch:
+        cases += [
+            ("threshold pruning", "torch.where", torch_ref["threshold"], weights_bytes),
+            ("layer magnitude pruning 90%", "torch kthvalue + where", torch_ref["layer"], weights_bytes),
+            ("global threshold (exact k-th)", "torch global_unstructured", torch_ref["global_unstructured"],
+             torch_ref["global_unstructured_bytes"]),
+            ("int8 per-channel quantization", "torch.quantize_per_channel", torch_ref["int8"], weights_bytes),
+            ("4-bit group-128 quantization + packing", "torch ops", torch_ref["4bit"], weights_bytes),
+            ("int8 dequantization", "torch dequantize", torch_ref["dequant"], weights_bytes),
+        ]
+    cases.append(("memcpy (again, at the end)", "np.copyto", memcpy, weights_bytes))
+
+    load_start = os.getloadavg()
+    rows = []
+    for op, impl, fn, nbytes in cases:
+        slow = impl == "torch global_unstructured"
+        repeats = 1 if slow else args.repeats
+        load = os.getloadavg()[0]
+        print(f"  {op:40s} {impl:32s}", end=" ", flush=True)
+        row: dict[str, Any] = {"operation": op, "implementation": impl, "bytes": nbytes, "load_1min": load}
+        row.update(timed(fn, repeats))
+        if not op.startswith("memcpy") and not slow:
+            row.update(peak_memory(fn))
+        row["gb_per_s"] = nbytes / row["best_s"] / 1e9
+        rows.append(row)
+        print(f"{row['best_s']:8.3f} s  {row['gb_per_s']:6.2f} GB/s", flush=True)
+    load_end = os.getloadavg()
+
+    memcpy_s = min(r["best_s"] for r in rows if r["operation"].startswith("memcpy"))
+    memcpy_gbs = weights_bytes / memcpy_s / 1e9
+    for r in rows:
+        r["ratio_to_memcpy"] = (r["bytes"] / r["best_s"] / 1e9) / memcpy_gbs
+
+    verification: dict[str, Any] = {}
+    sel = _select.kth_smallest_abs(tensors, k, f32)
+    verification["kth_value"] = float(sel.value)
+    v_ref, r_ref = _kth_smallest_abs_reference(tensors, k, f32)
+    verification["equals_concatenate_partition"] = bool(sel.value == v_ref and sel.ties == r_ref)
+    if not args.no_verify:
+        everything = np.sort(np.concatenate([np.abs(t).reshape(-1) for t in tensors]))
+        verification["equals_full_sort"] = bool(sel.value == everything[k - 1])
+        del everything
+    gc.collect()
+    kth_row = next(r for r in rows if r["operation"].startswith("global thr") and r["implementation"] == CP)
+    verification["kth_extra_memory_fraction"] = kth_row["numpy_peak_extra"] / weights_bytes
+
+    # targets
+    targets: dict[str, Any] = {}
+    for op, minimum in TARGETS.items():
+        mine = next(r for r in rows if r["operation"] == op and r["implementation"] == "coreprune")
+        others = [r for r in rows if r["operation"] == op and r["implementation"] != "coreprune"]
+        fastest = min(others, key=lambda r: r["best_s"])
+        speedup = fastest["best_s"] / mine["best_s"]
+        targets[op] = {
+            "ratio": mine["ratio_to_memcpy"],
+            "target_ratio": minimum,
+            "ratio_met": mine["ratio_to_memcpy"] >= minimum,
+            "speedup_vs_fastest_other": speedup,
+            "fastest_other": fastest["implementation"],
+            "speedup_met": speedup >= 1.5,
+        }
+    targets["global threshold <= 0.3 s per GiB"] = {
+        "seconds": kth_row["best_s"], "seconds_per_gib": kth_row["best_s"] * 2**30 / weights_bytes,
+        "met": kth_row["best_s"] * 2**30 / weights_bytes <= 0.3,
+        "extra_memory_fraction": verification["kth_extra_memory_fraction"],
+        "memory_met": verification["kth_extra_memory_fraction"] <= 0.05,
+        "same_as_sort": verification.get("equals_full_sort", verification["equals_concatenate_partition"]),
+    }
+
+    print()
+    print(f"memcpy: {memcpy_gbs:.2f} GB/s; load average {load_start[0]:.2f} at start, {load_end[0]:.2f} "
+          f"at end; coreprune threads: {_blocked.num_threads()}")
+    print(f"{'operation':40s} {'implementation':32s} {'best s':>8s} {'GB/s':>7s} {'ratio':>6s} "
+          f"{'extra MiB (np/rss)':>19s}")
+    for r in rows:
+        extra = ""
+        if "numpy_peak_extra" in r:
+            rss = r["rss_peak_extra"]
+            extra = f"{r['numpy_peak_extra'] / 2**20:8.1f}/{'-' if rss is None else f'{rss / 2**20:.1f}':>8s}"
+        print(f"{r['operation']:40s} {r['implementation']:32s} {r['best_s']:8.3f} {r['gb_per_s']:7.2f} "
+              f"{r['ratio_to_memcpy']:6.2f} {extra:>19s}")
+    print()
+    for name, t in targets.items():
+        print(f"target {name}: {json.dumps(t, default=float)}")
+    print(f"verification: {json.dumps(verification, default=float)}")
+
+    if args.out:
+        info = {
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": {
+                "platform": platform.platform(),
+                "processor": _cpu_model(),
+                "cpu_count": os.cpu_count(),
+                "python": platform.python_version(),
+                "numpy": np.__version__,
+                "torch": torch.__version__ if use_torch else None,
+            },
+            "size_bytes": weights_bytes, "tensors": len(w), "repeats": args.repeats,
+            "coreprune_threads": _blocked.num_threads(), "block_elements": _blocked.BLOCK_ELEMENTS,
+            "load_average_start": load_start, "load_average_end": load_end,
+            "memcpy_gb_per_s": memcpy_gbs, "results": rows, "targets": targets, "verification": verification,
+        }
+        args.out.write_text(json.dumps(info, indent=2, default=float))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
