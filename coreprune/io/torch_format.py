@@ -45,6 +45,7 @@ import os
 import re
 import struct
 import sys
+import weakref
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
@@ -155,14 +156,19 @@ class TorchReader(WeightReader):
         self.extras = extras
         self._refs = refs
         self._spans = spans
-        self._map: np.memmap | None = None
+        # One mapping per storage, alive while an array uses it: tensors that share a storage are
+        # views of one mapping, and a storage nobody holds is unmapped (a whole-file mapping would
+        # keep every page read so far resident, so compressing a 4 GiB file would need 4 GiB).
+        self._maps: weakref.WeakValueDictionary[str, np.memmap] = weakref.WeakValueDictionary()
         self._specs = {name: TensorSpec(ref.shape, ref.dtype) for name, ref in refs.items()}
         self.parameters = frozenset(name for name, ref in refs.items() if ref.parameter)
 
-    def _mapped(self) -> np.memmap:
-        if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
-        return self._map
+    def _mapped(self, key: str, offset: int, nbytes: int) -> np.memmap:
+        buf = self._maps.get(key)
+        if buf is None:
+            buf = np.memmap(self.path, dtype=np.uint8, mode="r", offset=offset, shape=(nbytes,))
+            self._maps[key] = buf
+        return buf
 
     def _read(self, name: str) -> np.ndarray:
         ref = self._refs[name]
@@ -172,7 +178,7 @@ class TorchReader(WeightReader):
         offset, nbytes = self._spans[ref.storage.key]
         itemsize = dtype.itemsize
         usable = nbytes // itemsize * itemsize
-        buf = self._mapped()[offset : offset + usable]
+        buf = self._mapped(ref.storage.key, offset, usable)
         strides = tuple(s * itemsize for s in ref.stride)
         unit = itemsize // 2 if dtype.kind == "c" else itemsize
         if self.byteorder == sys.byteorder or unit == 1:
@@ -200,8 +206,8 @@ class TorchReader(WeightReader):
         return out
 
     def close(self) -> None:
-        # Arrays already returned hold their own reference to the mapping.
-        self._map = None
+        # Arrays already returned hold their own reference to their mapping.
+        self._maps = weakref.WeakValueDictionary()
 
 
 def open_reader(path: str | os.PathLike, **options: Any) -> TorchReader:
