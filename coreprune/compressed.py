@@ -51,6 +51,7 @@ from typing import Any, BinaryIO, Union
 
 import numpy as np
 
+from ._blocked import block_ranges, run_parallel
 from .dtypes import ML_FLOAT_NAMES, ML_INT_NAMES, ml_dtype
 from .errors import CompressionError, WeightFileError
 from .io.base import TensorSpec, WeightReader, atomic_write, check_extent, element_count, read_exact
@@ -164,6 +165,26 @@ def _stored_mask(flat: np.ndarray) -> np.ndarray:
     if size in (1, 2, 4, 8):
         return flat.view(f"u{size}") != 0
     return flat.view(np.uint8).reshape(flat.size, size).any(axis=1)
+
+
+def _compact(flat: np.ndarray, stored: np.ndarray, nnz: int) -> np.ndarray:
+    """``flat[stored]`` (the same elements in the same order), in blocks on every core.
+
+    NumPy's boolean indexing branches on every element and runs ~5x slower on a random mask than
+    ``np.compress`` (positions, then a gather), which also writes each block's piece in place.
+    """
+    spans = block_ranges(flat.size)
+    counts = run_parallel(spans, lambda span: int(np.count_nonzero(stored[span[0] : span[1]])))
+    starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).tolist()
+    assert starts[-1] == nnz, (starts[-1], nnz)  # the planner counted the same mask
+    out = np.empty(nnz, flat.dtype)
+
+    def piece(i: int) -> None:
+        s, e = spans[i]
+        np.compress(stored[s:e], flat[s:e], out=out[starts[i] : starts[i + 1]])
+
+    run_parallel(range(len(spans)), piece)
+    return out
 
 
 def _param_shape(shape: tuple[int, ...], axis: int | None, group_size: int | None) -> tuple[int, ...]:
@@ -386,13 +407,13 @@ def _write_tensor(out: _CountingWriter, name: str, value: Value) -> dict[str, An
         entry["nnz"] = plan.nnz
         if plan.layout == "bitmask":
             blobs["mask"] = out.blob(np.packbits(stored, bitorder="little"))
-            kept = flat[stored]
+            kept = _compact(flat, stored, plan.nnz)
         else:
             assert positions is not None and gaps is not None  # the planner sized csr from them
             entry["width"] = plan.width
             entry["entries"] = plan.entries
             blobs["index"] = out.blob(_encode_gaps(gaps, plan.width, plan.entries))
-            kept = flat[positions]  # a few positions: cheaper than compacting by the whole mask
+            kept = flat.take(positions)  # the planner's positions: no second pass over the mask
     if isinstance(value, QuantizedArray):
         entry.update(
             kind="quantized",
