@@ -3,7 +3,8 @@
 Every algorithm takes and returns ``dict[str, numpy.ndarray]``. This package never
 imports torch or mxnet; the converters live in the separate ``adapters`` package.
 
-* pruning: :func:`prune_threshold`, :func:`prune_magnitude`, :func:`apply_masks`, :func:`sparsity`
+* pruning: :func:`prune_threshold`, :func:`prune_magnitude`, :func:`apply_masks`, :func:`sparsity`,
+  :func:`global_magnitude_threshold` (the global cut, streamed over a lazy reader)
 * quantization: :func:`quantize`, :func:`dequantize`, :class:`QuantizedArray`
 * files: :mod:`coreprune.io` (``load``, ``save``, ``open_weights``), :func:`save_compressed`,
   :func:`load_compressed`
@@ -29,7 +30,13 @@ from .arch import channel_shuffle
 from .compressed import load_compressed, save_compressed
 from .distill import kd_loss, kd_loss_and_grad
 from .errors import CompressionError, UnsafePickleError, WeightFileError
-from .pruning import apply_masks, prune_magnitude, prune_threshold
+from .pruning import (
+    GlobalThreshold,
+    apply_masks,
+    global_magnitude_threshold,
+    prune_magnitude,
+    prune_threshold,
+)
 from .quantization import QuantizedArray, dequantize, quantize
 from .selection import select
 from .stats import sparsity
@@ -44,6 +51,8 @@ __all__ = [
     "prune_threshold",
     "prune_magnitude",
     "apply_masks",
+    "global_magnitude_threshold",
+    "GlobalThreshold",
     "sparsity",
     "QuantizedArray",
     "quantize",

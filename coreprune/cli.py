@@ -1,11 +1,11 @@
 """The ``coreprune`` command line: inspect, prune, quantize, compress, decompress and convert weight files.
 
 Every command reads its input lazily, one tensor at a time (``--sparsity --global``
-excepted: one threshold over all selected tensors needs them all), and writes its
-output atomically -- a temporary file beside the output, renamed over it at the end --
-and never over its input. A user error (bad arguments, a missing or corrupted file, a
-tensor that cannot be compressed) prints one line ``coreprune: error: ...`` on stderr
-and exits with status 2. See ``docs/cli.md``.
+reads it two or three times: first to find the one threshold over all selected tensors,
+then to prune tensor by tensor), and writes its output atomically -- a temporary file
+beside the output, renamed over it at the end -- and never over its input. A user error
+(bad arguments, a missing or corrupted file, a tensor that cannot be compressed) prints
+one line ``coreprune: error: ...`` on stderr and exits with status 2. See ``docs/cli.md``.
 
 Run it as ``coreprune`` (the console script) or ``python -m coreprune``. Neither
 imports torch or mxnet: files written by either framework are read with NumPy alone.
@@ -31,7 +31,7 @@ from .inspect_stats import DEFAULT_THRESHOLD, TensorStats, tensor_stats, totals
 from .io import detect_format, open_weights, save
 from .io.base import TensorSpec, WeightReader, atomic_write
 from .name_mapping import MAPPINGS, torch_batch_norm_counters
-from .pruning import prune_magnitude, prune_threshold
+from .pruning import GlobalThreshold, _spec_view, global_magnitude_threshold, prune_magnitude, prune_threshold
 from .quantization import quantize
 from .selection import is_floating, select
 
@@ -246,17 +246,8 @@ class _Pipeline(WeightReader):
         return value
 
 
-def _stand_ins(reader: WeightReader) -> dict[str, np.ndarray]:
-    """Zero-memory arrays with each tensor's shape and dtype, so ``select`` never reads data."""
-    out = {}
-    for name in reader:
-        spec = reader.spec(name)
-        out[name] = np.broadcast_to(np.zeros((), spec.dtype), spec.shape)
-    return out
-
-
 def _selection(reader: WeightReader, args: argparse.Namespace) -> list[str]:
-    return select(_stand_ins(reader), args.include or None, args.exclude or None)
+    return select(_spec_view(reader), args.include or None, args.exclude or None)
 
 
 class _Counts:
@@ -269,18 +260,19 @@ class _Counts:
 def _prune_step(
     reader: WeightReader, selected: list[str], args: argparse.Namespace, counts: _Counts
 ) -> Callable[[str, np.ndarray], np.ndarray]:
-    """Per-tensor pruning; with ``--global`` the threshold over all selected tensors comes first."""
-    pruned_all: dict[str, np.ndarray] = {}
+    """Per-tensor pruning; with ``--global`` the threshold over all selected tensors comes first,
+    from passes over the reader that hold one tensor at a time."""
+    chosen = set(selected)
+    cut: list[GlobalThreshold] = []
 
     def step(name: str, w: np.ndarray) -> np.ndarray:
         if args.threshold is not None:
             out = prune_threshold({name: w}, args.threshold, include=_EVERYTHING)[0][name]
         elif args.global_:
-            if not pruned_all:  # first use: inside the writer, after the output path was checked
-                group = {n: np.asarray(reader[n]) for n in selected}
-                pruned, _ = prune_magnitude(group, args.sparsity, scope="global", include=_EVERYTHING)
-                pruned_all.update(pruned)
-            out = pruned_all[name]
+            if not cut:  # first use: inside the writer, after the output path was checked
+                picked = lambda n, _a: n in chosen  # noqa: E731 - the names selected above
+                cut.append(global_magnitude_threshold(reader, args.sparsity, include=picked))
+            out = cut[0].prune(name, w)[0]
         else:
             out = prune_magnitude({name: w}, args.sparsity, include=_EVERYTHING)[0][name]
         counts.pruned += 1
@@ -617,7 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
         how.add_argument("--sparsity", type=_fraction, metavar="S",
                          help="zero the round(S * n) smallest-|w| weights of each tensor")
         g.add_argument("--global", dest="global_", action="store_true",
-                       help="with --sparsity: one threshold over all selected tensors (loads them all)")
+                       help="with --sparsity: one threshold over all selected tensors (reads the input "
+                            "again to find it; still one tensor at a time)")
 
     def quant_options(p: argparse.ArgumentParser, required: bool) -> None:
         g = p.add_argument_group("quantization")

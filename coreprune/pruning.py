@@ -41,21 +41,37 @@ orders like the value. Each pass histograms 16 bits of every tensor with ``np.bi
 extra memory is one tensor's temporaries plus a 65536-bin histogram.
 :func:`_kth_smallest_abs_reference` is the plain concatenate-and-partition version the tests
 compare it with.
+
+Streaming the global threshold
+------------------------------
+:func:`global_magnitude_threshold` gives the global ranking's cut -- the k-th smallest magnitude
+``v`` and, per tensor, how many entries equal to ``v`` are removed -- so that each tensor can then
+be pruned on its own with :meth:`GlobalThreshold.prune`. On a lazy
+:class:`~coreprune.io.base.WeightReader` it reads one tensor at a time: a radix select on the
+bit patterns, 16 bits per pass over the file, until the bucket holding the k-th value has at most
+``N / 48`` values, then one more pass collects that bucket's values and ``np.partition`` finishes
+(float32 data: two passes; the bucket of the top 16 bits -- sign, exponent, 7 mantissa bits --
+typically holds well under 1 % of the values).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
 from . import _blocked, _kernels, _select
 from ._select import kth_smallest as _kth_smallest
 from .errors import CompressionError
+from .io.base import WeightReader
 from .selection import Pattern, check_weights, require_finite, select
 
-__all__ = ["prune_threshold", "prune_magnitude", "apply_masks"]
+__all__ = [
+    "prune_threshold", "prune_magnitude", "apply_masks", "global_magnitude_threshold", "GlobalThreshold",
+]
 
 _SCOPES = ("layer", "global")
 _DIGIT_BITS = 16
@@ -186,6 +202,291 @@ def _keep_mask(a: np.ndarray, v: np.generic, ties: int) -> tuple[np.ndarray, int
     equal = np.flatnonzero(a == v)
     keep[equal[ties:]] = True
     return keep, ties - min(ties, equal.size)
+
+
+def _spec_view(weights: WeightReader) -> dict[str, np.ndarray]:
+    """Zero-memory stand-ins with each tensor's shape and dtype, so ``select`` reads no data."""
+    out = {}
+    for name in weights:
+        spec = weights.spec(name)
+        out[name] = np.broadcast_to(np.zeros((), spec.dtype), spec.shape)
+    return out
+
+
+def _check_sparsity(sparsity: object) -> float:
+    s = _real(sparsity, "sparsity")
+    if not 0.0 <= s <= 1.0:
+        raise CompressionError(f"sparsity must be in [0, 1], got {s}")
+    return s
+
+
+@dataclass(frozen=True)
+class GlobalThreshold:
+    """The cut of a global magnitude ranking (see :func:`global_magnitude_threshold`).
+
+    Attributes
+    ----------
+    value : float
+        ``v``, the k-th smallest ``|w|`` of the selected tensors (exact: a float32 or float64
+        magnitude as a Python float); ``-inf`` when ``k == 0``.
+    removed_at_value : dict[str, int]
+        For each selected name, in mapping order: how many of its entries with ``|w| == v`` are
+        removed -- the first ones in flat C order. The counts fill up in mapping order:
+        earlier tensors lose all their ties before a later tensor loses any.
+    k : int
+        Entries removed in all, ``round(sparsity * total)``.
+    total : int
+        ``N``, the number of entries of the selected tensors.
+    work : str
+        ``"float32"`` or ``"float64"``: the dtype every ``|w|`` is compared in (float64 when a
+        selected tensor is float64).
+    """
+
+    value: float
+    removed_at_value: dict[str, int]
+    k: int
+    total: int
+    work: str
+    _equal: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    _per_block: dict[str, list[int]] = field(default_factory=dict, repr=False, compare=False)
+
+    def prune(self, name: str, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Prune one selected tensor: remove every ``|w| < value`` and the first
+        ``removed_at_value[name]`` entries equal to ``value``.
+
+        Parameters
+        ----------
+        name : str
+            A selected name (a key of ``removed_at_value``).
+        w : numpy.ndarray
+            That tensor, the same data the threshold was computed from.
+
+        Returns
+        -------
+        (pruned, mask) : (numpy.ndarray, numpy.ndarray)
+            As one entry of :func:`prune_magnitude`'s results: ``w``'s shape and dtype with removed
+            entries exactly ``+0``, and the bool keep-mask.
+
+        Raises
+        ------
+        CompressionError
+            ``name`` was not selected.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> w = {"a": np.array([[1.0, -4.0], [3.0, 2.0]]), "b": np.array([[0.5, 5.0]])}
+        >>> t = global_magnitude_threshold(w, 0.5)
+        >>> t.prune("a", w["a"])[0].tolist()
+        [[0.0, -4.0], [3.0, 0.0]]
+        """
+        if name not in self.removed_at_value:
+            raise CompressionError(f"tensor {name!r} was not selected for this global threshold")
+        w = np.asarray(w)
+        if _kernels.eligible(w):
+            return _blocked.run_job(self._prune_job(name, w))
+        return self._prune_reference(name, w)
+
+    def _prune_reference(self, name: str, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        work = np.dtype(self.work)
+        keep, _ = _keep_mask(_abs_flat(w, work), work.type(self.value), self.removed_at_value[name])
+        keep = keep.reshape(w.shape)
+        return _zero_where_false(w, keep), keep
+
+    def _prune_job(self, name: str, w: np.ndarray) -> _blocked.Job:
+        """Fast path (a job) of :meth:`prune` for a C-contiguous fast-float tensor."""
+        work = np.dtype(self.work)
+        v = work.type(self.value)
+        removed = self.removed_at_value[name]
+        if removed == self._equal.get(name, 0):  # every entry equal to v goes (or there is none)
+            job = _kernels.prune_job(w, v, work)
+        elif removed == 0:  # |w| >= v is |w| > (the float just below v)
+            job = _kernels.prune_job(w, np.nextafter(v, work.type(-np.inf)), work)
+        else:
+            ties = self._per_block.get(name)
+            if ties is None:
+                ties = yield from _kernels.count_equal_job(w, v, work)
+            skips, remaining = [], removed
+            for n_equal in ties:
+                skips.append(min(remaining, n_equal))
+                remaining -= skips[-1]
+            job = _kernels.prune_job(w, v, work, skips, ties)
+        pruned, keep, _ = yield from job
+        return pruned, keep
+
+
+def global_magnitude_threshold(
+    weights: Mapping[str, np.ndarray],
+    sparsity: float,
+    *,
+    include: Pattern = None,
+    exclude: Pattern = None,
+) -> GlobalThreshold:
+    """The exact cut of ``prune_magnitude(weights, sparsity, scope="global")``, tensor by tensor.
+
+    All selected entries (``N`` in all) are ranked by ``(|w|, tensor position in the mapping,
+    flat C-order index)`` and the ``k = round(sparsity * N)`` lowest are removed. With ``v`` the
+    k-th smallest magnitude, that is: every ``|w| < v``, plus the first ``r`` entries equal to ``v``
+    in (tensor, C-order) order, where ``r >= 1`` of the entries equal to ``v`` rank among the ``k``.
+    The result records ``v`` and, per tensor, its share of those ``r``, so that
+    :meth:`GlobalThreshold.prune` can prune each tensor on its own with exactly the masks of
+    :func:`prune_magnitude`.
+
+    On a lazy :class:`~coreprune.io.base.WeightReader` the tensors are read one at a time (two
+    or three passes over the file, see the module docstring), so the memory needed is one
+    tensor's plus the candidates of the last pass (at most ``N / 48`` values, typically
+    ``< N / 100``); names are selected from the header without reading data. Other mappings
+    are ranked all together by the in-memory selection (:mod:`coreprune._select`).
+
+    Parameters
+    ----------
+    weights : Mapping[str, numpy.ndarray]
+        Name to array, or a lazy reader. Not modified.
+    sparsity : float
+        Fraction to remove, in ``[0, 1]``.
+    include, exclude : glob, list of globs, predicate, or None
+        Which tensors to rank, see :func:`coreprune.selection.select`.
+
+    Returns
+    -------
+    GlobalThreshold
+
+    Raises
+    ------
+    CompressionError
+        ``sparsity`` outside ``[0, 1]`` or NaN; NaN/Inf in a selected tensor (the first one in
+        mapping order is named).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> w = {"a": np.array([[1.0, 2.0], [2.0, 5.0]]), "b": np.array([[2.0, 0.5]])}
+    >>> t = global_magnitude_threshold(w, 0.5)      # k = 3 of 6: 0.5, 1.0 and one of the 2.0s
+    >>> t.value, t.removed_at_value, t.k
+    (2.0, {'a': 1, 'b': 0}, 3)
+    """
+    s = _check_sparsity(sparsity)
+    lazy = isinstance(weights, WeightReader)
+    view: Mapping[str, np.ndarray] = _spec_view(weights) if lazy else weights
+    names = select(view, include, exclude)
+    total = sum(int(view[n].size) for n in names)
+    k = round(s * total)
+    # one comparison dtype for all, so that magnitudes from different dtypes rank exactly
+    wide = any(_work_dtype(view[n].dtype).itemsize == 8 for n in names)
+    work = np.dtype(np.float64 if wide else np.float32)
+    per_block: dict[str, list[int]] = {}
+    if lazy:
+        v, ties, equal = _stream_select(weights, names, total, k, work)
+    else:
+        tensors = [weights[n] for n in names]
+        v, ties, equal = work.type(-np.inf), 0, [0] * len(names)
+        if k > 0 and _fast_tensors(tensors):
+            sel = _blocked.run_job(_select.select_job(tensors, k, work))
+            if sel.nonfinite is not None:
+                require_finite(names[sel.nonfinite], tensors[sel.nonfinite])
+            v, ties = sel.value, sel.ties
+            blocks = sel.per_block
+            if blocks is None:  # the radix fallback ran: count the entries equal to v per block
+                blocks = _blocked.run_jobs([_kernels.count_equal_job(w, v, work) for w in tensors])
+            per_block = dict(zip(names, blocks))
+            equal = [sum(b) for b in blocks]
+        else:
+            for name in names:
+                require_finite(name, weights[name])
+            if k > 0:
+                v, ties = _kth_smallest_abs(tensors, k, work)
+                equal = [int(np.count_nonzero(_abs_flat(w, work) == v)) for w in tensors]
+    removed, remaining = {}, ties
+    for name, n_equal in zip(names, equal):
+        removed[name] = min(remaining, n_equal)
+        remaining -= removed[name]
+    return GlobalThreshold(
+        float(v), removed, k, total, work.name, dict(zip(names, equal)), per_block
+    )
+
+
+def _flat(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    return np.ascontiguousarray(weights[name]).reshape(-1)
+
+
+def _histogram_block(
+    flat: np.ndarray, span: tuple[int, int], *, work: np.dtype, known: int, prefix: int, check: bool
+) -> np.ndarray | None:
+    """Counts of the 16-bit digit after the ``known`` top bits of the magnitudes in ``flat[span]``
+    whose top bits equal ``prefix``; None if ``check`` and the block holds NaN/Inf."""
+    a = _kernels.work_abs(flat[span[0] : span[1]], work)
+    if check and a.size and not np.isfinite(np.maximum.reduce(a)):  # NaN propagates through max
+        return None
+    uint = np.dtype(f"u{work.itemsize}")
+    nbits = 8 * work.itemsize
+    key = a.view(uint)
+    if known:
+        key = key[(key >> uint.type(nbits - known)) == uint.type(prefix)]
+    digit = ((key >> uint.type(nbits - known - _DIGIT_BITS)) & uint.type(0xFFFF)).astype(np.intp)
+    return np.bincount(digit, minlength=1 << _DIGIT_BITS)
+
+
+def _bucket_block(
+    flat: np.ndarray, span: tuple[int, int], *, work: np.dtype, known: int, prefix: int, check: bool
+) -> np.ndarray | None:
+    """The magnitudes in ``flat[span]`` whose ``known`` top bits equal ``prefix`` (a new array)."""
+    a = _kernels.work_abs(flat[span[0] : span[1]], work)
+    if check and a.size and not np.isfinite(np.maximum.reduce(a)):
+        return None
+    if not known:
+        return a.copy()
+    uint = np.dtype(f"u{work.itemsize}")
+    return a[(a.view(uint) >> uint.type(8 * work.itemsize - known)) == uint.type(prefix)]
+
+
+def _count_block(flat: np.ndarray, span: tuple[int, int], *, work: np.dtype, v: np.generic) -> int:
+    return int(np.count_nonzero(_kernels.work_abs(flat[span[0] : span[1]], work) == v))
+
+
+def _per_tensor(weights: Mapping[str, np.ndarray], name: str, fn: partial) -> list:
+    """``fn(flat, span)`` for every block of one tensor, read now and released after."""
+    flat = _flat(weights, name)
+    out = _blocked.run_parallel(_blocked.block_ranges(flat.size), partial(fn, flat))
+    if any(r is None for r in out):
+        require_finite(name, flat)
+    return out
+
+
+def _stream_select(
+    weights: Mapping[str, np.ndarray], names: Sequence[str], total: int, k: int, work: np.dtype
+) -> tuple[np.generic, int, list[int]]:
+    """``(v, r, equal)`` over tensors read one at a time: the k-th smallest magnitude, how many
+    entries equal to it are among the ``k``, and each tensor's count of entries equal to it.
+    Raises for the first tensor holding NaN/Inf. ``k == 0``: ``(-inf, 0, zeros)``, after checking."""
+    if k == 0:
+        for name in names:
+            require_finite(name, weights[name])
+        return work.type(-np.inf), 0, [0] * len(names)
+    nbits = 8 * work.itemsize
+    budget = max(_select.CANDIDATE_MIN, total // _select.CANDIDATE_SHARE)
+    prefix, known, remaining, bucket, check = 0, 0, k, total, True
+    while bucket > budget and known < nbits:  # one histogram pass per 16 bits
+        hist = np.zeros(1 << _DIGIT_BITS, dtype=np.int64)
+        step = partial(_histogram_block, work=work, known=known, prefix=prefix, check=check)
+        for name in names:
+            for h in _per_tensor(weights, name, step):
+                hist += h
+        check = False
+        cumulative = np.cumsum(hist)
+        d = int(np.searchsorted(cumulative, remaining))  # first digit whose bucket reaches the rank
+        remaining -= int(cumulative[d - 1]) if d > 0 else 0
+        bucket = int(hist[d])
+        prefix, known = (prefix << _DIGIT_BITS) | d, known + _DIGIT_BITS
+    if known == nbits:  # the bucket is one value: count it per tensor
+        uint = np.dtype(f"u{work.itemsize}")
+        v = np.array(prefix, dtype=uint).view(work)[()]
+        count = partial(_count_block, work=work, v=v)
+        equal = [sum(_per_tensor(weights, n, count)) for n in names]
+        return v, remaining, equal
+    collect = partial(_bucket_block, work=work, known=known, prefix=prefix, check=check)
+    candidates = [np.concatenate([np.zeros(0, work), *_per_tensor(weights, n, collect)]) for n in names]
+    v, r = _select._kth_in_place(candidates, remaining)
+    return v, r, [int(np.count_nonzero(c == v)) for c in candidates]
 
 
 def prune_threshold(
@@ -351,26 +652,12 @@ def prune_magnitude(
             v, ties = _kth_smallest(a, k)
             flat_keep[name], _ = _keep_mask(a, v, ties)
     else:
-        tensors = [weights[name] for name in names]
-        total = sum(w.size for w in tensors)
-        k = round(s * total)
-        # one comparison dtype for all, so that magnitudes from different dtypes rank exactly
-        wide = any(_work_dtype(w.dtype).itemsize == 8 for w in tensors)
-        work = np.dtype(np.float64 if wide else np.float32)
-        if k > 0 and _fast_tensors(tensors):
-            result = _blocked.run_job(_prune_smallest_job(tensors, k, work))
-            if isinstance(result, int):  # the first tensor holding NaN/Inf
-                require_finite(names[result], tensors[result])
-            done = dict(zip(names, result))
-        else:
-            for name in names:
-                require_finite(name, weights[name])
-        if k == 0:
-            flat_keep = {name: np.ones(weights[name].size, dtype=bool) for name in names}
-        elif not done:
-            v, ties = _kth_smallest_abs(tensors, k, work)
-            for name in names:
-                flat_keep[name], ties = _keep_mask(_abs_flat(weights[name], work), v, ties)
+        cut = global_magnitude_threshold(weights, s, include=include, exclude=exclude)
+        fast = [n for n in names if _kernels.eligible(weights[n])]
+        done = dict(zip(fast, _blocked.run_jobs([cut._prune_job(n, weights[n]) for n in fast])))
+        for name in names:
+            if name not in done:
+                done[name] = cut._prune_reference(name, weights[name])
     pruned = dict(weights)
     masks: dict[str, np.ndarray] = {}
     for name in names:
