@@ -46,7 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from coreprune import load_compressed, prune_magnitude, quantize  # noqa: E402
+from coreprune import global_magnitude_threshold, load_compressed, prune_magnitude, quantize  # noqa: E402
 from coreprune.io import save  # noqa: E402
 
 ROWS, COLS = 1024, 4096
@@ -137,11 +137,16 @@ def check_output(cpz: Path, checkpoint: LazyCheckpoint, compress_args: list[str]
     opts.add_argument("--axis", type=int)
     opts.add_argument("--group-size", type=int)
     opts.add_argument("--affine", action="store_true")
+    opts.add_argument("--global", dest="global_", action="store_true")
     a, _ = opts.parse_known_args(compress_args)
     stored = load_compressed(cpz)
+    # --global ranks all tensors together: one streamed threshold over the whole checkpoint.
+    ranked = global_magnitude_threshold(checkpoint, a.sparsity) if a.global_ and a.sparsity else None
     for name in (checkpoint.name(0), checkpoint.name(len(checkpoint) - 1)):
         w = {name: checkpoint[name]}
-        if a.sparsity is not None:
+        if ranked is not None:
+            w = {name: ranked.prune(name, w[name])[0]}
+        elif a.sparsity is not None:
             w = prune_magnitude(w, a.sparsity)[0]
         if a.bits is None:
             if not np.array_equal(np.asarray(stored[name]), w[name]):
