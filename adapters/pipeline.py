@@ -90,7 +90,8 @@ class PipelineConfig:
         Passes over the 1,347 training images for each training stage.
     lr, finetune_lr, student_lr : float
         Adam's learning rates (teacher and fine-tuning decay with a cosine schedule).
-    batch_size : int
+    batch_size, student_batch_size : int
+        Batch sizes of the teacher's training and fine-tuning, and of the students'.
     threshold : float
         Stage 2's magnitude threshold (``|w| <= threshold`` is pruned), on the conv weights only.
     conv_pattern : tuple of str
@@ -114,13 +115,14 @@ class PipelineConfig:
 
     framework: str = "torch"
     seed: int = 0
-    teacher_epochs: int = 12
+    teacher_epochs: int = 15
     finetune_epochs: int = 4
-    student_epochs: int = 12
-    lr: float = 2e-3
+    student_epochs: int = 15
+    lr: float = 3e-3
     finetune_lr: float = 1e-3
-    student_lr: float = 3e-3
-    batch_size: int = 64
+    student_lr: float = 1e-2
+    batch_size: int = 32
+    student_batch_size: int = 64
     threshold: float = 0.05
     conv_pattern: tuple[str, ...] = ("conv*.weight",)
     sparsity: float = 0.9
@@ -143,6 +145,7 @@ class PipelineConfig:
             "finetune_epochs",
             "student_epochs",
             "batch_size",
+            "student_batch_size",
             "student_seeds",
             "latency_batch",
             "latency_repeats",
@@ -376,50 +379,31 @@ def run_pipeline(
             [_accuracy(backend, model, split)],
         )
 
+        def fine_tune(name: str, description: str, pruned: dict, masks: dict) -> dict[str, np.ndarray]:
+            """Load the pruned weights, fine-tune with the masks kept, record and return the result."""
+            backend.load(model, pruned)
+            backend.fit(model, split.x_train, split.y_train, epochs=config.finetune_epochs,
+                        lr=config.finetune_lr, masks=masks, **fit)  # fmt: skip
+            tuned = backend.weights(model)
+            record(name, description, tuned, model, [_accuracy(backend, model, split)])
+            return tuned
+
         # 2. Threshold-prune the conv layers, fine-tune with the masks kept.
         ticker.stage("threshold + fine-tune")
-        pruned, masks = coreprune.prune_threshold(base, config.threshold, include=list(config.conv_pattern))
-        backend.load(model, pruned)
-        backend.fit(
-            model,
-            split.x_train,
-            split.y_train,
-            epochs=config.finetune_epochs,
-            lr=config.finetune_lr,
-            masks=masks,
-            **fit,
-        )
-        tuned = backend.weights(model)
         conv = ", ".join(config.conv_pattern)
-        record(
+        tuned = fine_tune(
             "threshold",
             f"|w| <= {config.threshold:g} zeroed in {conv}, fine-tuned",
-            tuned,
-            model,
-            [_accuracy(backend, model, split)],
+            *coreprune.prune_threshold(base, config.threshold, include=list(config.conv_pattern)),
         )
 
         # 3. Magnitude-prune to the target sparsity; earlier zeros are the smallest, so they stay pruned.
         ticker.stage(f"{config.sparsity:.0%} sparse + fine-tune")
-        pruned, masks = coreprune.prune_magnitude(tuned, config.sparsity, scope=config.scope)
-        backend.load(model, pruned)
-        backend.fit(
-            model,
-            split.x_train,
-            split.y_train,
-            epochs=config.finetune_epochs,
-            lr=config.finetune_lr,
-            masks=masks,
-            **fit,
-        )
-        sparse = backend.weights(model)
         sparse_name = f"sparse{round(100 * config.sparsity)}"
-        record(
+        sparse = fine_tune(
             sparse_name,
             f"{config.sparsity:.0%} of the weight matrices zeroed ({config.scope}), fine-tuned",
-            sparse,
-            model,
-            [_accuracy(backend, model, split)],
+            *coreprune.prune_magnitude(tuned, config.sparsity, scope=config.scope),
         )
 
         # 4. Quantize the sparse model; zeros stay zero (symmetric codes), so the cpz keeps them sparse.
@@ -454,7 +438,7 @@ def run_pipeline(
                     alpha=alpha,
                     epochs=config.student_epochs,
                     lr=config.student_lr,
-                    batch_size=config.batch_size,
+                    batch_size=config.student_batch_size,
                     seed=seed,
                 )
                 ticker.tick(config.student_epochs)

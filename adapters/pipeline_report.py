@@ -194,15 +194,19 @@ def write_plot(stages: Sequence[Stage], path: str | os.PathLike, *, title: str =
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for s in stages:
+    for i, s in enumerate(stages):
         left.errorbar(s.disk_bytes, s.accuracy, yerr=s.accuracy_std or None, fmt="o", capsize=3)
+        # Alternate the labels above and below: neighbouring stages often share an accuracy.
+        offset = (4, 5) if i % 2 == 0 else (4, -11)
         left.annotate(
-            s.name, (s.disk_bytes, s.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=8
+            s.name, (s.disk_bytes, s.accuracy), textcoords="offset points", xytext=offset, fontsize=8
         )
     left.set_xscale("log")
+    left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     left.set_xlabel("bytes on disk (.cpz)")
     left.set_ylabel("test accuracy (%)")
     left.grid(True, which="both", alpha=0.3)

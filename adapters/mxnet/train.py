@@ -150,9 +150,14 @@ class MXNetBackend:
     ) -> list[float]:
         """Train ``student`` with :class:`adapters.mxnet.distill.KDLoss`; ``alpha=0`` is plain cross-entropy.
 
-        Both arms of the KD comparison go through this one loop (same batches, optimizer and
-        epochs), so only the loss differs.
+        Both arms of the KD comparison go through this one loop (same batches, Adam with the
+        cosine schedule of :meth:`fit`, same epochs), so only the loss differs.
         """
+        steps = epochs * -(-len(y) // batch_size)
+        schedule = mx.lr_scheduler.CosineScheduler(max_update=steps, base_lr=lr, final_lr=0.0)
+        trainer = gluon.Trainer(
+            student.collect_params(), "adam", {"learning_rate": lr, "lr_scheduler": schedule}
+        )
         return distill_student(
             student,
             teacher,
@@ -160,8 +165,8 @@ class MXNetBackend:
             temperature=temperature,
             alpha=alpha,
             epochs=epochs,
-            lr=lr,
             batch_size=batch_size,
+            trainer=trainer,
             seed=seed,
         )
 
@@ -171,12 +176,12 @@ class MXNetBackend:
         return np.concatenate(parts)
 
     def latency(self, model: gluon.Block, batch: np.ndarray, repeats: int) -> float:
-        """Median seconds of one inference forward pass on ``batch``, after two warm-up passes."""
+        """Median seconds of one inference forward pass on ``batch``, after five warm-up passes."""
         inputs = mx.nd.array(batch)
         times = []
-        for i in range(repeats + 2):
+        for i in range(repeats + 5):
             start = time.perf_counter()
             model(inputs).wait_to_read()
-            if i >= 2:
+            if i >= 5:
                 times.append(time.perf_counter() - start)
         return float(np.median(times))

@@ -154,6 +154,7 @@ def distill_student(
     lr: float = 1e-3,
     batch_size: int = 64,
     optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     seed: int = 0,
 ) -> list[float]:
     """Train ``student`` to imitate ``teacher`` with :func:`kd_loss`; returns the mean loss of each epoch.
@@ -182,6 +183,9 @@ def distill_student(
         Used only when ``data`` is a pair of arrays.
     optimizer : torch.optim.Optimizer, optional
         Over the student's parameters; default ``Adam(student.parameters(), lr)``.
+    scheduler : torch.optim.lr_scheduler.LRScheduler, optional
+        Stepped after every optimizer step (per batch, not per epoch), e.g.
+        ``CosineAnnealingLR(optimizer, T_max=epochs * batches_per_epoch)``.
     seed : int
         Seed of the shuffling generator.
 
@@ -230,6 +234,8 @@ def distill_student(
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                if scheduler is not None:
+                    scheduler.step()
                 total += loss.item() * labels.shape[0]
                 count += labels.shape[0]
             if count == 0:

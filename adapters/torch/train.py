@@ -144,9 +144,11 @@ class TorchBackend:
     ) -> list[float]:
         """Train ``student`` with :func:`adapters.torch.distill.kd_loss`; ``alpha=0`` is plain cross-entropy.
 
-        Both arms of the KD comparison go through this one loop (same batches, optimizer and
-        epochs), so only the loss differs.
+        Both arms of the KD comparison go through this one loop (same batches, Adam with the
+        cosine schedule of :meth:`fit`, same epochs), so only the loss differs.
         """
+        optimizer = torch.optim.Adam(student.parameters(), lr=lr)
+        steps = epochs * -(-len(y) // batch_size)
         history = distill_student(
             student,
             teacher,
@@ -154,8 +156,9 @@ class TorchBackend:
             temperature=temperature,
             alpha=alpha,
             epochs=epochs,
-            lr=lr,
             batch_size=batch_size,
+            optimizer=optimizer,
+            scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps),
             seed=seed,
         )
         student.eval()
@@ -169,14 +172,14 @@ class TorchBackend:
         return torch.cat(parts).numpy()
 
     def latency(self, model: nn.Module, batch: np.ndarray, repeats: int) -> float:
-        """Median seconds of one inference forward pass on ``batch``, after two warm-up passes."""
+        """Median seconds of one inference forward pass on ``batch``, after five warm-up passes."""
         model.eval()
         inputs = torch.from_numpy(batch)
         times = []
         with torch.inference_mode():
-            for i in range(repeats + 2):
+            for i in range(repeats + 5):
                 start = time.perf_counter()
                 model(inputs)
-                if i >= 2:
+                if i >= 5:
                     times.append(time.perf_counter() - start)
         return float(np.median(times))

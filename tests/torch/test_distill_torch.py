@@ -160,3 +160,15 @@ def test_distill_rejects_bad_arguments(kwargs, match):
         distill_student(student, teacher, (x, y), **kwargs)
     with pytest.raises(CompressionError, match="same length"):
         distill_student(student, teacher, (x, y[:10]))
+
+
+def test_distill_steps_a_scheduler_once_per_batch():
+    teacher, student, x, y = _models()
+    optimizer = torch.optim.Adam(student.parameters(), lr=0.01)
+    steps = 3 * 6  # 256 samples in batches of 50: 6 per epoch
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    distill_student(
+        student, teacher, (x, y), epochs=3, batch_size=50, optimizer=optimizer, scheduler=scheduler
+    )
+    assert scheduler.last_epoch == steps
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # decayed to the end
