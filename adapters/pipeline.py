@@ -44,6 +44,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 import coreprune
+from coreprune.arch import conv2d_cost, linear_cost, mobilenet_student_cost, squeezenet_student_cost
 from coreprune.errors import CompressionError
 
 from .digits import DigitsSplit, load_digits_28
@@ -65,7 +66,7 @@ class Backend(Protocol):
 
     def seed(self, seed: int) -> None: ...
     def teacher(self) -> Any: ...
-    def student(self, kind: str, width: float) -> Any: ...
+    def student(self, kind: str, width: float, pool: int = 1) -> Any: ...
     def num_parameters(self, model: Any) -> int: ...
     def weights(self, model: Any) -> dict[str, np.ndarray]: ...
     def load(self, model: Any, weights: Mapping[str, np.ndarray]) -> None: ...
@@ -105,6 +106,9 @@ class PipelineConfig:
     student : {"mobilenet", "squeezenet"}
     width : float
         The MobileNet student's width multiplier alpha.
+    resolution : float
+        The student's resolution multiplier rho = 1/k for a k dividing 28: it sees the images
+        average-pooled k x k (``0.5``: 14x14, a quarter of the multiply-accumulates).
     temperature, kd_alpha : float
         Distillation temperature ``T`` and weight of the soft term.
     student_seeds : int
@@ -117,7 +121,7 @@ class PipelineConfig:
     seed: int = 0
     teacher_epochs: int = 15
     finetune_epochs: int = 4
-    student_epochs: int = 15
+    student_epochs: int = 25
     lr: float = 3e-3
     finetune_lr: float = 1e-3
     student_lr: float = 1e-2
@@ -130,8 +134,9 @@ class PipelineConfig:
     bits: tuple[int, ...] = (8, 4)
     student: str = "mobilenet"
     width: float = 0.5
-    temperature: float = 4.0
-    kd_alpha: float = 0.9
+    resolution: float = 0.5
+    temperature: float = 2.0
+    kd_alpha: float = 0.5
     student_seeds: int = 3
     latency_batch: int = 64
     latency_repeats: int = 20
@@ -161,6 +166,11 @@ class PipelineConfig:
             raise CompressionError(f"sparsity must lie in [0, 1), got {self.sparsity}")
         if self.scope not in ("global", "layer"):
             raise CompressionError(f"scope must be 'global' or 'layer', got {self.scope!r}")
+        pool = round(1.0 / self.resolution) if self.resolution > 0 else 0
+        if pool < 1 or abs(pool * self.resolution - 1.0) > 1e-6 or 28 % pool:
+            raise CompressionError(
+                f"resolution must be 1/k for a k dividing 28 (1, 0.5, 0.25, ...), got {self.resolution!r}"
+            )
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise CompressionError(f"kd_alpha must lie in [0, 1], got {self.kd_alpha}")
         if self.student not in ("mobilenet", "squeezenet"):
@@ -281,6 +291,18 @@ def _counts(weights: Mapping[str, Any]) -> tuple[int, int]:
     return sum(int(np.size(v)) for v in dense.values()), sum(int(np.count_nonzero(v)) for v in dense.values())
 
 
+def _macs(config: PipelineConfig) -> tuple[int, int]:
+    """Multiply-accumulates per image of LeNet and of the configured student (:mod:`coreprune.arch`)."""
+    lenet = (
+        conv2d_cost(1, 20, 5, 24) + conv2d_cost(20, 50, 3, 10) + linear_cost(1250, 128) + linear_cost(128, 10)
+    )
+    if config.student == "mobilenet":
+        student = mobilenet_student_cost(config.width, rho=config.resolution)
+    else:
+        student = squeezenet_student_cost(input_size=round(28 * config.resolution))
+    return lenet.macs, student.macs
+
+
 def _save(weights: Mapping[str, Any], out: Path, name: str, files: dict[str, str]) -> int:
     path = out / f"{name}.cpz"
     coreprune.save_compressed(weights, path, metadata={"stage": name})
@@ -335,11 +357,17 @@ def run_pipeline(
         config.teacher_epochs + 2 * config.finetune_epochs + 2 * config.student_seeds * config.student_epochs
     )
     ticker = _Ticker(total, quiet)
+    lenet_macs, student_macs = _macs(config)
     stages: list[Stage] = []
     files: dict[str, str] = {}
 
     def record(
-        name: str, description: str, weights: Mapping[str, Any], model: Any, accuracies: Sequence[float]
+        name: str,
+        description: str,
+        weights: Mapping[str, Any],
+        model: Any,
+        accuracies: Sequence[float],
+        macs: int = lenet_macs,
     ) -> Stage:
         values, nonzero = _counts(weights)
         row = Stage(
@@ -355,6 +383,7 @@ def run_pipeline(
             accuracy_std=float(statistics.stdev(accuracies)) if len(accuracies) > 1 else 0.0,
             accuracies=[float(a) for a in accuracies],
             latency_ms=1000.0 * backend.latency(model, batch, config.latency_repeats),
+            macs=macs,
         )
         stages.append(row)
         say(f"{name:<14} acc {row.accuracy:6.2f}%  {row.disk_bytes:>9,d} B  sparsity {row.sparsity:.1%}")
@@ -421,14 +450,16 @@ def run_pipeline(
         # 5. Students without and with distillation from the baseline teacher.
         teacher = backend.teacher()
         backend.load(teacher, base)
-        kind = config.student if config.student == "squeezenet" else f"mobilenet a={config.width:g}"
+        side = round(28 * config.resolution)
+        kind = "squeezenet" if config.student == "squeezenet" else f"mobilenet a={config.width:g}"
+        kind += f" at {side}x{side}"
         for name, alpha in (("student", 0.0), ("student-kd", config.kd_alpha)):
             ticker.stage(name)
             accuracies, first = [], None
             for i in range(config.student_seeds):
                 seed = config.seed + i
                 backend.seed(seed)
-                student = backend.student(config.student, config.width)
+                student = backend.student(config.student, config.width, round(1.0 / config.resolution))
                 backend.distil(
                     student,
                     teacher,
@@ -451,6 +482,7 @@ def run_pipeline(
                 first[1],
                 first[0],
                 accuracies,
+                macs=student_macs,
             )
     finally:
         ticker.close()
@@ -497,6 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a short run (few epochs, one student seed)")
     p.add_argument("--student", choices=["mobilenet", "squeezenet"], default=d.student)
     p.add_argument("--width", type=float, default=d.width, help="MobileNet width multiplier alpha")
+    p.add_argument(
+        "--resolution", type=float, default=d.resolution, help="student's resolution multiplier 1/k"
+    )
     p.add_argument("--threshold", type=float, default=d.threshold)
     p.add_argument("--sparsity", type=float, default=d.sparsity)
     p.add_argument("--scope", choices=["global", "layer"], default=d.scope)
@@ -519,6 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         student=args.student,
         width=args.width,
+        resolution=args.resolution,
         threshold=args.threshold,
         sparsity=args.sparsity,
         scope=args.scope,

@@ -43,6 +43,9 @@ class Stage:
         Per seed.
     latency_ms : float
         Median CPU milliseconds of one inference forward pass on one batch.
+    macs : int
+        Multiply-accumulates of one image's forward pass, from :mod:`coreprune.arch` (dense:
+        pruning and quantization do not change it here); 0 when unknown.
     sparsity : float
         ``1 - nonzero / stored_values`` (computed).
 
@@ -65,6 +68,7 @@ class Stage:
     accuracy_std: float
     accuracies: list[float]
     latency_ms: float
+    macs: int = 0
     sparsity: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -141,7 +145,7 @@ def format_report(report: Mapping[str, Any]) -> str:
     stages = report["stages"]
     base_bytes = next((s["float32_bytes"] for s in stages if s["name"] == "baseline"), None)
     header = (
-        f"{'stage':<16}{'params':>9}{'nonzero':>9}{'sparsity':>9}{'disk (B)':>11}{'smaller':>9}"
+        f"{'stage':<16}{'params':>9}{'MACs':>11}{'sparsity':>9}{'disk (B)':>11}{'smaller':>9}"
         f"{'accuracy %':>14}{'ms/batch':>10}"
     )
     lines = [header, "-" * len(header)]
@@ -149,7 +153,7 @@ def format_report(report: Mapping[str, Any]) -> str:
         smaller = f"{base_bytes / s['disk_bytes']:.1f}x" if base_bytes else "-"
         acc = f"{s['accuracy']:.2f}" + (f"±{s['accuracy_std']:.2f}" if len(s["accuracies"]) > 1 else "")
         lines.append(
-            f"{s['name']:<16}{s['parameters']:>9,d}{s['nonzero']:>9,d}{s['sparsity']:>9.1%}"
+            f"{s['name']:<16}{s['parameters']:>9,d}{s.get('macs', 0):>11,d}{s['sparsity']:>9.1%}"
             f"{s['disk_bytes']:>11,d}{smaller:>9}{acc:>14}{s['latency_ms']:>10.2f}"
         )
     lines.append("")

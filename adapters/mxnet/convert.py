@@ -275,6 +275,3 @@ def load_numpy(target: Collection, weights: Mapping[str, np.ndarray], *, strict:
         else:
             value[:] = values[name]
     return report
-
-
-

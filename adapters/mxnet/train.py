@@ -50,9 +50,19 @@ class MXNetBackend:
         net.hybridize()
         return net
 
-    def student(self, kind: str, width: float) -> gluon.HybridBlock:
-        """A MobileNet (``kind="mobilenet"``, width multiplier ``width``) or SqueezeNet student."""
+    def student(self, kind: str, width: float, pool: int = 1) -> gluon.HybridBlock:
+        """A MobileNet (``kind="mobilenet"``, width multiplier ``width``) or SqueezeNet student.
+
+        With ``pool > 1`` the student sees its input average-pooled ``pool x pool`` (MobileNet's
+        resolution multiplier ``rho = 1 / pool``): ``HybridSequential(AvgPool2D(pool), student)``,
+        so it still takes the teacher's 28x28 batches and its parameters are named ``1.<name>``,
+        as in PyTorch.
+        """
         net = mobilenet_student(width) if kind == "mobilenet" else squeezenet_student()
+        if pool > 1:
+            wrapped = gluon.nn.HybridSequential()
+            wrapped.add(gluon.nn.AvgPool2D(pool_size=pool, strides=pool), net)
+            net = wrapped
         net.initialize(mx.init.Xavier(magnitude=2.0), ctx=mx.cpu())
         net(mx.nd.zeros((1, 1, 28, 28)))  # resolve deferred shapes before anything reads them
         net.hybridize()

@@ -49,9 +49,15 @@ class TorchBackend:
         """The source's LeNet (:func:`adapters.torch.models.lenet`)."""
         return lenet()
 
-    def student(self, kind: str, width: float) -> nn.Module:
-        """A MobileNet (``kind="mobilenet"``, width multiplier ``width``) or SqueezeNet student."""
-        return mobilenet_student(width) if kind == "mobilenet" else squeezenet_student()
+    def student(self, kind: str, width: float, pool: int = 1) -> nn.Module:
+        """A MobileNet (``kind="mobilenet"``, width multiplier ``width``) or SqueezeNet student.
+
+        With ``pool > 1`` the student sees its input average-pooled ``pool x pool`` (MobileNet's
+        resolution multiplier ``rho = 1 / pool``): ``Sequential(AvgPool2d(pool), student)``, so
+        it still takes the teacher's 28x28 batches and its parameters are named ``1.<name>``.
+        """
+        net = mobilenet_student(width) if kind == "mobilenet" else squeezenet_student()
+        return nn.Sequential(nn.AvgPool2d(pool), net) if pool > 1 else net
 
     def num_parameters(self, model: nn.Module) -> int:
         """Trainable scalars of ``model``."""

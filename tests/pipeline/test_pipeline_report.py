@@ -132,6 +132,9 @@ def test_plot_is_a_png(tmp_path):
         ({"scope": "row"}, "scope must be"),
         ({"kd_alpha": 1.5}, "kd_alpha"),
         ({"student": "resnet"}, "student must be"),
+        ({"resolution": 0.3}, "resolution must be 1/k"),
+        ({"resolution": 1 / 3}, "resolution must be 1/k"),  # 3 does not divide 28
+        ({"resolution": 0.0}, "resolution must be 1/k"),
         ({"bits": (8, 17)}, "bits must be integers in 1..16"),
         ({"bits": ()}, "bits must be"),
     ],

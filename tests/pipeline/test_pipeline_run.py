@@ -109,9 +109,18 @@ def test_quantized_stages_hold_integer_codes_of_the_sparse_weights(run):
 
 
 def test_students_are_the_cost_models_size(run):
-    _, _, report = run
+    _, out, report = run
     from coreprune.arch import mobilenet_student_cost
+
+    # rho = 1/2: an average pool in front of the student (no parameters), then the student itself.
+    student = coreprune.load_compressed(out / "student-kd.cpz")
+    assert report["config"]["resolution"] == 0.5
+    assert student["1.stem.weight"].shape[0] == 8 and not any(n.startswith("0.") for n in student)
 
     for name in ("student", "student-kd"):
         assert _stage(report, name)["parameters"] == mobilenet_student_cost(report["config"]["width"]).params
     assert _stage(report, "student")["parameters"] < _stage(report, "baseline")["parameters"] / 10
+    # MACs per image: LeNet 20*25*24*24 + 50*180*10*10 + 1250*128 + 128*10; the student at 14x14.
+    assert _stage(report, "baseline")["macs"] == 288_000 + 900_000 + 160_000 + 1_280
+    cost = mobilenet_student_cost(report["config"]["width"], rho=report["config"]["resolution"])
+    assert _stage(report, "student-kd")["macs"] == cost.macs < _stage(report, "baseline")["macs"] / 10
