@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from coreprune.errors import CompressionError
 
-__all__ = ["DigitsSplit", "load_digits_28", "upscale"]
+__all__ = ["DigitsSplit", "load_digits_28", "random_shift", "upscale"]
 
 
 @dataclass(frozen=True)
@@ -139,3 +139,47 @@ def load_digits_28(*, seed: int = 0, test_fraction: float = 0.25, size: int = 28
         std=std,
         seed=int(seed),
     )
+
+
+def random_shift(images: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Translate each image by its own random offset of up to ``max_shift`` pixels in each direction.
+
+    The training-time augmentation of the pipeline's teacher: a digit written a little off
+    centre is the same digit. Uncovered pixels take the background value (the batch's minimum,
+    which for the standardised digits is the blank paper).
+
+    Parameters
+    ----------
+    images : numpy.ndarray, shape (n, c, h, w)
+    max_shift : int
+        ``>= 0``; offsets are drawn uniformly from ``[-max_shift, max_shift]`` per image and axis.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    numpy.ndarray
+        A new array of the same shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.zeros((1, 1, 3, 3), np.float32); x[0, 0, 1, 1] = 1.0
+    >>> out = random_shift(x, 1, np.random.default_rng(0))
+    >>> float(out.sum()), out.shape
+    (1.0, (1, 1, 3, 3))
+    """
+    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or max_shift < 0:
+        raise CompressionError(f"max_shift must be a non-negative integer, got {max_shift!r}")
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise CompressionError(f"random_shift expects images of shape (n, c, h, w), got {images.shape}")
+    if max_shift == 0 or images.size == 0:
+        return images.copy()
+    m = int(max_shift)
+    n, _, h, w = images.shape
+    padded = np.pad(images, ((0, 0), (0, 0), (m, m), (m, m)), constant_values=images.min())
+    windows = np.lib.stride_tricks.sliding_window_view(
+        padded, (h, w), axis=(2, 3)
+    )  # (n, c, 2m+1, 2m+1, h, w)
+    dy, dx = rng.integers(0, 2 * m + 1, size=(2, n))
+    return np.ascontiguousarray(windows[np.arange(n), :, dy, dx])

@@ -47,7 +47,7 @@ import coreprune
 from coreprune.arch import conv2d_cost, linear_cost, mobilenet_student_cost, squeezenet_student_cost
 from coreprune.errors import CompressionError
 
-from .digits import DigitsSplit, load_digits_28
+from .digits import DigitsSplit, load_digits_28, random_shift
 from .pipeline_report import Stage, check_targets, format_report, write_json, write_plot
 
 __all__ = ["Backend", "PipelineConfig", "PipelineResult", "QUICK", "load_backend", "run_pipeline", "main"]
@@ -91,6 +91,10 @@ class PipelineConfig:
         Passes over the 1,347 training images for each training stage.
     lr, finetune_lr, student_lr : float
         Adam's learning rates (teacher and fine-tuning decay with a cosine schedule).
+    shift : int
+        The teacher's training and fine-tuning see each image translated by a random offset of
+        up to ``shift`` pixels (:func:`adapters.digits.random_shift`); 0 turns it off. The
+        students train on the plain images.
     batch_size, student_batch_size : int
         Batch sizes of the teacher's training and fine-tuning, and of the students'.
     threshold : float
@@ -119,12 +123,13 @@ class PipelineConfig:
 
     framework: str = "torch"
     seed: int = 0
-    teacher_epochs: int = 15
+    teacher_epochs: int = 30
     finetune_epochs: int = 4
     student_epochs: int = 25
     lr: float = 3e-3
     finetune_lr: float = 1e-3
     student_lr: float = 1e-2
+    shift: int = 2
     batch_size: int = 32
     student_batch_size: int = 64
     threshold: float = 0.05
@@ -135,8 +140,8 @@ class PipelineConfig:
     student: str = "mobilenet"
     width: float = 0.5
     resolution: float = 0.5
-    temperature: float = 2.0
-    kd_alpha: float = 0.5
+    temperature: float = 4.0
+    kd_alpha: float = 0.9
     student_seeds: int = 3
     latency_batch: int = 64
     latency_repeats: int = 20
@@ -157,6 +162,8 @@ class PipelineConfig:
         ):
             if int(getattr(self, name)) < 1:
                 raise CompressionError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.shift < 14:
+            raise CompressionError(f"shift must lie in [0, 14) pixels, got {self.shift}")
         for name in ("lr", "finetune_lr", "student_lr", "temperature", "width"):
             if not float(getattr(self, name)) > 0:
                 raise CompressionError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -394,10 +401,18 @@ def run_pipeline(
         ticker.stage("baseline")
         backend.seed(config.seed)
         model = backend.teacher()
-        fit = dict(batch_size=config.batch_size, seed=config.seed, on_epoch=ticker.tick)
+        shifts = np.random.default_rng(config.seed)
+        augment = (lambda batch: random_shift(batch, config.shift, shifts)) if config.shift else None
+        fit = dict(batch_size=config.batch_size, seed=config.seed, on_epoch=ticker.tick, augment=augment)
         backend.fit(model, split.x_train, split.y_train, epochs=config.teacher_epochs, lr=config.lr, **fit)
         base = backend.weights(model)
-        record("baseline", "LeNet, float32", base, model, [_accuracy(backend, model, split)])
+        record(
+            "baseline",
+            f"LeNet, float32, trained on images shifted by up to {config.shift} px",
+            base,
+            model,
+            [_accuracy(backend, model, split)],
+        )
         int8 = coreprune.quantize(base, 8, axis=0)
         backend.load(model, coreprune.dequantize(int8))
         record(
@@ -532,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resolution", type=float, default=d.resolution, help="student's resolution multiplier 1/k"
     )
+    p.add_argument("--shift", type=int, default=d.shift, help="teacher's random-shift augmentation (pixels)")
     p.add_argument("--threshold", type=float, default=d.threshold)
     p.add_argument("--sparsity", type=float, default=d.sparsity)
     p.add_argument("--scope", choices=["global", "layer"], default=d.scope)
@@ -555,6 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         student=args.student,
         width=args.width,
         resolution=args.resolution,
+        shift=args.shift,
         threshold=args.threshold,
         sparsity=args.sparsity,
         scope=args.scope,

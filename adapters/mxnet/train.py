@@ -92,6 +92,7 @@ class MXNetBackend:
         seed: int,
         masks: Mapping[str, np.ndarray] | None = None,
         on_epoch: Callable[[], object] | None = None,
+        augment: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> list[float]:
         """Train with softmax cross-entropy and Adam; with ``masks``, pruned entries stay exactly zero.
 
@@ -108,6 +109,9 @@ class MXNetBackend:
             parameters whose pruned entries are 0.
         on_epoch : callable, optional
             Called without arguments after each epoch (a progress bar's tick).
+        augment : callable, optional
+            Maps each NumPy batch of inputs to an augmented one of the same shape before the
+            forward pass (e.g. :func:`adapters.digits.random_shift`).
 
         Returns
         -------
@@ -130,7 +134,7 @@ class MXNetBackend:
             order = rng.permutation(len(y))
             for start in range(0, len(y), batch_size):
                 idx = order[start : start + batch_size]
-                data = mx.nd.array(x[idx], dtype=np.float32)
+                data = mx.nd.array(x[idx] if augment is None else augment(x[idx]), dtype=np.float32)
                 label = mx.nd.array(y[idx], dtype=np.float32)
                 with autograd.record():
                     losses = loss_fn(model(data), label)

@@ -83,6 +83,7 @@ class TorchBackend:
         seed: int,
         masks: Mapping[str, np.ndarray] | None = None,
         on_epoch: Callable[[], object] | None = None,
+        augment: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> list[float]:
         """Train with cross-entropy and Adam; with ``masks``, pruned entries stay exactly zero.
 
@@ -99,6 +100,9 @@ class TorchBackend:
             leaving plain parameters whose pruned entries are 0.
         on_epoch : callable, optional
             Called without arguments after each epoch (a progress bar's tick).
+        augment : callable, optional
+            Maps each NumPy batch of inputs to an augmented one of the same shape before the
+            forward pass (e.g. :func:`adapters.digits.random_shift`).
 
         Returns
         -------
@@ -118,7 +122,8 @@ class TorchBackend:
         for _ in range(epochs):
             total = 0.0
             for idx in torch.randperm(len(labels), generator=generator).split(batch_size):
-                loss = F.cross_entropy(model(inputs[idx]), labels[idx])
+                batch = inputs[idx] if augment is None else torch.from_numpy(augment(x[idx.numpy()]))
+                loss = F.cross_entropy(model(batch), labels[idx])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")
 
-from adapters.digits import load_digits_28, upscale  # noqa: E402
+from adapters.digits import load_digits_28, random_shift, upscale  # noqa: E402
 from coreprune import CompressionError  # noqa: E402
 
 
@@ -83,3 +83,36 @@ def test_upscale_rejects_bad_input(images, size, message):
 def test_test_fraction_out_of_range(fraction):
     with pytest.raises(CompressionError, match="test_fraction"):
         load_digits_28(test_fraction=fraction)
+
+
+def test_random_shift_translates_each_image_within_the_bound():
+    n, m = 400, 2
+    images = np.zeros((n, 1, 9, 9), np.float32)
+    images[:, 0, 4, 4] = 1.0  # one bright pixel in the centre of blank paper
+    out = random_shift(images, m, np.random.default_rng(0))
+    assert out.shape == images.shape and out.dtype == images.dtype
+    assert np.all(out.sum(axis=(1, 2, 3)) == 1.0)  # nothing lost: the pixel stays inside
+    rows, cols = np.nonzero(out[:, 0])[1:]
+    offsets = set(zip((rows - 4).tolist(), (cols - 4).tolist()))
+    assert offsets == {(dy, dx) for dy in range(-m, m + 1) for dx in range(-m, m + 1)}  # all 25, no more
+    assert np.all(images[:, 0, 4, 4] == 1.0)  # input untouched
+
+
+def test_random_shift_fills_with_the_background_and_matches_a_reference():
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(6, 2, 5, 7)).astype(np.float32)
+    out = random_shift(images, 1, np.random.default_rng(3))
+    dy, dx = np.random.default_rng(3).integers(0, 3, size=(2, 6))
+    padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=images.min())
+    for i in range(6):
+        np.testing.assert_array_equal(out[i], padded[i, :, dy[i] : dy[i] + 5, dx[i] : dx[i] + 7])
+
+
+def test_random_shift_zero_is_a_copy_and_bad_input_is_refused():
+    images = np.ones((2, 1, 4, 4))
+    out = random_shift(images, 0, np.random.default_rng(0))
+    assert np.array_equal(out, images) and out is not images
+    with pytest.raises(CompressionError, match="max_shift"):
+        random_shift(images, -1, np.random.default_rng(0))
+    with pytest.raises(CompressionError, match=r"\(n, c, h, w\)"):
+        random_shift(np.ones((4, 4)), 1, np.random.default_rng(0))

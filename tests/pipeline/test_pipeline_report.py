@@ -135,6 +135,7 @@ def test_plot_is_a_png(tmp_path):
         ({"resolution": 0.3}, "resolution must be 1/k"),
         ({"resolution": 1 / 3}, "resolution must be 1/k"),  # 3 does not divide 28
         ({"resolution": 0.0}, "resolution must be 1/k"),
+        ({"shift": -1}, "shift must lie in"),
         ({"bits": (8, 17)}, "bits must be integers in 1..16"),
         ({"bits": ()}, "bits must be"),
     ],
