@@ -3,7 +3,8 @@
 ``coreprune-pipeline --framework torch|mxnet`` (or ``python -m adapters.pipeline``) runs, on
 scikit-learn's bundled handwritten digits upscaled to 28x28 (:mod:`adapters.digits`):
 
-1. ``baseline`` -- train the source's LeNet (float32); ``int8`` -- the same weights quantized to
+1. ``baseline`` -- train the source's LeNet (float32) on randomly shifted images
+   (:func:`adapters.digits.random_shift`); ``int8`` -- the same weights quantized to
    8 bits per output channel, with no pruning, to isolate quantization's cost;
 2. ``threshold`` -- zero the conv weights with ``|w| <= threshold``
    (:func:`coreprune.prune_threshold`) and fine-tune with the masks attached, so they stay zero;
@@ -11,10 +12,11 @@ scikit-learn's bundled handwritten digits upscaled to 28x28 (:mod:`adapters.digi
    (:func:`coreprune.prune_magnitude`, one global threshold by default) and fine-tune likewise;
 4. ``sparse90-int8`` / ``sparse90-int4`` -- quantize the 90%-sparse weights
    (:func:`coreprune.quantize`, per output channel);
-5. ``student`` / ``student-kd`` -- train a lightweight student (MobileNet depthwise-separable or
-   SqueezeNet Fire) without and with knowledge distillation from the baseline teacher, over
-   several seeds, through one training loop whose only difference is the loss;
-6. print one table (parameters, bytes on disk, accuracy, CPU latency per batch), check the
+5. ``student`` / ``student-kd`` -- train a lightweight student (MobileNet depthwise-separable
+   with width and resolution multipliers, or SqueezeNet Fire) on the plain images without and
+   with knowledge distillation from the baseline teacher, over several seeds, through one
+   training loop whose only difference is the loss;
+6. print one table (parameters, MACs, bytes on disk, accuracy, CPU latency per batch), check the
    targets, and write ``report.json``, ``report.png`` and one ``.cpz`` file per stage.
 
 Sizes are the ``.cpz`` files' sizes on disk (:func:`coreprune.save_compressed`: codes bit-packed,
