@@ -21,11 +21,7 @@ import statistics
 import numpy as np
 
 from adapters.digits import load_digits_28, random_shift
-from adapters.pipeline import PipelineConfig, load_backend
-
-
-def _accuracy(backend, model, split) -> float:
-    return 100.0 * float(np.mean(backend.predict(model, split.x_test).argmax(1) == split.y_test))
+from adapters.pipeline import PipelineConfig, _accuracy, load_backend
 
 
 def sweep(

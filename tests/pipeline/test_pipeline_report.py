@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import statistics
 
 import pytest
 
@@ -15,7 +16,7 @@ from coreprune import CompressionError
 
 def _row(name: str, accuracy: float, disk: int, *, accuracies=None, nonzero: int = 100) -> Stage:
     accuracies = accuracies or [accuracy]
-    std = 0.0 if len(accuracies) == 1 else float(__import__("statistics").stdev(accuracies))
+    std = 0.0 if len(accuracies) == 1 else float(statistics.stdev(accuracies))
     return Stage(name, f"{name} row", 100, 100, nonzero, 400, disk, disk, accuracy, std, accuracies, 2.0)
 
 
