@@ -1,7 +1,8 @@
 """coreprune: framework-agnostic compression of neural-network weights.
 
 Every algorithm takes and returns ``dict[str, numpy.ndarray]``. This package never
-imports torch or mxnet; the converters live in the separate ``adapters`` package.
+imports torch or mxnet on its own; the converters are the subpackages :mod:`coreprune.torch` and
+:mod:`coreprune.mxnet`, which import their framework only when they themselves are imported.
 
 * pruning: :func:`prune_threshold`, :func:`prune_magnitude`, :func:`apply_masks`, :func:`sparsity`,
   :func:`global_magnitude_threshold` (the global cut, streamed over a lazy reader)

@@ -28,8 +28,8 @@ The closed forms these functions reproduce
   ``alpha``); the resolution multiplier ``rho`` shrinks feature maps to
   ``round(rho * D)``, scaling the MACs by ``rho^2`` and leaving parameters unchanged.
 
-The student networks of :mod:`adapters.torch.blocks` and
-:mod:`adapters.mxnet.blocks` are described here too (their channel plans are the
+The student networks of :mod:`coreprune.torch.blocks` and
+:mod:`coreprune.mxnet.blocks` are described here too (their channel plans are the
 constants below), so that their predicted size can be checked against what each
 framework actually builds.
 """

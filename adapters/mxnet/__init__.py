@@ -16,8 +16,8 @@ What it must not do
 No compression maths lives here: pruning, quantization and statistics are the NumPy
 functions of :mod:`coreprune`, which never imports MXNet. This package only moves
 arrays across the framework boundary and enforces masks it is given. Importing it
-imports ``mxnet`` (1.9.1, which needs ``numpy<1.24``); importing :mod:`adapters` or
-:mod:`coreprune` does not.
+imports ``mxnet`` (1.9.1, which needs ``numpy<1.24``); importing :mod:`coreprune` alone does
+not (the source lives in the repository's ``adapters/mxnet/`` folder).
 """
 
 from __future__ import annotations

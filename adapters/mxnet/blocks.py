@@ -1,6 +1,6 @@
 """Lightweight building blocks and two tiny student networks in MXNet Gluon.
 
-Every block mirrors :mod:`adapters.torch.blocks` attribute for attribute, so the
+Every block mirrors :mod:`coreprune.torch.blocks` attribute for attribute, so the
 structural names Gluon's ``save_parameters`` writes (``blocks.0.pointwise.weight``)
 are the PyTorch ``state_dict`` keys of the same tensors, except for batch
 normalisation, whose leaves Gluon calls ``gamma``/``beta`` where PyTorch says
@@ -23,9 +23,6 @@ images (the students end with global average pooling).
 from __future__ import annotations
 
 import mxnet as mx
-from mxnet import gluon
-from mxnet.gluon import nn
-
 from coreprune.arch import (
     MOBILENET_STUDENT_BLOCKS,
     MOBILENET_STUDENT_STEM,
@@ -34,6 +31,8 @@ from coreprune.arch import (
     scale_channels,
 )
 from coreprune.errors import CompressionError
+from mxnet import gluon
+from mxnet.gluon import nn
 
 __all__ = [
     "Fire",
@@ -189,7 +188,7 @@ class ShuffleUnit(gluon.HybridBlock):
 class MobileNetStudent(gluon.HybridBlock):
     """A tiny MobileNet: stem 3x3 conv + BN + ReLU, depthwise-separable blocks, global average pool, dense.
 
-    Same structure and structural names as :class:`adapters.torch.blocks.MobileNetStudent`:
+    Same structure and structural names as :class:`coreprune.torch.blocks.MobileNetStudent`:
     ``stem`` 3x3 ``in_channels -> 16`` (padding 1, no bias), ``bn``, ``blocks.0`` 16 -> 32
     (stride 1), ``blocks.1`` 32 -> 64 (stride 2), ``blocks.2`` 64 -> 128 (stride 2)
     (channels before ``alpha``), global average pooling, ``classifier`` (dense with bias).
@@ -224,7 +223,7 @@ class MobileNetStudent(gluon.HybridBlock):
 class SqueezeNetStudent(gluon.HybridBlock):
     """A tiny SqueezeNet: stem 3x3 conv, max-pool, two Fire modules, max-pool, a Fire, 1x1 classifier, mean.
 
-    Same structure and structural names as :class:`adapters.torch.blocks.SqueezeNetStudent`:
+    Same structure and structural names as :class:`coreprune.torch.blocks.SqueezeNetStudent`:
     ``stem`` 3x3 ``in_channels -> 32`` (padding 1, bias) + ReLU, 2x2 max-pool, ``fire1``,
     ``fire2``, 2x2 max-pool, ``fire3``, ``classifier`` (1x1 convolution with bias to
     ``num_classes``, no ReLU), global average pooling. Input (N, in_channels, H, W),

@@ -39,14 +39,13 @@ from collections.abc import Mapping
 from typing import Any, Union
 
 import ml_dtypes
-import mxnet as mx
 import numpy as np
-from mxnet import gluon
 
+import mxnet as mx
 from coreprune.errors import CompressionError
+from coreprune.load_report import LoadReport, match_names
 from coreprune.selection import check_weights, is_floating
-
-from ..report import LoadReport, match_names
+from mxnet import gluon
 
 __all__ = ["LoadReport", "to_numpy", "load_numpy"]
 

@@ -15,12 +15,12 @@ import numbers
 from collections.abc import Iterable
 from typing import Any, Union
 
-import mxnet as mx
 import numpy as np
-from mxnet import autograd, gluon
 
+import mxnet as mx
 from coreprune.distill import check_hyperparameters
 from coreprune.errors import CompressionError
+from mxnet import autograd, gluon
 
 __all__ = ["KDLoss", "distill_student"]
 

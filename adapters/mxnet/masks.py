@@ -24,7 +24,7 @@ things hold the pruned entries at zero, each covering what the others cannot:
 
 In case 3 the stored weights can be non-zero between a ``trainer.step`` and the next
 forward; :func:`reapply_masks` zeroes them on demand (before ``save_parameters`` or
-:func:`~adapters.mxnet.to_numpy`), and :func:`detach_masks` zeroes them one last time
+:func:`~coreprune.mxnet.to_numpy`), and :func:`detach_masks` zeroes them one last time
 and removes the masks, making the pruning permanent (like ``torch.nn.utils.prune.remove``).
 
 ``freeze=True`` additionally sets ``grad_req='null'`` on every masked parameter, so the
@@ -41,12 +41,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-import mxnet as mx
 import numpy as np
-from mxnet import autograd, gluon
 
+import mxnet as mx
 from coreprune.errors import CompressionError
 from coreprune.selection import check_weights
+from mxnet import autograd, gluon
 
 from .convert import _check_initialised, _slots
 
@@ -149,7 +149,7 @@ def attach_masks(target: MaskTarget, masks: Mapping[str, np.ndarray], *, freeze:
     Parameters
     ----------
     target : gluon.Block, gluon.ParameterDict, or Mapping[str, gluon.Parameter]
-        Names as in :func:`~adapters.mxnet.to_numpy`: structural (``conv1.weight``) for a
+        Names as in :func:`~coreprune.mxnet.to_numpy`: structural (``conv1.weight``) for a
         Block, global (``dense0_weight``) for a ParameterDict. Pass the Block you call
         (the outermost one): only its forward pre-hook runs when it is hybridized.
     masks : Mapping[str, numpy.ndarray]
@@ -245,7 +245,7 @@ def reapply_masks(target: MaskTarget) -> MaskTarget:
 
     Needed only when the stored weights may have moved since the last forward pass
     (optimizer state from before the masks were attached, non-elementwise optimizers),
-    before reading them with :func:`~adapters.mxnet.to_numpy` or ``save_parameters``.
+    before reading them with :func:`~coreprune.mxnet.to_numpy` or ``save_parameters``.
 
     Examples
     --------

@@ -8,13 +8,14 @@ keeps pruned weights at zero while fine-tuning with PyTorch's own pruning hooks
 What it must not do: any compression maths (that is :mod:`coreprune`'s, on the dicts), any file
 I/O, or any change to a module beyond the pruning reparametrisation it is asked for.
 
-This package is named ``torch`` inside ``adapters``; its modules import PyTorch with absolute
-imports (``import torch``), which always mean the top-level PyTorch package.
+Its source lives in the repository's ``adapters/torch/`` folder and installs as ``coreprune.torch``
+(as safetensors ships ``safetensors.torch``); ``import coreprune`` alone imports no framework. Its
+modules import PyTorch with absolute imports (``import torch``), which always mean PyTorch itself.
 
 Examples
 --------
 >>> import torch
->>> from adapters.torch import load_numpy, to_numpy
+>>> from coreprune.torch import load_numpy, to_numpy
 >>> net = torch.nn.Linear(3, 2)
 >>> weights = {name: array.copy() for name, array in to_numpy(net).items()}
 >>> weights["weight"][:] = 0.5

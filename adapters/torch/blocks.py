@@ -1,6 +1,6 @@
 """Lightweight building blocks and two tiny student networks in PyTorch.
 
-The blocks mirror :mod:`adapters.mxnet.blocks` attribute for attribute, so a
+The blocks mirror :mod:`coreprune.mxnet.blocks` attribute for attribute, so a
 ``state_dict`` key here (``blocks.0.pointwise.weight``) is the structural name
 Gluon's ``save_parameters`` writes for the same tensor, except for batch
 normalisation, whose leaves PyTorch calls ``weight``/``bias`` and Gluon
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from coreprune.arch import (
     MOBILENET_STUDENT_BLOCKS,
     MOBILENET_STUDENT_STEM,
@@ -33,6 +31,7 @@ from coreprune.arch import (
     scale_channels,
 )
 from coreprune.errors import CompressionError
+from torch import nn
 
 __all__ = [
     "Fire",

@@ -42,14 +42,13 @@ from collections.abc import Iterator, Mapping
 
 import ml_dtypes
 import numpy as np
+
 import torch
+from coreprune.errors import CompressionError
+from coreprune.load_report import LoadReport, match_names
+from coreprune.selection import check_weights, is_floating
 from torch import nn
 from torch.nn.utils import prune
-
-from coreprune.errors import CompressionError
-from coreprune.selection import check_weights, is_floating
-
-from ..report import LoadReport, match_names
 
 __all__ = ["LoadReport", "to_numpy", "load_numpy", "attach_masks", "masks_from_module"]
 
@@ -183,7 +182,7 @@ def to_numpy(obj: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, np.ndarra
     Examples
     --------
     >>> import torch
-    >>> from adapters.torch import to_numpy
+    >>> from coreprune.torch import to_numpy
     >>> bn = torch.nn.BatchNorm1d(3)
     >>> weights = to_numpy(bn)
     >>> list(weights)
@@ -319,7 +318,7 @@ def load_numpy(
     Examples
     --------
     >>> import numpy as np, torch
-    >>> from adapters.torch import load_numpy, to_numpy
+    >>> from coreprune.torch import load_numpy, to_numpy
     >>> layer = torch.nn.Linear(2, 1)
     >>> weight = layer.weight
     >>> load_numpy(layer, {"weight": np.array([[1.0, -2.0]]), "bias": np.zeros(1)})
@@ -415,7 +414,7 @@ def attach_masks(module: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: 
     --------
     >>> import numpy as np, torch
     >>> from torch.nn.utils import prune
-    >>> from adapters.torch import attach_masks, to_numpy
+    >>> from coreprune.torch import attach_masks, to_numpy
     >>> layer = torch.nn.Linear(2, 2)
     >>> _ = attach_masks(layer, {"weight": np.array([[True, False], [False, True]])})
     >>> prune.is_pruned(layer)
@@ -493,7 +492,7 @@ def masks_from_module(module: nn.Module) -> dict[str, np.ndarray]:
     --------
     >>> import torch
     >>> from torch.nn.utils import prune
-    >>> from adapters.torch import masks_from_module
+    >>> from coreprune.torch import masks_from_module
     >>> layer = torch.nn.Linear(4, 1)
     >>> with torch.no_grad():
     ...     _ = layer.weight.copy_(torch.tensor([[0.1, -3.0, 0.2, 4.0]]))

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from typing import Any, Literal, Union
 
 import numpy as np
+
 import torch
 import torch.nn.functional as F
-
 from coreprune.distill import check_hyperparameters
 from coreprune.errors import CompressionError
 

@@ -19,9 +19,8 @@ import json
 import statistics
 
 import numpy as np
-
-from adapters.digits import load_digits_28, random_shift
-from adapters.pipeline import PipelineConfig, _accuracy, load_backend
+from coreprune_digits.data import load_digits_28, random_shift
+from coreprune_digits.pipeline import PipelineConfig, _accuracy, load_backend
 
 
 def sweep(

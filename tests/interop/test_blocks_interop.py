@@ -23,8 +23,9 @@ mx = pytest.importorskip("mxnet", reason="needs MXNet")
 pytest.importorskip("torch.nn", reason="needs PyTorch")
 pytest.importorskip("mxnet.gluon", reason="needs MXNet")
 
-from adapters.mxnet import blocks as gb  # noqa: E402
-from adapters.torch import blocks as tb  # noqa: E402
+from coreprune.mxnet import blocks as gb  # noqa: E402
+from coreprune.torch import blocks as tb  # noqa: E402
+
 from coreprune import arch  # noqa: E402
 
 _BN_LEAVES = {"weight": "gamma", "bias": "beta", "running_mean": "running_mean", "running_var": "running_var"}

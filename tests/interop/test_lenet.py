@@ -19,19 +19,20 @@ mx = pytest.importorskip("mxnet", reason="needs MXNet")
 pytest.importorskip("torch.nn", reason="needs PyTorch")
 pytest.importorskip("mxnet.gluon", reason="needs MXNet")
 
+from coreprune_digits.mxnet_models import lenet as mx_lenet  # noqa: E402
+from coreprune_digits.torch_models import lenet as torch_lenet  # noqa: E402
+
 import coreprune  # noqa: E402
-from adapters import mxnet as amx  # noqa: E402
-from adapters.mxnet.models import lenet as mx_lenet  # noqa: E402
-from adapters.torch.models import lenet as torch_lenet  # noqa: E402
+from coreprune import mxnet as amx  # noqa: E402
 
 try:
-    from adapters import torch as atorch
+    from coreprune import torch as atorch
 except ImportError:  # pragma: no cover - the package exists whenever models.py does
     atorch = None
 
 needs_torch_adapter = pytest.mark.skipif(
     not hasattr(atorch, "to_numpy") or not hasattr(atorch, "load_numpy"),
-    reason="adapters.torch not merged yet",
+    reason="coreprune.torch not merged yet",
 )
 needs_core = pytest.mark.skipif(
     not all(hasattr(coreprune, f) for f in ("prune_threshold", "prune_magnitude", "quantize", "dequantize")),
@@ -97,7 +98,7 @@ def test_both_models_have_the_same_names_shapes_and_dtypes():
 
 
 def test_same_weights_give_the_same_logits_through_the_frameworks_own_loaders():
-    """Checks the layouts (conv OIHW, dense (out,in), NCHW flatten) without adapters.torch."""
+    """Checks the layouts (conv OIHW, dense (out,in), NCHW flatten) without coreprune.torch."""
     weights = random_weights()
     tnet, mnet = torch_lenet(), mx_lenet()
     tnet.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})

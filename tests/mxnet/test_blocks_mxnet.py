@@ -1,4 +1,4 @@
-"""adapters.mxnet.blocks: outputs against a NumPy reference, sizes against coreprune.arch, names on disk."""
+"""coreprune.mxnet.blocks: outputs against a NumPy reference, sizes against coreprune.arch, names on disk."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ mx = pytest.importorskip("mxnet", reason="needs MXNet")
 # tests/ being on sys.path): only a real installation has mxnet.gluon.
 pytest.importorskip("mxnet.gluon", reason="needs MXNet")
 
-from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
-
-from adapters.mxnet.blocks import (  # noqa: E402
+from coreprune.mxnet.blocks import (  # noqa: E402
     ChannelShuffle,
     DepthwiseSeparable,
     Fire,
@@ -21,6 +19,8 @@ from adapters.mxnet.blocks import (  # noqa: E402
     num_parameters,
     squeezenet_student,
 )
+from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
+
 from coreprune import CompressionError, arch  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""adapters.mxnet.distill against the NumPy reference coreprune.distill: value, gradient, training."""
+"""coreprune.mxnet.distill against the NumPy reference coreprune.distill: value, gradient, training."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ mx = pytest.importorskip("mxnet", reason="needs MXNet")
 # tests/ being on sys.path): only a real installation has mxnet.gluon.
 pytest.importorskip("mxnet.gluon", reason="needs MXNet")
 
-from adapters.mxnet.distill import KDLoss, distill_student  # noqa: E402
+from coreprune.mxnet.distill import KDLoss, distill_student  # noqa: E402
+
 from coreprune import CompressionError  # noqa: E402
 from coreprune.distill import kd_loss, kd_loss_and_grad  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""adapters.mxnet conversion: names equal MXNet's own file keys, values round-trip bit for bit.
+"""coreprune.mxnet conversion: names equal MXNet's own file keys, values round-trip bit for bit.
 
 Every expectation is checked against MXNet itself: the keys and arrays that
 ``Block.save_parameters``, ``ParameterDict.save`` and ``mx.model.save_checkpoint``
@@ -18,13 +18,13 @@ mx = pytest.importorskip("mxnet", reason="needs MXNet")
 pytest.importorskip("mxnet.gluon", reason="needs MXNet")
 
 import ml_dtypes  # noqa: E402
+from coreprune.mxnet import LoadReport, load_numpy, to_numpy  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 from mxnet import gluon  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
 
-from adapters.mxnet import LoadReport, load_numpy, to_numpy  # noqa: E402
 from coreprune.errors import CompressionError  # noqa: E402
 
 
@@ -403,8 +403,8 @@ def test_weights_must_be_numpy_arrays():
 
 
 def test_docstring_examples_run():
-    import adapters.mxnet.convert as convert
-    import adapters.mxnet.masks as masks
+    import coreprune.mxnet.convert as convert
+    import coreprune.mxnet.masks as masks
 
     flags = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
     for module in (convert, masks):

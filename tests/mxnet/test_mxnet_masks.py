@@ -1,4 +1,4 @@
-"""adapters.mxnet.attach_masks under real Gluon Trainer steps.
+"""coreprune.mxnet.attach_masks under real Gluon Trainer steps.
 
 The reference for "the right training trajectory" is written here with plain MXNet:
 the same network, its pruned weights zeroed by hand and each gradient multiplied by
@@ -17,10 +17,10 @@ mx = pytest.importorskip("mxnet", reason="needs MXNet")
 # namespace package called "mxnet"; a real submodule tells the two apart.
 pytest.importorskip("mxnet.gluon", reason="needs MXNet")
 
+from coreprune.mxnet import attach_masks, detach_masks, reapply_masks, to_numpy  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
 
-from adapters.mxnet import attach_masks, detach_masks, reapply_masks, to_numpy  # noqa: E402
 from coreprune.errors import CompressionError  # noqa: E402
 
 OPTIMIZERS = [

@@ -7,7 +7,8 @@ import pytest
 
 pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")
 
-from adapters.digits import load_digits_28, random_shift, upscale  # noqa: E402
+from coreprune_digits.data import load_digits_28, random_shift, upscale  # noqa: E402
+
 from coreprune import CompressionError  # noqa: E402
 
 

@@ -8,9 +8,9 @@ import json
 import statistics
 
 import pytest
+from coreprune_digits.pipeline import QUICK, PipelineConfig, load_backend, main
+from coreprune_digits.report import Stage, check_targets, format_report, write_json, write_plot
 
-from adapters.pipeline import QUICK, PipelineConfig, load_backend, main
-from adapters.pipeline_report import Stage, check_targets, format_report, write_json, write_plot
 from coreprune import CompressionError
 
 

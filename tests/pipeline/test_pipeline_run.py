@@ -13,8 +13,9 @@ import pytest
 
 pytest.importorskip("sklearn", reason="the pipeline trains on scikit-learn's digits")
 
+from coreprune_digits.pipeline import QUICK, main  # noqa: E402
+
 import coreprune  # noqa: E402
-from adapters.pipeline import QUICK, main  # noqa: E402
 
 FRAMEWORKS = [
     pytest.param("torch", marks=[pytest.mark.torch, pytest.mark.slow]),

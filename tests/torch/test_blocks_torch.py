@@ -1,4 +1,4 @@
-"""adapters.torch.blocks: outputs against torch's functional ops, sizes against coreprune.arch."""
+"""coreprune.torch.blocks: outputs against torch's functional ops, sizes against coreprune.arch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch", reason="needs PyTorch")
 pytest.importorskip("torch.nn", reason="needs PyTorch")
 F = torch.nn.functional
 
-from adapters.torch.blocks import (  # noqa: E402
+from coreprune.torch.blocks import (  # noqa: E402
     ChannelShuffle,
     DepthwiseSeparable,
     Fire,
@@ -20,6 +20,7 @@ from adapters.torch.blocks import (  # noqa: E402
     num_parameters,
     squeezenet_student,
 )
+
 from coreprune import CompressionError, arch  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""adapters.torch.to_numpy / load_numpy: names, dtypes, aliasing, in-place loading, errors.
+"""coreprune.torch.to_numpy / load_numpy: names, dtypes, aliasing, in-place loading, errors.
 
 The references are PyTorch itself: ``state_dict()`` for names and values, tensor bits for bit
 exactness, ``Tensor.copy_``/``Tensor.to`` for casts, data pointers for aliasing.
@@ -15,13 +15,13 @@ import pytest
 torch = pytest.importorskip("torch", reason="needs PyTorch")
 
 import ml_dtypes  # noqa: E402
+from coreprune.torch import LoadReport, attach_masks, load_numpy, to_numpy  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils import prune  # noqa: E402
 
 import coreprune  # noqa: E402
-from adapters.torch import LoadReport, attach_masks, load_numpy, to_numpy  # noqa: E402
 from coreprune.errors import CompressionError  # noqa: E402
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

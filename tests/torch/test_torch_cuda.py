@@ -1,4 +1,4 @@
-"""adapters.torch on CUDA: arrays are host copies, loads and masks stay on the tensor's device.
+"""coreprune.torch on CUDA: arrays are host copies, loads and masks stay on the tensor's device.
 
 Skipped where no CUDA device is visible; run them on a GPU machine.
 """
@@ -11,10 +11,9 @@ import pytest
 torch = pytest.importorskip("torch", reason="needs PyTorch")
 
 import ml_dtypes  # noqa: E402
+from coreprune.torch import attach_masks, load_numpy, masks_from_module, to_numpy  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils import prune  # noqa: E402
-
-from adapters.torch import attach_masks, load_numpy, masks_from_module, to_numpy  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

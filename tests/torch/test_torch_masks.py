@@ -1,4 +1,4 @@
-"""adapters.torch.attach_masks / masks_from_module: PyTorch's own pruning hooks keep zeros through training.
+"""coreprune.torch.attach_masks / masks_from_module: PyTorch's own pruning hooks keep zeros through training.
 
 The reference is ``torch.nn.utils.prune`` itself (``is_pruned``, ``remove``, ``l1_unstructured``) and
 real optimizer steps (SGD with momentum and weight decay, Adam, AdamW): no hook or optimizer is mocked.
@@ -12,12 +12,12 @@ import pytest
 torch = pytest.importorskip("torch", reason="needs PyTorch")
 
 import ml_dtypes  # noqa: E402
+from coreprune.torch import attach_masks, load_numpy, masks_from_module, to_numpy  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils import prune  # noqa: E402
 
-from adapters.torch import attach_masks, load_numpy, masks_from_module, to_numpy  # noqa: E402
 from coreprune.errors import CompressionError  # noqa: E402
 
 

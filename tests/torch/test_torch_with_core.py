@@ -1,4 +1,4 @@
-"""coreprune's pruning, run through adapters.torch, against torch.nn.utils.prune on the same weights.
+"""coreprune's pruning, run through coreprune.torch, against torch.nn.utils.prune on the same weights.
 
 coreprune.prune_magnitude computes masks on NumPy arrays; torch.nn.utils.prune.l1_unstructured and
 global_unstructured compute them on the module. With continuous random weights (no ties in |w|)
@@ -13,11 +13,11 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs PyTorch")
 
+from coreprune.torch import attach_masks, load_numpy, masks_from_module, to_numpy  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils import prune  # noqa: E402
 
 import coreprune  # noqa: E402
-from adapters.torch import attach_masks, load_numpy, masks_from_module, to_numpy  # noqa: E402
 
 if not hasattr(coreprune, "prune_magnitude"):
     pytest.skip("core not merged yet", allow_module_level=True)

@@ -1,9 +1,9 @@
 """The original project's LeNet for MNIST-sized input, in MXNet Gluon.
 
-Its twin :func:`adapters.torch.models.lenet` builds the same network in PyTorch.
+Its twin :func:`coreprune_digits.torch_models.lenet` builds the same network in PyTorch.
 Both use the child names ``conv1``, ``conv2``, ``dense1``, ``dense2``, so the
 structural names (the keys of ``Block.save_parameters`` and of
-:func:`adapters.mxnet.to_numpy`) equal PyTorch's ``state_dict`` keys, and the layouts
+:func:`coreprune.mxnet.to_numpy`) equal PyTorch's ``state_dict`` keys, and the layouts
 agree: convolution weights ``(out, in, kh, kw)``, dense weights ``(out, in)``, and
 ``dense1`` flattens its ``(N, 50, 5, 5)`` input in C order (channel, row, column),
 like ``torch.flatten(x, 1)``. One ``dict[str, numpy.ndarray]`` therefore loads into
@@ -67,7 +67,7 @@ def lenet(num_classes: int = 10, *, ctx: mx.Context | None = None) -> LeNet:
     Examples
     --------
     >>> import mxnet as mx
-    >>> from adapters.mxnet import to_numpy
+    >>> from coreprune.mxnet import to_numpy
     >>> net = lenet()
     >>> list(to_numpy(net))
     ['conv1.weight', 'conv1.bias', 'conv2.weight', 'conv2.bias',

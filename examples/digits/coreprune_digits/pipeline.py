@@ -1,10 +1,10 @@
 """The project's main job: train, prune, quantize and distil LeNet on real digits, in either framework.
 
-``coreprune-pipeline --framework torch|mxnet`` (or ``python -m adapters.pipeline``) runs, on
-scikit-learn's bundled handwritten digits upscaled to 28x28 (:mod:`adapters.digits`):
+``coreprune-pipeline --framework torch|mxnet`` (or ``python -m coreprune_digits.pipeline``) runs, on
+scikit-learn's bundled handwritten digits upscaled to 28x28 (:mod:`coreprune_digits.data`):
 
 1. ``baseline`` -- train the source's LeNet (float32) on randomly shifted images
-   (:func:`adapters.digits.random_shift`); ``int8`` -- the same weights quantized to
+   (:func:`coreprune_digits.data.random_shift`); ``int8`` -- the same weights quantized to
    8 bits per output channel, with no pruning, to isolate quantization's cost;
 2. ``threshold`` -- zero the conv weights with ``|w| <= threshold``
    (:func:`coreprune.prune_threshold`) and fine-tune with the masks attached, so they stay zero;
@@ -25,7 +25,7 @@ dense float32 models after :func:`coreprune.dequantize`, so their latency is the
 the savings here are in storage, not in dense CPU arithmetic.
 
 All the compression is :mod:`coreprune` on ``dict[str, numpy.ndarray]``; a framework is only
-reached through a :class:`Backend` (:mod:`adapters.torch.train`, :mod:`adapters.mxnet.train`).
+reached through a :class:`Backend` (:mod:`coreprune_digits.torch_train`, :mod:`coreprune_digits.mxnet_train`).
 """
 
 from __future__ import annotations
@@ -49,15 +49,15 @@ import coreprune
 from coreprune.arch import conv2d_cost, linear_cost, mobilenet_student_cost, squeezenet_student_cost
 from coreprune.errors import CompressionError
 
-from .digits import DigitsSplit, load_digits_28, random_shift
-from .pipeline_report import Stage, check_targets, format_report, write_json, write_plot
+from .data import DigitsSplit, load_digits_28, random_shift
+from .report import Stage, check_targets, format_report, write_json, write_plot
 
 __all__ = ["Backend", "PipelineConfig", "PipelineResult", "QUICK", "load_backend", "run_pipeline", "main"]
 
 _PROG = "coreprune-pipeline"
 _BACKENDS = {
-    "torch": ("adapters.torch.train", "TorchBackend"),
-    "mxnet": ("adapters.mxnet.train", "MXNetBackend"),
+    "torch": ("coreprune_digits.torch_train", "TorchBackend"),
+    "mxnet": ("coreprune_digits.mxnet_train", "MXNetBackend"),
 }
 
 
@@ -95,7 +95,7 @@ class PipelineConfig:
         Adam's learning rates (teacher and fine-tuning decay with a cosine schedule).
     shift : int
         The teacher's training and fine-tuning see each image translated by a random offset of
-        up to ``shift`` pixels (:func:`adapters.digits.random_shift`); 0 turns it off. The
+        up to ``shift`` pixels (:func:`coreprune_digits.data.random_shift`); 0 turns it off. The
         students train on the plain images.
     batch_size, student_batch_size : int
         Batch sizes of the teacher's training and fine-tuning, and of the students'.

@@ -1,6 +1,6 @@
 """The pipeline's results: one row per stage, the targets it is held to, and the table, JSON and plot.
 
-Framework-free; :mod:`adapters.pipeline` fills the rows. Files are written atomically (a
+Framework-free; :mod:`coreprune_digits.pipeline` fills the rows. Files are written atomically (a
 temporary file renamed into place), as everywhere in coreprune.
 """
 

@@ -1,6 +1,6 @@
 """The original project's LeNet for MNIST-sized input, in PyTorch.
 
-Its twin :func:`adapters.mxnet.models.lenet` builds the same network in Gluon with
+Its twin :func:`coreprune_digits.mxnet_models.lenet` builds the same network in Gluon with
 the same parameter names and layouts, so that one ``dict[str, numpy.ndarray]`` loads
 into both and both compute the same function:
 

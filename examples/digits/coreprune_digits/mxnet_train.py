@@ -1,8 +1,8 @@
 """The MXNet side of the end-to-end pipeline: build, train, fine-tune with masks, distil, evaluate, time.
 
-:class:`MXNetBackend` implements :class:`adapters.pipeline.Backend` with the same verbs as
-:class:`adapters.torch.train.TorchBackend`; :mod:`adapters.pipeline` holds the job itself.
-Weights cross the boundary only as ``dict[str, numpy.ndarray]`` through :mod:`adapters.mxnet`'s
+:class:`MXNetBackend` implements :class:`coreprune_digits.pipeline.Backend` with the same verbs as
+:class:`coreprune_digits.torch_train.TorchBackend`; :mod:`coreprune_digits.pipeline` holds the job itself.
+Weights cross the boundary only as ``dict[str, numpy.ndarray]`` through :mod:`coreprune.mxnet`'s
 ``to_numpy`` / ``load_numpy``; masks are kept with ``attach_masks`` (zeroed gradients and a
 forward pre-hook) and dropped with ``detach_masks`` after fine-tuning.
 """
@@ -14,13 +14,12 @@ from collections.abc import Callable, Mapping
 
 import mxnet as mx
 import numpy as np
+from coreprune.mxnet import attach_masks, detach_masks, load_numpy, to_numpy
+from coreprune.mxnet.blocks import mobilenet_student, num_parameters, squeezenet_student
+from coreprune.mxnet.distill import distill_student
 from mxnet import autograd, gluon
 
-from .blocks import mobilenet_student, num_parameters, squeezenet_student
-from .convert import load_numpy, to_numpy
-from .distill import distill_student
-from .masks import attach_masks, detach_masks
-from .models import lenet
+from .mxnet_models import lenet
 
 __all__ = ["MXNetBackend"]
 
@@ -45,7 +44,7 @@ class MXNetBackend:
         mx.random.seed(int(seed))
 
     def teacher(self) -> gluon.HybridBlock:
-        """The source's LeNet (:func:`adapters.mxnet.models.lenet`), initialised and hybridized."""
+        """The source's LeNet (:func:`coreprune_digits.mxnet_models.lenet`), initialised and hybridized."""
         net = lenet(ctx=mx.cpu())
         net.hybridize()
         return net
@@ -111,7 +110,7 @@ class MXNetBackend:
             Called without arguments after each epoch (a progress bar's tick).
         augment : callable, optional
             Maps each NumPy batch of inputs to an augmented one of the same shape before the
-            forward pass (e.g. :func:`adapters.digits.random_shift`).
+            forward pass (e.g. :func:`coreprune_digits.data.random_shift`).
 
         Returns
         -------
@@ -162,7 +161,7 @@ class MXNetBackend:
         batch_size: int,
         seed: int,
     ) -> list[float]:
-        """Train ``student`` with :class:`adapters.mxnet.distill.KDLoss`; ``alpha=0`` is plain cross-entropy.
+        """Train ``student`` with :class:`coreprune.mxnet.distill.KDLoss`; ``alpha=0`` is plain cross-entropy.
 
         Both arms of the KD comparison go through this one loop (same batches, Adam with the
         cosine schedule of :meth:`fit`, same epochs), so only the loss differs.

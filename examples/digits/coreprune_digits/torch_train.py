@@ -1,8 +1,8 @@
 """The PyTorch side of the end-to-end pipeline: build, train, fine-tune with masks, distil, evaluate, time.
 
-:class:`TorchBackend` implements :class:`adapters.pipeline.Backend`; :mod:`adapters.pipeline`
-holds the job itself (framework-free) and :mod:`adapters.mxnet.train` the same verbs in Gluon.
-Weights cross the boundary only as ``dict[str, numpy.ndarray]`` through :mod:`adapters.torch`'s
+:class:`TorchBackend` implements :class:`coreprune_digits.pipeline.Backend`; :mod:`coreprune_digits.pipeline`
+holds the job itself (framework-free) and :mod:`coreprune_digits.mxnet_train` the same verbs in Gluon.
+Weights cross the boundary only as ``dict[str, numpy.ndarray]`` through :mod:`coreprune.torch`'s
 ``to_numpy`` / ``load_numpy``; masks are kept with ``attach_masks`` (PyTorch's own
 ``custom_from_mask`` parametrisation) and made permanent with ``prune.remove`` after fine-tuning.
 """
@@ -15,13 +15,13 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
+from coreprune.torch import attach_masks, load_numpy, to_numpy
+from coreprune.torch.blocks import mobilenet_student, num_parameters, squeezenet_student
+from coreprune.torch.distill import distill_student
 from torch import nn
 from torch.nn.utils import prune
 
-from .blocks import mobilenet_student, num_parameters, squeezenet_student
-from .convert import attach_masks, load_numpy, to_numpy
-from .distill import distill_student
-from .models import lenet
+from .torch_models import lenet
 
 __all__ = ["TorchBackend"]
 
@@ -46,7 +46,7 @@ class TorchBackend:
         torch.manual_seed(int(seed))
 
     def teacher(self) -> nn.Module:
-        """The source's LeNet (:func:`adapters.torch.models.lenet`)."""
+        """The source's LeNet (:func:`coreprune_digits.torch_models.lenet`)."""
         return lenet()
 
     def student(self, kind: str, width: float, pool: int = 1) -> nn.Module:
@@ -102,7 +102,7 @@ class TorchBackend:
             Called without arguments after each epoch (a progress bar's tick).
         augment : callable, optional
             Maps each NumPy batch of inputs to an augmented one of the same shape before the
-            forward pass (e.g. :func:`adapters.digits.random_shift`).
+            forward pass (e.g. :func:`coreprune_digits.data.random_shift`).
 
         Returns
         -------
@@ -153,7 +153,7 @@ class TorchBackend:
         batch_size: int,
         seed: int,
     ) -> list[float]:
-        """Train ``student`` with :func:`adapters.torch.distill.kd_loss`; ``alpha=0`` is plain cross-entropy.
+        """Train ``student`` with :func:`coreprune.torch.distill.kd_loss`; ``alpha=0`` is plain cross-entropy.
 
         Both arms of the KD comparison go through this one loop (same batches, Adam with the
         cosine schedule of :meth:`fit`, same epochs), so only the loss differs.
