@@ -26,7 +26,7 @@ Examples
 
 from __future__ import annotations
 
-from . import arch, distill, io
+from . import arch, distill, io, structured
 from .arch import channel_shuffle
 from .compressed import load_compressed, save_compressed
 from .distill import kd_loss, kd_loss_and_grad
@@ -59,6 +59,7 @@ __all__ = [
     "quantize",
     "dequantize",
     "arch",
+    "structured",
     "io",
     "distill",
     "channel_shuffle",

@@ -40,6 +40,7 @@ from .blocks import (
 )
 from .convert import LoadReport, attach_masks, load_numpy, masks_from_module, to_numpy
 from .distill import distill_student, kd_loss
+from .structured import load_pruned, prune_channels, trace_graph
 
 # The conversion verbs are the adapter proper; the losses and blocks are re-exported for convenience
 # and live in their own modules (blocks.py, distill.py, models.py).
@@ -60,4 +61,7 @@ __all__ = [
     "mobilenet_student",
     "squeezenet_student",
     "num_parameters",
+    "prune_channels",
+    "load_pruned",
+    "trace_graph",
 ]
