@@ -4,7 +4,9 @@ Counts follow Torch-Pruning so that both libraries remove the same number of cha
 ``n`` units keeps ``int(n * (1 - amount))`` (per group), rounded **down** to a multiple of
 ``round_to``, never fewer than the floor ``max(1, ceil(min_keep * n))`` (itself rounded up to a
 multiple of ``round_to`` when ``n`` allows). Ties in importance are broken by unit position (the
-earlier unit is removed first), so the plan is a pure function of the weights.
+earlier unit is removed first), so the plan is a pure function of the weights. Every producer keeps
+at least one output channel (in a concatenation's group, a producer that would lose them all gets
+its best one back in place of the weakest kept unit elsewhere).
 """
 
 from __future__ import annotations
@@ -140,5 +142,29 @@ def select_units(
             continue
         # Stable: among equal scores the earlier unit sorts first and is removed first.
         order = np.argsort(s, kind="stable")
-        keep[g.name] = np.sort(order[n - counts[g.name] :]).astype(np.int64)
+        keep[g.name] = _cover_producers(g, s, order, order[n - counts[g.name] :])
     return keep
+
+
+def _cover_producers(group: Group, scores: np.ndarray, order: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """``kept``, changed so that every producer of the group keeps at least one output channel.
+
+    A concatenation puts several producers in one group; ranking them together could remove every
+    channel of one of them (a layer of width 0). Such a producer gets its best unit back in place of
+    the weakest kept unit whose producers all keep another channel.
+    """
+    producers = [{s.node for s in u.slices if s.kind == "producer"} for u in group.units]
+    chosen = set(int(i) for i in kept)
+    rank = {int(u): r for r, u in enumerate(order)}
+    for node in dict.fromkeys(p for ps in producers for p in ps):
+        if any(node in producers[u] for u in chosen):
+            continue
+        best = max((u for u in range(len(group)) if node in producers[u]), key=rank.__getitem__)
+        for victim in sorted(chosen, key=rank.__getitem__):
+            others = chosen - {victim}
+            if all(any(p in producers[u] for u in others) for p in producers[victim]):
+                chosen = others | {best}
+                break
+        else:
+            chosen.add(best)  # nothing can give way: keep one more than asked
+    return np.array(sorted(chosen), dtype=np.int64)

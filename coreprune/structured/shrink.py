@@ -113,6 +113,8 @@ def shrink(
         mask[sorted(gone.get(node.name, ()))] = False
         kept[node.name] = np.flatnonzero(mask).astype(np.int64)
         channels[node.name] = int(mask.sum())
+        if channels[node.name] == 0:
+            raise CompressionError(f"the plan removes every channel of layer {node.name!r}")
     conv_groups = {}
     for node in graph:
         if node.op == "conv":
