@@ -22,9 +22,9 @@ units from a group.
 
 A unit is **locked** (never pruned) when it touches a model input or output, a layer norm, the
 input of an embedding, a channel softmax (``normalize``), a ``slice`` (split/chunk), or either side
-of a grouped (non-depthwise) convolution or of a depthwise convolution with a channel multiplier: removing those channels would
-change the model's interface, the normalisation of the other channels, or how the framework splits
-the tensor, which a change of shapes alone cannot express.
+of a grouped (non-depthwise) convolution or of a depthwise convolution with a channel multiplier:
+removing those channels would change the model's interface, the normalisation of the other
+channels, or how the framework splits the tensor, which a change of shapes alone cannot express.
 """
 
 from __future__ import annotations
