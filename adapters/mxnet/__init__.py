@@ -37,6 +37,7 @@ from .blocks import (
 from .convert import LoadReport, load_numpy, to_numpy
 from .distill import KDLoss, distill_student
 from .masks import attach_masks, detach_masks, reapply_masks
+from .structured import block_symbol, prune_channels, prune_checkpoint, prune_symbol
 
 # The conversion verbs are the adapter proper; the loss and blocks are re-exported for convenience
 # and live in their own modules (blocks.py, distill.py, models.py).
@@ -59,4 +60,8 @@ __all__ = [
     "squeezenet_student",
     "num_parameters",
     "TORCH_LEAF_NAMES",
+    "prune_channels",
+    "prune_symbol",
+    "prune_checkpoint",
+    "block_symbol",
 ]

@@ -8,7 +8,9 @@ The pipeline, each step public for users with their own framework:
 3. :func:`select_units` scores the units (:func:`group_importance`) and chooses the kept ones;
 4. :func:`shrink` builds the new, smaller arrays (:func:`zero_units` checks a plan on the dense model).
 
-:func:`prune_graph` runs steps 2-4. N:M semi-structured masks: :func:`nm_masks`.
+:func:`prune_graph` runs steps 2-4. N:M semi-structured masks: :func:`nm_masks`. MXNet symbol
+JSON without MXNet:
+:func:`graph_from_mxnet_json`, :func:`rewrite_mxnet_json`.
 
 Examples
 --------
@@ -34,6 +36,7 @@ import numpy as np
 from .graph import OPS, Graph, Node
 from .groups import Group, Slice, Unit, coupling_groups
 from .importance import IMPORTANCES, Importance, group_importance
+from .mxnet_json import graph_from_mxnet_json, rewrite_mxnet_json
 from .nm import nm_masks
 from .plan import select_units
 from .shrink import Shrunk, shrink, zero_units
@@ -54,6 +57,8 @@ __all__ = [
     "zero_units",
     "prune_graph",
     "nm_masks",
+    "graph_from_mxnet_json",
+    "rewrite_mxnet_json",
 ]
 
 

@@ -19,6 +19,7 @@ Or a callable ``f(group, weights) -> array of len(group)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Union
 
@@ -102,10 +103,14 @@ def group_importance(
     scores = np.zeros(len(group), dtype=np.float64)
     seen = False
     for u, unit in enumerate(group.units):
-        for s in unit.slices:
-            if s.role == "weight" and s.kind in kinds:
-                scores[u] += _per_index(weights, s.key, s.axis, p, cache)[s.index]
-                seen = True
+        terms = [
+            _per_index(weights, s.key, s.axis, p, cache)[s.index]
+            for s in unit.slices
+            if s.role == "weight" and s.kind in kinds
+        ]
+        # fsum is exact: the score does not depend on the order in which a framework lists the layers.
+        scores[u] = math.fsum(terms)
+        seen = seen or bool(terms)
     if not seen:
         if importance == "bn_scale":
             return None

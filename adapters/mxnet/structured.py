@@ -1,0 +1,246 @@
+"""Structured channel pruning of MXNet models: symbol JSON in, smaller symbol and parameters out.
+
+What it does
+------------
+* :func:`prune_symbol` prunes a symbol (its JSON) with its ``arg``/``aux`` parameters: the
+  framework-free :func:`coreprune.structured.graph_from_mxnet_json` reads the graph,
+  :mod:`coreprune.structured` couples, scores, selects and shrinks, and
+  :func:`coreprune.structured.rewrite_mxnet_json` writes the new channel counts into the JSON.
+* :func:`prune_checkpoint` does it to a symbol-API checkpoint on disk (``prefix-symbol.json`` +
+  ``prefix-EPOCH.params``), writing a new checkpoint.
+* :func:`prune_channels` does it to a Gluon ``HybridBlock`` (traced by calling it on a symbol, which
+  leaves the block as it was) and returns a new ``gluon.SymbolBlock`` holding the smaller model.
+
+The supported operators are listed in :mod:`coreprune.structured.mxnet_json`; anything else raises
+:class:`~coreprune.errors.CompressionError` naming the node.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+import mxnet as mx
+from coreprune.errors import CompressionError
+from coreprune.structured import Importance, graph_from_mxnet_json, prune_graph, rewrite_mxnet_json
+from mxnet import gluon
+
+__all__ = ["prune_symbol", "prune_checkpoint", "prune_channels", "block_symbol"]
+
+
+def _numpy(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {k: (v.asnumpy() if isinstance(v, mx.nd.NDArray) else np.asarray(v)) for k, v in params.items()}
+
+
+def prune_symbol(
+    symbol_json: str,
+    arg_params: Mapping[str, Any],
+    aux_params: Mapping[str, Any],
+    amount: float,
+    input_shapes: Mapping[str, tuple[int, ...]],
+    *,
+    importance: Importance = "l2",
+    scope: str = "layer",
+    round_to: int = 1,
+    min_keep: float = 0.0,
+) -> tuple[str, dict[str, mx.nd.NDArray], dict[str, mx.nd.NDArray]]:
+    """Prune the channels of a symbol and its parameters.
+
+    Parameters
+    ----------
+    symbol_json : str
+        ``Symbol.tojson()`` or the text of ``prefix-symbol.json``.
+    arg_params, aux_params : mapping of str to NDArray or numpy.ndarray
+        As ``mx.model.load_checkpoint`` returns them (names without ``arg:``/``aux:``); not modified.
+    amount : float
+        Fraction of each coupling group's channels removed, in ``[0, 1)``.
+    input_shapes : mapping of str to tuple of int
+        Shape of every data input, e.g. ``{"data": (1, 3, 224, 224)}``.
+    importance, scope, round_to, min_keep
+        As for :func:`coreprune.structured.select_units`.
+
+    Returns
+    -------
+    (str, dict, dict)
+        The new JSON and new ``arg`` and ``aux`` NDArray dicts (CPU, original dtypes).
+
+    Raises
+    ------
+    CompressionError
+        On an unsupported operator (named) or a bad argument.
+
+    Examples
+    --------
+    >>> import mxnet as mx
+    >>> from coreprune.mxnet import mobilenet_student
+    >>> net = mobilenet_student(0.5); net.initialize()
+    >>> sym = net(mx.sym.var("data"))
+    >>> params = {p.name: p.data() for p in net.collect_params().values()}
+    >>> aux_names = set(sym.list_auxiliary_states())
+    >>> arg = {k: v for k, v in params.items() if k not in aux_names}
+    >>> aux = {k: v for k, v in params.items() if k in aux_names}
+    >>> js, arg2, aux2 = prune_symbol(sym.tojson(), arg, aux, 0.5, {"data": (1, 1, 28, 28)})
+    >>> mx.sym.load_json(js).infer_shape(data=(2, 1, 28, 28))[1]
+    [(2, 10)]
+    """
+    arg, aux = _numpy(arg_params), _numpy(aux_params)
+    overlap = set(arg) & set(aux)
+    if overlap:
+        raise CompressionError(f"names in both arg and aux params: {sorted(overlap)[:5]}")
+    weights = {**arg, **aux}
+    graph = graph_from_mxnet_json(symbol_json, weights, input_shapes)
+    shrunk = prune_graph(
+        graph, weights, amount, importance=importance, scope=scope, round_to=round_to, min_keep=min_keep
+    )
+    new_json = rewrite_mxnet_json(symbol_json, shrunk)
+    to_nd = lambda names: {k: mx.nd.array(shrunk.weights[k], dtype=shrunk.weights[k].dtype) for k in names}
+    return new_json, to_nd(arg), to_nd(aux)
+
+
+def prune_checkpoint(
+    prefix: str,
+    epoch: int,
+    new_prefix: str,
+    amount: float,
+    input_shapes: Mapping[str, tuple[int, ...]],
+    **kw: Any,
+) -> None:
+    """Prune a symbol-API checkpoint on disk into a new checkpoint ``new_prefix`` (same epoch).
+
+    Parameters
+    ----------
+    prefix, epoch : str, int
+        Read ``prefix-symbol.json`` and ``prefix-%04d.params`` (``mx.model.load_checkpoint``).
+    new_prefix : str
+        Written with ``mx.model.save_checkpoint``; must differ from ``prefix``.
+    amount, input_shapes, **kw
+        As for :func:`prune_symbol`.
+
+    Raises
+    ------
+    CompressionError
+        If ``new_prefix`` is ``prefix``, or as :func:`prune_symbol`.
+
+    Examples
+    --------
+    >>> import mxnet as mx, os, tempfile
+    >>> from coreprune.mxnet import squeezenet_student
+    >>> net = squeezenet_student(); net.initialize(); net.hybridize(); _ = net(mx.nd.zeros((1, 1, 28, 28)))
+    >>> d = tempfile.mkdtemp(); net.export(os.path.join(d, "sq"))
+    >>> prune_checkpoint(os.path.join(d, "sq"), 0, os.path.join(d, "small"), 0.5, {"data": (1, 1, 28, 28)})
+    >>> sym, arg, aux = mx.model.load_checkpoint(os.path.join(d, "small"), 0)
+    >>> sym.infer_shape(data=(3, 1, 28, 28))[1]
+    [(3, 10)]
+    """
+    if os.path.abspath(prefix) == os.path.abspath(new_prefix):
+        raise CompressionError(f"new_prefix must differ from prefix {prefix!r}: inputs are never overwritten")
+    try:
+        sym, arg, aux = mx.model.load_checkpoint(prefix, epoch)
+    except mx.base.MXNetError as exc:
+        raise CompressionError(f"cannot read the checkpoint {prefix!r} epoch {epoch}: {exc}") from exc
+    js, arg2, aux2 = prune_symbol(sym.tojson(), arg, aux, amount, input_shapes, **kw)
+    mx.model.save_checkpoint(new_prefix, epoch, mx.sym.load_json(js), arg2, aux2)
+
+
+def block_symbol(block: gluon.HybridBlock) -> tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The symbol JSON of a Gluon block and its parameters split into ``arg`` and ``aux`` (copies).
+
+    The block is called on ``mx.sym.var("data")``, which neither hybridizes it nor runs it.
+
+    Returns
+    -------
+    (str, dict, dict)
+        JSON text; ``arg`` and ``aux`` arrays named by the parameters' ``name`` (``conv0_weight``).
+
+    Examples
+    --------
+    >>> from coreprune.mxnet import Fire
+    >>> fire = Fire(8, 2, 4, 4); fire.initialize()
+    >>> js, arg, aux = block_symbol(fire)
+    >>> sorted(arg)[:2]
+    ['fire0_conv0_bias', 'fire0_conv0_weight']
+    """
+    sym = block(mx.sym.var("data"))
+    if isinstance(sym, (list, tuple)):
+        sym = mx.sym.Group(list(sym))
+    aux_names = set(sym.list_auxiliary_states())
+    used = set(sym.list_arguments()) | aux_names
+    params = {p.name: p.data().asnumpy() for p in block.collect_params().values() if p.name in used}
+    arg = {k: v for k, v in params.items() if k not in aux_names}
+    aux = {k: v for k, v in params.items() if k in aux_names}
+    return sym.tojson(), arg, aux
+
+
+def prune_channels(
+    block: gluon.HybridBlock,
+    example_input: mx.nd.NDArray,
+    amount: float,
+    *,
+    importance: Importance = "l2",
+    scope: str = "layer",
+    round_to: int = 1,
+    min_keep: float = 0.0,
+) -> gluon.SymbolBlock:
+    """A new, physically smaller ``SymbolBlock`` with ``amount`` of each coupling group's channels removed.
+
+    Parameters
+    ----------
+    block : mxnet.gluon.HybridBlock
+        Initialised; not modified (not even hybridized). One data input.
+    example_input : mxnet.nd.NDArray
+        An input batch (its shape is what matters).
+    amount, importance, scope, round_to, min_keep
+        As for :func:`coreprune.structured.select_units`.
+
+    Returns
+    -------
+    mxnet.gluon.SymbolBlock
+        Input ``data``; outputs of the original shapes. Its parameters keep the original parameter
+        names (``mobilenetstudent0_conv0_weight``); save it with ``export``.
+
+    Raises
+    ------
+    CompressionError
+        On an unsupported operator (named), a bad argument, or a pruned model whose outputs change shape.
+
+    Examples
+    --------
+    >>> import mxnet as mx
+    >>> from coreprune.mxnet import mobilenet_student
+    >>> net = mobilenet_student(); net.initialize()
+    >>> small = prune_channels(net, mx.nd.zeros((1, 1, 28, 28)), 0.5)
+    >>> small(mx.nd.zeros((2, 1, 28, 28))).shape
+    (2, 10)
+    """
+    js, arg, aux = block_symbol(block)
+    shape = tuple(example_input.shape)
+    new_js, arg2, aux2 = prune_symbol(
+        js,
+        arg,
+        aux,
+        amount,
+        {"data": shape},
+        importance=importance,
+        scope=scope,
+        round_to=round_to,
+        min_keep=min_keep,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        sym_file, params_file = os.path.join(tmp, "net-symbol.json"), os.path.join(tmp, "net-0000.params")
+        with open(sym_file, "w") as f:
+            f.write(new_js)
+        mx.nd.save(
+            params_file,
+            {**{f"arg:{k}": v for k, v in arg2.items()}, **{f"aux:{k}": v for k, v in aux2.items()}},
+        )
+        small = gluon.SymbolBlock.imports(sym_file, ["data"], params_file)
+    before = block(example_input)
+    after = small(example_input)
+    shapes = lambda out: [o.shape for o in (out if isinstance(out, (list, tuple)) else [out])]
+    if shapes(before) != shapes(after):
+        raise CompressionError(f"pruning changed the output shapes {shapes(before)} -> {shapes(after)}")
+    return small
