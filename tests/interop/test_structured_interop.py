@@ -1,0 +1,93 @@
+"""Identical weights give identical pruned models from PyTorch and MXNet.
+
+The same architecture is built in both frameworks (tests/torch/structured_models.py and its Gluon
+twin tests/mxnet/structured_models_mx.py, attribute for attribute), the torch weights are copied
+into the Gluon block, both are pruned with the same settings, and every pruned tensor must be
+bit-identical (under the structural name, Gluon's batch-norm leaves renamed to torch's).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+mx = pytest.importorskip("mxnet")
+pytest.importorskip("mxnet.gluon", reason="needs a real MXNet installation")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+import coreprune.mxnet as cmx  # noqa: E402
+import coreprune.torch as ctorch  # noqa: E402
+
+_TESTS = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load(path: pathlib.Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sm = _load(_TESTS / "torch" / "structured_models.py", "structured_models")
+smx = _load(_TESTS / "mxnet" / "structured_models_mx.py", "structured_models_mx")
+
+PAIRS = {
+    "resnet18": (lambda: sm.resnet18(16, 10), lambda: smx.resnet18(16, 10), (1, 3, 32, 32)),
+    "resnet50": (lambda: sm.resnet50(8, 10), lambda: smx.resnet50(8, 10), (1, 3, 32, 32)),
+    "mobilenetv2": (lambda: sm.MobileNetV2(0.25, 10), lambda: smx.MobileNetV2(0.25, 10), (1, 3, 32, 32)),
+    "squeezenet": (lambda: sm.SqueezeNet(10), lambda: smx.SqueezeNet(10), (1, 3, 48, 48)),
+    "shufflenet": (sm.ShuffleNetSmall, smx.ShuffleNetSmall, (1, 3, 16, 16)),
+    "mobilenet_student": (
+        lambda: ctorch.mobilenet_student(0.5),
+        lambda: cmx.mobilenet_student(0.5),
+        (1, 1, 28, 28),
+    ),
+}
+
+
+def _torch_name(structural: str) -> str:
+    prefix, _, leaf = structural.rpartition(".")
+    return f"{prefix}.{cmx.TORCH_LEAF_NAMES.get(leaf, leaf)}"
+
+
+def _twins(name: str):
+    make_torch, make_mx, shape = PAIRS[name]
+    torch.manual_seed(0)
+    tnet = make_torch().eval()
+    gen = torch.Generator().manual_seed(1)
+    for m in tnet.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    gnet = make_mx()
+    gnet.initialize()
+    state = tnet.state_dict()
+    structural = gnet._collect_params_with_prefix()
+    for key, param in structural.items():
+        param.set_data(mx.nd.array(state[_torch_name(key)].numpy()))
+    var_to_torch = {p.name: _torch_name(k) for k, p in structural.items()}
+    return tnet, gnet, var_to_torch, shape
+
+
+@pytest.mark.parametrize("settings", [{}, {"round_to": 8}, {"scope": "global", "min_keep": 0.2}], ids=str)
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_same_pruned_tensors_from_both_frameworks(name, settings):
+    tnet, gnet, var_to_torch, shape = _twins(name)
+    x = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    pruned_t = ctorch.prune_channels(tnet, torch.from_numpy(x), 0.5, **settings)
+    pruned_g = cmx.prune_channels(gnet, mx.nd.array(x), 0.5, **settings)
+    ours_t = {k: v.numpy() for k, v in pruned_t.state_dict().items() if not k.endswith("num_batches_tracked")}
+    ours_g = {var_to_torch[p.name]: p.data().asnumpy() for p in pruned_g.collect_params().values()}
+    assert sorted(ours_t) == sorted(ours_g)
+    shrunk = 0
+    for k in ours_t:
+        assert ours_t[k].shape == ours_g[k].shape, k
+        assert np.array_equal(ours_t[k], ours_g[k]), k
+        shrunk += ours_t[k].shape != tuple(tnet.state_dict()[k].shape)
+    assert shrunk > 0
