@@ -80,6 +80,7 @@ _ELEMENTWISE_MODULES = (
     nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d,
     nn.AdaptiveMaxPool3d,
+    nn.Upsample,
 )
 _ELEMENTWISE_FUNCTIONS = {
     F.relu,
@@ -109,6 +110,7 @@ _ELEMENTWISE_FUNCTIONS = {
     F.adaptive_max_pool1d,
     F.adaptive_max_pool2d,
     F.adaptive_max_pool3d,
+    F.interpolate,
     torch.relu,
     torch.sigmoid,
     torch.tanh,
@@ -347,6 +349,8 @@ class _Translator:
 
     def getitem(self, node: fx.Node) -> None:
         src, index = node.args
+        if src not in self.splits and src not in self.axis:
+            return  # indexing a size or a shape: no tensor, nothing to prune
         if src not in self.splits or not isinstance(index, int):
             raise _refuse(node, "indexing a tensor is not supported (only the pieces of split/chunk)")
         on_channels, sizes = self.splits[src]
@@ -391,10 +395,9 @@ class _Translator:
         if fn is operator.getitem:
             self.getitem(node)
         elif self.shape(node) is None and not isinstance(node.meta.get("tensor_meta"), (tuple, list)):
-            if any(a in self.axis for a in self.tensor_args(node)) and not (
-                is_method and fn in ("size", "dim")
-            ):
-                raise _refuse(node, "its result is not a tensor")
+            # Sizes and shapes (x.size(0), x.shape): not tensors, nothing to prune. A later use of such
+            # a value as a tensor is refused, since it is not in self.axis.
+            return
         elif (not is_method and fn in _BINARY) or (is_method and fn in _BINARY_METHODS):
             self.binary(node, _BINARY[fn] if not is_method else _BINARY_METHODS[fn])
         elif fn in (torch.cat, torch.concat):

@@ -264,6 +264,20 @@ def test_unsupported_layers_are_refused_by_name(module, match):
         prune_channels(module, x, 0.5)
 
 
+class _Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        return self.conv(x) if x.sum() > 0 else x
+
+
+def test_untraceable_control_flow_is_refused():
+    with pytest.raises(CompressionError, match="torch.fx cannot trace _Branchy"):
+        prune_channels(_Branchy(), torch.zeros(1, 3, 4, 4), 0.5)
+
+
 def test_forward_with_hard_coded_channels_is_refused():
     # view(-1, 8) passes the trace as a flatten of the kept axis, but the pruned model cannot run.
     with pytest.raises(CompressionError):
@@ -275,3 +289,31 @@ def test_bad_amount_is_refused():
     for bad in (1.0, -0.1, "half", True):
         with pytest.raises(CompressionError, match="amount"):
             prune_channels(model, x, bad)
+
+
+class _ShapeUser(nn.Module):
+    """Common forward idioms: sizes read from the tensor, upsampling, a functional flatten by view."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 16, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        y = nn.functional.interpolate(y, scale_factor=2)
+        y = nn.functional.max_pool2d(y, 4)
+        return self.fc(y.view(x.shape[0], -1) + y.reshape(x.size(0), -1))
+
+
+def test_size_reads_upsampling_and_view_flatten():
+    torch.manual_seed(0)
+    model = _ShapeUser().eval()
+    _randomise_bn(model, 0)
+    x = torch.randn(2, 3, 8, 8)
+    twin, _ = _zero_removed(model, x, 0.5)
+    pruned = prune_channels(twin, x, 0.5)
+    assert pruned.conv.out_channels == 4 and pruned.fc.in_features == 4 * 16
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), twin(x), rtol=1e-5, atol=1e-5)
