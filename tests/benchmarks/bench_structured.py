@@ -6,9 +6,11 @@ in an environment with torch (and, for the MXNet rows, mxnet; for the peer rows,
     python tests/benchmarks/bench_structured.py                                   # every model, ~10 min
     python tests/benchmarks/bench_structured.py --models resnet50 --amounts 0.5   # the headline row
     python tests/benchmarks/bench_structured.py --frameworks torch mxnet --out structured.json
+    python tests/benchmarks/bench_structured.py --frameworks mxnet --round-to 8      # MXNet rows only
 
 For each model (ResNet-18, ResNet-50, MobileNetV2, SqueezeNet 1.1 at full width, random weights,
-built in tests/torch/structured_models.py and its Gluon twin) and each amount, it prunes with
+built in tests/torch/structured_models.py and its Gluon twin, which gets the torch model's weights)
+and each amount, it prunes with
 ``coreprune.torch.prune_channels`` (``"l2"``, per layer) and, where installed, with Torch-Pruning 1.6.1
 (``GroupMagnitudeImportance(p=2)``, same ratio, classifier kept), then reports
 
@@ -94,13 +96,18 @@ def _cost(model, x):
     return total.params, total.macs
 
 
-def _torch_pruning(model, x, amount, classifier):
+def _torch_pruning(model, x, amount, classifier, round_to):
     import torch_pruning as tp
 
     model = copy.deepcopy(model)
     imp = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer=None)
     tp.pruner.MagnitudePruner(
-        model, x[:1], importance=imp, pruning_ratio=amount, ignored_layers=[classifier(model)]
+        model,
+        x[:1],
+        importance=imp,
+        pruning_ratio=amount,
+        ignored_layers=[classifier(model)],
+        round_to=round_to if round_to > 1 else None,
     ).step()
     return model
 
@@ -113,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--round-to", type=int, default=1, help="keep channel counts multiples of this")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
@@ -136,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         have_tp = False
     if "mxnet" in args.frameworks:
         import mxnet as mx
+        from coreprune.mxnet import TORCH_LEAF_NAMES
         from coreprune.mxnet import prune_channels as mx_prune
 
         smx = _load(ROOT / "tests" / "mxnet" / "structured_models_mx.py", "structured_models_mx")
@@ -158,13 +167,15 @@ def main(argv: list[str] | None = None) -> int:
         xb = torch.randn(args.batch, 3, args.size, args.size)
         variants = [("dense", 0.0, dense)]
         for amount in args.amounts:
-            variants.append(("coreprune", amount, prune_channels(dense, xb[:1], amount).eval()))
+            if "torch" not in args.frameworks:
+                continue
+            small = prune_channels(dense, xb[:1], amount, round_to=args.round_to).eval()
+            variants.append(("coreprune", amount, small))
             if have_tp:
-                variants.append(
-                    ("torch-pruning", amount, _torch_pruning(dense, xb, amount, classifier).eval())
-                )
+                peer = _torch_pruning(dense, xb, amount, classifier, args.round_to).eval()
+                variants.append(("torch-pruning", amount, peer))
         base = {}
-        for who, amount, model in variants:
+        for who, amount, model in variants if "torch" in args.frameworks else []:
             params, macs = _cost(model, xb)
             row = {
                 "model": name,
@@ -184,9 +195,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             _print(row, args.batch)
         if "mxnet" in args.frameworks:
-            mx.random.seed(0)
             gnet = mx_builders[name]()
-            gnet.initialize(mx.init.Xavier())
+            gnet.initialize()
+            # The torch model's weights, so that both frameworks prune the same model to the same shapes.
+            state = dense.state_dict()
+            for key, param in gnet._collect_params_with_prefix().items():
+                prefix, _, leaf = key.rpartition(".")
+                param.set_data(mx.nd.array(state[f"{prefix}.{TORCH_LEAF_NAMES.get(leaf, leaf)}"].numpy()))
             xm = mx.nd.array(xb.numpy())
             gvariants = [("dense", 0.0, gnet)] + [
                 ("coreprune", a, mx_prune(gnet, xm[:1], a)) for a in args.amounts
