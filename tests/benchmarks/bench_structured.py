@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 param.set_data(mx.nd.array(state[f"{prefix}.{TORCH_LEAF_NAMES.get(leaf, leaf)}"].numpy()))
             xm = mx.nd.array(xb.numpy())
             gvariants = [("dense", 0.0, gnet)] + [
-                ("coreprune", a, mx_prune(gnet, xm[:1], a)) for a in args.amounts
+                ("coreprune", a, mx_prune(gnet, xm[:1], a, round_to=args.round_to)) for a in args.amounts
             ]
             gbase = {}
             for who, amount, block in gvariants:
