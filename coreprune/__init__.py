@@ -13,6 +13,7 @@ imports torch or mxnet on its own; the converters are the subpackages :mod:`core
   size planner)
 * distillation and light architectures: :mod:`coreprune.distill`, :mod:`coreprune.arch`
 * selection of tensors: :func:`select`; errors: :class:`CompressionError`
+* threads of the fast paths: :func:`set_num_threads`, :func:`num_threads`
 
 Examples
 --------
@@ -29,6 +30,7 @@ Examples
 from __future__ import annotations
 
 from . import arch, distill, io
+from ._fast.blocked import num_threads, set_num_threads
 from .arch import channel_shuffle
 from .distill import kd_loss, kd_loss_and_grad
 from .errors import CompressionError, UnsafePickleError, WeightFileError
@@ -71,5 +73,7 @@ __all__ = [
     "load_compressed",
     "encoded_nbytes",
     "layout_of",
+    "set_num_threads",
+    "num_threads",
     "__version__",
 ]
