@@ -78,7 +78,7 @@ def _zero_pruned_(sub: nn.Module, attr: str) -> None:
             hook(sub, ())  # what the forward pre-hook does: weight = weight_orig * weight_mask
 
 
-def attach_masks(module: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: bool = False) -> nn.Module:
+def attach_masks(target: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: bool = False) -> nn.Module:
     """Keep pruned weights at zero during fine-tuning, with ``torch.nn.utils.prune.custom_from_mask``.
 
     For every ``name -> mask`` (``"features.0.weight" -> bool array``) the submodule
@@ -89,13 +89,13 @@ def attach_masks(module: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: 
     ``weight_orig`` there (momentum, weight decay, Adam's update) is multiplied by zero again:
     the effective weight stays exactly 0 while the kept entries train. The pruned entries of
     ``weight_orig`` are set to ``+0.0`` now. Everything PyTorch offers for pruned modules applies:
-    ``prune.is_pruned(module)`` is True and :func:`~coreprune.torch.to_numpy` exports the
+    ``prune.is_pruned(target)`` is True and :func:`~coreprune.torch.to_numpy` exports the
     effective weights. A tensor that is already pruned gets the new mask instead of its old one
     (its previously pruned entries stay 0 but train again where the new mask keeps them).
 
     Parameters
     ----------
-    module : torch.nn.Module
+    target : torch.nn.Module
         Modified in place and returned.
     masks : Mapping[str, numpy.ndarray]
         Parameter name (a ``state_dict`` name, or the plain name of an already pruned tensor) to a
@@ -109,7 +109,7 @@ def attach_masks(module: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: 
     Returns
     -------
     torch.nn.Module
-        ``module`` itself.
+        ``target`` itself.
 
     Raises
     ------
@@ -130,15 +130,15 @@ def attach_masks(module: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: 
     >>> (to_numpy(layer)["weight"] == 0).tolist()
     [[False, True], [True, False]]
     """
-    _check_module(module, "attach_masks")
+    _check_module(target, "attach_masks")
     _check_arrays(masks, "masks")
-    pruned = {name for name, _, _ in _pruned(module)}
+    pruned = {name for name, _, _ in _pruned(target)}
     # The maskable tensors, under the names to_numpy exports: parameters, a pruned one by its plain name.
     shapes: dict[str, tuple[int, ...]] = {}
-    for name, param in module.named_parameters(remove_duplicate=False):
+    for name, param in target.named_parameters(remove_duplicate=False):
         plain = name[: -len("_orig")] if name.endswith("_orig") else name
         shapes[plain if plain in pruned else name] = tuple(param.shape)
-    buffers = {name for name, _ in module.named_buffers(remove_duplicate=False)}
+    buffers = {name for name, _ in target.named_buffers(remove_duplicate=False)}
     bookkeeping = {name + suffix: name for name in pruned for suffix in ("_orig", "_mask")}
     not_trainable = [
         f"{name!r} is pruning bookkeeping; give the plain name {bookkeeping[name]!r}"
@@ -152,7 +152,7 @@ def attach_masks(module: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: 
     checked = check_masks(masks, shapes, verb="attach_masks")
     for name, mask in checked.items():
         path, _, attr = name.rpartition(".")
-        sub = module.get_submodule(path)
+        sub = target.get_submodule(path)
         if name in pruned:
             # Replace, not combine: PyTorch would keep only the entries both masks keep.
             _zero_pruned_(sub, attr)
@@ -163,18 +163,18 @@ def attach_masks(module: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: 
         prune.custom_from_mask(sub, attr, mask=torch.tensor(mask, device=param.device))
         _zero_pruned_(sub, attr)
         param.requires_grad_(False if freeze else trainable)
-    return module
+    return target
 
 
-def attached_masks(module: nn.Module) -> dict[str, np.ndarray]:
+def attached_masks(target: nn.Module) -> dict[str, np.ndarray]:
     """The masks of every tensor pruned with ``torch.nn.utils.prune``, as bool arrays (True = kept).
 
-    The inverse of :func:`attach_masks`: ``attach_masks(other, attached_masks(module))`` prunes
-    ``other`` like ``module``. Works for masks set by any ``torch.nn.utils.prune`` method.
+    The inverse of :func:`attach_masks`: ``attach_masks(other, attached_masks(target))`` prunes
+    ``other`` like ``target``. Works for masks set by any ``torch.nn.utils.prune`` method.
 
     Parameters
     ----------
-    module : torch.nn.Module
+    target : torch.nn.Module
 
     Returns
     -------
@@ -194,17 +194,17 @@ def attached_masks(module: nn.Module) -> dict[str, np.ndarray]:
     >>> attached_masks(layer)["weight"].tolist()
     [[False, True, False, True]]
     """
-    _check_module(module, "attached_masks")
-    by_buffer = {name + "_mask": name for name, _, _ in _pruned(module)}
+    _check_module(target, "attached_masks")
+    by_buffer = {name + "_mask": name for name, _, _ in _pruned(target)}
     return {
         by_buffer[key]: _tensor_to_numpy(key, value != 0)
-        for key, value in module.state_dict().items()
+        for key, value in target.state_dict().items()
         if key in by_buffer
     }
 
 
-def reapply_masks(module: nn.Module) -> nn.Module:
-    """Zero the pruned entries of every masked parameter of ``module`` now, in place.
+def reapply_masks(target: nn.Module) -> nn.Module:
+    """Zero the pruned entries of every masked parameter of ``target`` now, in place.
 
     Sets the pruned entries of each ``weight_orig`` to ``+0.0`` (an optimizer with momentum or
     weight decay moves them, harmlessly, since the forward pass multiplies them by 0) and
@@ -214,13 +214,13 @@ def reapply_masks(module: nn.Module) -> nn.Module:
 
     Parameters
     ----------
-    module : torch.nn.Module
+    target : torch.nn.Module
         Modified in place and returned; a module without masks is returned unchanged.
 
     Returns
     -------
     torch.nn.Module
-        ``module`` itself.
+        ``target`` itself.
 
     Examples
     --------
@@ -233,14 +233,14 @@ def reapply_masks(module: nn.Module) -> nn.Module:
     >>> reapply_masks(fc).weight_orig.tolist()
     [[1.0, 0.0], [1.0, 1.0]]
     """
-    _check_module(module, "reapply_masks")
-    for name, sub, _ in list(_pruned(module)):
+    _check_module(target, "reapply_masks")
+    for name, sub, _ in list(_pruned(target)):
         _zero_pruned_(sub, name.rpartition(".")[2])
-    return module
+    return target
 
 
-def detach_masks(module: nn.Module) -> nn.Module:
-    """Make the pruning permanent and remove the masks of every pruned tensor of ``module``.
+def detach_masks(target: nn.Module) -> nn.Module:
+    """Make the pruning permanent and remove the masks of every pruned tensor of ``target``.
 
     The pruned entries are zeroed one last time (``+0.0``), then ``torch.nn.utils.prune.remove``
     turns each ``weight_orig`` back into a plain ``weight`` (the same ``Parameter`` object) and
@@ -249,13 +249,13 @@ def detach_masks(module: nn.Module) -> nn.Module:
 
     Parameters
     ----------
-    module : torch.nn.Module
+    target : torch.nn.Module
         Modified in place and returned; a module without masks is returned unchanged.
 
     Returns
     -------
     torch.nn.Module
-        ``module`` itself.
+        ``target`` itself.
 
     Examples
     --------
@@ -270,8 +270,8 @@ def detach_masks(module: nn.Module) -> nn.Module:
     >>> prune.is_pruned(fc), fc.weight.requires_grad, (fc.weight == 0).tolist()
     (False, True, [[False, True], [True, False]])
     """
-    _check_module(module, "detach_masks")
-    for name, sub, _ in list(_pruned(module)):
+    _check_module(target, "detach_masks")
+    for name, sub, _ in list(_pruned(target)):
         attr = name.rpartition(".")[2]
         if attr + "_orig" not in sub._parameters:
             continue  # a shared submodule listed under a second name, already detached
@@ -279,4 +279,4 @@ def detach_masks(module: nn.Module) -> nn.Module:
         prune.remove(sub, attr)
         param = sub._parameters[attr]
         param.requires_grad_(_forget_requires_grad(param))
-    return module
+    return target
