@@ -3,19 +3,29 @@
 * Tests under ``tests/torch``, ``tests/mxnet`` and ``tests/interop`` get the
   matching marker automatically; any other test that needs a framework marks
   itself (``@pytest.mark.torch``) and skips with ``pytest.importorskip``.
-* ``--require-framework NAME`` (used by the tox envs) makes the run fail when no
-  test carrying marker NAME passed: an env whose framework silently failed to
-  import would otherwise go green having tested nothing.
+* ``--require-framework NAME`` (used by the tox envs) turns a skip into a failure
+  where it would hide a broken env: ``pytest.importorskip`` of the required
+  framework's modules (``torch``; ``mxnet``; both for ``interop``; for any other NAME,
+  the module NAME) imports them outright and fails with the import error instead of
+  skipping; and the run fails when no test carrying marker NAME passed. An env whose
+  framework failed to import would otherwise go green having tested nothing.
+  ``tests/test_require_framework.py`` runs pytest on test files
+  that import a missing module to check both.
 """
 
 from __future__ import annotations
 
+import importlib
 import pathlib
+from typing import Any
 
 import pytest
 
 _FRAMEWORK_DIRS = ("torch", "mxnet", "interop")
+#: The top-level modules each required framework name stands for.
+_FRAMEWORK_MODULES = {"torch": ("torch",), "mxnet": ("mxnet",), "interop": ("torch", "mxnet")}
 _passed_by_marker: dict[str, int] = {}
+_original_importorskip = pytest.importorskip
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -24,8 +34,47 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="fail the run unless at least one test marked NAME passed (torch, mxnet, interop)",
+        help="fail, not skip, where NAME's modules do not import, and fail the run unless at least "
+        "one test marked NAME passed (torch, mxnet, interop)",
     )
+
+
+def _strict_importorskip(required: dict[str, str]):
+    """``pytest.importorskip`` that fails for the modules of a required framework."""
+
+    def importorskip(modname: str, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        framework = required.get(modname.partition(".")[0])
+        if framework is None:
+            return _original_importorskip(modname, *args, **kwargs)
+        problem = None
+        try:
+            importlib.import_module(modname)
+        except Exception as exc:  # any failure: a broken install must not pass as a skip
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem is not None:  # failed outside the except block, so the report shows one error
+            pytest.fail(
+                f"--require-framework {framework}: {modname!r} does not import ({problem}); "
+                "a required framework's tests must not be skipped",
+                pytrace=False,
+            )
+        return _original_importorskip(modname, *args, **kwargs)  # minversion and the like
+
+    return importorskip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    required = {
+        module: name
+        for name in config.getoption("--require-framework")
+        for module in _FRAMEWORK_MODULES.get(name, (name,))
+    }
+    if required:
+        pytest.importorskip = _strict_importorskip(required)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    pytest.importorskip = _original_importorskip
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -41,9 +90,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call" and report.passed:
-        for name in _FRAMEWORK_DIRS:
-            if name in report.keywords:
-                _passed_by_marker[name] = _passed_by_marker.get(name, 0) + 1
+        for name in report.keywords:
+            _passed_by_marker[name] = _passed_by_marker.get(name, 0) + 1
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
