@@ -11,12 +11,16 @@
   framework failed to import would otherwise go green having tested nothing.
   ``tests/test_require_framework.py`` runs pytest on test files
   that import a missing module to check both.
+* ``run_readme_block`` runs a fenced ``python`` block of README.md as written
+  (tests/torch/test_readme_torch.py, tests/mxnet/test_readme_mxnet.py;
+  tests/test_readme.py checks that no other block goes untested).
 """
 
 from __future__ import annotations
 
 import importlib
 import pathlib
+import re
 from typing import Any
 
 import pytest
@@ -86,6 +90,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if rel.parts and rel.parts[0] in _FRAMEWORK_DIRS:
             item.add_marker(getattr(pytest.mark, rel.parts[0]))
+
+
+def readme_python_blocks() -> dict[str, list[str]]:
+    """The fenced ``python`` blocks of README.md, by the ``## `` heading of their section."""
+    text = (pathlib.Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks: dict[str, list[str]] = {}
+    for section in re.finditer(r"^## (.+?)\n(.*?)(?=^## |\Z)", text, re.S | re.M):
+        found = re.findall(r"^```python\n(.*?)^```", section.group(2), re.S | re.M)
+        if found:
+            blocks[section.group(1).strip()] = found
+    return blocks
+
+
+@pytest.fixture
+def readme_blocks() -> dict[str, list[str]]:
+    """:func:`readme_python_blocks` as a fixture."""
+    return readme_python_blocks()
+
+
+@pytest.fixture
+def run_readme_block(capsys: pytest.CaptureFixture[str]):
+    """Run the one ``python`` block of README.md's section ``heading`` as written.
+
+    Returns the namespace the block leaves behind and what it printed, for the test to check.
+    """
+
+    def run(heading: str) -> tuple[dict[str, Any], str]:
+        blocks = readme_python_blocks()
+        assert len(blocks.get(heading, [])) == 1, f"README.md: one python block under '## {heading}'"
+        namespace: dict[str, Any] = {"__name__": "__readme__"}
+        exec(compile(blocks[heading][0], f"README.md ({heading})", "exec"), namespace)
+        return namespace, capsys.readouterr().out
+
+    return run
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
