@@ -116,7 +116,8 @@ def attach_masks(target: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: 
     CompressionError
         Names of buffers or of pruning bookkeeping (``weight_orig``); then, all listed in one
         message, names that are no parameter of the module, masks that are not bool, shape
-        mismatches. Checked for all masks before any is attached.
+        mismatches; a shared parameter given two different masks. Checked for all masks before
+        any is attached.
 
     Examples
     --------
@@ -150,10 +151,23 @@ def attach_masks(target: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: 
     if not_trainable:
         raise CompressionError("attach_masks: " + "; ".join(not_trainable) + "; only parameters take masks")
     checked = check_masks(masks, shapes, verb="attach_masks")
+    # One entry per (submodule, tensor): a submodule reachable under two names is pruned once. A
+    # parameter shared by several names must get one mask, as in coreprune.mxnet.attach_masks.
+    plan: dict[tuple[int, str], tuple[nn.Module, str, np.ndarray]] = {}
+    first: dict[int, tuple[str, np.ndarray]] = {}
     for name, mask in checked.items():
         path, _, attr = name.rpartition(".")
         sub = target.get_submodule(path)
-        if name in pruned:
+        param = sub._parameters.get(attr + "_orig", sub._parameters.get(attr))
+        seen = first.setdefault(id(param), (name, mask))
+        if not np.array_equal(seen[1], mask):
+            raise CompressionError(
+                f"attach_masks: {seen[0]!r} and {name!r} are the same (shared) parameter "
+                "but got different masks"
+            )
+        plan[(id(sub), attr)] = (sub, attr, mask)
+    for sub, attr, mask in plan.values():
+        if attr + "_orig" in sub._parameters:
             # Replace, not combine: PyTorch would keep only the entries both masks keep.
             _zero_pruned_(sub, attr)
             prune.remove(sub, attr)
