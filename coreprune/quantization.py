@@ -33,7 +33,8 @@ from collections.abc import Mapping
 import ml_dtypes
 import numpy as np
 
-from . import _blocked, _kernels
+from ._fast import blocked as _blocked
+from ._fast import kernels as _kernels
 from .errors import CompressionError
 from .packing import _check_bits
 from .selection import Pattern, check_weights, is_floating, require_finite, select
@@ -307,7 +308,7 @@ class QuantizedArray:
     def _fast_job(self) -> _blocked.Job | None:
         """:meth:`dequantize` as a blocked, threaded job (same result), or None where it does not apply.
 
-        It applies to C-contiguous codes of at least ``coreprune._blocked.MIN_FAST_ELEMENTS`` values
+        It applies to C-contiguous codes of at least ``coreprune._fast.blocked.MIN_FAST_ELEMENTS`` values
         with one scale per tensor, per index of axis 0 or per group, for float16/bfloat16/float32/
         float64 originals.
         """
@@ -349,7 +350,7 @@ def _quantize_fast_job(
     """The blocked, threaded path of :func:`_quantize_tensor` as a job, or None where it does not apply.
 
     It applies to C-contiguous float16/bfloat16/float32/float64 tensors of at least
-    ``coreprune._blocked.MIN_FAST_ELEMENTS`` values, ``bits >= 2``, with one scale per tensor, per
+    ``coreprune._fast.blocked.MIN_FAST_ELEMENTS`` values, ``bits >= 2``, with one scale per tensor, per
     index of axis 0 or per group, given ``axis`` and ``group_size`` already checked and normalised.
     The job returns the :class:`QuantizedArray` -- the same one as the reference path -- or None
     when the tensor holds NaN/Inf or a scale exceeds float32, for the reference path to report.
@@ -372,18 +373,7 @@ def _quantize_fast_job(
         if result is None:
             return None
         codes, scale, zero_point = result
-        scale_shape = _scale_shape(w.shape, axis, group_size)
-        return QuantizedArray(
-            codes=codes.reshape(w.shape),
-            scale=scale.reshape(scale_shape),
-            zero_point=None if zero_point is None else zero_point.reshape(scale_shape),
-            bits=bits,
-            symmetric=symmetric,
-            axis=axis,
-            group_size=group_size,
-            shape=w.shape,
-            dtype=w.dtype,
-        )
+        return _assemble(w, codes, scale, zero_point, bits, symmetric, axis, group_size)
 
     return job()
 
@@ -440,12 +430,27 @@ def _quantize_tensor(
         q = np.asarray(np.rint(x / scale.astype(work)))
         q += zp.astype(work)
         codes = np.clip(q, 0, qmax, out=q).astype(dtype)
-        zero_point = np.asarray(zp).astype(dtype).reshape(_scale_shape(w.shape, axis, group_size))
+        zero_point = np.asarray(zp).astype(dtype)
+    return _assemble(w, codes, scale, zero_point, bits, symmetric, axis, group_size)
+
+
+def _assemble(
+    w: np.ndarray,
+    codes: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray | None,
+    bits: int,
+    symmetric: bool,
+    axis: int | None,
+    group_size: int | None,
+) -> QuantizedArray:
+    """The QuantizedArray of ``w`` from codes, scales and zero points of any compatible shape."""
+    scale_shape = _scale_shape(w.shape, axis, group_size)
     return QuantizedArray(
         # asarray: NumPy returns scalars, not 0-d arrays, from several operations on 0-d input
         codes=np.asarray(codes).reshape(w.shape),
-        scale=np.asarray(scale).reshape(_scale_shape(w.shape, axis, group_size)),
-        zero_point=zero_point,
+        scale=np.asarray(scale).reshape(scale_shape),
+        zero_point=None if zero_point is None else np.asarray(zero_point).reshape(scale_shape),
         bits=bits,
         symmetric=symmetric,
         axis=axis,

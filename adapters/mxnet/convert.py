@@ -17,7 +17,8 @@ same collection would be saved to:
 
 MXNet keeps its arrays in its own memory (and on its own devices), so
 :func:`to_numpy` always copies (``NDArray.asnumpy``); the dict it returns shares
-nothing with the model. :func:`load_numpy` writes *in place* into the existing
+nothing with the model, and ``copy=False`` (the zero-copy views
+:func:`coreprune.torch.to_numpy` offers) is refused. :func:`load_numpy` writes *in place* into the existing
 arrays, keeping each one's dtype and context (device), casting the incoming values
 to the array's dtype.
 
@@ -38,10 +39,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Union
 
-import ml_dtypes
 import numpy as np
 
 import mxnet as mx
+from coreprune import dtypes
 from coreprune.errors import CompressionError
 from coreprune.load_report import LoadReport, match_names
 from coreprune.selection import check_weights, is_floating
@@ -51,6 +52,8 @@ __all__ = ["LoadReport", "to_numpy", "load_numpy"]
 
 #: How MXNet 1.9.1's Python front end spells bfloat16 (``NDArray.dtype`` of a bf16 array).
 MX_BFLOAT16 = np.dtype([("bfloat16", "<u2")])
+#: The same 16 bits as NumPy knows them (the dtype registry's bfloat16, an ml_dtypes type).
+_BFLOAT16 = dtypes.by_name("bfloat16").dtype  # type: ignore[union-attr]
 
 #: A collection :func:`to_numpy` and :func:`load_numpy` accept.
 Collection = Union[
@@ -134,13 +137,13 @@ def _check_initialised(slots: Mapping[str, Any], *, verb: str) -> None:
 
 def _numpy_dtype(arr: mx.nd.NDArray) -> np.dtype:
     dtype = np.dtype(arr.dtype)
-    return np.dtype(ml_dtypes.bfloat16) if dtype == MX_BFLOAT16 else dtype
+    return _BFLOAT16 if dtype == MX_BFLOAT16 else dtype
 
 
 def _read(arr: mx.nd.NDArray) -> np.ndarray:
     out = arr.asnumpy()  # synchronous device -> host copy into a fresh NumPy array
     if out.dtype == MX_BFLOAT16:
-        out = out.view(np.uint16).view(ml_dtypes.bfloat16)
+        out = out.view(np.uint16).view(_BFLOAT16)
     return out
 
 
@@ -153,7 +156,7 @@ def _cast_for(name: str, array: np.ndarray, arr: mx.nd.NDArray) -> np.ndarray:
             "refusing to truncate floating values into an integer/bool array"
         )
     out = array.astype(target, copy=False)
-    if target == np.dtype(ml_dtypes.bfloat16):
+    if target == _BFLOAT16:
         out = np.ascontiguousarray(out).view(np.uint16).view(MX_BFLOAT16)
     return out
 
@@ -171,7 +174,7 @@ def _host_array(array: np.ndarray) -> np.ndarray | mx.nd.NDArray:
     return mx.nd.array(array, ctx=mx.cpu(), dtype=array.dtype)
 
 
-def to_numpy(obj: Collection) -> dict[str, np.ndarray]:
+def to_numpy(obj: Collection, *, copy: bool = True) -> dict[str, np.ndarray]:
     """Copy every tensor of an MXNet collection into a new ``dict[str, numpy.ndarray]``.
 
     Parameters
@@ -181,6 +184,11 @@ def to_numpy(obj: Collection) -> dict[str, np.ndarray]:
         aux states such as BatchNorm running statistics included); a ParameterDict its
         global names; a mapping its own keys; a pair of mappings (``Module.get_params()``,
         ``mx.model.load_checkpoint``) ``arg:<name>`` and ``aux:<name>``.
+    copy : bool, default True
+        Must be True. The signature is :func:`coreprune.torch.to_numpy`'s, whose ``copy=False``
+        returns views of CPU tensors; MXNet offers NumPy no view of its memory (it lives in
+        MXNet's own allocator, possibly in an MKL-DNN layout or on a GPU), so ``copy=False``
+        raises rather than silently copying.
 
     Returns
     -------
@@ -192,7 +200,8 @@ def to_numpy(obj: Collection) -> dict[str, np.ndarray]:
     Raises
     ------
     CompressionError
-        For uninitialised (deferred) parameters, sparse arrays or an unsupported object.
+        For uninitialised (deferred) parameters, sparse arrays, an unsupported object, or
+        ``copy=False``.
 
     Examples
     --------
@@ -207,7 +216,18 @@ def to_numpy(obj: Collection) -> dict[str, np.ndarray]:
     ((3, 4), 'float32')
     >>> list(to_numpy(({"fc_weight": mx.nd.ones((2, 2))}, {"bn_running_var": mx.nd.ones(2)})))
     ['arg:fc_weight', 'aux:bn_running_var']
+    >>> to_numpy(net, copy=False)
+    Traceback (most recent call last):
+    ...
+    coreprune.errors.CompressionError: to_numpy(copy=False): MXNet cannot share its memory with NumPy; ...
     """
+    if copy is not True:
+        raise CompressionError(
+            "to_numpy(copy=False): MXNet cannot share its memory with NumPy; every array is a copy, "
+            "so leave copy=True (the default)"
+            if copy is False
+            else f"to_numpy: copy must be True or False, got {copy!r}"
+        )
     slots = _slots(obj, verb="to_numpy")
     _check_initialised(slots, verb="to_numpy")
     return {name: _read(_arrays(name, value, verb="to_numpy")[0]) for name, value in slots.items()}

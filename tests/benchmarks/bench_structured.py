@@ -144,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         have_tp = False
     if "mxnet" in args.frameworks:
         import mxnet as mx
-        from coreprune.mxnet import TORCH_LEAF_NAMES
         from coreprune.mxnet import prune_channels as mx_prune
+        from coreprune.mxnet.blocks import TORCH_LEAF_NAMES
 
         smx = _load(ROOT / "tests" / "mxnet" / "structured_models_mx.py", "structured_models_mx")
         mx_builders = {

@@ -22,6 +22,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 import coreprune.mxnet as cmx  # noqa: E402
 import coreprune.torch as ctorch  # noqa: E402
+from coreprune.mxnet.blocks import TORCH_LEAF_NAMES  # noqa: E402
 
 _TESTS = pathlib.Path(__file__).resolve().parents[1]
 
@@ -52,7 +53,7 @@ PAIRS = {
 
 def _torch_name(structural: str) -> str:
     prefix, _, leaf = structural.rpartition(".")
-    return f"{prefix}.{cmx.TORCH_LEAF_NAMES.get(leaf, leaf)}"
+    return f"{prefix}.{TORCH_LEAF_NAMES.get(leaf, leaf)}"
 
 
 def _twins(name: str):

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from coreprune.torch import attach_masks, masks_from_module, mobilenet_student, to_numpy  # noqa: E402
+from coreprune.torch import attach_masks, attached_masks, mobilenet_student, to_numpy  # noqa: E402
 
 from coreprune.structured import nm_masks  # noqa: E402
 
@@ -27,7 +27,7 @@ def test_nm_pattern_survives_fine_tuning(n, m):
         torch.nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
     after = to_numpy(net)
-    assert {k: v.tolist() for k, v in masks_from_module(net).items()} == {
+    assert {k: v.tolist() for k, v in attached_masks(net).items()} == {
         k: v.tolist() for k, v in masks.items()
     }
     for k, mask in masks.items():
