@@ -176,8 +176,8 @@ def block_symbol(block: gluon.HybridBlock) -> tuple[str, dict[str, np.ndarray], 
 
 
 def prune_channels(
-    block: gluon.HybridBlock,
-    example_input: mx.nd.NDArray,
+    model: gluon.HybridBlock,
+    example_inputs: mx.nd.NDArray,
     amount: float,
     *,
     importance: Importance = "l2",
@@ -189,10 +189,10 @@ def prune_channels(
 
     Parameters
     ----------
-    block : mxnet.gluon.HybridBlock
+    model : mxnet.gluon.HybridBlock
         Initialised; not modified (not even hybridized). One data input.
-    example_input : mxnet.nd.NDArray
-        An input batch (its shape is what matters).
+    example_inputs : mxnet.nd.NDArray or a 1-tuple of it
+        An input batch (its shape is what matters). Named as in :func:`coreprune.torch.prune_channels`.
     amount, importance, scope, round_to, min_keep
         As for :func:`coreprune.structured.select_units`.
 
@@ -216,6 +216,11 @@ def prune_channels(
     >>> small(mx.nd.zeros((2, 1, 28, 28))).shape
     (2, 10)
     """
+    if isinstance(example_inputs, (tuple, list)):
+        if len(example_inputs) != 1:
+            raise CompressionError(f"one data input is supported, got {len(example_inputs)}")
+        example_inputs = example_inputs[0]
+    block, example_input = model, example_inputs
     js, arg, aux = block_symbol(block)
     shape = tuple(example_input.shape)
     new_js, arg2, aux2 = prune_symbol(
