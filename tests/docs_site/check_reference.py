@@ -22,6 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 PUBLIC = {
     "coreprune": ROOT / "coreprune" / "__init__.py",
     "coreprune.io": ROOT / "coreprune" / "io" / "__init__.py",
+    "coreprune.structured": ROOT / "coreprune" / "structured" / "__init__.py",
     "coreprune.torch": ROOT / "adapters" / "torch" / "__init__.py",
     "coreprune.mxnet": ROOT / "adapters" / "mxnet" / "__init__.py",
 }
