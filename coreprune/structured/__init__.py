@@ -39,7 +39,7 @@ from .importance import IMPORTANCES, Importance, group_importance
 from .mxnet_json import graph_from_mxnet_json, rewrite_mxnet_json
 from .nm import nm_masks
 from .plan import select_units
-from .shrink import Shrunk, shrink, zero_units
+from .slicing import Shrunk, shrink, zero_units
 
 __all__ = [
     "OPS",

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import CompressionError
 from .graph import Graph, Node
-from .shrink import Shrunk
+from .slicing import Shrunk
 
 __all__ = ["graph_from_mxnet_json", "rewrite_mxnet_json"]
 
