@@ -30,9 +30,10 @@ from . import arch, distill, io
 from .arch import channel_shuffle
 from .compressed import load_compressed, save_compressed
 from .distill import kd_loss, kd_loss_and_grad
-from .errors import CompressionError, UnsafePickleError, WeightFileError
+from .errors import CompressionError, EmptyLayerWarning, UnsafePickleError, WeightFileError
 from .pruning import (
     GlobalThreshold,
+    PruneResult,
     apply_masks,
     global_magnitude_threshold,
     prune_magnitude,
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CompressionError",
+    "EmptyLayerWarning",
     "UnsafePickleError",
     "WeightFileError",
     "select",
@@ -54,6 +56,7 @@ __all__ = [
     "apply_masks",
     "global_magnitude_threshold",
     "GlobalThreshold",
+    "PruneResult",
     "sparsity",
     "QuantizedArray",
     "quantize",
