@@ -71,6 +71,7 @@ from ._select import kth_smallest as _kth_smallest
 from .aliases import group_aliases
 from .errors import CompressionError, EmptyLayerWarning
 from .io.base import WeightReader
+from .masks import check_masks
 from .selection import Pattern, check_weights, require_finite, select
 
 __all__ = [
@@ -927,7 +928,8 @@ def apply_masks(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarra
     weights : Mapping[str, numpy.ndarray]
         Name to array. Not modified.
     masks : Mapping[str, numpy.ndarray]
-        Name to bool array of exactly that tensor's shape; every name must be in ``weights``.
+        Name to bool array of exactly that tensor's shape; every name must be in ``weights``
+        (the rule of :func:`coreprune.masks.check_masks`).
 
     Returns
     -------
@@ -938,7 +940,8 @@ def apply_masks(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarra
     Raises
     ------
     CompressionError
-        A mask naming no tensor, of another shape, or not of dtype bool; a non-array value.
+        Masks naming no tensor, of another shape, or not of dtype bool (all listed in one
+        message); a non-array value.
 
     Examples
     --------
@@ -949,16 +952,8 @@ def apply_masks(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarra
     [[1.0, 0.0], [0.0, 4.0]]
     """
     check_weights(weights)
-    check_weights(masks, what="masks")
-    for name, mask in masks.items():
-        if name not in weights:
-            raise CompressionError(f"mask {name!r} names no tensor in weights")
-        if mask.dtype != np.bool_:
-            raise CompressionError(f"mask {name!r} has dtype {mask.dtype}, expected bool")
-        if mask.shape != weights[name].shape:
-            raise CompressionError(
-                f"mask {name!r} has shape {mask.shape} but tensor {name!r} has shape {weights[name].shape}"
-            )
+    # The one mask rule, shared with coreprune.torch / coreprune.mxnet attach_masks.
+    masks = check_masks(masks, {name: array.shape for name, array in weights.items()}, verb="apply_masks")
     out = dict(weights)
     fast = [name for name in masks if _kernels.eligible(weights[name], dtypes=None)]
     out.update(zip(fast, _blocked.run_jobs([_kernels.zero_job(weights[n], masks[n]) for n in fast])))

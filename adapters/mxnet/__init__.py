@@ -5,11 +5,17 @@ What it does
 * :func:`to_numpy` copies the tensors of a Gluon Block, a ParameterDict, a mapping of
   NDArrays or an ``(arg_params, aux_params)`` pair into a new dict, named exactly as
   MXNet's own files name them (``Block.save_parameters``, ``mx.nd.save``,
-  ``mx.model.save_checkpoint``).
+  ``mx.model.save_checkpoint``). It always copies: ``copy=False`` is refused, MXNet cannot
+  lend its memory to NumPy.
 * :func:`load_numpy` writes such a dict back in place, keeping dtype and context, and
   returns a :class:`LoadReport` (strict by default).
 * :func:`attach_masks` keeps pruned entries at exactly zero while a ``Trainer`` trains the
-  rest; :func:`reapply_masks` and :func:`detach_masks` re-zero and remove them.
+  rest; :func:`attached_masks` reads them back, :func:`reapply_masks` and :func:`detach_masks`
+  re-zero and remove them.
+* :func:`kd_loss` and :func:`distill_student` distil a student.
+
+The verbs, their names and signatures are those of :mod:`coreprune.torch`; ``docs/mxnet.md``
+tabulates them and where MXNet forces a difference.
 
 What it must not do
 -------------------
@@ -23,7 +29,6 @@ not (the source lives in the repository's ``adapters/mxnet/`` folder).
 from __future__ import annotations
 
 from .blocks import (
-    TORCH_LEAF_NAMES,
     ChannelShuffle,
     DepthwiseSeparable,
     Fire,
@@ -35,19 +40,21 @@ from .blocks import (
     squeezenet_student,
 )
 from .convert import LoadReport, load_numpy, to_numpy
-from .distill import KDLoss, distill_student
-from .masks import attach_masks, detach_masks, reapply_masks
+from .distill import distill_student, kd_loss
+from .masks import attach_masks, attached_masks, detach_masks, reapply_masks
 
-# The conversion verbs are the adapter proper; the loss and blocks are re-exported for convenience
-# and live in their own modules (blocks.py, distill.py, models.py).
+# The same names, in the same order, as coreprune.torch.__all__ (tests/interop checks it). The
+# conversion and mask verbs are the adapter proper; the loss and blocks live in their own modules
+# (distill.py, blocks.py).
 __all__ = [
     "LoadReport",
     "to_numpy",
     "load_numpy",
     "attach_masks",
+    "attached_masks",
     "reapply_masks",
     "detach_masks",
-    "KDLoss",
+    "kd_loss",
     "distill_student",
     "Fire",
     "DepthwiseSeparable",
@@ -58,5 +65,4 @@ __all__ = [
     "mobilenet_student",
     "squeezenet_student",
     "num_parameters",
-    "TORCH_LEAF_NAMES",
 ]

@@ -17,7 +17,8 @@ same collection would be saved to:
 
 MXNet keeps its arrays in its own memory (and on its own devices), so
 :func:`to_numpy` always copies (``NDArray.asnumpy``); the dict it returns shares
-nothing with the model. :func:`load_numpy` writes *in place* into the existing
+nothing with the model, and ``copy=False`` (the zero-copy views
+:func:`coreprune.torch.to_numpy` offers) is refused. :func:`load_numpy` writes *in place* into the existing
 arrays, keeping each one's dtype and context (device), casting the incoming values
 to the array's dtype.
 
@@ -171,7 +172,7 @@ def _host_array(array: np.ndarray) -> np.ndarray | mx.nd.NDArray:
     return mx.nd.array(array, ctx=mx.cpu(), dtype=array.dtype)
 
 
-def to_numpy(obj: Collection) -> dict[str, np.ndarray]:
+def to_numpy(obj: Collection, *, copy: bool = True) -> dict[str, np.ndarray]:
     """Copy every tensor of an MXNet collection into a new ``dict[str, numpy.ndarray]``.
 
     Parameters
@@ -181,6 +182,11 @@ def to_numpy(obj: Collection) -> dict[str, np.ndarray]:
         aux states such as BatchNorm running statistics included); a ParameterDict its
         global names; a mapping its own keys; a pair of mappings (``Module.get_params()``,
         ``mx.model.load_checkpoint``) ``arg:<name>`` and ``aux:<name>``.
+    copy : bool, default True
+        Must be True. The signature is :func:`coreprune.torch.to_numpy`'s, whose ``copy=False``
+        returns views of CPU tensors; MXNet offers NumPy no view of its memory (it lives in
+        MXNet's own allocator, possibly in an MKL-DNN layout or on a GPU), so ``copy=False``
+        raises rather than silently copying.
 
     Returns
     -------
@@ -192,7 +198,8 @@ def to_numpy(obj: Collection) -> dict[str, np.ndarray]:
     Raises
     ------
     CompressionError
-        For uninitialised (deferred) parameters, sparse arrays or an unsupported object.
+        For uninitialised (deferred) parameters, sparse arrays, an unsupported object, or
+        ``copy=False``.
 
     Examples
     --------
@@ -207,7 +214,18 @@ def to_numpy(obj: Collection) -> dict[str, np.ndarray]:
     ((3, 4), 'float32')
     >>> list(to_numpy(({"fc_weight": mx.nd.ones((2, 2))}, {"bn_running_var": mx.nd.ones(2)})))
     ['arg:fc_weight', 'aux:bn_running_var']
+    >>> to_numpy(net, copy=False)
+    Traceback (most recent call last):
+    ...
+    coreprune.errors.CompressionError: to_numpy(copy=False): MXNet cannot share its memory with NumPy; ...
     """
+    if copy is not True:
+        raise CompressionError(
+            "to_numpy(copy=False): MXNet cannot share its memory with NumPy; every array is a copy, "
+            "so leave copy=True (the default)"
+            if copy is False
+            else f"to_numpy: copy must be True or False, got {copy!r}"
+        )
     slots = _slots(obj, verb="to_numpy")
     _check_initialised(slots, verb="to_numpy")
     return {name: _read(_arrays(name, value, verb="to_numpy")[0]) for name, value in slots.items()}

@@ -1,11 +1,11 @@
-"""Knowledge distillation in MXNet Gluon: a ``gluon.loss.Loss`` and a small training loop.
+"""Knowledge distillation in MXNet Gluon: the loss with autograd, and a small training loop.
 
-:class:`KDLoss` is the Gluon twin of :func:`coreprune.distill.kd_loss`
-(``alpha T^2 KL(p^T(teacher) || p^T(student)) + (1 - alpha) CE(student, labels)``);
-the test-suite checks that both agree to 1e-6 in value and gradient (float64).
-Like every Gluon loss it returns one value per sample, so ``KDLoss(...)(s, t, y).mean()``
-is the reference's ``reduction="mean"`` and ``.sum()`` its ``reduction="sum"``.
-The maths is documented in :mod:`coreprune.distill` and ``docs/distillation.md``.
+:func:`kd_loss` is the MXNet twin of :func:`coreprune.distill.kd_loss`
+(``alpha T^2 KL(p^T(teacher) || p^T(student)) + (1 - alpha) CE(student, labels)``), with the
+signature of :func:`coreprune.torch.kd_loss`; the test-suite checks that it agrees with the NumPy
+reference to 1e-6 in value and gradient (float64). :func:`distill_student` has the signature of
+:func:`coreprune.torch.distill_student`. The maths is documented in :mod:`coreprune.distill` and
+``docs/distillation.md``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 
@@ -22,122 +22,106 @@ from coreprune.distill import check_hyperparameters
 from coreprune.errors import CompressionError
 from mxnet import autograd, gluon
 
-__all__ = ["KDLoss", "distill_student"]
+__all__ = ["kd_loss", "distill_student"]
 
 Batches = Union[tuple[Any, Any], Iterable[tuple[Any, Any]]]
 
 
-class KDLoss(gluon.loss.Loss):
-    """Distillation loss per sample: ``alpha T^2 KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) CE(s, y)``.
+def kd_loss(
+    student_logits: mx.nd.NDArray,
+    teacher_logits: mx.nd.NDArray,
+    labels: mx.nd.NDArray,
+    *,
+    temperature: float,
+    alpha: float,
+    reduction: Literal["mean", "sum"] = "mean",
+) -> mx.nd.NDArray:
+    """Differentiable distillation loss ``alpha T^2 KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) CE(s, y)``.
 
-    Both softmaxes are computed as ``log_softmax`` (stable for large logits); the KL
-    term is ``sum_c p_c (log p_c - log q_c)`` with ``p = exp(log_softmax(t/T))``, so a
-    teacher probability that underflows contributes 0. The teacher goes through
-    ``BlockGrad``: no gradient reaches it. The gradient of ``loss.mean()`` with respect
-    to the student logits is
-    ``[alpha T (softmax(s/T) - softmax(t/T)) + (1 - alpha)(softmax(s) - onehot(y))] / B``.
+    The MXNet twin of :func:`coreprune.torch.kd_loss`, with the same signature. Both softmaxes
+    are computed as ``log_softmax`` (stable for large logits); the KL term is
+    ``sum_c p_c (log p_c - log q_c)`` with ``p = exp(log_softmax(t/T))``, so a teacher probability
+    that underflows contributes 0. The teacher goes through ``BlockGrad``: no gradient reaches it.
+    The gradient with respect to ``student_logits`` is
+    ``[alpha T (softmax(s/T) - softmax(t/T)) + (1 - alpha)(softmax(s) - onehot(y))] / B``
+    for ``reduction="mean"``.
 
     Parameters
     ----------
+    student_logits : mx.nd.NDArray of float, shape (B, C)
+    teacher_logits : mx.nd.NDArray of float, shape (B, C)
+    labels : mx.nd.NDArray, shape (B,)
+        Class indices in ``[0, C)``, of any dtype (MXNet labels are usually float) but integer
+        valued.
     temperature : float
         ``T > 0``.
     alpha : float
         Weight of the soft term, in ``[0, 1]``.
-    weight : float, optional
-        Global scalar weight of the loss (Gluon convention).
-    batch_axis : int
-        The batch axis (Gluon convention); the class axis is the last one.
+    reduction : {"mean", "sum"}
+        Mean or sum over the batch.
 
-    Inputs
-    ------
-    student : NDArray of float, shape (B, C)
-    teacher : NDArray of float, shape (B, C)
-    label : NDArray, shape (B,)
-        Class indices in ``[0, C)``, any dtype (MXNet labels are usually float). Called on
-        NDArrays, the loss checks the shapes and that the labels are integers in range;
-        inside a symbolic graph it cannot, and ``pick`` would clip a bad label.
-    sample_weight : NDArray, optional, broadcastable to (B,)
-
-    Outputs
+    Returns
     -------
-    NDArray, shape (B,)
-        Per-sample losses, in the dtype of the logits.
+    mx.nd.NDArray
+        The loss, of shape ``(1,)`` (MXNet 1.x has no 0-d NDArray), in the dtype of
+        ``student_logits``.
 
     Raises
     ------
     CompressionError
-        If ``temperature`` or ``alpha`` is out of range; on NDArray inputs, if the shapes
-        mismatch or a label is not an integer in ``[0, C)``.
+        On a bad ``temperature``/``alpha``/``reduction``, inputs that are not NDArrays,
+        mismatched shapes, or labels that are not integers in ``[0, C)``.
 
     Examples
     --------
     >>> import mxnet as mx
-    >>> loss = KDLoss(temperature=1.0, alpha=0.0)
-    >>> s = mx.nd.array([[2.0, 0.0, -1.0]]); t = mx.nd.array([[3.0, 1.0, -2.0]])
-    >>> round(float(loss(s, t, mx.nd.array([0])).asscalar()), 4)   # float32
+    >>> s = mx.nd.array([[2.0, 0.0, -1.0]]); s.attach_grad()
+    >>> t = mx.nd.array([[3.0, 1.0, -2.0]]); y = mx.nd.array([0])
+    >>> with mx.autograd.record():
+    ...     loss = kd_loss(s, t, y, temperature=1.0, alpha=0.0)
+    >>> round(float(loss.asscalar()), 4)   # float32
     0.1698
+    >>> loss.backward(); s.grad.shape
+    (1, 3)
     """
-
-    def __init__(
-        self,
-        temperature: float,
-        alpha: float,
-        weight: float | None = None,
-        batch_axis: int = 0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(weight, batch_axis, **kwargs)
-        self._temperature, self._alpha = check_hyperparameters(temperature, alpha)
-
-    @property
-    def temperature(self) -> float:
-        """The temperature ``T``."""
-        return self._temperature
-
-    @property
-    def alpha(self) -> float:
-        """The weight of the soft term."""
-        return self._alpha
-
-    def forward(self, student, teacher, label, sample_weight=None):
-        if isinstance(student, mx.nd.NDArray):  # imperative call: check what a symbol cannot
-            _check_batch(student, teacher, label)
-        args = (student, teacher, label) + (() if sample_weight is None else (sample_weight,))
-        return super().forward(*args)
-
-    def hybrid_forward(self, F, student, teacher, label, sample_weight=None):
-        t, a = self._temperature, self._alpha
-        log_student_soft = F.log_softmax(student / t, axis=-1)
-        log_teacher_soft = F.log_softmax(F.BlockGrad(teacher) / t, axis=-1)
-        kl = F.sum(F.exp(log_teacher_soft) * (log_teacher_soft - log_student_soft), axis=-1)
-        ce = -F.pick(F.log_softmax(student, axis=-1), label, axis=-1)
-        loss = (a * t * t) * kl + (1.0 - a) * ce
-        if sample_weight is not None:  # the weighting rule of Gluon's built-in losses
-            loss = F.broadcast_mul(loss, sample_weight)
-        return loss if self._weight is None else loss * self._weight
-
-    def __repr__(self) -> str:
-        return f"KDLoss(temperature={self._temperature}, alpha={self._alpha})"
+    t, a = check_hyperparameters(temperature, alpha)
+    if reduction not in ("mean", "sum"):
+        raise CompressionError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    _check_batch(student_logits, teacher_logits, labels)
+    nd = mx.nd
+    log_student_soft = nd.log_softmax(student_logits / t, axis=-1)
+    teacher = nd.BlockGrad(teacher_logits).astype(student_logits.dtype, copy=False)
+    log_teacher_soft = nd.log_softmax(teacher / t, axis=-1)
+    kl = nd.sum(nd.exp(log_teacher_soft) * (log_teacher_soft - log_student_soft))
+    ce = -nd.sum(nd.pick(nd.log_softmax(student_logits, axis=-1), labels, axis=-1))
+    total = (a * t * t) * kl + (1.0 - a) * ce
+    return total / student_logits.shape[0] if reduction == "mean" else total
 
 
-def _check_batch(student: mx.nd.NDArray, teacher: mx.nd.NDArray, label: mx.nd.NDArray) -> None:
+def _check_batch(student: mx.nd.NDArray, teacher: mx.nd.NDArray, labels: mx.nd.NDArray) -> None:
+    """The checks of :func:`coreprune.torch.kd_loss`, with its messages."""
+    for name, value in (("student_logits", student), ("teacher_logits", teacher), ("labels", labels)):
+        if not isinstance(value, mx.nd.NDArray):
+            raise CompressionError(f"{name} must be an mx.nd.NDArray, got {type(value).__name__}")
     if student.ndim != 2 or student.shape[0] == 0 or student.shape[1] == 0:
-        raise CompressionError(f"student logits must have shape (B, C) with B, C >= 1, got {student.shape}")
-    if not isinstance(teacher, mx.nd.NDArray) or teacher.shape != student.shape:
-        shape = getattr(teacher, "shape", type(teacher).__name__)
+        raise CompressionError(f"student_logits must have shape (B, C) with B, C >= 1, got {student.shape}")
+    if np.dtype(student.dtype).kind != "f":
+        raise CompressionError(f"student_logits must be floating point, got {np.dtype(student.dtype)}")
+    if teacher.shape != student.shape:
         raise CompressionError(
-            f"teacher logits have shape {shape} but student logits have shape {student.shape}; "
+            f"teacher_logits has shape {teacher.shape} but student_logits has shape {student.shape}; "
             "they must match"
         )
-    if not isinstance(label, mx.nd.NDArray) or label.shape != (student.shape[0],):
-        shape = getattr(label, "shape", type(label).__name__)
+    if labels.shape != (student.shape[0],):
         raise CompressionError(
-            f"labels must have shape ({student.shape[0]},) to match the logits, got {shape}"
+            f"labels must have shape ({student.shape[0]},) to match the logits, got {labels.shape}"
         )
-    values = label.asnumpy()
+    values = labels.asnumpy()
     n_classes = student.shape[1]
-    if not ((values == np.round(values)) & (values >= 0) & (values < n_classes)).all():
-        raise CompressionError(f"labels must be integers in [0, {n_classes})")
+    if not (values == np.round(values)).all():
+        raise CompressionError(f"labels must be integers, got {values[values != np.round(values)][:3]}")
+    if not ((values >= 0) & (values < n_classes)).all():
+        raise CompressionError(f"labels must lie in [0, {n_classes})")
 
 
 def _positive(name: str, value: object, integer: bool) -> None:
@@ -178,17 +162,18 @@ def distill_student(
     epochs: int = 1,
     lr: float = 1e-3,
     batch_size: int = 64,
-    trainer: gluon.Trainer | None = None,
+    optimizer: gluon.Trainer | None = None,
+    scheduler: mx.lr_scheduler.LRScheduler | None = None,
     seed: int = 0,
-    ctx: mx.Context | None = None,
 ) -> list[float]:
-    """Train ``student`` to imitate ``teacher`` with :class:`KDLoss`; returns the mean loss of each epoch.
+    """Train ``student`` to imitate ``teacher`` with :func:`kd_loss`; returns the mean loss of each epoch.
 
-    The teacher runs outside ``autograd.record()``, hence in inference mode (batch
-    norms use their running statistics, which stay untouched) and without recording
-    a graph; the student runs inside ``autograd.record()`` in training mode. Each step
-    calls ``loss.backward()`` on the per-sample losses and ``trainer.step(B)``, which
-    averages the gradients over the batch, as ``reduction="mean"`` does.
+    The signature of :func:`coreprune.torch.distill_student`. The teacher runs outside
+    ``autograd.record()``, hence in inference mode (batch norms use their running statistics,
+    which stay untouched) and without recording a graph; the student runs inside
+    ``autograd.record()`` in training mode. Each step calls ``backward()`` on the batch-mean loss
+    and ``optimizer.step(1)``. Batches go to the context of the student's first trainable
+    parameter.
 
     Parameters
     ----------
@@ -200,19 +185,23 @@ def distill_student(
         batches of ``batch_size`` by a generator seeded with ``seed``; or a
         re-iterable of ready batches such as a ``gluon.data.DataLoader``.
     temperature, alpha : float
-        As in :class:`KDLoss`.
+        As in :func:`kd_loss`.
     epochs : int
         Passes over ``data``.
     lr : float
-        Learning rate of the default Adam trainer (ignored when ``trainer`` is given).
+        Learning rate of the default Adam trainer (ignored when ``optimizer`` is given).
     batch_size : int
         Used only when ``data`` is a pair of arrays.
-    trainer : gluon.Trainer, optional
-        Over the student's parameters; default ``Trainer(student.collect_params(), "adam", lr)``.
+    optimizer : gluon.Trainer, optional
+        Over the student's parameters (Gluon's counterpart of a ``torch.optim.Optimizer``);
+        default ``Trainer(trainable student parameters, "adam", {"learning_rate": lr})``.
+    scheduler : mx.lr_scheduler.LRScheduler, optional
+        Set as the trainer's optimizer's ``lr_scheduler``, which MXNet consults at every
+        update (per batch, not per epoch), e.g. ``CosineScheduler(max_update=epochs *
+        batches_per_epoch, base_lr=lr)``; its own ``base_lr`` is the starting rate. Refused
+        when ``optimizer`` already has a scheduler.
     seed : int
         Seed of the shuffling generator.
-    ctx : mx.Context, optional
-        Where batches go; default ``mx.cpu()``.
 
     Returns
     -------
@@ -222,7 +211,8 @@ def distill_student(
     Raises
     ------
     CompressionError
-        On bad hyperparameters or data.
+        On bad hyperparameters or data, a student without trainable parameters, or two
+        schedulers.
 
     Examples
     --------
@@ -240,13 +230,17 @@ def distill_student(
     _positive("epochs", epochs, integer=True)
     _positive("batch_size", batch_size, integer=True)
     _positive("lr", lr, integer=False)
-    ctx = ctx if ctx is not None else mx.cpu()
-    if trainer is None:
-        trainable = {k: p for k, p in student.collect_params().items() if p.grad_req != "null"}
-        if not trainable:
-            raise CompressionError("the student has no trainable parameters")
-        trainer = gluon.Trainer(trainable, "adam", {"learning_rate": lr})
-    loss_fn = KDLoss(temperature, alpha)
+    trainable = {k: p for k, p in student.collect_params().items() if p.grad_req != "null"}
+    if not trainable:
+        raise CompressionError("the student has no trainable parameters")
+    ctx = next(iter(trainable.values())).list_ctx()[0]
+    trainer = optimizer if optimizer is not None else gluon.Trainer(trainable, "adam", {"learning_rate": lr})
+    if scheduler is not None:
+        if trainer.optimizer.lr_scheduler is not None:
+            raise CompressionError(
+                "the optimizer already has an lr_scheduler; pass the scheduler in one place only"
+            )
+        trainer.optimizer.lr_scheduler = scheduler
     rng = np.random.default_rng(int(seed))
     history: list[float] = []
     for _ in range(int(epochs)):
@@ -257,10 +251,10 @@ def distill_student(
             y = mx.nd.array(labels, ctx=ctx, dtype=x.dtype)
             teacher_logits = teacher(x)  # outside record(): inference mode, no graph
             with autograd.record():
-                losses = loss_fn(student(x), teacher_logits, y)
-            losses.backward()
-            trainer.step(x.shape[0])
-            total += float(losses.sum().asscalar())
+                loss = kd_loss(student(x), teacher_logits, y, temperature=temperature, alpha=alpha)
+            loss.backward()
+            trainer.step(1)  # the loss is already the batch mean
+            total += float(loss.asscalar()) * x.shape[0]
             count += x.shape[0]
         if count == 0:
             raise CompressionError("data yielded no batch")

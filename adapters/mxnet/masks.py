@@ -26,12 +26,16 @@ In case 3 the stored weights can be non-zero between a ``trainer.step`` and the 
 forward; :func:`reapply_masks` zeroes them on demand (before ``save_parameters`` or
 :func:`~coreprune.mxnet.to_numpy`), and :func:`detach_masks` zeroes them one last time
 and removes the masks, making the pruning permanent (like ``torch.nn.utils.prune.remove``).
+:func:`attached_masks` reads the masks back.
 
 ``freeze=True`` additionally sets ``grad_req='null'`` on every masked parameter, so the
 whole tensor stops training (the all-or-nothing behaviour of the original project);
 :func:`detach_masks` restores the previous ``grad_req``.
 
-This module never computes a mask: it only enforces the one it is given.
+The four verbs and their signatures are those of :mod:`coreprune.torch`'s. Which names a mask
+may use, and how it is checked, is :func:`coreprune.masks.check_masks`, the rule
+:func:`coreprune.apply_masks` and :func:`coreprune.torch.attach_masks` use too. This module never
+computes a mask: it only enforces the one it is given.
 """
 
 from __future__ import annotations
@@ -45,12 +49,12 @@ import numpy as np
 
 import mxnet as mx
 from coreprune.errors import CompressionError
-from coreprune.selection import check_weights
+from coreprune.masks import check_masks
 from mxnet import autograd, gluon
 
 from .convert import _check_initialised, _slots
 
-__all__ = ["attach_masks", "reapply_masks", "detach_masks"]
+__all__ = ["attach_masks", "attached_masks", "reapply_masks", "detach_masks"]
 
 #: What :func:`attach_masks` accepts: something that owns trainable Parameters.
 MaskTarget = Union[gluon.Block, gluon.ParameterDict, Mapping[str, gluon.Parameter]]
@@ -99,16 +103,6 @@ def _parameters(target: Any, *, verb: str) -> dict[str, gluon.Parameter]:
     return slots
 
 
-def _as_bool_mask(name: str, mask: np.ndarray) -> np.ndarray:
-    if mask.dtype == np.bool_:
-        return mask
-    if mask.dtype.kind in "biuf" and np.isin(mask, (0, 1)).all():
-        return mask != 0
-    raise CompressionError(
-        f"attach_masks: mask {name!r} must be bool (or hold only 0 and 1), got {mask.dtype} values"
-    )
-
-
 def _masked_list_grad(param: gluon.Parameter):
     """A ``list_grad`` for ``param`` that zeroes the pruned entries of the gradients it returns."""
 
@@ -153,8 +147,8 @@ def attach_masks(target: MaskTarget, masks: Mapping[str, np.ndarray], *, freeze:
         Block, global (``dense0_weight``) for a ParameterDict. Pass the Block you call
         (the outermost one): only its forward pre-hook runs when it is hybridized.
     masks : Mapping[str, numpy.ndarray]
-        Name to mask of the parameter's shape; True (or 1) keeps an entry, False (or 0)
-        prunes it. Every name must exist in ``target``.
+        Name to a bool mask (True = keep) of the parameter's shape, as
+        :func:`coreprune.masks.check_masks` requires. Every name must exist in ``target``.
     freeze : bool, default False
         Also set ``grad_req='null'`` on the masked parameters (the whole tensor stops
         training); :func:`detach_masks` restores the previous value.
@@ -167,9 +161,9 @@ def attach_masks(target: MaskTarget, masks: Mapping[str, np.ndarray], *, freeze:
     Raises
     ------
     CompressionError
-        Unknown names (the message lists the names that exist), shape mismatches, masks that
-        are not 0/1, uninitialised parameters, sparse gradients, a shared parameter given two
-        different masks, or a target holding no Parameters.
+        Plain NDArrays in the target, uninitialised parameters; then, all listed in one
+        message, unknown names (with the names that exist), masks that are not bool, shape
+        mismatches; sparse gradients, a shared parameter given two different masks.
 
     Examples
     --------
@@ -187,26 +181,14 @@ def attach_masks(target: MaskTarget, masks: Mapping[str, np.ndarray], *, freeze:
     >>> (net[0].weight.data().asnumpy() == 0).tolist()
     [[False, True], [True, False]]
     """
-    check_weights(masks, what="masks")
     params = _parameters(target, verb="attach_masks")
-    unknown = [n for n in masks if n not in params]
-    if unknown:
-        shown = list(params)[:30]
-        raise CompressionError(
-            f"attach_masks: no parameter named {unknown} in the target; its names are {shown}"
-            + (f" ... ({len(params)} in all)" if len(params) > 30 else "")
-        )
-    _check_initialised({n: params[n] for n in masks}, verb="attach_masks")
+    if isinstance(masks, Mapping):
+        _check_initialised({n: params[n] for n in masks if n in params}, verb="attach_masks")
+    checked = check_masks(masks, {n: tuple(p.shape) for n, p in params.items()}, verb="attach_masks")
 
     chosen: dict[gluon.Parameter, tuple[str, np.ndarray]] = {}
-    for name, raw in masks.items():
+    for name, mask in checked.items():
         param = params[name]
-        mask = _as_bool_mask(name, raw)
-        if tuple(mask.shape) != tuple(param.shape):
-            raise CompressionError(
-                f"attach_masks: mask {name!r} has shape {tuple(mask.shape)}, "
-                f"the parameter {tuple(param.shape)}"
-            )
         if param._stype != "default" or param._grad_stype != "default":
             raise CompressionError(
                 f"attach_masks: parameter {name!r} has a sparse storage or gradient; "
@@ -240,6 +222,40 @@ def attach_masks(target: MaskTarget, masks: Mapping[str, np.ndarray], *, freeze:
     return target
 
 
+def attached_masks(target: MaskTarget) -> dict[str, np.ndarray]:
+    """The masks :func:`attach_masks` registered with the parameters of ``target``, as bool arrays.
+
+    The inverse of :func:`attach_masks`: ``attach_masks(other, attached_masks(net))`` masks
+    ``other`` like ``net``.
+
+    Parameters
+    ----------
+    target : gluon.Block, gluon.ParameterDict, or Mapping[str, gluon.Parameter]
+
+    Returns
+    -------
+    dict[str, numpy.ndarray]
+        Parameter name (as :func:`~coreprune.mxnet.to_numpy` names it) to a bool array of the
+        parameter's shape (True = kept), in the target's order; a shared parameter appears under
+        each of its names. Empty when nothing is masked. The arrays are copies.
+
+    Examples
+    --------
+    >>> import mxnet as mx, numpy as np
+    >>> fc = mx.gluon.nn.Dense(2, in_units=2)
+    >>> fc.initialize()
+    >>> _ = attach_masks(fc, {"weight": np.array([[True, False], [True, True]])})
+    >>> attached_masks(fc)["weight"].tolist()
+    [[True, False], [True, True]]
+    """
+    masks = {}
+    for name, param in _parameters(target, verb="attached_masks").items():
+        state = _STATES.get(param)
+        if state is not None:
+            masks[name] = state.mask.copy()
+    return masks
+
+
 def reapply_masks(target: MaskTarget) -> MaskTarget:
     """Zero the pruned entries of every masked parameter of ``target`` now, in place.
 
@@ -252,7 +268,7 @@ def reapply_masks(target: MaskTarget) -> MaskTarget:
     >>> import mxnet as mx, numpy as np
     >>> fc = mx.gluon.nn.Dense(2, in_units=2)
     >>> fc.initialize(mx.init.One())
-    >>> _ = attach_masks(fc, {"weight": np.array([[1, 0], [1, 1]])})
+    >>> _ = attach_masks(fc, {"weight": np.array([[True, False], [True, True]])})
     >>> fc.weight.set_data(mx.nd.ones((2, 2)))  # changed behind the mask's back
     >>> reapply_masks(fc).weight.data().asnumpy().tolist()
     [[1.0, 0.0], [1.0, 1.0]]

@@ -1,9 +1,11 @@
 """PyTorch adapter: ``torch.nn.Module`` <-> ``dict[str, numpy.ndarray]``, and masks for fine-tuning.
 
 What it does: converts a module's parameters and buffers to NumPy arrays for :mod:`coreprune`
-(:func:`to_numpy`), writes arrays back into the module's own tensors (:func:`load_numpy`), and
-keeps pruned weights at zero while fine-tuning with PyTorch's own pruning hooks
-(:func:`attach_masks`, :func:`masks_from_module`).
+(:func:`to_numpy`), writes arrays back into the module's own tensors (:func:`load_numpy`), keeps
+pruned weights at zero while fine-tuning with PyTorch's own pruning hooks (:func:`attach_masks`,
+:func:`attached_masks`, :func:`reapply_masks`, :func:`detach_masks`), and distils a student
+(:func:`kd_loss`, :func:`distill_student`). :mod:`coreprune.mxnet` has the same verbs with the
+same signatures; ``docs/torch.md`` tabulates them and the one difference (``to_numpy(copy=False)``).
 
 What it must not do: any compression maths (that is :mod:`coreprune`'s, on the dicts), any file
 I/O, or any change to a module beyond the pruning reparametrisation it is asked for.
@@ -17,7 +19,7 @@ Examples
 >>> import torch
 >>> from coreprune.torch import load_numpy, to_numpy
 >>> net = torch.nn.Linear(3, 2)
->>> weights = {name: array.copy() for name, array in to_numpy(net).items()}
+>>> weights = to_numpy(net)  # copies: the module is left alone
 >>> weights["weight"][:] = 0.5
 >>> load_numpy(net, weights).missing
 []
@@ -38,17 +40,21 @@ from .blocks import (
     num_parameters,
     squeezenet_student,
 )
-from .convert import LoadReport, attach_masks, load_numpy, masks_from_module, to_numpy
+from .convert import LoadReport, load_numpy, to_numpy
 from .distill import distill_student, kd_loss
+from .masks import attach_masks, attached_masks, detach_masks, reapply_masks
 
-# The conversion verbs are the adapter proper; the losses and blocks are re-exported for convenience
-# and live in their own modules (blocks.py, distill.py, models.py).
+# The same names, in the same order, as coreprune.mxnet.__all__ (tests/interop checks it). The
+# conversion and mask verbs are the adapter proper; the loss and blocks live in their own modules
+# (distill.py, blocks.py).
 __all__ = [
     "LoadReport",
     "to_numpy",
     "load_numpy",
     "attach_masks",
-    "masks_from_module",
+    "attached_masks",
+    "reapply_masks",
+    "detach_masks",
     "kd_loss",
     "distill_student",
     "Fire",

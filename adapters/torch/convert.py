@@ -1,38 +1,35 @@
-"""PyTorch <-> ``dict[str, numpy.ndarray]``: the three verbs that connect a ``torch.nn.Module`` to coreprune.
+"""PyTorch <-> ``dict[str, numpy.ndarray]``: the two verbs that connect a ``torch.nn.Module`` to coreprune.
 
 What this module does
 ---------------------
 * :func:`to_numpy` turns a module (its ``state_dict``: parameters *and* persistent buffers) or a
-  mapping of tensors into ``dict[str, numpy.ndarray]`` under the ``state_dict`` names, without
-  copying CPU tensors.
+  mapping of tensors into ``dict[str, numpy.ndarray]`` under the ``state_dict`` names: copies by
+  default, views of CPU tensors with ``copy=False``.
 * :func:`load_numpy` writes such a dict back into a module's own tensors, in place: same
   ``Parameter`` objects, same dtype, device and ``requires_grad``, so an optimizer that holds them
   keeps working.
-* :func:`attach_masks` installs pruning masks (``name -> bool array``, e.g. from
-  ``coreprune.prune_magnitude``) with PyTorch's own ``torch.nn.utils.prune.custom_from_mask``, so
-  that pruned weights stay exactly zero while the module is fine-tuned; :func:`masks_from_module`
-  reads such masks back.
+
+The masks (:func:`~coreprune.torch.attach_masks` and its siblings) are in :mod:`coreprune.torch.masks`.
 
 What it must not do
 -------------------
 * No compression maths: choosing thresholds, computing masks, quantizing, measuring sparsity all
   live in :mod:`coreprune`, which works on the dicts this module produces.
 * No file I/O and no pickles: reading and writing weight files is :mod:`coreprune.io`'s job.
-* No changes to a module's structure, except the pruning reparametrisation that
-  :func:`attach_masks` is asked to add (undone with ``torch.nn.utils.prune.remove``).
+* No changes to a module's structure.
 
 Conventions
 -----------
 * Names are ``state_dict`` names (``"features.0.weight"``, ``"bn.running_mean"``,
   ``"bn.num_batches_tracked"``). A tensor pruned with ``torch.nn.utils.prune`` (by
-  :func:`attach_masks` or by hand) is exported under its plain name with its *effective* value
-  ``weight_orig * weight_mask``, as if ``prune.remove`` had been called; ``weight_orig`` and
-  ``weight_mask`` themselves are not exported. Parametrizations of ``torch.nn.utils.parametrize``
-  (weight norm, orthogonal, ...) keep their ``state_dict`` names
+  ``attach_masks`` or by hand) is exported under its plain name with its *effective* value
+  ``weight_orig * weight_mask`` (``+0.0`` at pruned entries), as if ``prune.remove`` had been
+  called; ``weight_orig`` and ``weight_mask`` themselves are not exported. Parametrizations of
+  ``torch.nn.utils.parametrize`` (weight norm, orthogonal, ...) keep their ``state_dict`` names
   (``"fc.parametrizations.weight.original"``).
 * dtypes map one to one. ``torch.bfloat16`` and the float8 types become the ``ml_dtypes`` types of
   the same bit layout (``ml_dtypes.bfloat16``, ``ml_dtypes.float8_e4m3fn``, ...), through an
-  integer view, so no bits change and nothing is copied.
+  integer view, so no bits change.
 """
 
 from __future__ import annotations
@@ -50,7 +47,7 @@ from coreprune.selection import check_weights, is_floating
 from torch import nn
 from torch.nn.utils import prune
 
-__all__ = ["LoadReport", "to_numpy", "load_numpy", "attach_masks", "masks_from_module"]
+__all__ = ["LoadReport", "to_numpy", "load_numpy"]
 
 
 def _bit_twins() -> dict[torch.dtype, tuple[np.dtype, torch.dtype]]:
@@ -90,7 +87,8 @@ def _not_a_tensor(what: str, name: str, value: object) -> CompressionError:
     return CompressionError(f"{what}[{name!r}] is a {type(value).__name__}, not a torch.Tensor")
 
 
-def _tensor_to_numpy(name: str, tensor: torch.Tensor) -> np.ndarray:
+def _tensor_to_numpy(name: str, tensor: torch.Tensor, *, copy: bool = False) -> np.ndarray:
+    """``tensor`` as an array: over its memory if it is on the CPU and ``copy`` is False, else its own."""
     if tensor.is_quantized:
         raise CompressionError(
             f"tensor {name!r} is a quantized tensor ({tensor.dtype}); pass tensor.dequantize() "
@@ -104,43 +102,50 @@ def _tensor_to_numpy(name: str, tensor: torch.Tensor) -> np.ndarray:
         )
     if tensor.device.type == "meta":
         raise CompressionError(f"tensor {name!r} is on the 'meta' device and has no values")
+    on_host = tensor.device.type == "cpu"
     # detach() and, on CPU, cpu() return views: the array below aliases the tensor's memory.
     tensor = tensor.detach().cpu().resolve_conj().resolve_neg()
     twin = _TORCH_TO_ML.get(tensor.dtype)
     if twin is not None:
         ndtype, carrier = twin
-        return tensor.view(carrier).numpy().view(ndtype)
-    try:
-        return tensor.numpy()
-    except TypeError as exc:
-        raise CompressionError(
-            f"tensor {name!r} has dtype {tensor.dtype}, which has no NumPy equivalent; convert it "
-            f"first (e.g. .to(torch.float32))"
-        ) from exc
+        array = tensor.view(carrier).numpy().view(ndtype)
+    else:
+        try:
+            array = tensor.numpy()
+        except TypeError as exc:
+            raise CompressionError(
+                f"tensor {name!r} has dtype {tensor.dtype}, which has no NumPy equivalent; convert it "
+                f"first (e.g. .to(torch.float32))"
+            ) from exc
+    # A device tensor came over as a fresh host copy already; copying it again would waste time.
+    return array.copy() if copy and on_host else array
 
 
 def _effective_state(module: nn.Module) -> dict[str, object]:
     """``module.state_dict()``, each pruned ``x_orig``/``x_mask`` pair replaced by ``x = x_orig * x_mask``.
 
-    ``x`` takes the place of ``x_orig``, which is where ``prune.remove`` would put it.
+    ``x`` takes the place of ``x_orig``, which is where ``prune.remove`` would put it. The product is
+    written as ``where(x_mask != 0, x_orig, +0.0)``: ``-3.0 * 0`` would give ``-0.0``, and
+    :func:`coreprune.apply_masks` and the MXNet adapter give ``+0.0``, bit for bit.
     """
-    effective = {name + "_orig": (name, sub, hook) for name, sub, hook in _pruned(module)}
-    masks = {name + "_mask" for name, _, _ in effective.values()}
+    effective = {name + "_orig": name for name, _, _ in _pruned(module)}
+    masks = {name + "_mask" for name in effective.values()}
+    state = module.state_dict()
     out: dict[str, object] = {}
-    for key, value in module.state_dict().items():
+    for key, value in state.items():
         if key in masks:
             continue
         if key in effective:
-            name, sub, hook = effective[key]
+            mask, zero = state[effective[key] + "_mask"], value.new_zeros(())
             with torch.no_grad():
-                out[name] = hook.apply_mask(sub)
+                out[effective[key]] = torch.where(mask != 0, value, zero)
         else:
             out[key] = value
     return out
 
 
-def to_numpy(obj: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """The tensors of a module or a ``state_dict`` as ``dict[str, numpy.ndarray]``, without copying.
+def to_numpy(obj: nn.Module | Mapping[str, torch.Tensor], *, copy: bool = True) -> dict[str, np.ndarray]:
+    """The tensors of a module or a ``state_dict`` as ``dict[str, numpy.ndarray]``: copies, or views.
 
     Parameters
     ----------
@@ -148,11 +153,15 @@ def to_numpy(obj: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, np.ndarra
         A module: its ``state_dict()`` is converted, parameters *and* persistent buffers
         (``running_mean``, ``num_batches_tracked``, ...), in ``state_dict`` order and under
         ``state_dict`` names. A tensor pruned with ``torch.nn.utils.prune`` (for example by
-        :func:`attach_masks`) appears once, under its plain name (``"fc.weight"``), with the
+        ``attach_masks``) appears once, under its plain name (``"fc.weight"``), with the
         effective value ``weight_orig * weight_mask``; ``weight_orig`` and ``weight_mask`` are not
-        exported (the masks are available from :func:`masks_from_module`).
+        exported (the masks are available from ``attached_masks``).
         A mapping: a plain ``name -> torch.Tensor`` mapping such as a ``state_dict``; nested
         checkpoints must be unpacked by the caller.
+    copy : bool, default True
+        True: every array owns its memory, so it stays as it is while training goes on and
+        writing into it leaves the module alone. False: the arrays of CPU tensors are views of
+        the tensors' memory (no copy, nothing allocated; see Notes).
 
     Returns
     -------
@@ -164,20 +173,20 @@ def to_numpy(obj: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, np.ndarra
 
     Notes
     -----
-    **Aliasing.** The arrays of CPU tensors share memory with those tensors (strided views for
-    non-contiguous tensors, bfloat16 included): writing into an array changes the module, and a
-    later optimizer step changes the array. coreprune's functions never modify their inputs, so
-    passing the dict to them is safe; call ``.copy()`` on an array before mutating it yourself, or
-    to keep a snapshot while training continues. Tensors on CUDA or any other device are copied to
-    host memory, and the effective values of pruned tensors are freshly computed, so those arrays
-    own their memory.
+    **Aliasing with copy=False.** The arrays of CPU tensors share memory with those tensors
+    (strided views for non-contiguous tensors, bfloat16 included): writing into an array changes
+    the module, and a later optimizer step changes the array. coreprune's functions never modify
+    their inputs, so passing such a dict to them is safe. Tensors on CUDA or any other device are
+    copied to host memory whatever ``copy`` says, and the effective values of pruned tensors are
+    freshly computed, so those arrays own their memory. (``coreprune.mxnet.to_numpy`` refuses
+    ``copy=False``: MXNet cannot lend its memory.)
 
     Raises
     ------
     CompressionError
-        If ``obj`` is neither a module nor a mapping, a key is not a ``str``, a value is not a
-        tensor, or a tensor cannot become an array (quantized, sparse, on the ``meta`` device, or of
-        a dtype NumPy has no twin for, such as ``complex32``).
+        If ``obj`` is neither a module nor a mapping, ``copy`` is not a bool, a key is not a
+        ``str``, a value is not a tensor, or a tensor cannot become an array (quantized, sparse,
+        on the ``meta`` device, or of a dtype NumPy has no twin for, such as ``complex32``).
 
     Examples
     --------
@@ -191,7 +200,13 @@ def to_numpy(obj: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, np.ndarra
     ('int64', [1.0, 1.0, 1.0])
     >>> str(to_numpy({"w": torch.ones(2, dtype=torch.bfloat16)})["w"].dtype)
     'bfloat16'
+    >>> view = to_numpy(bn, copy=False)["weight"]
+    >>> view[0] = 5.0  # a view: the module changes too
+    >>> bn.weight[0].item(), weights["weight"][0].item()
+    (5.0, 1.0)
     """
+    if not isinstance(copy, bool):
+        raise CompressionError(f"to_numpy: copy must be True or False, got {copy!r}")
     if isinstance(obj, nn.Module):
         tensors, what = _effective_state(obj), "state_dict"
     elif isinstance(obj, Mapping):
@@ -207,7 +222,7 @@ def to_numpy(obj: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, np.ndarra
             raise CompressionError(f"{what} has a non-string key {name!r}; names must be str")
         if not isinstance(tensor, torch.Tensor):
             raise _not_a_tensor(what, name, tensor)
-        out[name] = _tensor_to_numpy(name, tensor)
+        out[name] = _tensor_to_numpy(name, tensor, copy=copy)
     return out
 
 
@@ -357,154 +372,3 @@ def load_numpy(
         for _, sub, hook in _pruned(target):
             hook(sub, ())  # what the forward pre-hook does: recompute weight = weight_orig * weight_mask now
     return report
-
-
-def _mask_values(name: str, mask: np.ndarray) -> np.ndarray:
-    if mask.dtype == np.bool_:
-        return mask
-    if is_floating(mask.dtype) or np.issubdtype(mask.dtype, np.integer):
-        wide = mask if np.issubdtype(mask.dtype, np.number) else mask.astype(np.float32)  # ml_dtypes
-        if np.all((wide == 0) | (wide == 1)):
-            return wide != 0
-    raise CompressionError(
-        f"mask {name!r} must be a bool array (True = keep) or hold only 0 and 1; got dtype {mask.dtype}"
-        + ("" if mask.dtype.kind not in "iuf" else " with other values")
-    )
-
-
-def attach_masks(module: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: bool = False) -> nn.Module:
-    """Keep pruned weights at zero during fine-tuning, with ``torch.nn.utils.prune.custom_from_mask``.
-
-    For every ``name -> mask`` (``"features.0.weight" -> bool array``) the submodule
-    ``features.0`` gets PyTorch's pruning reparametrisation of ``weight``: the parameter becomes
-    ``weight_orig``, the mask the buffer ``weight_mask``, and before every forward pass
-    ``weight = weight_orig * weight_mask``. Gradients reach ``weight_orig`` only through that
-    product, so the loss gradient at a pruned entry is zero, and whatever an optimizer does to
-    ``weight_orig`` there (momentum, weight decay, Adam's update) is multiplied by zero again:
-    the effective weight stays exactly 0 while the kept entries train. Everything PyTorch offers
-    for pruned modules applies: ``prune.is_pruned(module)`` is True, ``prune.remove(sub, "weight")``
-    makes the zeros permanent, and pruning an already-pruned tensor again keeps the entries both
-    masks keep (PyTorch's ``PruningContainer``). :func:`to_numpy` exports the effective weights.
-
-    Parameters
-    ----------
-    module : torch.nn.Module
-        Modified in place and returned.
-    masks : Mapping[str, numpy.ndarray]
-        Parameter name (a ``state_dict`` name, or the plain name of an already pruned tensor) to a
-        mask of the parameter's shape: bool with True = keep, or numbers that are all 0 or 1.
-        The mask is copied to the parameter's device and stored in the parameter's dtype, as
-        ``custom_from_mask`` does.
-    freeze : bool, default False
-        Also set ``requires_grad=False`` on these parameters, so the kept entries stop training
-        too.
-
-    Returns
-    -------
-    torch.nn.Module
-        ``module`` itself.
-
-    Raises
-    ------
-    CompressionError
-        Names that are no parameter of the module (listed), names of buffers, shape mismatches or
-        masks with values other than 0/1. Checked for all masks before any is attached.
-
-    Examples
-    --------
-    >>> import numpy as np, torch
-    >>> from torch.nn.utils import prune
-    >>> from coreprune.torch import attach_masks, to_numpy
-    >>> layer = torch.nn.Linear(2, 2)
-    >>> _ = attach_masks(layer, {"weight": np.array([[True, False], [False, True]])})
-    >>> prune.is_pruned(layer)
-    True
-    >>> (to_numpy(layer)["weight"] == 0).tolist()
-    [[False, True], [True, False]]
-    """
-    if not isinstance(module, nn.Module):
-        raise CompressionError(f"attach_masks expects a torch.nn.Module, got {type(module).__name__}")
-    _check_arrays(masks, "masks")
-    pruned = {name for name, _, _ in _pruned(module)}
-    plan: list[tuple[nn.Module, str, torch.Tensor, np.ndarray]] = []
-    unknown, problems = [], []
-    for name, mask in masks.items():
-        path, _, attr = name.rpartition(".")
-        try:
-            sub = module.get_submodule(path)
-        except AttributeError:
-            unknown.append(name)
-            continue
-        if attr.endswith(("_orig", "_mask")) and name[: -len("_orig")] in pruned:
-            problems.append(f"{name!r} is pruning bookkeeping; give the plain name {name[:-5]!r}")
-            continue
-        if name in pruned:
-            param = getattr(sub, attr + "_orig")
-        elif sub._parameters.get(attr) is not None:
-            param = sub._parameters[attr]
-        elif attr in sub._buffers:
-            problems.append(f"{name!r} is a buffer, not a parameter")
-            continue
-        else:
-            unknown.append(name)
-            continue
-        if tuple(mask.shape) != tuple(param.shape):
-            shapes = f"{tuple(mask.shape)}, the parameter {tuple(param.shape)}"
-            problems.append(f"mask {name!r} has shape {shapes}")
-            continue
-        try:
-            plan.append((sub, attr, param, _mask_values(name, mask)))
-        except CompressionError as exc:
-            problems.append(str(exc))
-    if unknown:
-        params = [  # under the names attach_masks accepts
-            n[:-5] if n.endswith("_orig") and n[:-5] in pruned else n for n, _ in module.named_parameters()
-        ]
-        shown = ", ".join(params[:20]) + (f", ... ({len(params)} in all)" if len(params) > 20 else "")
-        problems.insert(0, f"no parameter named {', '.join(map(repr, unknown))}; the parameters are: {shown}")
-    if problems:
-        raise CompressionError("attach_masks: " + "; ".join(problems))
-    for sub, attr, param, mask in plan:
-        # torch.tensor copies, so the hook never aliases the caller's array.
-        prune.custom_from_mask(sub, attr, mask=torch.tensor(mask, device=param.device))
-        if freeze:
-            getattr(sub, attr + "_orig").requires_grad_(False)
-    return module
-
-
-def masks_from_module(module: nn.Module) -> dict[str, np.ndarray]:
-    """The masks of every tensor pruned with ``torch.nn.utils.prune``, as bool arrays (True = kept).
-
-    The inverse of :func:`attach_masks`: ``attach_masks(other, masks_from_module(module))`` prunes
-    ``other`` like ``module``. Works for masks set by any ``torch.nn.utils.prune`` method.
-
-    Parameters
-    ----------
-    module : torch.nn.Module
-
-    Returns
-    -------
-    dict[str, numpy.ndarray]
-        Plain parameter name (``"fc.weight"``) to a bool array of the parameter's shape, in
-        ``state_dict`` order; empty when nothing is pruned. The arrays are copies.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from torch.nn.utils import prune
-    >>> from coreprune.torch import masks_from_module
-    >>> layer = torch.nn.Linear(4, 1)
-    >>> with torch.no_grad():
-    ...     _ = layer.weight.copy_(torch.tensor([[0.1, -3.0, 0.2, 4.0]]))
-    >>> _ = prune.l1_unstructured(layer, "weight", amount=2)
-    >>> masks_from_module(layer)["weight"].tolist()
-    [[False, True, False, True]]
-    """
-    if not isinstance(module, nn.Module):
-        raise CompressionError(f"masks_from_module expects a torch.nn.Module, got {type(module).__name__}")
-    by_buffer = {name + "_mask": name for name, _, _ in _pruned(module)}
-    return {
-        by_buffer[key]: _tensor_to_numpy(key, value != 0)
-        for key, value in module.state_dict().items()
-        if key in by_buffer
-    }

@@ -17,7 +17,7 @@ mx = pytest.importorskip("mxnet", reason="needs MXNet")
 # namespace package called "mxnet"; a real submodule tells the two apart.
 pytest.importorskip("mxnet.gluon", reason="needs MXNet")
 
-from coreprune.mxnet import attach_masks, detach_masks, reapply_masks, to_numpy  # noqa: E402
+from coreprune.mxnet import attach_masks, attached_masks, detach_masks, reapply_masks, to_numpy  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
 
@@ -226,18 +226,22 @@ def test_attaching_again_replaces_the_mask():
     assert np.all(to_numpy(net)["0.weight"] != 0)
 
 
-def test_integer_masks_with_zeros_and_ones_are_accepted():
+def test_integer_masks_are_refused_and_mask_ne_0_is_the_conversion():
     net = make_mlp()
-    attach_masks(net, {"0.weight": MASKS["0.weight"].astype(np.uint8)})
+    numeric = MASKS["0.weight"].astype(np.uint8)
+    with pytest.raises(CompressionError, match="mask '0.weight' has dtype uint8, expected bool"):
+        attach_masks(net, {"0.weight": numeric})
+    assert attached_masks(net) == {}
+    attach_masks(net, {"0.weight": numeric != 0})
     assert_pruned_zero(to_numpy(net), {"0.weight": MASKS["0.weight"]})
 
 
 @pytest.mark.parametrize(
     "masks, match",
     [
-        ({"0.wieght": np.ones((6, 5), bool)}, r"no parameter named \['0.wieght'\].*'0.weight'"),
-        ({"0.weight": np.ones((5, 6), bool)}, r"shape \(5, 6\), the parameter \(6, 5\)"),
-        ({"0.weight": np.full((6, 5), 2)}, "must be bool"),
+        ({"0.wieght": np.ones((6, 5), bool)}, r"no tensor named '0.wieght' \(the names are: 0.weight,"),
+        ({"0.weight": np.ones((5, 6), bool)}, r"shape \(5, 6\), the tensor \(6, 5\)"),
+        ({"0.weight": np.full((6, 5), 2)}, "has dtype int64, expected bool"),
         ({"0.weight": [[1, 0]]}, r"masks\['0.weight'\] is a list"),
     ],
 )
@@ -271,3 +275,22 @@ def test_shared_parameter_needs_one_mask():
     attach_masks(seq, {"0.weight": np.eye(2, dtype=bool), "1.weight": np.eye(2, dtype=bool)})
     w = to_numpy(seq)["1.weight"]
     assert w[0, 1] == 0 and w[1, 0] == 0 and w[0, 0] != 0 and w[1, 1] != 0
+
+
+def test_attached_masks_reads_back_what_was_attached_under_the_targets_names():
+    net = make_mlp()
+    assert attached_masks(net) == {}
+    attach_masks(net, MASKS)
+    got = attached_masks(net)
+    assert list(got) == [n for n in to_numpy(net) if n in MASKS]
+    for name, mask in MASKS.items():
+        np.testing.assert_array_equal(got[name], mask)
+    got["0.weight"][:] = True  # a copy: the attached mask is unchanged
+    np.testing.assert_array_equal(attached_masks(net)["0.weight"], MASKS["0.weight"])
+    by_global = attached_masks(net.collect_params())
+    assert sorted(by_global) == sorted(net[i].weight.name for i in (0, 1) if f"{i}.weight" in MASKS)
+    other = make_mlp()
+    attach_masks(other, attached_masks(net))
+    assert_pruned_zero(to_numpy(other))
+    detach_masks(net)
+    assert attached_masks(net) == {}

@@ -95,9 +95,27 @@ def test_state_dict_mapping_converts_like_the_module():
         np.testing.assert_array_equal(from_module[name], from_mapping[name])
 
 
-def test_cpu_arrays_alias_the_tensors_both_ways():
+def test_arrays_are_copies_by_default():
     net = small_net()
     weights = to_numpy(net)
+    assert all(array.flags.owndata for array in weights.values())
+    assert not np.shares_memory(weights["0.weight"], net[0].weight.detach().numpy())
+    before = net[4].bias.detach().clone()
+    weights["4.bias"][:] = 99.0
+    assert torch.equal(net[4].bias.detach(), before)
+    with torch.no_grad():
+        net[0].weight.zero_()
+    assert np.any(weights["0.weight"] != 0)
+
+
+def test_copy_must_be_a_bool():
+    with pytest.raises(CompressionError, match="copy must be True or False"):
+        to_numpy(small_net(), copy="no")
+
+
+def test_cpu_arrays_alias_the_tensors_both_ways_with_copy_false():
+    net = small_net()
+    weights = to_numpy(net, copy=False)
     conv = net[0].weight
     assert data_ptr(weights["0.weight"]) == conv.data_ptr()
     with torch.no_grad():
@@ -109,7 +127,7 @@ def test_cpu_arrays_alias_the_tensors_both_ways():
 
 def test_parameter_with_requires_grad_in_a_mapping_converts():
     p = nn.Parameter(torch.arange(3.0))
-    out = to_numpy({"p": p})
+    out = to_numpy({"p": p}, copy=False)
     assert out["p"].tolist() == [0.0, 1.0, 2.0]
     assert data_ptr(out["p"]) == p.data_ptr()
 
@@ -118,7 +136,7 @@ def test_non_contiguous_parameter_is_a_strided_view_and_loads_back():
     layer = nn.Linear(3, 4)
     layer.weight = nn.Parameter(torch.randn(3, 4).t())  # (4, 3) transposed view
     assert not layer.weight.is_contiguous()
-    array = to_numpy(layer)["weight"]
+    array = to_numpy(layer, copy=False)["weight"]
     np.testing.assert_array_equal(array, layer.weight.detach().numpy())
     assert not array.flags.c_contiguous
     assert data_ptr(array) == layer.weight.data_ptr()
@@ -132,7 +150,7 @@ def test_non_contiguous_parameter_is_a_strided_view_and_loads_back():
 def test_offset_slice_view_aliases():
     base = torch.arange(10.0)
     view = base[2:8:2]
-    out = to_numpy({"v": view})["v"]
+    out = to_numpy({"v": view}, copy=False)["v"]
     assert out.tolist() == [2.0, 4.0, 6.0]
     base[4] = 40.0
     assert out.tolist() == [2.0, 40.0, 6.0]
@@ -148,10 +166,13 @@ def test_offset_slice_view_aliases():
 )
 def test_low_and_high_precision_modules_round_trip_bit_exactly(tdtype, ndtype):
     source, target = small_net(0, tdtype), small_net(1, tdtype)
-    weights = to_numpy(source)
+    weights = to_numpy(source, copy=False)
     assert weights["0.weight"].dtype == ndtype
     assert weights["1.num_batches_tracked"].dtype == np.int64
     assert data_ptr(weights["0.weight"]) == source[0].weight.data_ptr()  # zero-copy, bf16 included
+    copies = to_numpy(source)
+    assert copies["0.weight"].dtype == ndtype and copies["0.weight"].flags.owndata
+    np.testing.assert_array_equal(copies["0.weight"].view(np.uint8), weights["0.weight"].view(np.uint8))
     load_numpy(target, copied(weights))
     assert_state_bit_equal(source, target)
     assert target[0].weight.dtype == tdtype
@@ -490,10 +511,13 @@ def test_round_trip_property(shape, dtype, seed, transpose):
     tensor = values.to(dtype)
     if transpose and tensor.ndim >= 2:
         tensor = tensor.transpose(0, 1)  # non-contiguous view
-    array = to_numpy({"t": tensor})["t"]
+    array = to_numpy({"t": tensor}, copy=False)["t"]
     assert array.shape == tuple(tensor.shape)
     if tensor.numel():
         assert data_ptr(array) == tensor.data_ptr()
+    copy = to_numpy({"t": tensor})["t"]
+    assert copy.dtype == array.dtype and not np.shares_memory(copy, array)
+    assert copy.tobytes() == np.ascontiguousarray(array).tobytes()
     target = {"t": torch.empty_like(tensor).zero_()}
     load_numpy(target, {"t": array.copy()})
     assert torch.equal(bits(target["t"]), bits(tensor))

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="needs PyTorch")
 
 import ml_dtypes  # noqa: E402
-from coreprune.torch import attach_masks, load_numpy, masks_from_module, to_numpy  # noqa: E402
+from coreprune.torch import attach_masks, attached_masks, load_numpy, to_numpy  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils import prune  # noqa: E402
 
@@ -75,7 +75,7 @@ def test_attach_masks_on_cuda_keeps_zeros_through_training():
     for name, mask in masks.items():
         assert np.all(after[name][~mask] == 0), name
         assert np.all(after[name][mask] != before[name][mask]), name
-    for name, mask in masks_from_module(net).items():
+    for name, mask in attached_masks(net).items():
         np.testing.assert_array_equal(mask, masks[name])
 
 

@@ -1,4 +1,4 @@
-"""coreprune.torch.attach_masks / masks_from_module: PyTorch's own pruning hooks keep zeros through training.
+"""coreprune.torch.attach_masks / attached_masks: PyTorch's own pruning hooks keep zeros through training.
 
 The reference is ``torch.nn.utils.prune`` itself (``is_pruned``, ``remove``, ``l1_unstructured``) and
 real optimizer steps (SGD with momentum and weight decay, Adam, AdamW): no hook or optimizer is mocked.
@@ -12,7 +12,14 @@ import pytest
 torch = pytest.importorskip("torch", reason="needs PyTorch")
 
 import ml_dtypes  # noqa: E402
-from coreprune.torch import attach_masks, load_numpy, masks_from_module, to_numpy  # noqa: E402
+from coreprune.torch import (  # noqa: E402
+    attach_masks,
+    attached_masks,
+    detach_masks,
+    load_numpy,
+    reapply_masks,
+    to_numpy,
+)
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from torch import nn  # noqa: E402
@@ -133,13 +140,16 @@ def test_freeze_stops_the_masked_parameters_only():
     assert not np.array_equal(after["4.weight"], before["4.weight"])
 
 
-def test_numeric_and_bfloat16_masks_of_zeros_and_ones_are_accepted():
+def test_numeric_masks_are_refused_and_mask_ne_0_is_the_conversion():
     layer = nn.Linear(3, 2)
-    attach_masks(layer, {"weight": np.array([[1, 0, 1], [0, 1, 1]], np.int8)})
-    attach_masks(layer, {"bias": np.array([1.0, 0.0], ml_dtypes.bfloat16)})
-    out = to_numpy(layer)
-    assert (out["weight"] == 0).tolist() == [[False, True, False], [True, False, False]]
-    assert out["bias"][1] == 0 and out["bias"][0] != 0
+    numeric = np.array([[1, 0, 1], [0, 1, 1]], np.int8)
+    with pytest.raises(CompressionError, match="mask 'weight' has dtype int8, expected bool"):
+        attach_masks(layer, {"weight": numeric})
+    with pytest.raises(CompressionError, match="mask 'bias' has dtype bfloat16, expected bool"):
+        attach_masks(layer, {"bias": np.array([1.0, 0.0], ml_dtypes.bfloat16)})
+    assert not prune.is_pruned(layer)
+    attach_masks(layer, {"weight": numeric != 0})
+    assert (to_numpy(layer)["weight"] == 0).tolist() == [[False, True, False], [True, False, False]]
 
 
 def test_masks_are_copied_not_aliased():
@@ -152,34 +162,47 @@ def test_masks_are_copied_not_aliased():
     assert torch.all(layer.weight_mask == 1) and torch.all(layer.weight != 0)
 
 
-def test_attaching_twice_keeps_what_both_masks_keep():
+def test_attaching_twice_replaces_the_mask_as_in_mxnet():
     layer = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
     attach_masks(layer, {"weight": np.array([[True, True, False, True]])})
     attach_masks(layer, {"weight": np.array([[True, False, True, True]])})
-    assert masks_from_module(layer)["weight"].tolist() == [[True, False, False, True]]
-    assert (to_numpy(layer)["weight"] != 0).tolist() == [[True, False, False, True]]
+    assert attached_masks(layer)["weight"].tolist() == [[True, False, True, True]]
+    # The entry the first mask pruned stays 0 (not its old 3.0) but trains again.
+    assert to_numpy(layer)["weight"].tolist() == [[1.0, 0.0, 0.0, -4.0]]
+    assert len([h for h in layer._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]) == 1
+    layer(torch.ones(1, 4)).sum().backward()
+    assert layer.weight_orig.grad.tolist() == [[1.0, 0.0, 1.0, 1.0]]
 
 
-def test_masks_from_module_reads_torch_l1_unstructured():
+def test_attach_replaces_a_mask_set_by_torch_pruning():
+    layer = nn.Linear(4, 1, bias=False)
+    prune.l1_unstructured(layer, "weight", amount=2)
+    attach_masks(layer, {"weight": np.ones((1, 4), bool)})
+    assert attached_masks(layer)["weight"].all()
+
+
+def test_attached_masks_reads_torch_l1_unstructured():
     net = small_net()
     prune.l1_unstructured(net[0], "weight", amount=0.3)
     prune.l1_unstructured(net[4], "weight", amount=0.6)
-    masks = masks_from_module(net)
+    masks = attached_masks(net)
     assert list(masks) == ["0.weight", "4.weight"]
     for name, mask in masks.items():
         path = name.rpartition(".")[0]
         assert mask.dtype == np.bool_
         np.testing.assert_array_equal(mask, net.get_submodule(path).weight_mask.numpy() == 1)
     assert int((~masks["4.weight"]).sum()) == round(0.6 * 720)
-    assert masks_from_module(small_net()) == {}
+    assert attached_masks(small_net()) == {}
 
 
 def test_masks_round_trip_to_another_module():
     source, target = small_net(0), small_net(1)
     masks = random_masks(source, seed=3)
     attach_masks(source, masks)
-    attach_masks(target, masks_from_module(source))
-    for name, mask in masks_from_module(target).items():
+    attach_masks(target, attached_masks(source))
+    for name, mask in attached_masks(target).items():
         np.testing.assert_array_equal(mask, masks[name])
     # Weights loaded into the pruned target follow its masks.
     load_numpy(target, {k: v.copy() for k, v in to_numpy(source).items()})
@@ -195,27 +218,24 @@ def test_unknown_names_are_listed_and_nothing_is_attached():
     with pytest.raises(CompressionError) as info:
         attach_masks(net, masks)
     message = str(info.value)
-    assert "'features.0.weight'" in message and "'0.gamma'" in message
-    assert "the parameters are: 0.weight, 0.bias" in message
+    assert "no tensor named 'features.0.weight', '0.gamma'" in message
+    assert "the names are: 0.weight, 0.bias" in message
     assert not prune.is_pruned(net)
     attach_masks(net, {"4.weight": np.ones((5, 144), bool)})
-    with pytest.raises(CompressionError, match="the parameters are: 0.weight, 0.bias, .*, 4.bias, 4.weight$"):
+    with pytest.raises(CompressionError, match=r"the names are: 0.weight, 0.bias, .*, 4.bias, 4.weight\)$"):
         attach_masks(net, {"4.gamma": np.ones(5, bool)})  # listed under the names attach_masks accepts
 
 
 def test_buffer_names_shape_mismatches_and_bad_values_are_refused():
     net = small_net()
-    bad = {
-        "1.running_mean": np.ones(4, bool),
-        "4.weight": np.ones((5, 10), bool),
-        "0.weight": np.full((4, 3, 3, 3), 0.5),
-    }
+    with pytest.raises(CompressionError, match="'1.running_mean' is a buffer, not a parameter"):
+        attach_masks(net, {"1.running_mean": np.ones(4, bool), "0.weight": np.ones((4, 3, 3, 3), bool)})
+    bad = {"4.weight": np.ones((5, 10), bool), "0.weight": np.full((4, 3, 3, 3), 0.5)}
     with pytest.raises(CompressionError) as info:
         attach_masks(net, bad)
     message = str(info.value)
-    assert "'1.running_mean' is a buffer" in message
-    assert "'4.weight' has shape (5, 10), the parameter (5, 144)" in message
-    assert "'0.weight' must be a bool array" in message
+    assert "mask '4.weight' has shape (5, 10), the tensor (5, 144)" in message
+    assert "mask '0.weight' has dtype float64, expected bool" in message
     assert not prune.is_pruned(net)
 
 
@@ -233,7 +253,7 @@ def test_wrong_arguments_are_refused():
     with pytest.raises(CompressionError, match=r"\['weight'\] is a torch.Tensor"):
         attach_masks(nn.Linear(2, 2), {"weight": torch.ones(2, 2, dtype=torch.bool)})
     with pytest.raises(CompressionError, match="torch.nn.Module"):
-        masks_from_module({"weight": torch.zeros(2)})
+        attached_masks({"weight": torch.zeros(2)})
 
 
 def test_bfloat16_module_keeps_zeros_under_adam():
@@ -263,4 +283,52 @@ def test_effective_weight_is_orig_times_mask_property(seed, keep):
     attach_masks(layer, {"weight": mask})
     orig = layer.weight_orig.detach().numpy().copy()
     np.testing.assert_array_equal(to_numpy(layer)["weight"], np.where(mask, orig, np.float32(0)))
-    np.testing.assert_array_equal(masks_from_module(layer)["weight"], mask)
+    np.testing.assert_array_equal(attached_masks(layer)["weight"], mask)
+
+
+def test_reapply_masks_zeroes_the_stored_orig_and_recomputes_weight():
+    layer = nn.Linear(3, 2)
+    mask = np.array([[True, False, True], [False, True, True]])
+    attach_masks(layer, {"weight": mask})
+    assert np.all(layer.weight_orig.detach().numpy()[~mask] == 0)  # zeroed at attach, as in MXNet
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1, weight_decay=0.5)
+    with torch.no_grad():
+        layer.weight_orig.fill_(2.0)  # moved behind the mask's back
+    opt.step()
+    assert reapply_masks(layer) is layer
+    orig = layer.weight_orig.detach().numpy()
+    np.testing.assert_array_equal(orig, np.where(mask, 2.0, 0.0).astype(np.float32))
+    np.testing.assert_array_equal(layer.weight.detach().numpy(), orig)
+    assert not np.signbit(orig[~mask]).any()
+
+
+def test_detach_masks_makes_pruning_permanent_like_prune_remove():
+    net, reference = small_net(), small_net()
+    masks = random_masks(net)
+    params_before = {name: p for name, p in net.named_parameters()}
+    attach_masks(net, masks, freeze=True)
+    attach_masks(reference, masks)
+    assert not net[0].weight_orig.requires_grad
+    assert detach_masks(net) is net
+    assert not prune.is_pruned(net) and not attached_masks(net)
+    for name, p in net.named_parameters():
+        assert p is params_before[name] and p.requires_grad, name  # same objects, trainable again
+    for name in masks:  # torch's own prune.remove gives the same values
+        path, _, attr = name.rpartition(".")
+        prune.remove(reference.get_submodule(path), attr)
+    for name, array in to_numpy(net).items():
+        np.testing.assert_array_equal(array, to_numpy(reference)[name], err_msg=name)
+    for name, mask in masks.items():
+        weight = to_numpy(net)[name]
+        assert np.all(weight[~mask] == 0) and not np.signbit(weight[~mask]).any()  # +0.0, as in MXNet
+    assert detach_masks(net) is net  # nothing left to detach
+
+
+def test_freeze_false_on_reattach_restores_requires_grad():
+    layer = nn.Linear(2, 2)
+    layer.bias.requires_grad_(False)
+    attach_masks(layer, {"weight": np.eye(2, dtype=bool), "bias": np.ones(2, bool)}, freeze=True)
+    attach_masks(layer, {"weight": np.eye(2, dtype=bool), "bias": np.ones(2, bool)})
+    assert layer.weight_orig.requires_grad and not layer.bias_orig.requires_grad
+    detach_masks(layer)
+    assert layer.weight.requires_grad and not layer.bias.requires_grad

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs PyTorch")
 
-from coreprune.torch import attach_masks, load_numpy, masks_from_module, to_numpy  # noqa: E402
+from coreprune.torch import attach_masks, attached_masks, load_numpy, to_numpy  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils import prune  # noqa: E402
 
@@ -44,7 +44,7 @@ def test_layer_masks_match_torch_l1_unstructured(amount):
     assert sorted(masks) == sorted(PRUNABLE)
     for name in PRUNABLE:
         prune.l1_unstructured(reference.get_submodule(name.rpartition(".")[0]), "weight", amount=amount)
-    torch_masks = masks_from_module(reference)
+    torch_masks = attached_masks(reference)
     for name in PRUNABLE:
         np.testing.assert_array_equal(masks[name], torch_masks[name], err_msg=name)
     attach_masks(net, masks)
@@ -60,7 +60,7 @@ def test_global_masks_match_torch_global_unstructured():
     prune.global_unstructured(
         [(reference[0], "weight"), (reference[4], "weight")], pruning_method=prune.L1Unstructured, amount=0.6
     )
-    torch_masks = masks_from_module(reference)
+    torch_masks = attached_masks(reference)
     for name in PRUNABLE:
         np.testing.assert_array_equal(masks[name], torch_masks[name], err_msg=name)
     removed = sum(int((~m).sum()) for m in masks.values())
@@ -83,7 +83,7 @@ def test_fine_tuning_keeps_coreprune_sparsity_and_apply_masks_agrees():
     for name in PRUNABLE:
         assert stats["per_tensor"][name] == round(0.5 * masks[name].size) / masks[name].size
     # Re-applying the same masks on the NumPy side changes nothing: the zeros survived training.
-    reapplied = coreprune.apply_masks(weights, masks_from_module(net))
+    reapplied = coreprune.apply_masks(weights, attached_masks(net))
     for name in weights:
         np.testing.assert_array_equal(reapplied[name], weights[name], err_msg=name)
     # The pruned, fine-tuned weights load into a fresh, unpruned module of the same architecture.

@@ -14,9 +14,8 @@ from collections.abc import Callable, Mapping
 
 import mxnet as mx
 import numpy as np
-from coreprune.mxnet import attach_masks, detach_masks, load_numpy, to_numpy
+from coreprune.mxnet import attach_masks, detach_masks, distill_student, load_numpy, to_numpy
 from coreprune.mxnet.blocks import mobilenet_student, num_parameters, squeezenet_student
-from coreprune.mxnet.distill import distill_student
 from mxnet import autograd, gluon
 
 from .mxnet_models import lenet
@@ -161,7 +160,7 @@ class MXNetBackend:
         batch_size: int,
         seed: int,
     ) -> list[float]:
-        """Train ``student`` with :class:`coreprune.mxnet.distill.KDLoss`; ``alpha=0`` is plain cross-entropy.
+        """Train ``student`` with :func:`coreprune.mxnet.kd_loss`; ``alpha=0`` is plain cross-entropy.
 
         Both arms of the KD comparison go through this one loop (same batches, Adam with the
         cosine schedule of :meth:`fit`, same epochs), so only the loss differs.
@@ -179,7 +178,7 @@ class MXNetBackend:
             alpha=alpha,
             epochs=epochs,
             batch_size=batch_size,
-            trainer=trainer,
+            optimizer=trainer,
             seed=seed,
         )
 

@@ -4,7 +4,7 @@
 holds the job itself (framework-free) and :mod:`coreprune_digits.mxnet_train` the same verbs in Gluon.
 Weights cross the boundary only as ``dict[str, numpy.ndarray]`` through :mod:`coreprune.torch`'s
 ``to_numpy`` / ``load_numpy``; masks are kept with ``attach_masks`` (PyTorch's own
-``custom_from_mask`` parametrisation) and made permanent with ``prune.remove`` after fine-tuning.
+``custom_from_mask`` parametrisation) and made permanent with ``detach_masks`` after fine-tuning.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from coreprune.torch import attach_masks, load_numpy, to_numpy
+from coreprune.torch import attach_masks, detach_masks, distill_student, load_numpy, to_numpy
 from coreprune.torch.blocks import mobilenet_student, num_parameters, squeezenet_student
-from coreprune.torch.distill import distill_student
 from torch import nn
-from torch.nn.utils import prune
 
 from .torch_models import lenet
 
@@ -65,7 +63,7 @@ class TorchBackend:
 
     def weights(self, model: nn.Module) -> dict[str, np.ndarray]:
         """A copy of the model's state (effective weights when masks are attached)."""
-        return {name: np.array(value, copy=True) for name, value in to_numpy(model).items()}
+        return to_numpy(model)
 
     def load(self, model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
         """Write ``weights`` into ``model`` (strict: every name and shape must match)."""
@@ -96,7 +94,7 @@ class TorchBackend:
         epochs, lr, batch_size, seed
             Passes over the data, Adam's learning rate, batch size, shuffling seed.
         masks : Mapping[str, numpy.ndarray], optional
-            True = kept. Attached for the training and removed after it (``prune.remove``),
+            True = kept. Attached for the training and removed after it (``detach_masks``),
             leaving plain parameters whose pruned entries are 0.
         on_epoch : callable, optional
             Called without arguments after each epoch (a progress bar's tick).
@@ -134,9 +132,7 @@ class TorchBackend:
                 on_epoch()
         model.eval()
         if masks:
-            for name in masks:
-                path, _, attr = name.rpartition(".")
-                prune.remove(model.get_submodule(path), attr)
+            detach_masks(model)
         return history
 
     def distil(
@@ -153,7 +149,7 @@ class TorchBackend:
         batch_size: int,
         seed: int,
     ) -> list[float]:
-        """Train ``student`` with :func:`coreprune.torch.distill.kd_loss`; ``alpha=0`` is plain cross-entropy.
+        """Train ``student`` with :func:`coreprune.torch.kd_loss`; ``alpha=0`` is plain cross-entropy.
 
         Both arms of the KD comparison go through this one loop (same batches, Adam with the
         cosine schedule of :meth:`fit`, same epochs), so only the loss differs.
