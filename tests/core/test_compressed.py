@@ -326,7 +326,7 @@ def test_file_size_is_within_two_percent_of_the_packed_nbytes(tmp_path, bits, ax
 def test_coarse_quantization_stores_its_many_zero_codes_sparse(tmp_path):
     # 3 bits with one scale per tensor: |w| < 0.75 sigma -> code 0, about half the codes
     w = realistic_model(np.random.default_rng(0))
-    q = coreprune.quantize(w, bits=3)
+    q = coreprune.quantize(w, bits=3, group_size=None)
     path = tmp_path / "q3.cpz"
     save_compressed(q, path)
     honest = sum(encoded_nbytes(v) for v in q.values())
@@ -411,7 +411,7 @@ def test_io_save_writes_cpz_from_plain_arrays_and_refuses_to_overwrite_its_input
 
 def test_streaming_from_a_lazy_reader_into_a_pipe_like_stream(tmp_path):
     rng = np.random.default_rng(6)
-    q = coreprune.quantize({"a": pruned(rng, (20, 30), 0.3), "b": np.arange(5.0)}, bits=8)
+    q = coreprune.quantize({"a": pruned(rng, (20, 30), 0.3), "b": np.arange(5.0)}, bits=8, group_size=None)
     src = tmp_path / "src.cpz"
     save_compressed(q, src)
 
