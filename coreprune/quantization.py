@@ -426,6 +426,44 @@ def _code_bounds(bits: int, symmetric: bool, full_range: bool) -> tuple[int, int
     return 0, (1 << bits) - 1
 
 
+#: Rounding modes of :func:`quantize`.
+ROUNDINGS = ("half_even", "torch")
+
+
+def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(s, e)`` with ``s = fl(a + b)`` and ``s + e == a + b`` exactly (Knuth's TwoSum)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _torch_rounded(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, fused: bool) -> np.ndarray:
+    """``nearbyint`` of ``x * (1 / scale) + zp`` in float32 as torch's x86-64 CPU kernels round it.
+
+    ``x`` (rows, cols) is taken as float32, the reciprocal ``1 / scale`` is a float32 division.
+    ``fused`` (``quantize_per_tensor``, FBGEMM's AVX2 ``fmadd``): one rounding of the exact
+    ``x * inv + zp`` to float32, emulated exactly -- the float64 product of two float32 is exact,
+    the sum is rounded to odd in float64 (TwoSum, then the last bit forced to 1 when inexact),
+    which then rounds to float32 as a single rounding would. Not fused (``quantize_per_channel``):
+    ``float32(float32(x * inv) + zp)``. Returns float64 integers (not yet clipped).
+    """
+    inv = (np.float32(1) / scale.astype(np.float32))[:, None]
+    x32 = x.astype(np.float32, copy=False)
+    zero = np.zeros((), np.float64) if zp is None else zp.astype(np.float64)[:, None]
+    if fused:
+        product = x32.astype(np.float64) * inv.astype(np.float64)  # exact: 24 + 24 bits
+        total, err = _two_sum(product, np.broadcast_to(zero, x32.shape))
+        bits = total.view(np.uint64)
+        inexact_even = (err != 0) & ((bits & np.uint64(1)) == 0)
+        total = np.where(inexact_even, np.nextafter(total, np.copysign(np.inf, err)), total)
+        y = total.astype(np.float32)
+    else:
+        y = (x32 * inv).astype(np.float32)
+        if zp is not None:
+            y = (y + zero.astype(np.float32)).astype(np.float32)
+    return np.rint(y).astype(np.float64)
+
+
 def _quantize_tensor(
     name: str,
     w: np.ndarray,
@@ -434,6 +472,7 @@ def _quantize_tensor(
     layout: tuple[int | None, int | None, bool],
     method: str = "rtn",
     full_range: bool = False,
+    rounding: str = "half_even",
 ) -> QuantizedArray:
     """The reference path: NumPy expressions over the row view of ``w`` (layout normalised)."""
     require_finite(name, w)
@@ -463,9 +502,12 @@ def _quantize_tensor(
             search = clip_params if method == "clip" else hqq_params
             scale64, zp = search(x, mask, symmetric, lo, hi)
             scale = _to_scale(name, scale64, f"{method} scale")
-        q = np.rint(x / scale.astype(work)[:, None])
-        if zp is not None:
-            q += zp.astype(work)[:, None]
+        if rounding == "torch":
+            q = _torch_rounded(x, scale, zp, fused=layout[0] is None and layout[1] is None)
+        else:
+            q = np.rint(x / scale.astype(work)[:, None])
+            if zp is not None:
+                q += zp.astype(work)[:, None]
         codes = np.clip(q, lo, hi, out=q).astype(dtype)
     return QuantizedArray(
         codes=from_rows(codes, w.shape, *layout),
@@ -496,6 +538,7 @@ def quantize(
     importance: Mapping[str, float] | None = None,
     include: Pattern = None,
     exclude: Pattern = None,
+    rounding: str = "half_even",
 ) -> dict[str, QuantizedArray | np.ndarray]:
     """Quantize the selected tensors to ``bits``-bit integer codes with float32 scales.
 
@@ -557,6 +600,16 @@ def quantize(
     include, exclude : glob, list of globs, predicate, or None
         Which tensors to quantize, see :func:`coreprune.selection.select` (default: floating arrays
         with ``ndim >= 2``: weights, not biases nor normalisation parameters).
+    rounding : {"half_even", "torch"}
+        How a code is rounded once the scale and zero point are known. ``"half_even"`` (default):
+        ``rint(w / scale) + zero_point`` in the tensor's work dtype (float64 for float64 tensors).
+        ``"torch"``: bit for bit what torch 2.13's x86-64 CPU kernels give for that scale and zero
+        point: ``nearbyint(w * (1 / scale) + zero_point)`` in float32 (the input cast to float32,
+        the reciprocal a float32 division, the zero point added before rounding), with one
+        rounding of the multiply-add for a per-tensor scale (``torch.quantize_per_tensor``, a
+        fused multiply-add) and two for per-axis or per-group scales
+        (``torch.quantize_per_channel``). The two differ by one code on exact half-way values
+        with an odd zero point and within an ulp of half-way points.
 
     Returns
     -------
@@ -610,14 +663,16 @@ def quantize(
         raise CompressionError(f"method={method!r} needs bits >= 2 (bits=1 is sign binarization)")
     if full_range and not symmetric:
         raise CompressionError("full_range is a symmetric range; affine always uses the whole range")
+    if rounding not in ROUNDINGS:
+        raise CompressionError(f"rounding must be one of {', '.join(ROUNDINGS)}; got {rounding!r}")
     axis = None if axis is None else int(axis)
     group_size = group_size if group_size in (None, "auto") else int(group_size)  # type: ignore[arg-type]
     names = select(weights, include, exclude)
     if budget is not None:
         return _quantize_budget(weights, names, budget, bit_choices, importance, symmetric, axis,
-                                group_size, bool(flatten), method, bool(full_range))
+                                group_size, bool(flatten), method, bool(full_range), rounding)
     return _quantize_selected(weights, names, {n: bits for n in names}, symmetric, axis, group_size,  # type: ignore[misc]
-                              bool(flatten), method, bool(full_range))
+                              bool(flatten), method, bool(full_range), rounding)
 
 
 def _quantize_selected(
@@ -630,6 +685,7 @@ def _quantize_selected(
     flatten: bool,
     method: str,
     full_range: bool,
+    rounding: str = "half_even",
 ) -> dict[str, QuantizedArray | np.ndarray]:
     """:func:`quantize` of the tensors ``names`` at their ``widths``, arguments already checked."""
     out: dict[str, QuantizedArray | np.ndarray] = dict(weights)
@@ -643,7 +699,7 @@ def _quantize_selected(
             plans[name] = problem
             break  # nothing after the first layout error is ever reached
     jobs = {}
-    if method == "rtn" and not full_range:
+    if method == "rtn" and not full_range and rounding == "half_even":
         for name, plan in plans.items():
             if not isinstance(plan, CompressionError):
                 job = _quantize_fast_job(name, weights[name], widths[name], symmetric, plan)
@@ -655,7 +711,9 @@ def _quantize_selected(
             raise plan
         result = done.get(name)
         if result is None:  # not a fast layout, or NaN/Inf or a scale overflow for the reference to report
-            result = _quantize_tensor(name, weights[name], widths[name], symmetric, plan, method, full_range)
+            result = _quantize_tensor(
+                name, weights[name], widths[name], symmetric, plan, method, full_range, rounding
+            )
         out[name] = result
     return out
 
@@ -672,6 +730,7 @@ def _quantize_budget(
     flatten: bool,
     method: str,
     full_range: bool,
+    rounding: str = "half_even",
 ) -> dict[str, QuantizedArray | np.ndarray]:
     """:func:`quantize` with ``budget``: every width of ``bit_choices`` tried, one chosen per tensor."""
     if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, float, np.integer, np.floating)):
@@ -682,7 +741,7 @@ def _quantize_budget(
 
     def one(name: str, b: int) -> QuantizedArray:
         result = _quantize_selected(weights, [name], {name: b}, symmetric, axis, group_size, flatten, method,
-                                    full_range)
+                                    full_range, rounding)
         return result[name]  # type: ignore[return-value]
 
     sizes, errors, counts, arrays = bit_budget.measure(names, weights, widths, one)
