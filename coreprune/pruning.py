@@ -700,8 +700,8 @@ def prune_threshold(
     threshold : float
         Non-negative, not NaN; ``inf`` removes everything.
     include, exclude : glob, list of globs, predicate, or None
-        Which tensors to prune, see :func:`coreprune.selection.select` (default: floating arrays
-        with ``ndim >= 2``).
+        Which tensors to prune, see :func:`coreprune.selection.select` (default: the weights,
+        :func:`coreprune.selection.is_default_weight`).
 
     Returns
     -------

@@ -598,8 +598,9 @@ def quantize(
         Optional factors of the sensitivity of each tensor for ``budget`` (e.g. measured on a few
         real inputs); default 1.0 each.
     include, exclude : glob, list of globs, predicate, or None
-        Which tensors to quantize, see :func:`coreprune.selection.select` (default: floating arrays
-        with ``ndim >= 2``: weights, not biases nor normalisation parameters).
+        Which tensors to quantize, see :func:`coreprune.selection.select` (default: the weights,
+        :func:`coreprune.selection.is_default_weight`: not biases, masks, tokens, position
+        embeddings, weight norm's ``g`` nor normalisation parameters).
     rounding : {"half_even", "torch"}
         How a code is rounded once the scale and zero point are known. ``"half_even"`` (default):
         ``rint(w / scale) + zero_point`` in the tensor's work dtype (float64 for float64 tensors).
