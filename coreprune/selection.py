@@ -23,7 +23,8 @@ The rule
    layers whatever their shape, recognised by the module's own name (the component
    before the last), or a bare parameter's name, containing ``norm`` (any case:
    ``norm1``, ``LayerNorm``, ``input_layernorm``, ``post_norm``) or being ``bn``,
-   ``ln``, ``gn`` with an optional number (``bn1``, ``ln_2``). Embedding layers (``position_embeddings.weight``) are weights.
+   ``ln``, ``gn`` with an optional number (``bn1``, ``ln_2``). Embedding layers
+   (``position_embeddings.weight``) are weights.
    An explicit ``include`` selects the floating arrays it matches, whatever
    their shape or name.
 3. ``exclude`` then removes what it matches.

@@ -8,6 +8,7 @@ bit-exact result, and the same masks are refused with the same message.
 from __future__ import annotations
 
 import inspect
+import pathlib
 
 import numpy as np
 import pytest
@@ -154,3 +155,26 @@ def test_refused_masks_give_the_same_error_in_all_three(case):
     # Nothing was attached or changed on refusal.
     assert cpt.attached_masks(net) == {} and cpm.attached_masks(block) == {}
     assert _bits(cpt.to_numpy(net)) == _bits(weights) == _bits(cpm.to_numpy(block))
+
+
+def _verb_section(doc: str) -> str:
+    text = (pathlib.Path(__file__).parents[2] / "docs" / doc).read_text()
+    start = text.index("## The verbs: the same in")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_the_verb_table_is_the_same_in_both_docs_and_names_every_export():
+    section = _verb_section("torch.md")
+    assert section == _verb_section("mxnet.md")
+    for name in cpt.__all__:
+        assert f"`{name}" in section, name
+    for verb in VERBS:  # each row shows the real signature
+        parts, star = [], False
+        for p in inspect.signature(getattr(cpt, verb)).parameters.values():
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and not star:
+                parts.append("*")
+                star = True
+            default = "" if p.default is inspect.Parameter.empty else "=" + repr(p.default).replace("'", '"')
+            parts.append(p.name + default)
+        row = f"`{verb}({', '.join(parts)})"
+        assert row in section, row

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch", reason="needs PyTorch")
 # tests/ being on sys.path): only a real installation has torch.nn.
 pytest.importorskip("torch.nn", reason="needs PyTorch")
 
-from coreprune.torch.distill import distill_student, kd_loss  # noqa: E402
+from coreprune.torch import distill_student, kd_loss  # noqa: E402
 
 from coreprune import CompressionError  # noqa: E402
 from coreprune.distill import kd_loss_and_grad  # noqa: E402

@@ -449,8 +449,6 @@ def test_non_array_values_are_refused_by_name(value, pattern):
 
 
 def test_quantized_array_must_be_dequantized_first():
-    if not hasattr(coreprune, "quantize"):
-        pytest.skip("core not merged yet")
     layer = nn.Linear(4, 2)
     q = coreprune.quantize(copied(to_numpy(layer)), 8)
     assert isinstance(q["weight"], coreprune.QuantizedArray)

@@ -11,7 +11,14 @@ import pytest
 torch = pytest.importorskip("torch", reason="needs PyTorch")
 
 import ml_dtypes  # noqa: E402
-from coreprune.torch import attach_masks, attached_masks, load_numpy, to_numpy  # noqa: E402
+from coreprune.torch import (  # noqa: E402
+    attach_masks,
+    attached_masks,
+    detach_masks,
+    load_numpy,
+    reapply_masks,
+    to_numpy,
+)
 from torch import nn  # noqa: E402
 from torch.nn.utils import prune  # noqa: E402
 
@@ -49,9 +56,10 @@ def test_round_trip_on_cuda_is_bit_identical_and_stays_on_the_device(dtype):
         assert torch.equal(bits(after[name]), bits(tensor)), name
 
 
-def test_cuda_arrays_are_host_copies():
+@pytest.mark.parametrize("copy", [True, False])
+def test_cuda_arrays_are_host_copies(copy):
     net = small_net()
-    weights = to_numpy(net)
+    weights = to_numpy(net, copy=copy)  # copy=False cannot view device memory: a host copy too
     weights["4.bias"][:] = 42.0
     assert not torch.any(net[4].bias == 42.0)
     np.testing.assert_array_equal(to_numpy(net)["4.weight"], net[4].weight.detach().cpu().numpy())
@@ -89,3 +97,20 @@ def test_load_into_pruned_cuda_module_keeps_the_mask():
     load_numpy(net, weights)
     assert net[4].weight_orig.device.type == "cuda"
     np.testing.assert_array_equal(to_numpy(net)["4.weight"], mask.astype(np.float32))
+
+
+def test_reapply_and_detach_masks_stay_on_the_device():
+    net = small_net()
+    mask = np.zeros((5, 144), bool)
+    mask[1::2] = True
+    attach_masks(net, {"4.weight": mask}, freeze=True)
+    with torch.no_grad():
+        net[4].weight_orig.fill_(-1.0)
+    reapply_masks(net)
+    assert net[4].weight_orig.device.type == "cuda"
+    np.testing.assert_array_equal(net[4].weight_orig.detach().cpu().numpy(), np.where(mask, -1.0, 0.0))
+    detach_masks(net)
+    weight = net[4].weight
+    assert not prune.is_pruned(net) and weight.device.type == "cuda" and weight.requires_grad
+    values = weight.detach().cpu().numpy()
+    assert np.all(values[~mask] == 0) and not np.signbit(values[~mask]).any()

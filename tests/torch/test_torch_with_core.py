@@ -19,9 +19,6 @@ from torch.nn.utils import prune  # noqa: E402
 
 import coreprune  # noqa: E402
 
-if not hasattr(coreprune, "prune_magnitude"):
-    pytest.skip("core not merged yet", allow_module_level=True)
-
 
 def small_net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
