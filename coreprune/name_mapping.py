@@ -51,7 +51,70 @@ from collections.abc import Callable, Iterable
 
 from .errors import CompressionError
 
-__all__ = ["gluon_to_torch_names", "torch_to_gluon_names", "torch_batch_norm_counters", "MAPPINGS"]
+__all__ = [
+    "gluon_to_torch_names", "torch_to_gluon_names", "torch_batch_norm_counters", "MAPPINGS",
+    "WRAPPER_PREFIXES", "strip_wrapper_prefixes", "align_wrapper_prefixes",
+]
+
+#: Name prefixes that PyTorch wrappers add to every ``state_dict`` name: ``module.``
+#: (``nn.DataParallel``, ``DistributedDataParallel``) and ``_orig_mod.`` (``torch.compile``).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _strip(name: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix):], True
+    return name
+
+
+def strip_wrapper_prefixes(names: Iterable[str]) -> dict[str, str]:
+    """``name -> name`` without its leading wrapper prefixes (``module.``, ``_orig_mod.``, repeated).
+
+    Use it to save a checkpoint of a wrapped model under the plain model's names:
+    ``{m[k]: v for k, v in weights.items()}`` with ``m = strip_wrapper_prefixes(weights)``.
+
+    Raises
+    ------
+    CompressionError
+        Two names that become the same.
+
+    Examples
+    --------
+    >>> strip_wrapper_prefixes(["module._orig_mod.fc.weight", "module.fc.bias"])
+    {'module._orig_mod.fc.weight': 'fc.weight', 'module.fc.bias': 'fc.bias'}
+    """
+    return _check_unique({name: _strip(name) for name in names}, "stripping wrapper prefixes")
+
+
+def align_wrapper_prefixes(given: Iterable[str], target: Iterable[str]) -> dict[str, str]:
+    """Map each ``given`` name to the ``target`` name that differs from it only by wrapper prefixes.
+
+    Names already in ``target`` map to themselves; a name matching no target name (or several)
+    maps to itself, for the caller to report as unexpected. So a checkpoint of a
+    ``DataParallel`` or ``torch.compile`` model loads into the plain model and the other way round.
+
+    Examples
+    --------
+    >>> align_wrapper_prefixes(["module.fc.weight"], ["_orig_mod.fc.weight", "_orig_mod.fc.bias"])
+    {'module.fc.weight': '_orig_mod.fc.weight'}
+    """
+    target = list(target)
+    exact = set(target)
+    by_plain: dict[str, list[str]] = {}
+    for name in target:
+        by_plain.setdefault(_strip(name), []).append(name)
+    out = {}
+    for name in given:
+        if name in exact:
+            out[name] = name
+            continue
+        found = by_plain.get(_strip(name), [])
+        out[name] = found[0] if len(found) == 1 else name
+    return out
 
 _GLUON_TO_TORCH_LEAF = {
     "gamma": "weight",

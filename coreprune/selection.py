@@ -29,10 +29,6 @@ The rule
    their shape or name.
 3. ``exclude`` then removes what it matches.
 
-A module or block knows more than a name: ``coreprune.torch.weight_names`` and
-``coreprune.mxnet.weight_names`` list the weights of its convolution, linear and
-embedding layers by role, for ``include=``.
-
 A pattern is a glob (``fnmatch.fnmatchcase``, case-sensitive) or a sequence of
 globs, matched against the full name; or a predicate ``f(name, array) -> bool``.
 A glob that matches no name at all is almost always a typo, so it raises

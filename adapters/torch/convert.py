@@ -21,7 +21,11 @@ What it must not do
 Conventions
 -----------
 * Names are ``state_dict`` names (``"features.0.weight"``, ``"bn.running_mean"``,
-  ``"bn.num_batches_tracked"``). A tensor pruned with ``torch.nn.utils.prune`` (by
+  ``"bn.num_batches_tracked"``), prefixes of wrappers included (``module.`` for ``DataParallel``,
+  ``_orig_mod.`` for ``torch.compile``; :func:`coreprune.name_mapping.strip_wrapper_prefixes` removes
+  them, and :func:`load_numpy` / ``attach_masks`` match names across them). A tied tensor (one
+  ``Parameter`` under two names) is one array under both names, so coreprune counts it once.
+  A tensor pruned with ``torch.nn.utils.prune`` (by
   ``attach_masks`` or by hand) is exported under its plain name with its *effective* value
   ``weight_orig * weight_mask`` (``+0.0`` at pruned entries), as if ``prune.remove`` had been
   called; ``weight_orig`` and ``weight_mask`` themselves are not exported. Parametrizations of
@@ -43,6 +47,7 @@ import torch
 from coreprune import dtypes
 from coreprune.errors import CompressionError
 from coreprune.load_report import LoadReport, match_names
+from coreprune.name_mapping import align_wrapper_prefixes
 from coreprune.selection import check_weights, is_floating
 from torch import nn
 from torch.nn.utils import prune
@@ -128,16 +133,35 @@ def _effective_state(module: nn.Module) -> dict[str, object]:
     masks = {name + "_mask" for name in effective.values()}
     state = module.state_dict()
     out: dict[str, object] = {}
+    done: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (orig, mask, effective)
     for key, value in state.items():
         if key in masks:
             continue
         if key in effective:
             mask, zero = state[effective[key] + "_mask"], value.new_zeros(())
+            # a tied Parameter pruned under two names with one mask: one effective tensor, still tied
+            same = [e for o, m, e in done if _same_tensor(o, value) and torch.equal(m, mask)]
+            if same:
+                out[effective[key]] = same[0]
+                continue
             with torch.no_grad():
                 out[effective[key]] = torch.where(mask != 0, value, zero)
+            done.append((value, mask, out[effective[key]]))  # type: ignore[arg-type]
         else:
             out[key] = value
     return out
+
+
+def _tensor_key(t: torch.Tensor) -> tuple | None:
+    """Equal for two tensors viewing the same elements (a tied parameter under two names)."""
+    if t.numel() == 0 or t.layout != torch.strided or t.device.type == "meta":
+        return None
+    return (str(t.device), t.dtype, tuple(t.shape), t.stride(), t.data_ptr())
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    key = _tensor_key(a)
+    return key is not None and key == _tensor_key(b)
 
 
 def to_numpy(obj: nn.Module | Mapping[str, torch.Tensor], *, copy: bool = True) -> dict[str, np.ndarray]:
@@ -213,11 +237,19 @@ def to_numpy(obj: nn.Module | Mapping[str, torch.Tensor], *, copy: bool = True) 
             f"got {type(obj).__name__}"
         )
     out: dict[str, np.ndarray] = {}
+    seen: dict[tuple, str] = {}
     for name, tensor in tensors.items():
         if not isinstance(name, str):
             raise CompressionError(f"{what} has a non-string key {name!r}; names must be str")
         if not isinstance(tensor, torch.Tensor):
             raise _not_a_tensor(what, name, tensor)
+        # Tied tensors (one Parameter under two names) stay one array, so that coreprune counts them once.
+        key = _tensor_key(tensor)
+        if key is not None and key in seen:
+            out[name] = out[seen[key]]
+            continue
+        if key is not None:
+            seen[key] = name
         out[name] = _tensor_to_numpy(name, tensor, copy=copy)
     return out
 
@@ -338,9 +370,17 @@ def load_numpy(
     ([[1.0, -2.0]], True, torch.float32)
     >>> load_numpy(layer, {"weight": np.zeros((1, 3))}, strict=False)
     LoadReport(missing=['bias'], unexpected=[], mismatched=[('weight', (1, 2), (1, 3))])
+
+    Names that differ only by the prefixes wrappers add (``module.`` of ``DataParallel``,
+    ``_orig_mod.`` of ``torch.compile``) are matched, in either direction; tied tensors stay tied
+    (one ``Parameter`` under two names is written once, and both arrays must then be equal).
     """
     _check_arrays(weights, "weights")
     slots = _load_slots(target)
+    # A checkpoint of a DataParallel (module.) or torch.compile (_orig_mod.) model, or the other way round.
+    renamed = align_wrapper_prefixes(weights, slots)
+    if any(old != new for old, new in renamed.items()):
+        weights = {renamed[name]: array for name, array in weights.items()}
     report = match_names({n: tuple(t.shape) for n, t in slots.items()}, weights, strict=strict)
     skipped = {n for n, _, _ in report.mismatched}
     names = [n for n in weights if n in slots and n not in skipped]
