@@ -230,7 +230,13 @@ def to_numpy(obj: Collection, *, copy: bool = True) -> dict[str, np.ndarray]:
         )
     slots = _slots(obj, verb="to_numpy")
     _check_initialised(slots, verb="to_numpy")
-    return {name: _read(_arrays(name, value, verb="to_numpy")[0]) for name, value in slots.items()}
+    out: dict[str, np.ndarray] = {}
+    first: dict[int, str] = {}
+    for name, value in slots.items():
+        # A parameter shared by several blocks is one array under each name, so coreprune counts it once.
+        seen = first.setdefault(id(value), name)
+        out[name] = out[seen] if seen != name else _read(_arrays(name, value, verb="to_numpy")[0])
+    return out
 
 
 def load_numpy(target: Collection, weights: Mapping[str, np.ndarray], *, strict: bool = True) -> LoadReport:
@@ -287,6 +293,15 @@ def load_numpy(target: Collection, weights: Mapping[str, np.ndarray], *, strict:
     todo = [name for name in slots if name in weights and name not in bad]
     # Cast everything first so that a dtype refusal leaves the target untouched.
     values = {name: _host_array(_cast_for(name, weights[name], arrays[name][0])) for name in todo}
+    written: dict[int, str] = {}
+    for name in todo:
+        # A shared parameter is written once: two different values for it would leave the last one.
+        first = written.setdefault(id(slots[name]), name)
+        if first != name and not np.array_equal(np.asarray(weights[first]), np.asarray(weights[name])):
+            raise CompressionError(
+                f"load_numpy: {first!r} and {name!r} are one shared parameter but the arrays given for "
+                "them differ"
+            )
     for name in todo:
         value = slots[name]
         if isinstance(value, gluon.Parameter):
