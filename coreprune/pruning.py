@@ -468,7 +468,11 @@ def global_magnitude_threshold(
     lazy = isinstance(weights, WeightReader)
     view: Mapping[str, np.ndarray] = _spec_view(weights) if lazy else weights
     selected = select(view, include, exclude)
-    aliases = {} if lazy else group_aliases(weights, selected)
+    if lazy:  # tied tensors of the file, as its reader found them (one storage, two names)
+        chosen = set(selected)
+        aliases = {a: c for a, c in getattr(weights, "aliases", {}).items() if a in chosen and c in chosen}
+    else:
+        aliases = group_aliases(weights, selected)
     rates = _layer_rates(selected, aliases, layer_sparsity)
     canonical = [n for n in selected if n not in aliases]
     sizes = {n: int(view[n].size) for n in canonical}

@@ -27,6 +27,7 @@ from ..selection import select
 from .common import (
     _EVERYTHING,
     _PROG,
+    CliError,
     _human,
     _note,
     _pct,
@@ -161,6 +162,15 @@ def _write(args: argparse.Namespace, source: WeightReader, pipeline: _Pipeline, 
     """
     meta = dict(source.metadata) or None
     suffix = Path(output).suffix.lower()
+    if suffix in (".params", ".nd"):
+        # MXNet's default (legacy-shape) records hold no 0-d array; say so before writing anything,
+        # in terms of what the command line offers.
+        scalars = [n for n in pipeline if len(pipeline.spec(n).shape) == 0]
+        if scalars:
+            raise CliError(
+                f"{output}: tensor {scalars[0]!r} is 0-d ({len(scalars)} in all), which MXNet .params "
+                "files (legacy-shape records) cannot hold; write .npz, .safetensors or .pt instead"
+            )
     if suffix == ".cpz":
         provenance = {"coreprune": __version__, "source": Path(args.input).name,
                       "command": " ".join([_PROG, *args.argv])}

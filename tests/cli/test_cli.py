@@ -424,7 +424,7 @@ def test_convert_carries_safetensors_metadata_and_notes_what_it_drops(run, tmp_p
         ([], ["required: COMMAND"]),
         (["bogus"], ["invalid choice: 'bogus'"]),
         (["inspect"], ["inspect:", "required: FILE"]),
-        (["prune", "{npz}"], ["prune:", "-o/--output"]),
+        (["prune", "{npz}", "--sparsity", "0.5"], ["prune:", "-o/--output", "--dry-run"]),
         (["prune", "{npz}", "-o", "{tmp}/o.npz"], ["one of the arguments --threshold --sparsity"]),
         (["prune", "{npz}", "-o", "{tmp}/o.npz", "--threshold", "0.1", "--sparsity", "0.5"], ["not allowed"]),
         (["prune", "{npz}", "-o", "{tmp}/o.npz", "--sparsity", "1.5"], ["[0, 1]"]),
