@@ -115,3 +115,31 @@ def test_a_trainer_created_before_the_masks_sees_them():
     cpm.reapply_masks(net)  # between a step and the next forward: zero the stored weights on demand
     for name, mask in masks.items():
         assert (cpm.to_numpy(net)[name][~mask] == 0).all(), name
+
+
+def test_convert_gluon_to_torch_refuses_export_files_and_maps_save_parameters(tmp_path):
+    import subprocess
+    import sys
+
+    net = _cnn()
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    net(mx.nd.ones((1, 3, 8, 8)))
+    net.export(str(tmp_path / "cnn"))  # arg:/aux: names of symbol nodes
+    run = subprocess.run(
+        [sys.executable, "-m", "coreprune", "convert", str(tmp_path / "cnn-0000.params"),
+         str(tmp_path / "t.pt"), "--map", "gluon-to-torch"], capture_output=True, text=True,
+    )
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "symbol-API name" in run.stderr and "save_parameters" in run.stderr
+    assert not (tmp_path / "t.pt").exists()
+    net.save_parameters(str(tmp_path / "cnn.params"))  # what the message says to do
+    run = subprocess.run(
+        [sys.executable, "-m", "coreprune", "convert", str(tmp_path / "cnn.params"), str(tmp_path / "t.pt"),
+         "--map", "gluon-to-torch"], capture_output=True, text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    import coreprune.io as cio
+
+    names = list(cio.load(tmp_path / "t.pt"))
+    assert names[:4] == ["0.weight", "0.bias", "1.weight", "1.bias"] and "4.weight" in names
