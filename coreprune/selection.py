@@ -54,6 +54,8 @@ NON_WEIGHT_NAMES = frozenset({
     "bias", "cls_token", "class_token", "dist_token", "reg_token", "register_tokens", "mask_token",
     "pos_embed", "pos_embedding", "absolute_pos_embed", "position_embedding",
     "relative_position_bias_table", "weight_g",
+    # optimizer state stored beside the weights in a checkpoint ("optimizer.state.0.exp_avg")
+    "momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "acc_delta", "sum",
 })
 #: Last components ending so are never weights (masks and mask buffers).
 NON_WEIGHT_SUFFIXES = ("_mask",)
