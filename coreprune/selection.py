@@ -29,6 +29,10 @@ The rule
    their shape or name.
 3. ``exclude`` then removes what it matches.
 
+A model knows more than a name: ``coreprune.torch.weight_names(module)`` and
+``coreprune.mxnet.weight_names(block)`` list the weights of its convolution, linear,
+embedding and attention layers by role, for ``include=``.
+
 A pattern is a glob (``fnmatch.fnmatchcase``, case-sensitive) or a sequence of
 globs, matched against the full name; or a predicate ``f(name, array) -> bool``.
 A glob that matches no name at all is almost always a typo, so it raises

@@ -52,7 +52,11 @@ from coreprune.selection import check_weights, is_floating
 from torch import nn
 from torch.nn.utils import prune
 
-__all__ = ["LoadReport", "to_numpy", "load_numpy"]
+__all__ = ["LoadReport", "to_numpy", "load_numpy", "weight_names"]
+
+# Layers whose ``weight`` is a weight to compress, and the attention parameters that are weights.
+_WEIGHT_LAYERS = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.Embedding, nn.EmbeddingBag)
+_ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 
 
 def _bit_twins() -> dict[torch.dtype, tuple[np.dtype, torch.dtype]]:
@@ -408,3 +412,46 @@ def load_numpy(
         for _, sub, hook in _pruned(target):
             hook(sub, ())  # what the forward pre-hook does: recompute weight = weight_orig * weight_mask now
     return report
+
+
+def weight_names(model: nn.Module) -> list[str]:
+    """Names of the weights of ``model``'s convolution, linear, embedding and attention layers.
+
+    Selection by role, for ``include=`` of :func:`coreprune.prune_magnitude` and
+    :func:`coreprune.quantize` on ``to_numpy(model)``: the ``weight`` of every ``nn.Linear``,
+    ``nn.Bilinear``, convolution (transposed too), ``nn.Embedding`` and ``nn.EmbeddingBag``, and the
+    input projections of ``nn.MultiheadAttention`` (``in_proj_weight`` or ``q/k/v_proj_weight``;
+    its ``out_proj`` is an ``nn.Linear``). Biases, normalisation layers, tokens, position
+    embeddings and buffers are not weights. Under weight norm, the direction (``weight_v``,
+    ``parametrizations.weight.original1``) is the weight; other parametrizations give
+    ``parametrizations.weight.original``. Names are those :func:`to_numpy` exports, in its order; a
+    tied weight appears under each of its names.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+    ...                           torch.nn.Linear(4, 2))
+    >>> weight_names(net)
+    ['0.weight', '3.weight']
+    """
+    if not isinstance(model, nn.Module):
+        raise CompressionError(f"weight_names expects a torch.nn.Module, got {type(model).__name__}")
+    wanted: set[str] = set()
+    for prefix, sub in model.named_modules(remove_duplicate=False):
+        dot = f"{prefix}." if prefix else ""
+        if isinstance(sub, _WEIGHT_LAYERS):
+            wanted.update(dot + leaf for leaf in ("weight", "weight_v", "parametrizations.weight.original",
+                                                  "parametrizations.weight.original1"))
+        elif isinstance(sub, nn.MultiheadAttention):
+            wanted.update(dot + leaf for leaf in _ATTENTION_WEIGHTS)
+    return [name for name in _load_slots(model) if name in wanted]
+

@@ -143,3 +143,17 @@ def test_convert_gluon_to_torch_refuses_export_files_and_maps_save_parameters(tm
 
     names = list(cio.load(tmp_path / "t.pt"))
     assert names[:4] == ["0.weight", "0.bias", "1.weight", "1.bias"] and "4.weight" in names
+
+
+def test_weight_names_select_by_role_on_blocks_and_symbolblocks(tmp_path):
+    net = _cnn()
+    net.initialize(mx.init.Xavier())
+    assert cpm.weight_names(net) == ["0.weight", "4.weight"]
+    net.hybridize()
+    net(mx.nd.ones((1, 3, 8, 8)))
+    net.export(str(tmp_path / "cnn"))
+    files = [str(tmp_path / "cnn-symbol.json"), ["data"], str(tmp_path / "cnn-0000.params")]
+    sb = gluon.SymbolBlock.imports(*files)
+    names = cpm.weight_names(sb)
+    assert len(names) == 2 and all(n.endswith("_weight") for n in names)
+    assert set(names) <= set(cpm.to_numpy(sb))

@@ -97,3 +97,23 @@ def test_bert_style_embeddings_are_weights():
         "LayerNorm": torch.nn.LayerNorm(8),
     })
     assert select(_state(emb)) == ["word_embeddings.weight", "position_embeddings.weight"]
+
+
+def test_weight_names_select_by_role_on_a_vit():
+    from coreprune.torch import to_numpy, weight_names
+
+    model = TinyViT()
+    names = weight_names(model)
+    assert names == [
+        "patch_embed.weight",
+        "encoder.layers.0.self_attn.in_proj_weight",
+        "encoder.layers.0.self_attn.out_proj.weight",
+        "encoder.layers.0.linear1.weight",
+        "encoder.layers.0.linear2.weight",
+        "head.weight",
+    ]
+    weights = to_numpy(model)
+    _, masks = prune_magnitude(weights, 0.5, include=names)
+    assert list(masks) == names
+    conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv2d(3, 8, 3))
+    assert weight_names(conv) == ["parametrizations.weight.original1"]
