@@ -143,7 +143,8 @@ def attach_masks(target: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: 
     CompressionError
         Names of buffers or of pruning bookkeeping (``weight_orig``); then, all listed in one
         message, names that are no parameter of the module, masks that are not bool, shape
-        mismatches. Checked for all masks before any is attached.
+        mismatches; a shared parameter given two different masks. Checked for all masks before
+        any is attached.
 
     Examples
     --------
@@ -182,10 +183,23 @@ def attach_masks(target: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: 
         masks = {renamed[name]: mask for name, mask in masks.items()}
     checked = check_masks(masks, shapes, verb="attach_masks")
     checked = _spread_over_ties(target, checked, pruned)
+    # One entry per (submodule, tensor): a submodule reachable under two names is pruned once. A
+    # parameter shared by several names must get one mask, as in coreprune.mxnet.attach_masks.
+    plan: dict[tuple[int, str], tuple[nn.Module, str, np.ndarray]] = {}
+    first: dict[int, tuple[str, np.ndarray]] = {}
     for name, mask in checked.items():
         path, _, attr = name.rpartition(".")
         sub = target.get_submodule(path)
-        if name in pruned:
+        param = sub._parameters.get(attr + "_orig", sub._parameters.get(attr))
+        seen = first.setdefault(id(param), (name, mask))
+        if not np.array_equal(seen[1], mask):
+            raise CompressionError(
+                f"attach_masks: {seen[0]!r} and {name!r} are the same (shared) parameter "
+                "but got different masks"
+            )
+        plan[(id(sub), attr)] = (sub, attr, mask)
+    for sub, attr, mask in plan.values():
+        if attr + "_orig" in sub._parameters:
             # Replace, not combine: PyTorch would keep only the entries both masks keep.
             _zero_pruned_(sub, attr)
             prune.remove(sub, attr)
@@ -205,8 +219,7 @@ def _spread_over_ties(
 ) -> dict[str, np.ndarray]:
     """``masks`` with each mask also under every other name of the same ``Parameter`` (tied weights).
 
-    A tied parameter masked under one name only would still be read unmasked under the other; two
-    different masks for one parameter cannot both hold.
+    A tied parameter masked under one name only would still be read unmasked under the other.
     """
     names_of: dict[int, list[str]] = {}
     for name, param in target.named_parameters(remove_duplicate=False):
@@ -215,16 +228,9 @@ def _spread_over_ties(
     out = dict(masks)
     for names in names_of.values():
         given = [n for n in names if n in masks]
-        if not given or len(names) == 1:
-            continue
-        first = given[0]
-        for other in given[1:]:
-            if not np.array_equal(masks[other], masks[first]):
-                raise CompressionError(
-                    f"attach_masks: {first!r} and {other!r} are one tied Parameter but their masks differ"
-                )
-        for other in names:
-            out.setdefault(other, masks[first])
+        if given and len(names) > 1:
+            for other in names:  # two different given masks are refused by the caller
+                out.setdefault(other, masks[given[0]])
     return out
 
 

@@ -332,3 +332,18 @@ def test_freeze_false_on_reattach_restores_requires_grad():
     assert layer.weight_orig.requires_grad and not layer.bias_orig.requires_grad
     detach_masks(layer)
     assert layer.weight.requires_grad and not layer.bias.requires_grad
+
+
+def test_shared_modules_and_tied_parameters_take_one_mask():
+    shared = nn.Linear(3, 3)
+    net = nn.Sequential(shared, nn.Tanh(), shared)  # one submodule under the names 0 and 2
+    mask = np.eye(3, dtype=bool)
+    attach_masks(net, {"0.weight": mask, "2.weight": mask})
+    assert sum(isinstance(h, prune.BasePruningMethod) for h in shared._forward_pre_hooks.values()) == 1
+    np.testing.assert_array_equal(to_numpy(net)["2.weight"] != 0, mask)
+    with pytest.raises(CompressionError, match="'0.weight' and '2.weight' are the same .*different masks"):
+        attach_masks(net, {"0.weight": mask, "2.weight": ~mask})
+    np.testing.assert_array_equal(attached_masks(net)["0.weight"], mask)  # unchanged by the refusal
+    detach_masks(net)
+    assert not prune.is_pruned(net)
+    np.testing.assert_array_equal(shared.weight.detach().numpy() != 0, mask)

@@ -113,7 +113,7 @@ def test_attach_masks_and_load_numpy_keep_ties():
     torch.testing.assert_close(out, _lm_forward(_masked_reference(model, pristine), tokens), rtol=0, atol=0)
     exported = to_numpy(model)
     assert exported["embed.weight"] is exported["head.weight"]
-    with pytest.raises(Exception, match="one tied Parameter but their masks differ"):
+    with pytest.raises(Exception, match="are the same .shared. parameter but got different masks"):
         attach_masks(model, {"embed.weight": result.masks["embed.weight"],
                              "head.weight": ~result.masks["embed.weight"]})
     plain = _tied_lm()
