@@ -132,17 +132,21 @@ def sentences(n: int) -> list[str]:
     """``n`` real English sentences: the Zen of Python and standard-library docstrings."""
     import codecs
     import importlib
+    import importlib.util
     import re
 
-    import this  # noqa: F401  (prints the Zen once; its text is rot13 in this.s)
-
-    out = [s.strip() for s in codecs.decode(sys.modules["this"].s, "rot13").splitlines()[2:] if s.strip()]
+    # the Zen of Python is rot13 text in the source of `this` (importing it would print it)
+    spec = importlib.util.find_spec("this")
+    source = pathlib.Path(spec.origin).read_text()  # type: ignore[union-attr, arg-type]
+    zen = codecs.decode(source.split('"""')[1], "rot13")
+    out = [s.strip() for s in zen.splitlines()[2:] if s.strip()]
     for mod in ("argparse", "collections", "json", "pathlib", "subprocess", "threading", "logging",
                 "email", "http.client", "unittest", "decimal", "fractions", "statistics", "asyncio",
                 "sqlite3", "zipfile", "tarfile", "csv", "heapq", "bisect", "functools", "itertools",
                 "inspect", "typing", "dataclasses", "shutil", "tempfile", "textwrap", "string", "random"):
         m = importlib.import_module(mod)
-        docs = [m.__doc__ or ""] + [getattr(v, "__doc__", "") or "" for _, v in inspect.getmembers(m)]
+        docs = [m.__doc__ or ""] + [getattr(v, "__doc__", "") for _, v in inspect.getmembers(m)]
+        docs = [d for d in docs if isinstance(d, str)]
         for doc in docs:
             for s in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
                 if 40 <= len(s) <= 300 and s not in out and re.search(r"[a-z]{3} [a-z]{3}", s):
@@ -317,7 +321,8 @@ def evaluate(name: str, weights: dict[str, np.ndarray], forward, metric) -> None
     float_out = forward(weights)
     n_weights = sum(v.size for v in weights.values() if v.ndim >= 2 and v.dtype.kind == "f")
     float_bytes = sum(v.nbytes for v in weights.values())
-    print(f"\n## {name}: {n_weights} weights in tensors of ndim >= 2, float32 state dict {float_bytes} bytes\n")
+    print(f"\n## {name}: {n_weights} weights in tensors of ndim >= 2, "
+          f"float32 state dict {float_bytes} bytes\n")
     print(f"| method | bits | state dict bytes | bits/weight | {metric.header} | quantize s |")
     print("|---|---|---|---|---|---|")
     for label, method in METHODS:
@@ -336,9 +341,10 @@ def evaluate(name: str, weights: dict[str, np.ndarray], forward, metric) -> None
         seconds = time.perf_counter() - t0
         rest = sum(v.nbytes for v in weights.values() if not (v.ndim >= 2 and v.dtype.kind == "f"))
         bpw = 8 * (size - rest) / n_weights
-        print(f"| {label} | {bits} | {size} | {bpw:.3f} | {metric(float_out, forward(dq))} | {seconds:.2f} |",
-              flush=True)
-    print(f"\nweight reconstruction error at 4 bits, {name} (sum over tensors of ||w - q(w)||^2 / ||w||^2):\n")
+        score = metric(float_out, forward(dq))
+        print(f"| {label} | {bits} | {size} | {bpw:.3f} | {score} | {seconds:.2f} |", flush=True)
+    print(f"\nweight reconstruction error at 4 bits, {name} "
+          "(sum over tensors of ||w - q(w)||^2 / ||w||^2):\n")
     for label, err in reconstruction_table(weights, 4):
         print(f"- {label}: {err:.5f}")
 

@@ -119,7 +119,7 @@ def test_symmetric_per_channel_codes_equal_quantize_per_channel(seed):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_full_range_int8_equals_torch_per_channel_symmetric_observer(seed):
-    """torch's own per-channel symmetric int8: scale max|w| / 127.5 from its observer, codes in [-128, 127]."""
+    """torch's per-channel symmetric int8: scale max|w| / 127.5 from its observer, codes in [-128, 127]."""
     from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
     torch.manual_seed(seed)
@@ -140,7 +140,8 @@ def test_full_range_int8_equals_torch_per_channel_symmetric_observer(seed):
     assert np.abs(got - ref).max() <= 1
     assert (np.abs(np.abs(ratio[differ]) % 1 - 0.5) < 1e-4).all()
     assert got.min() >= -128 and ref.min() == -128
-    np.testing.assert_allclose(q.dequantize(), reference.dequantize().numpy(), rtol=0, atol=float(q.scale.max()))
+    np.testing.assert_allclose(q.dequantize(), reference.dequantize().numpy(), rtol=0,
+                               atol=float(q.scale.max()))
     restricted = quantize({"w": w.numpy()}, 8, axis=0)["w"]
     assert (q.scale < restricted.scale).all()  # a finer step: 127.5 / 127 times smaller
 
