@@ -323,8 +323,9 @@ def evaluate(name: str, weights: dict[str, np.ndarray], forward, metric) -> None
     float_bytes = sum(v.nbytes for v in weights.values())
     print(f"\n## {name}: {n_weights} weights in tensors of ndim >= 2, "
           f"float32 state dict {float_bytes} bytes\n")
-    print(f"| method | bits | state dict bytes | bits/weight | {metric.header} | quantize s |")
-    print("|---|---|---|---|---|---|")
+    header = f"| method | bits | state dict bytes | bits/weight | {metric.header} | quantize s |"
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
     for label, method in METHODS:
         t0 = time.perf_counter()
         if method is None:
@@ -350,7 +351,7 @@ def evaluate(name: str, weights: dict[str, np.ndarray], forward, metric) -> None
 
 
 class Agreement:
-    header = "top-1 agreement | KL(float||q)"
+    header = "top-1 agreement | mean KL(float, q)"
 
     def __call__(self, ref: np.ndarray, got: np.ndarray) -> str:
         agree = float(np.mean(ref.argmax(1) == got.argmax(1)))
