@@ -41,7 +41,9 @@ from collections.abc import Mapping, Sequence
 import ml_dtypes
 import numpy as np
 
-from . import _blocked, _kernels, bit_budget
+from . import bit_budget
+from ._fast import blocked as _blocked
+from ._fast import kernels as _kernels
 from .errors import CompressionError
 from .packing import _check_bits
 from .quant_layout import (
@@ -307,7 +309,7 @@ class QuantizedArray:
     def _fast_job(self) -> _blocked.Job | None:
         """:meth:`dequantize` as a blocked, threaded job (same result), or None where it does not apply.
 
-        It applies to C-contiguous codes of at least ``coreprune._blocked.MIN_FAST_ELEMENTS`` values
+        It applies to C-contiguous codes of at least ``coreprune._fast.blocked.MIN_FAST_ELEMENTS`` values
         with one scale per tensor, per index of axis 0 or per group, for float16/bfloat16/float32/
         float64 originals.
         """
@@ -351,7 +353,7 @@ def _quantize_fast_job(
 
     It applies to round-to-nearest with the restricted symmetric or the affine range, on
     C-contiguous float16/bfloat16/float32/float64 tensors of at least
-    ``coreprune._blocked.MIN_FAST_ELEMENTS`` values, ``bits >= 2``, whose row view is a plain
+    ``coreprune._fast.blocked.MIN_FAST_ELEMENTS`` values, ``bits >= 2``, whose row view is a plain
     reshape (:func:`coreprune.quant_layout.fast_rows`). The job returns the :class:`QuantizedArray`
     -- the same one as the reference path -- or None when the tensor holds NaN/Inf or a scale
     exceeds float32, for the reference path to report. (``bits=1`` stays on the reference path:

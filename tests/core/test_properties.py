@@ -8,6 +8,7 @@ with values drawn from the whole range of the dtype (subnormals, huge magnitudes
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import ml_dtypes
 import numpy as np
@@ -16,8 +17,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from coreprune import prune_magnitude, prune_threshold, quantize
+from coreprune._fast.kth import kth_smallest_abs_reference as _kth_smallest_abs_reference
+from coreprune._fast.kth import radix_select
 from coreprune.packing import pack_bits, unpack_bits
-from coreprune.pruning import _kth_smallest_abs, _kth_smallest_abs_reference
+
+_kth_smallest_abs = partial(radix_select, budget=0)  # the engine's radix select, every pass
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = [np.dtype(np.float16), BF16, np.dtype(np.float32), np.dtype(np.float64)]
