@@ -45,6 +45,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections import Counter
 
 import numpy as np
 import torch
@@ -277,6 +278,10 @@ def coreprune_method(**kw):
         size = sum(v.nbytes for v in q.values())
         quantized = [v for v in q.values() if isinstance(v, cp.QuantizedArray)]
         bits = sorted({v.bits for v in quantized})
+        if "budget" in kw:  # where the bits went: small fan-ins (stem, depthwise) and the rest
+            for label, small in (("fan-in <= 27", True), ("larger fan-in", False)):
+                chosen = [v.bits for v in quantized if (v.codes.size // max(v.shape[0], 1) <= 27) == small]
+                print(f"  budget {kw['budget']}: {label}: bits {dict(sorted(Counter(chosen).items()))}")
         return cp.dequantize(q), size, "/".join(map(str, bits))
 
     return run

@@ -587,8 +587,10 @@ def test_a_tensor_has_one_to_four_blobs_as_the_format_page_says(tmp_path):
         "dense_full": rng.standard_normal((8, 8)).astype(np.float32),
         "dense_bitmask": sparse,
         "dense_csr": very_sparse,
-        "q_full": coreprune.quantize({"w": rng.standard_normal((8, 8))}, bits=8, include="w", group_size=None)["w"],
-        "q_affine_sparse": coreprune.quantize({"w": very_sparse}, bits=4, symmetric=False, include="w", group_size=None)["w"],
+        "q_full": coreprune.quantize({"w": rng.standard_normal((8, 8))}, bits=8, include="w",
+                                     group_size=None)["w"],
+        "q_affine_sparse": coreprune.quantize({"w": very_sparse}, bits=4, symmetric=False, include="w",
+                                              group_size=None)["w"],
     }
     path = tmp_path / "m.cpz"
     save_compressed(weights, path)
