@@ -24,7 +24,7 @@ Examples
 >>> pruned, masks = coreprune.prune_threshold(w, 0.1)
 >>> pruned["fc.weight"].tolist()
 [[0.5, 0.0], [0.0, -2.0]]
->>> q = coreprune.quantize(pruned, bits=8)
+>>> q = coreprune.quantize(pruned, bits=8, group_size=None)  # one scale for the tensor
 >>> q["fc.weight"].codes.tolist(), q["fc.weight"].nbytes
 ([[32, 0], [0, -127]], 8)
 """

@@ -31,6 +31,7 @@ __all__ = [
     "fast_rows",
     "to_rows",
     "from_rows",
+    "expand_params",
     "params_to_rows",
     "params_from_rows",
     "layout_problem",
@@ -230,6 +231,22 @@ def from_rows(
     if flatten:
         return np.ascontiguousarray(run).reshape(shape)
     return np.ascontiguousarray(np.moveaxis(run, -1, _group_axis(len(shape), axis)))
+
+
+def expand_params(
+    params: np.ndarray, shape: tuple, axis: int | None, group_size: int | None, flatten: bool
+) -> np.ndarray:
+    """Per-scale values (of :func:`param_shape`) broadcast to one per element of ``shape``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> expand_params(np.array([[1, 2], [3, 4]]), (2, 3), None, 2, False).tolist()
+    [[1, 1, 2], [3, 3, 4]]
+    """
+    flat = params_to_rows(np.asarray(params), axis, group_size, flatten)
+    columns = to_rows(np.zeros(shape, np.bool_), axis, group_size, flatten)[0].shape[1]
+    return from_rows(np.repeat(flat[:, None], columns, axis=1), shape, axis, group_size, flatten)
 
 
 def params_to_rows(p: np.ndarray, axis: int | None, group_size: int | None, flatten: bool) -> np.ndarray:

@@ -48,6 +48,7 @@ from .errors import CompressionError
 from .packing import _check_bits
 from .quant_layout import (
     default_layout,
+    expand_params,
     fast_rows,
     from_rows,
     layout_problem,
@@ -303,9 +304,7 @@ class QuantizedArray:
         >>> q.expand(np.array([[1, 2], [3, 4]])).tolist()
         [[1, 1, 2], [3, 3, 4]]
         """
-        rows, _ = to_rows(np.zeros(self.shape, np.bool_), *self.layout)
-        flat = params_to_rows(np.asarray(params), *self.layout)
-        return from_rows(np.broadcast_to(flat[:, None], rows.shape), self.shape, *self.layout)
+        return expand_params(params, self.shape, *self.layout)
 
     def _fast_job(self) -> _blocked.Job | None:
         """:meth:`dequantize` as a blocked, threaded job (same result), or None where it does not apply.

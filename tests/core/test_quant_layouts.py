@@ -204,3 +204,37 @@ def test_allocation_prefers_the_largest_gain_per_byte():
     assert allocate_bits(sizes, errors, counts, budget=(10 + 100 + 30) * 8 / 440) == {"a": 8, "b": 2}
     imp = allocate_bits(sizes, errors, counts, budget=(10 + 400) * 8 / 440, importance={"a": 0.0})
     assert imp == {"a": 2, "b": 8}
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_every_layout_round_trips_through_cpz(tmp_path, symmetric):
+    from coreprune import load_compressed, save_compressed
+
+    rng = np.random.default_rng(9)
+    w = {
+        "conv.weight": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+        "dw.weight": rng.standard_normal((8, 1, 3, 3)).astype(np.float32),
+        "fc.weight": rng.standard_normal((5, 70)).astype(np.float32),
+        "mid.weight": rng.standard_normal((4, 6, 5)).astype(np.float32),
+    }
+    w["conv.weight"][:, :2] = 0.0  # many zero codes: the sparse layouts with the zero-point fill
+    cases = [
+        dict(bits=4),  # the defaults
+        dict(bits=3, group_size=7, flatten=True, method="hqq"),
+        dict(bits=5, axis=1, group_size=4, method="clip"),
+        dict(bits=4, group_size=3),
+        dict(budget=4.5),
+    ]
+    for i, kw in enumerate(cases):
+        q = quantize(w, symmetric=symmetric, **kw)
+        path = tmp_path / f"q{i}.cpz"
+        save_compressed(q, path)
+        got = load_compressed(path)
+        for name in w:
+            a, b = q[name], got[name]
+            assert (a.layout, a.bits, a.symmetric) == (b.layout, b.bits, b.symmetric)
+            np.testing.assert_array_equal(a.codes, b.codes)
+            np.testing.assert_array_equal(a.scale, b.scale)
+            if not symmetric:
+                np.testing.assert_array_equal(a.zero_point, b.zero_point)
+            np.testing.assert_array_equal(a.dequantize(), b.dequantize())
