@@ -1,4 +1,4 @@
-"""Every fast path (coreprune._kernels, _select, _bitpack) against its plain NumPy reference.
+"""Every fast path (coreprune._fast: kernels, kth, bitpack) against its plain NumPy reference.
 
 The public functions take the blocked, threaded fast paths for C-contiguous tensors of at least
 ``_blocked.MIN_FAST_ELEMENTS`` values and the simple whole-array NumPy code otherwise. Here both
