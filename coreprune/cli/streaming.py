@@ -114,6 +114,10 @@ def _prune_step(
             if not cut:  # first use: inside the writer, after the output path was checked
                 picked = lambda n, _a: n in chosen  # noqa: E731 - the names selected above
                 cut.append(global_magnitude_threshold(reader, args.sparsity, include=picked))
+                if cut[0].empty and args.sparsity < 1.0:
+                    shown = ", ".join(cut[0].empty[:8]) + (" ..." if len(cut[0].empty) > 8 else "")
+                    _note(args, f"--global {args.sparsity:g} removes every weight of {len(cut[0].empty)} "
+                                f"tensor(s): {shown}")
             out = cut[0].prune(name, w)[0]
         else:
             out = prune_magnitude({name: w}, args.sparsity, include=_EVERYTHING)[0][name]

@@ -240,3 +240,17 @@ def test_tied_torch_file_is_counted_once_by_the_streaming_threshold_and_inspect_
     dry = run.stdout
     assert dry.splitlines()[0].startswith("embed.weight") and "would touch 3 of 5 tensors" in dry
     assert not list(tmp_path.glob("*.pt"))[1:]  # nothing written
+
+
+def test_global_prune_notes_the_tensors_it_empties(tmp_path):
+    import subprocess
+    import sys
+
+    weights = {"a.weight": np.full((4, 4), 0.001, np.float32),
+               "b.weight": np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)}
+    cio.save(weights, tmp_path / "e.npz")
+    argv = ["prune", str(tmp_path / "e.npz"), "--sparsity", "0.5", "--global", "-o", str(tmp_path / "o.npz")]
+    run = subprocess.run([sys.executable, "-m", "coreprune", *argv], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "removes every weight of 1 tensor(s): a.weight" in run.stderr
+    assert not cio.load(tmp_path / "o.npz")["a.weight"].any()
