@@ -24,7 +24,7 @@ Examples
 >>> pruned, masks = coreprune.prune_threshold(w, 0.1)
 >>> pruned["fc.weight"].tolist()
 [[0.5, 0.0], [0.0, -2.0]]
->>> q = coreprune.quantize(pruned, bits=8)
+>>> q = coreprune.quantize(pruned, bits=8, group_size=None)  # one scale for the tensor
 >>> q["fc.weight"].codes.tolist(), q["fc.weight"].nbytes
 ([[32, 0], [0, -127]], 8)
 """
@@ -35,12 +35,13 @@ from . import arch, distill, io, structured
 from ._fast.blocked import num_threads, set_num_threads
 from .arch import channel_shuffle
 from .distill import kd_loss, kd_loss_and_grad
-from .errors import CompressionError, UnsafePickleError, WeightFileError
+from .errors import CompressionError, EmptyLayerWarning, UnsafePickleError, WeightFileError
 from .io.cpz import load_compressed, save_compressed
 from .layout_planner import encoded_nbytes, layout_of
 from .packing import pack_bits, unpack_bits
 from .pruning import (
     GlobalThreshold,
+    PruneResult,
     apply_masks,
     global_magnitude_threshold,
     prune_magnitude,
@@ -54,6 +55,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CompressionError",
+    "EmptyLayerWarning",
     "UnsafePickleError",
     "WeightFileError",
     "select",
@@ -62,6 +64,7 @@ __all__ = [
     "apply_masks",
     "global_magnitude_threshold",
     "GlobalThreshold",
+    "PruneResult",
     "sparsity",
     "tensor_stats",
     "pack_bits",

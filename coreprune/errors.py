@@ -8,7 +8,7 @@ message that names the tensor or file and says what is wrong. It subclasses
 
 from __future__ import annotations
 
-__all__ = ["CompressionError", "WeightFileError", "UnsafePickleError"]
+__all__ = ["CompressionError", "WeightFileError", "UnsafePickleError", "EmptyLayerWarning"]
 
 
 class CompressionError(ValueError):
@@ -45,5 +45,18 @@ class UnsafePickleError(WeightFileError):
     Examples
     --------
     >>> issubclass(UnsafePickleError, CompressionError)
+    True
+    """
+
+
+class EmptyLayerWarning(UserWarning):
+    """Pruning removed every entry of a layer (a deleted layer) although its sparsity was below 1.
+
+    Not an error: the result is what was asked for, but it is rarely what was meant. Pass a
+    floor (``min_keep``) or a per-layer sparsity to prevent it.
+
+    Examples
+    --------
+    >>> issubclass(EmptyLayerWarning, UserWarning)
     True
     """

@@ -38,6 +38,7 @@ import numpy as np
 
 from .dtypes import by_name, cpz_dtype_names
 from .errors import CompressionError, WeightFileError
+from .quant_layout import expand_params, param_shape
 from .quantization import QuantizedArray
 
 __all__ = ["encoded_nbytes", "layout_of", "Value"]
@@ -86,13 +87,11 @@ def _stored_mask(flat: np.ndarray) -> np.ndarray:
     return flat.view(np.uint8).reshape(flat.size, size).any(axis=1)
 
 
-def _param_shape(shape: tuple[int, ...], axis: int | None, group_size: int | None) -> tuple[int, ...]:
+def _param_shape(
+    shape: tuple[int, ...], axis: int | None, group_size: int | None, flatten: bool = False
+) -> tuple[int, ...]:
     """Shape of ``scale`` / ``zero_point`` for a quantizer layout (see QuantizedArray)."""
-    if group_size is not None:
-        return shape[:-1] + (shape[-1] // group_size,)
-    if axis is not None:
-        return (shape[axis],)
-    return ()
+    return param_shape(shape, axis, group_size, flatten)
 
 
 def _fill_codes(
@@ -102,23 +101,20 @@ def _fill_codes(
     axis: int | None,
     group_size: int | None,
     shape: tuple[int, ...],
+    flatten: bool = False,
 ) -> np.ndarray | None:
     """Code of 0.0 for every element, flat (or a 0-d array); None where 0.0 has no code (bits=1)."""
     if bits == 1:
         return None
     if symmetric or zero_point is None:
         return np.zeros((), np.int8)
-    if group_size is not None:
-        full = np.repeat(zero_point, group_size, axis=-1)
-    elif axis is not None:
-        full = np.broadcast_to(zero_point.reshape([-1 if i == axis else 1 for i in range(len(shape))]), shape)
-    else:
+    if group_size is None and axis is None:
         return zero_point.reshape(())
-    return np.ascontiguousarray(full).reshape(-1)
+    return expand_params(zero_point, shape, axis, group_size, flatten).reshape(-1)
 
 
 def _fill_of(q: QuantizedArray) -> np.ndarray | None:
-    return _fill_codes(q.bits, q.symmetric, q.zero_point, q.axis, q.group_size, q.shape)
+    return _fill_codes(q.bits, q.symmetric, q.zero_point, q.axis, q.group_size, q.shape, q.flatten)
 
 
 @dataclass(frozen=True)

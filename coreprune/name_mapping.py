@@ -8,8 +8,13 @@ values.
 
 Gluon to PyTorch (:func:`gluon_to_torch_names`)
 -----------------------------------------------
-1. A ``arg:`` / ``aux:`` prefix (files written by ``HybridBlock.export`` and the
-   Module API) is dropped.
+1. ``arg:`` / ``aux:`` names (files written by ``HybridBlock.export``,
+   ``mx.model.save_checkpoint`` and the Module API) are refused: they name symbol
+   nodes (``arg:stage1_unit1_conv1_weight``, ``arg:conv0_weight``), which say
+   nothing reliable about a module path -- mapped by position they would come out
+   as plausible but wrong torch names. Load such a file into the Gluon network it
+   came from and save that with ``save_parameters()``, whose structural names
+   (``features.0.weight``) map one to one.
 2. The parameter (the last part of the name) is renamed:
    ``gamma`` -> ``weight``, ``beta`` -> ``bias``,
    ``moving_mean`` / ``running_mean`` -> ``running_mean``,
@@ -51,7 +56,70 @@ from collections.abc import Callable, Iterable
 
 from .errors import CompressionError
 
-__all__ = ["gluon_to_torch_names", "torch_to_gluon_names", "torch_batch_norm_counters", "MAPPINGS"]
+__all__ = [
+    "gluon_to_torch_names", "torch_to_gluon_names", "torch_batch_norm_counters", "MAPPINGS",
+    "WRAPPER_PREFIXES", "strip_wrapper_prefixes", "align_wrapper_prefixes",
+]
+
+#: Name prefixes that PyTorch wrappers add to every ``state_dict`` name: ``module.``
+#: (``nn.DataParallel``, ``DistributedDataParallel``) and ``_orig_mod.`` (``torch.compile``).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _strip(name: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix):], True
+    return name
+
+
+def strip_wrapper_prefixes(names: Iterable[str]) -> dict[str, str]:
+    """``name -> name`` without its leading wrapper prefixes (``module.``, ``_orig_mod.``, repeated).
+
+    Use it to save a checkpoint of a wrapped model under the plain model's names:
+    ``{m[k]: v for k, v in weights.items()}`` with ``m = strip_wrapper_prefixes(weights)``.
+
+    Raises
+    ------
+    CompressionError
+        Two names that become the same.
+
+    Examples
+    --------
+    >>> strip_wrapper_prefixes(["module._orig_mod.fc.weight", "module.fc.bias"])
+    {'module._orig_mod.fc.weight': 'fc.weight', 'module.fc.bias': 'fc.bias'}
+    """
+    return _check_unique({name: _strip(name) for name in names}, "stripping wrapper prefixes")
+
+
+def align_wrapper_prefixes(given: Iterable[str], target: Iterable[str]) -> dict[str, str]:
+    """Map each ``given`` name to the ``target`` name that differs from it only by wrapper prefixes.
+
+    Names already in ``target`` map to themselves; a name matching no target name (or several)
+    maps to itself, for the caller to report as unexpected. So a checkpoint of a
+    ``DataParallel`` or ``torch.compile`` model loads into the plain model and the other way round.
+
+    Examples
+    --------
+    >>> align_wrapper_prefixes(["module.fc.weight"], ["_orig_mod.fc.weight", "_orig_mod.fc.bias"])
+    {'module.fc.weight': '_orig_mod.fc.weight'}
+    """
+    target = list(target)
+    exact = set(target)
+    by_plain: dict[str, list[str]] = {}
+    for name in target:
+        by_plain.setdefault(_strip(name), []).append(name)
+    out = {}
+    for name in given:
+        if name in exact:
+            out[name] = name
+            continue
+        found = by_plain.get(_strip(name), [])
+        out[name] = found[0] if len(found) == 1 else name
+    return out
 
 _GLUON_TO_TORCH_LEAF = {
     "gamma": "weight",
@@ -110,18 +178,26 @@ def gluon_to_torch_names(names: Iterable[str]) -> dict[str, str]:
     Raises
     ------
     CompressionError
-        Two names map to the same new name.
+        Two names map to the same new name; ``arg:`` / ``aux:`` (symbol API, ``export``) names.
 
     Examples
     --------
     >>> gluon_to_torch_names(["0.weight", "1.gamma", "1.beta", "1.running_mean", "1.running_var"])
     {'0.weight': '0.weight', '1.gamma': '1.weight', '1.beta': '1.bias', '1.running_mean': '1.running_mean', \
 '1.running_var': '1.running_var'}
-    >>> gluon_to_torch_names(["arg:net0_dense0_weight", "arg:net0_dense0_bias", "aux:net0_bn0_moving_var"])
-    {'arg:net0_dense0_weight': '0.weight', 'arg:net0_dense0_bias': '0.bias', \
-'aux:net0_bn0_moving_var': '1.running_var'}
+    >>> gluon_to_torch_names(["net0_dense0_weight", "net0_dense0_bias", "net0_bn0_running_var"])
+    {'net0_dense0_weight': '0.weight', 'net0_dense0_bias': '0.bias', 'net0_bn0_running_var': '1.running_var'}
     """
     names = list(names)
+    symbolic = [n for n in names if n.startswith(("arg:", "aux:"))]
+    if symbolic:
+        raise CompressionError(
+            f"gluon-to-torch: {symbolic[0]!r} ({len(symbolic)} such name(s)) is a symbol-API name, as "
+            "HybridBlock.export and save_checkpoint write them: it names a symbol node, not a module path, "
+            "so no PyTorch name follows from it. Load the file into the Gluon network it came from "
+            "(net.collect_params().load(path, ignore_extra=True) or SymbolBlock.imports), save that network "
+            "with net.save_parameters(path), and convert the result"
+        )
     stripped = {n: n[4:] if n.startswith(("arg:", "aux:")) else n for n in names}
     legacy = {n: _split_legacy(s) for n, s in stripped.items() if "." not in s}
     # The root block's name (shared first component) says nothing a torch path would.

@@ -47,9 +47,13 @@ typically holds well under 1 % of the values).
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import partial
 
 import numpy as np
 
@@ -57,13 +61,15 @@ from ._fast import blocked as _blocked
 from ._fast import kernels as _kernels
 from ._fast import kth as _kth
 from ._fast.kth import kth_smallest as _kth_smallest
-from .errors import CompressionError
+from .aliases import group_aliases
+from .errors import CompressionError, EmptyLayerWarning
 from .io.base import WeightReader
 from .masks import check_masks
 from .selection import Pattern, check_weights, require_finite, select
 
 __all__ = [
     "prune_threshold", "prune_magnitude", "apply_masks", "global_magnitude_threshold", "GlobalThreshold",
+    "PruneResult",
 ]
 
 _SCOPES = ("layer", "global")
@@ -157,11 +163,120 @@ def _spec_view(weights: WeightReader) -> dict[str, np.ndarray]:
     return out
 
 
-def _check_sparsity(sparsity: object) -> float:
-    s = _real(sparsity, "sparsity")
+def _check_sparsity(sparsity: object, what: str = "sparsity") -> float:
+    s = _real(sparsity, what)
     if not 0.0 <= s <= 1.0:
-        raise CompressionError(f"sparsity must be in [0, 1], got {s}")
+        raise CompressionError(f"{what} must be in [0, 1], got {s}")
     return s
+
+
+def _removable(n: int, min_keep: float) -> int:
+    """Most entries a tensor of ``n`` may lose and keep ``ceil(min_keep * n)``.
+
+    ``min_keep`` is taken as the decimal it prints as (0.05 is 1/20, not the binary double just
+    above it), so ``ceil(0.05 * 240)`` is 12 and ``ceil(0.3 * 10)`` is 3, as written.
+    """
+    keep = -((-Fraction(repr(float(min_keep))) * n) // 1)
+    return n - int(keep)
+
+
+def _layer_rates(
+    names: Sequence[str], aliases: Mapping[str, str], layer_sparsity: Mapping[str, float] | None
+) -> dict[str, float]:
+    """Each selected name's own sparsity from ``layer_sparsity``: its exact name, else the first
+    glob (in the map's order) that matches it. Names the map does not cover are absent."""
+    if layer_sparsity is None:
+        return {}
+    if not isinstance(layer_sparsity, Mapping):
+        raise CompressionError(
+            "layer_sparsity must be a mapping of name or glob -> sparsity, got "
+            f"{type(layer_sparsity).__name__}"
+        )
+    rates: dict[str, float] = {}
+    checked = {}
+    for key, value in layer_sparsity.items():
+        if not isinstance(key, str):
+            raise CompressionError(f"layer_sparsity has a non-string key {key!r}; keys are names or globs")
+        checked[key] = _check_sparsity(value, f"layer_sparsity[{key!r}]")
+    used = set()
+    for name in names:
+        if name in checked:
+            rates[name] = checked[name]
+            used.add(name)
+            continue
+        for key, rate in checked.items():
+            if fnmatch.fnmatchcase(name, key):
+                rates[name] = rate
+                used.add(key)
+                break
+    unused = [key for key in checked if key not in used]
+    if unused:
+        shown = ", ".join(list(names)[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+        raise CompressionError(
+            f"layer_sparsity key {unused[0]!r} matches no selected tensor; the selected names are: {shown}"
+        )
+    for alias, canonical in aliases.items():
+        if rates.get(alias) != rates.get(canonical):
+            raise CompressionError(
+                f"{alias!r} and {canonical!r} are one tensor (tied) but layer_sparsity gives them different "
+                f"sparsities ({rates.get(alias)} and {rates.get(canonical)})"
+            )
+    return rates
+
+
+def _count_below_block(flat: np.ndarray, span: tuple[int, int], *, work: np.dtype, v: np.generic) -> int:
+    return int(np.count_nonzero(_kernels.work_abs(flat[span[0] : span[1]], work) < v))
+
+
+def _count_below(w: np.ndarray, work: np.dtype, v: np.generic) -> int:
+    """How many ``|w| < v`` (in ``work``), block by block on every core; ``w`` read once."""
+    flat = np.ascontiguousarray(w).reshape(-1)
+    count = partial(_count_below_block, flat, work=work, v=v)
+    return sum(_blocked.run_parallel(_blocked.block_ranges(flat.size), count))
+
+
+class PruneResult(tuple):
+    """``(pruned, masks)`` from :func:`prune_magnitude`, with what the pruning did to each layer.
+
+    It unpacks as the two dicts (``pruned, masks = prune_magnitude(...)``); the record is on
+    its attributes.
+
+    Attributes
+    ----------
+    pruned : dict[str, numpy.ndarray]
+    masks : dict[str, numpy.ndarray]
+    empty : tuple of str
+        Selected names whose every entry was removed (non-empty tensors only), aliases included.
+        A warning (:class:`~coreprune.errors.EmptyLayerWarning`) names those whose requested
+        sparsity was below 1.
+    aliases : dict[str, str]
+        ``name -> canonical name`` for selected tensors stored under several names (tied
+        weights, see :func:`coreprune.aliases.group_aliases`): counted once, one mask for all.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = prune_magnitude({"a": np.array([[3.0, 4.0]]), "b": np.array([[0.1, 0.2]])}, 0.5, scope="global")
+    >>> r.empty
+    ('b',)
+    >>> pruned, masks = r
+    """
+
+    pruned: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    empty: tuple[str, ...]
+    aliases: dict[str, str]
+
+    def __new__(
+        cls,
+        pruned: dict[str, np.ndarray],
+        masks: dict[str, np.ndarray],
+        empty: tuple[str, ...] = (),
+        aliases: dict[str, str] | None = None,
+    ) -> PruneResult:
+        self = super().__new__(cls, (pruned, masks))
+        self.pruned, self.masks, self.empty, self.aliases = pruned, masks, tuple(empty), dict(aliases or {})
+        return self
 
 
 @dataclass(frozen=True)
@@ -184,6 +299,17 @@ class GlobalThreshold:
     work : str
         ``"float32"`` or ``"float64"``: the dtype every ``|w|`` is compared in (float64 when a
         selected tensor is float64).
+    layer_k : dict[str, int]
+        Tensors pruned on their own rather than by the global cut, with the number of entries each
+        loses (its smallest magnitudes): those given a sparsity by ``layer_sparsity``, and those
+        the ``min_keep`` floor stopped at ``n - ceil(min_keep * n)`` removed entries.
+    removed : dict[str, int]
+        Entries each selected tensor loses, in mapping order (one entry per tied tensor);
+        ``k == sum(removed.values())``.
+    aliases : dict[str, str]
+        ``name -> canonical name`` for tied tensors (counted once, pruned alike).
+    empty : tuple of str
+        Names (aliases included) of the non-empty tensors that lose every entry.
     """
 
     value: float
@@ -191,8 +317,13 @@ class GlobalThreshold:
     k: int
     total: int
     work: str
+    layer_k: dict[str, int] = field(default_factory=dict)
+    removed: dict[str, int] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    empty: tuple[str, ...] = ()
     _equal: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
     _per_block: dict[str, list[int]] = field(default_factory=dict, repr=False, compare=False)
+    _rates: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
     def prune(self, name: str, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Prune one selected tensor: remove every ``|w| < value`` and the first
@@ -224,9 +355,13 @@ class GlobalThreshold:
         >>> t.prune("a", w["a"])[0].tolist()
         [[0.0, -4.0], [3.0, 0.0]]
         """
+        name = self.aliases.get(name, name)
+        w = np.asarray(w)
+        if name in self.layer_k:
+            ((pruned, keep),) = _prune_own(w, self.layer_k[name], name)
+            return pruned, keep
         if name not in self.removed_at_value:
             raise CompressionError(f"tensor {name!r} was not selected for this global threshold")
-        w = np.asarray(w)
         if _kernels.eligible(w):
             return _blocked.run_job(self._prune_job(name, w))
         return self._prune_reference(name, w)
@@ -265,6 +400,8 @@ def global_magnitude_threshold(
     *,
     include: Pattern = None,
     exclude: Pattern = None,
+    min_keep: float = 0.0,
+    layer_sparsity: Mapping[str, float] | None = None,
 ) -> GlobalThreshold:
     """The exact cut of ``prune_magnitude(weights, sparsity, scope="global")``, tensor by tensor.
 
@@ -290,6 +427,17 @@ def global_magnitude_threshold(
         Fraction to remove, in ``[0, 1]``.
     include, exclude : glob, list of globs, predicate, or None
         Which tensors to rank, see :func:`coreprune.selection.select`.
+    min_keep : float
+        Floor per tensor, in ``[0, 1]``: every selected tensor of ``n`` entries keeps at least
+        ``ceil(min_keep * n)`` of them. A tensor the global cut would take below its floor is
+        pruned on its own to exactly the floor, and the cut is computed again over the others
+        with the remaining budget (so ``k`` entries still go when the floors allow it; when they
+        do not, every tensor ends at its floor). ``min_keep > 0`` means no layer ends empty.
+    layer_sparsity : Mapping[str, float] or None
+        Name or glob -> sparsity in ``[0, 1]``: a tensor it covers (its exact name, else the
+        first matching glob in the map's order) leaves the global ranking and loses
+        ``round(sparsity * n)`` of its own smallest magnitudes (then the floor applies). Every
+        key must cover a selected tensor.
 
     Returns
     -------
@@ -308,13 +456,63 @@ def global_magnitude_threshold(
     >>> t = global_magnitude_threshold(w, 0.5)      # k = 3 of 6: 0.5, 1.0 and one of the 2.0s
     >>> t.value, t.removed_at_value, t.k
     (2.0, {'a': 1, 'b': 0}, 3)
+    >>> global_magnitude_threshold(w, 0.5, min_keep=0.5).removed   # b keeps 1 of its 2
+    {'a': 2, 'b': 1}
+
+    Tied tensors (one array under two names, the same object or views of the same memory) are
+    ranked once; both names get the same cut. On a lazy reader every tensor is read once more
+    (a counting pass giving ``removed``), and the floor adds one selection per round of clamping.
     """
     s = _check_sparsity(sparsity)
+    floor = _check_sparsity(min_keep, "min_keep")
     lazy = isinstance(weights, WeightReader)
     view: Mapping[str, np.ndarray] = _spec_view(weights) if lazy else weights
-    names = select(view, include, exclude)
+    selected = select(view, include, exclude)
+    if lazy:  # tied tensors of the file, as its reader found them (one storage, two names)
+        chosen = set(selected)
+        aliases = {a: c for a, c in getattr(weights, "aliases", {}).items() if a in chosen and c in chosen}
+    else:
+        aliases = group_aliases(weights, selected)
+    rates = _layer_rates(selected, aliases, layer_sparsity)
+    canonical = [n for n in selected if n not in aliases]
+    sizes = {n: int(view[n].size) for n in canonical}
+    layer_k = {
+        n: min(round(rates[n] * sizes[n]), _removable(sizes[n], floor)) for n in canonical if n in rates
+    }
+    pool = [n for n in canonical if n not in rates]
+    k_left = round(s * sum(sizes[n] for n in pool))
+    # The floor: a tensor the cut takes below its floor stops there, and the cut is recomputed over
+    # the others with what is left of k (the cut only rises, so a stopped tensor stays stopped).
+    while True:
+        cut = _global_cut(weights, view, pool, k_left, lazy)
+        over = [n for n in pool if cut[5][n] > _removable(sizes[n], floor)]
+        if not over:
+            break
+        for n in over:
+            layer_k[n] = _removable(sizes[n], floor)
+            k_left -= layer_k[n]
+            pool.remove(n)
+        if k_left >= sum(sizes[n] for n in pool):  # every other tensor would go: all stop at floor
+            for n in pool:
+                layer_k[n] = _removable(sizes[n], floor)
+            pool, k_left = [], 0
+    v, removed_at_value, work, equal, per_block, removed_pool = cut
+    removed = {n: layer_k[n] if n in layer_k else removed_pool[n] for n in canonical}
+    gone = {n for n in canonical if sizes[n] and removed[n] == sizes[n]}
+    empty = tuple(n for n in selected if aliases.get(n, n) in gone)
+    return GlobalThreshold(
+        float(v), removed_at_value, sum(removed.values()), sum(sizes.values()), work.name,
+        {n: layer_k[n] for n in canonical if n in layer_k}, removed, aliases, empty,
+        equal, per_block, {n: rates.get(n, s) for n in selected},
+    )
+
+
+def _global_cut(
+    weights: Mapping[str, np.ndarray], view: Mapping[str, np.ndarray], names: list[str], k: int, lazy: bool
+) -> tuple:
+    """The global ranking's cut of ``k`` entries over ``names``: ``(v, removed_at_value, work,
+    equal, per_block, removed)``, ``removed`` counting each tensor's entries that go."""
     total = sum(int(view[n].size) for n in names)
-    k = round(s * total)
     # one comparison dtype for all, so that magnitudes from different dtypes rank exactly
     wide = any(_work_dtype(view[n].dtype).itemsize == 8 for n in names)
     work = np.dtype(np.float64 if wide else np.float32)
@@ -343,13 +541,15 @@ def global_magnitude_threshold(
             if k > 0:
                 v, ties = _kth.kth_smallest_abs_reference(tensors, k, work)
                 equal = [int(np.count_nonzero(_abs_flat(w, work) == v)) for w in tensors]
-    removed, remaining = {}, ties
+    at_value, remaining = {}, ties
     for name, n_equal in zip(names, equal):
-        removed[name] = min(remaining, n_equal)
-        remaining -= removed[name]
-    return GlobalThreshold(
-        float(v), removed, k, total, work.name, dict(zip(names, equal)), per_block
-    )
+        at_value[name] = min(remaining, n_equal)
+        remaining -= at_value[name]
+    removed = {}
+    for name in names:
+        below = 0 if k == 0 else _count_below(weights[name], work, v)
+        removed[name] = below + at_value[name]
+    return v, at_value, work, dict(zip(names, equal)), per_block, removed
 
 
 def _stream_select(
@@ -394,8 +594,8 @@ def prune_threshold(
     threshold : float
         Non-negative, not NaN; ``inf`` removes everything.
     include, exclude : glob, list of globs, predicate, or None
-        Which tensors to prune, see :func:`coreprune.selection.select` (default: floating arrays
-        with ``ndim >= 2``).
+        Which tensors to prune, see :func:`coreprune.selection.select` (default: the weights,
+        :func:`coreprune.selection.is_default_weight`).
 
     Returns
     -------
@@ -452,6 +652,40 @@ def prune_threshold(
     return pruned, masks
 
 
+def _prune_own(w: np.ndarray, k: int, name: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(pruned, mask)]``: ``w`` without its ``k`` smallest magnitudes (ties: lower flat index first)."""
+    return _prune_own_many({name: w}, {name: k})[name]
+
+
+def _prune_own_many(
+    weights: Mapping[str, np.ndarray], ks: Mapping[str, int]
+) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Each tensor of ``ks`` without its ``ks[name]`` smallest magnitudes, fast paths in parallel.
+
+    NaN/Inf is reported for the first such tensor in ``ks``'s order.
+    """
+    fast = [n for n, k in ks.items() if k > 0 and _fast_tensors([weights[n]])]
+    jobs = [_prune_smallest_job([weights[n]], ks[n], _work_dtype(weights[n].dtype)) for n in fast]
+    results = dict(zip(fast, _blocked.run_jobs(jobs)))
+    out = {}
+    for name, k in ks.items():
+        w = weights[name]
+        if name in results:
+            if isinstance(results[name], int):  # not finite: the counting pass found it
+                require_finite(name, w)
+            out[name] = results[name]
+            continue
+        require_finite(name, w)
+        if k == 0:
+            keep = np.ones(w.shape, dtype=bool)
+        else:
+            a = _abs_flat(w, _work_dtype(w.dtype))
+            v, ties = _kth_smallest(a, k)
+            keep = _keep_mask(a, v, ties)[0].reshape(w.shape)
+        out[name] = [(_zero_where_false(w, keep), keep)]
+    return out
+
+
 def prune_magnitude(
     weights: Mapping[str, np.ndarray],
     sparsity: float,
@@ -459,7 +693,9 @@ def prune_magnitude(
     scope: str = "layer",
     include: Pattern = None,
     exclude: Pattern = None,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    min_keep: float = 0.0,
+    layer_sparsity: Mapping[str, float] | None = None,
+) -> PruneResult:
     """Remove exactly ``k = round(sparsity * n)`` entries of smallest magnitude.
 
     ``scope="layer"``: for each selected tensor of size ``n``, the ``round(sparsity * n)`` entries
@@ -470,6 +706,17 @@ def prune_magnitude(
     C-order index, is removed first. Hence pruning is idempotent and the kept set shrinks
     monotonically as ``sparsity`` grows.
 
+    Per-layer control: ``layer_sparsity`` gives a tensor its own sparsity (in global scope it
+    then leaves the global ranking), and ``min_keep`` is a floor: every selected tensor keeps
+    at least ``ceil(min_keep * n)`` entries (in global scope the cut is recomputed over the
+    other tensors, see :func:`global_magnitude_threshold`). A tensor left with no entry at all
+    is listed in the result's ``empty`` and, unless its sparsity was 1, warned about with
+    :class:`~coreprune.errors.EmptyLayerWarning`.
+
+    Tied weights -- one array under several names, the same object or views of the same memory
+    (:func:`coreprune.aliases.group_aliases`) -- are counted once and every name gets the same
+    pruned array and mask (the tie survives). Arrays that overlap otherwise are refused.
+
     Parameters
     ----------
     weights : Mapping[str, numpy.ndarray]
@@ -479,19 +726,31 @@ def prune_magnitude(
     scope : {"layer", "global"}
     include, exclude : glob, list of globs, predicate, or None
         Which tensors to prune, see :func:`coreprune.selection.select`.
+    min_keep : float
+        Fraction of each selected tensor always kept, in ``[0, 1]`` (default 0: no floor).
+    layer_sparsity : Mapping[str, float] or None
+        Name or glob -> sparsity for the tensors it covers (exact name first, then the first
+        matching glob in the map's order); every key must cover a selected tensor.
 
     Returns
     -------
-    pruned : dict[str, numpy.ndarray]
-        Same names, order, shapes and dtypes as ``weights``; removed entries are exactly ``+0``.
-        Tensors not selected are the input objects.
-    masks : dict[str, numpy.ndarray]
-        Bool array per selected name, tensor's shape, True where kept.
+    PruneResult
+        Unpacks as ``(pruned, masks)``:
+
+        pruned : dict[str, numpy.ndarray]
+            Same names, order, shapes and dtypes as ``weights``; removed entries are exactly ``+0``.
+            Tensors not selected are the input objects.
+        masks : dict[str, numpy.ndarray]
+            Bool array per selected name, tensor's shape, True where kept.
+
+        and records ``empty`` (layers left with nothing) and ``aliases`` (tied names).
 
     Raises
     ------
     CompressionError
-        ``sparsity`` outside ``[0, 1]`` or NaN; unknown ``scope``; NaN/Inf in a selected tensor.
+        ``sparsity``, ``min_keep`` or a ``layer_sparsity`` value outside ``[0, 1]`` or NaN; unknown
+        ``scope``; a ``layer_sparsity`` key covering no selected tensor; NaN/Inf in a selected
+        tensor; tensors overlapping in memory without being the same tensor.
 
     Examples
     --------
@@ -503,55 +762,52 @@ def prune_magnitude(
     >>> pruned, masks = prune_magnitude(w, 0.5, scope="global")
     >>> masks["a"].tolist(), masks["b"].tolist()
     ([[False, True], [True, False]], [[False, True]])
+    >>> prune_magnitude(w, 0.5, layer_sparsity={"b": 0.0}).masks["b"].tolist()
+    [[True, True]]
     """
-    s = _real(sparsity, "sparsity")
-    if not 0.0 <= s <= 1.0:
-        raise CompressionError(f"sparsity must be in [0, 1], got {s}")
+    s = _check_sparsity(sparsity)
     if scope not in _SCOPES:
         raise CompressionError(f"scope must be 'layer' or 'global', got {scope!r}")
+    floor = _check_sparsity(min_keep, "min_keep")
     names = select(weights, include, exclude)
-    flat_keep: dict[str, np.ndarray] = {}
-    done: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (pruned, mask) from a fast path
+    done: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # canonical name -> (pruned, mask)
     if scope == "layer":
-        fast = [n for n in names if round(s * weights[n].size) > 0 and _fast_tensors([weights[n]])]
-        jobs = [
-            _prune_smallest_job([weights[n]], round(s * weights[n].size), _work_dtype(weights[n].dtype))
-            for n in fast
-        ]
-        results = dict(zip(fast, _blocked.run_jobs(jobs)))
-        # in order, so that the first tensor holding NaN/Inf is the one reported
-        for name in names:
-            w = weights[name]
-            k = round(s * w.size)
-            if name in results:
-                if isinstance(results[name], int):  # not finite: the counting pass found it
-                    require_finite(name, w)
-                (done[name],) = results[name]
-                continue
-            require_finite(name, w)
-            if k == 0:
-                flat_keep[name] = np.ones(w.size, dtype=bool)
-                continue
-            a = _abs_flat(w, _work_dtype(w.dtype))
-            v, ties = _kth_smallest(a, k)
-            flat_keep[name], _ = _keep_mask(a, v, ties)
+        aliases = group_aliases(weights, names)
+        rates = _layer_rates(names, aliases, layer_sparsity)
+        ks = {
+            n: min(round(rates.get(n, s) * weights[n].size), _removable(weights[n].size, floor))
+            for n in names if n not in aliases
+        }
+        pool: list[str] = []
     else:
-        cut = global_magnitude_threshold(weights, s, include=include, exclude=exclude)
-        fast = [n for n in names if _kernels.eligible(weights[n])]
-        done = dict(zip(fast, _blocked.run_jobs([cut._prune_job(n, weights[n]) for n in fast])))
-        for name in names:
+        cut = global_magnitude_threshold(
+            weights, s, include=include, exclude=exclude, min_keep=floor, layer_sparsity=layer_sparsity
+        )
+        aliases, rates, ks = cut.aliases, cut._rates, cut.layer_k
+        pool = list(cut.removed_at_value)
+    for name, results in _prune_own_many(weights, ks).items():
+        (done[name],) = results
+    if pool:
+        fast = [n for n in pool if _kernels.eligible(weights[n])]
+        done.update(zip(fast, _blocked.run_jobs([cut._prune_job(n, weights[n]) for n in fast])))
+        for name in pool:
             if name not in done:
                 done[name] = cut._prune_reference(name, weights[name])
     pruned = dict(weights)
     masks: dict[str, np.ndarray] = {}
     for name in names:
-        w = weights[name]
-        if name in done:
-            pruned[name], masks[name] = done[name]
-            continue
-        masks[name] = flat_keep[name].reshape(w.shape)
-        pruned[name] = _zero_where_false(w, masks[name])
-    return pruned, masks
+        pruned[name], masks[name] = done[aliases.get(name, name)]
+    empty = tuple(n for n in names if masks[n].size and not masks[n].any())
+    warned = [n for n in empty if rates.get(n, s) < 1.0]
+    if warned:
+        shown = ", ".join(warned[:10]) + (f", ... ({len(warned)} in all)" if len(warned) > 10 else "")
+        warnings.warn(
+            f"prune_magnitude removed every weight of {len(warned)} layer(s): {shown}; pass min_keep=... "
+            "(a fraction each layer keeps) or layer_sparsity={...} to keep them",
+            EmptyLayerWarning,
+            stacklevel=2,
+        )
+    return PruneResult(pruned, masks, empty, aliases)
 
 
 def apply_masks(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

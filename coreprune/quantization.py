@@ -10,8 +10,15 @@ quantization, an integer ``zero_point``), packed in a :class:`QuantizedArray`:
   ``w ~ scale * (codes - zero_point)``; 0.0 is represented exactly by ``zero_point``;
 * ``bits=1``: sign binarization, ``scale = mean|w|``, ``codes = (w >= 0)``, ``w ~ scale * (2 codes - 1)``.
 
-``rint`` rounds half to even. One scale per tensor (default), per index along ``axis``, or per
-group of ``group_size`` consecutive values along the last axis. Arithmetic runs in float32 for
+``rint`` rounds half to even. One scale per tensor, per index along ``axis``, per group of
+``group_size`` consecutive values along the last axis or along ``axis``, or per group of each output
+channel's flattened fan-in (``flatten=True``, the usual layout of conv kernels); see
+:mod:`coreprune.quant_layout`. ``full_range=True`` uses the whole two's-complement range
+``[-2**(b-1), 2**(b-1) - 1]`` with ``scale = max|w| / (2**(b-1) - 1/2)``, as torch's symmetric
+int8 observers do. Beyond round-to-nearest, ``method="clip"`` and ``method="hqq"`` choose scales
+of smaller reconstruction error (:mod:`coreprune.scale_search`); ``budget=`` allocates the bits
+per tensor (:mod:`coreprune.bit_budget`). With no layout argument, :func:`quantize` picks one per
+tensor (:func:`coreprune.quant_layout.default_layout`). Arithmetic runs in float32 for
 float16, bfloat16 and float32 tensors and in float64 for float64 tensors; the scale is always
 stored as float32 and the codes are computed from that stored scale, so dequantization
 reproduces exactly what the codes were fitted to.
@@ -21,22 +28,36 @@ a scale below the smallest normal float32 ``2**-126`` is raised to ``2**-126`` (
 subnormal; every code still fits, the error bound still holds); a scale above the largest float32
 (only possible for float64 tensors) raises :class:`~coreprune.errors.CompressionError`.
 With these rules every dequantized value lies within ``scale / 2`` of the original for
-``bits >= 2``, up to a few ulps of float rounding.
+``bits >= 2`` and ``method="rtn"``, up to a few ulps of float rounding (the other methods clip
+the range on purpose).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import ml_dtypes
 import numpy as np
 
+from . import bit_budget
 from ._fast import blocked as _blocked
 from ._fast import kernels as _kernels
 from .errors import CompressionError
 from .packing import _check_bits
+from .quant_layout import (
+    default_layout,
+    expand_params,
+    fast_rows,
+    from_rows,
+    layout_problem,
+    param_shape,
+    params_from_rows,
+    params_to_rows,
+    to_rows,
+)
+from .scale_search import METHODS, clip_params, hqq_params
 from .selection import Pattern, check_weights, is_floating, require_finite, select
 
 __all__ = ["QuantizedArray", "quantize", "dequantize"]
@@ -77,59 +98,6 @@ def _code_range(bits: int, symmetric: bool) -> tuple[int, int]:
     return 0, (1 << bits) - 1
 
 
-def _grouped(x: np.ndarray, axis: int | None, group_size: int | None) -> tuple[np.ndarray, tuple]:
-    """``x`` reshaped so that one scale covers each slice over the returned reduction axes.
-
-    Reducing over those axes with ``keepdims=True`` gives an array that broadcasts against the
-    reshaped ``x`` and that has exactly the scale's elements, in order.
-    """
-    if group_size is not None:
-        xr = x.reshape(x.shape[:-1] + (x.shape[-1] // group_size, group_size))
-        return xr, (xr.ndim - 1,)
-    if axis is not None:
-        return x, tuple(i for i in range(x.ndim) if i != axis)
-    return x, tuple(range(x.ndim))
-
-
-def _rows(shape: tuple, axis: int | None, group_size: int | None) -> int | None:
-    """Rows of the ``(rows, -1)`` view with one scale per row, for the layouts the fast path takes.
-
-    Per group (the groups are consecutive in C order), per tensor (one row) and per index of axis 0;
-    None for another axis.
-    """
-    size = math.prod(shape)
-    if group_size is not None:
-        return size // group_size
-    if axis is None:
-        return 1
-    return shape[0] if axis == 0 else None
-
-
-def _scale_shape(shape: tuple, axis: int | None, group_size: int | None) -> tuple:
-    if group_size is not None:
-        return shape[:-1] + (shape[-1] // group_size,)
-    if axis is not None:
-        return (shape[axis],)
-    return ()
-
-
-def _layout_problem(shape: tuple, axis: object, group_size: object) -> str | None:
-    """Why ``axis`` (already normalised) / ``group_size`` do not fit ``shape``, or None."""
-    ndim = len(shape)
-    if axis is not None and group_size is not None:
-        return "axis and group_size are exclusive (groups always run along the last axis)"
-    if axis is not None and (not _is_int(axis) or not 0 <= int(axis) < ndim):  # type: ignore[call-overload]
-        return f"axis {axis!r} is out of range for a tensor with ndim={ndim}"
-    if group_size is not None:
-        if not _is_int(group_size) or int(group_size) < 1:  # type: ignore[call-overload]
-            return f"group_size must be an int >= 1, got {group_size!r}"
-        if ndim == 0:
-            return "group_size needs a tensor with ndim >= 1 (groups run along the last axis)"
-        if shape[-1] % int(group_size) != 0:  # type: ignore[call-overload]
-            return f"group_size={group_size} does not divide the last axis of size {shape[-1]}"
-    return None
-
-
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class QuantizedArray:
     """A quantized tensor: integer codes of the original shape, float32 scales, optional zero points.
@@ -141,8 +109,10 @@ class QuantizedArray:
         (affine), uint8 in ``{0, 1}`` for ``bits == 1`` (1 means +1, 0 means -1). Any value of the
         ``bits``-bit range is accepted (the quantizer itself uses ``±(2**(b-1) - 1)`` when symmetric).
     scale : numpy.ndarray
-        float32, finite, ``> 0``. Shape ``()`` per tensor, ``(shape[axis],)`` per axis,
-        ``shape[:-1] + (shape[-1] // group_size,)`` per group.
+        float32, finite, ``> 0``. Shape ``()`` per tensor, ``(shape[axis],)`` per axis, the
+        tensor's shape with the grouped axis's length ``n`` replaced by ``ceil(n / group_size)``
+        per group, ``(shape[0], ceil(fan_in / group_size))`` for flattened groups
+        (:func:`coreprune.quant_layout.param_shape`).
     zero_point : numpy.ndarray or None
         Affine only: the scale's shape, the codes' dtype, values in ``[0, 2**bits - 1]``.
     bits : int
@@ -150,13 +120,18 @@ class QuantizedArray:
     symmetric : bool
         True for symmetric and for ``bits == 1``.
     axis : int or None
-        Non-negative axis with one scale per index, or None.
+        Non-negative axis: one scale per index without ``group_size``, the axis the groups run
+        along with it; or None.
     group_size : int or None
-        Length of the groups along the last axis, or None. Not together with ``axis``.
+        Length of the groups (along ``axis``, the last axis when ``axis`` is None, or the
+        flattened fan-in); the last group of a run is shorter when it does not divide the run.
     shape : tuple of int
         Shape of the original tensor.
     dtype : numpy.dtype
         dtype of the original tensor (float16, float32, float64, ``ml_dtypes.bfloat16``, ...).
+    flatten : bool
+        True: the groups run along each output channel's flattened fan-in,
+        ``w.reshape(shape[0], -1)`` (needs ``group_size``, no ``axis``). Default False.
 
     Raises
     ------
@@ -185,6 +160,7 @@ class QuantizedArray:
     group_size: int | None
     shape: tuple
     dtype: np.dtype
+    flatten: bool = False
 
     def __post_init__(self) -> None:
         def fail(problem: str) -> CompressionError:
@@ -208,13 +184,14 @@ class QuantizedArray:
             raise fail(f"dtype {self.dtype!r} is not a numpy dtype") from None
         if not is_floating(dtype):
             raise fail(f"dtype must be a floating dtype, got {dtype}")
-        problem = _layout_problem(shape, self.axis, self.group_size)
+        problem = layout_problem(shape, self.axis, self.group_size, self.flatten)
         if problem:
             raise fail(problem)
         axis = None if self.axis is None else int(self.axis)
         group_size = None if self.group_size is None else int(self.group_size)
+        flatten = bool(self.flatten)
         for field, value in (("bits", bits), ("symmetric", symmetric), ("shape", shape), ("dtype", dtype),
-                             ("axis", axis), ("group_size", group_size)):
+                             ("axis", axis), ("group_size", group_size), ("flatten", flatten)):
             object.__setattr__(self, field, value)
 
         expected = code_dtype(bits, symmetric)
@@ -233,7 +210,7 @@ class QuantizedArray:
             )
             if found[0] < lo or found[1] > hi:
                 raise fail(f"codes outside [{lo}, {hi}] for bits={bits}")
-        scale_shape = _scale_shape(shape, axis, group_size)
+        scale_shape = param_shape(shape, axis, group_size, flatten)
         if not isinstance(self.scale, np.ndarray) or self.scale.dtype != np.float32:
             got = getattr(self.scale, "dtype", type(self.scale).__name__)
             raise fail(f"scale must be a float32 numpy array, got {got}")
@@ -288,22 +265,46 @@ class QuantizedArray:
         if job is not None:
             return _blocked.run_job(job)
         work = np.dtype(np.float64 if self.dtype.itemsize > 4 else np.float32)
-        codes, reduce_axes = _grouped(self.codes, self.axis, self.group_size)
-        kd_shape = tuple(1 if i in reduce_axes else n for i, n in enumerate(codes.shape))
-        scale = self.scale.astype(work).reshape(kd_shape)
-        values = np.array(codes, dtype=work)  # always a new array, 0-d included
+        layout = self.layout
+        codes, _ = to_rows(self.codes, *layout)
+        scale = params_to_rows(self.scale, *layout).astype(work)[:, None]
+        values = np.array(codes, dtype=work)  # always a new array
         if self.bits == 1:
             values *= 2
             values -= 1
         elif not self.symmetric:
-            values -= self.zero_point.astype(work).reshape(kd_shape)  # type: ignore[union-attr]
+            values -= params_to_rows(self.zero_point, *layout).astype(work)[:, None]  # type: ignore[arg-type]
         with np.errstate(over="ignore"):  # an overshoot past the float32 range is clipped just below
             values *= scale
         # rounding can put an extreme value up to scale/2 beyond the dtype's largest finite value;
         # clipping it there keeps it finite and only brings it closer to the original
         peak = float(ml_dtypes.finfo(self.dtype).max)
         np.clip(values, -peak, peak, out=values)
-        return np.asarray(values.reshape(self.shape).astype(self.dtype))
+        return np.asarray(from_rows(values, self.shape, *layout).astype(self.dtype))
+
+    @property
+    def layout(self) -> tuple[int | None, int | None, bool]:
+        """``(axis, group_size, flatten)``: where the scales sit (see :mod:`coreprune.quant_layout`).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> quantize({"w": np.ones((4, 2, 3, 3), np.float32)}, 4, group_size=8, flatten=True)["w"].layout
+        (None, 8, True)
+        """
+        return self.axis, self.group_size, self.flatten
+
+    def expand(self, params: np.ndarray) -> np.ndarray:
+        """Per-scale values (the scale's shape) broadcast to one per element, shape ``shape``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> q = quantize({"w": np.ones((2, 3), np.float32)}, 4, group_size=2)["w"]
+        >>> q.expand(np.array([[1, 2], [3, 4]])).tolist()
+        [[1, 1, 2], [3, 3, 4]]
+        """
+        return expand_params(params, self.shape, *self.layout)
 
     def _fast_job(self) -> _blocked.Job | None:
         """:meth:`dequantize` as a blocked, threaded job (same result), or None where it does not apply.
@@ -312,7 +313,7 @@ class QuantizedArray:
         with one scale per tensor, per index of axis 0 or per group, for float16/bfloat16/float32/
         float64 originals.
         """
-        rows = _rows(self.shape, self.axis, self.group_size)
+        rows = fast_rows(self.shape, *self.layout)
         if rows is None or self.dtype not in _kernels.FAST_FLOATS or not _kernels.eligible(self.codes, None):
             return None
         zero_point = None if self.zero_point is None else self.zero_point.reshape(-1)
@@ -330,7 +331,8 @@ class QuantizedArray:
         return (
             f"QuantizedArray(shape={self.shape}, dtype={self.dtype.name}, bits={self.bits}, "
             f"symmetric={self.symmetric}, axis={self.axis}, group_size={self.group_size}, "
-            f"scale=float32{self.scale.shape}, nbytes={self.nbytes})"
+            + ("flatten=True, " if self.flatten else "")
+            + f"scale=float32{self.scale.shape}, nbytes={self.nbytes})"
         )
 
 
@@ -345,19 +347,19 @@ def _to_scale(name: str, scale64: np.ndarray, what: str) -> np.ndarray:
 
 
 def _quantize_fast_job(
-    name: str, w: np.ndarray, bits: int, symmetric: bool, axis: int | None, group_size: int | None
+    name: str, w: np.ndarray, bits: int, symmetric: bool, layout: tuple[int | None, int | None, bool]
 ) -> _blocked.Job | None:
     """The blocked, threaded path of :func:`_quantize_tensor` as a job, or None where it does not apply.
 
-    It applies to C-contiguous float16/bfloat16/float32/float64 tensors of at least
-    ``coreprune._fast.blocked.MIN_FAST_ELEMENTS`` values, ``bits >= 2``, with one scale per tensor, per
-    index of axis 0 or per group, given ``axis`` and ``group_size`` already checked and normalised.
-    The job returns the :class:`QuantizedArray` -- the same one as the reference path -- or None
-    when the tensor holds NaN/Inf or a scale exceeds float32, for the reference path to report.
-    (``bits=1`` stays on the reference path: its mean is a float64 sum whose rounding depends on
-    NumPy's summation order.)
+    It applies to round-to-nearest with the restricted symmetric or the affine range, on
+    C-contiguous float16/bfloat16/float32/float64 tensors of at least
+    ``coreprune._fast.blocked.MIN_FAST_ELEMENTS`` values, ``bits >= 2``, whose row view is a plain
+    reshape (:func:`coreprune.quant_layout.fast_rows`). The job returns the :class:`QuantizedArray`
+    -- the same one as the reference path -- or None when the tensor holds NaN/Inf or a scale
+    exceeds float32, for the reference path to report. (``bits=1`` stays on the reference path:
+    its mean is a float64 sum whose rounding depends on NumPy's summation order.)
     """
-    rows = _rows(w.shape, axis, group_size)
+    rows = fast_rows(w.shape, *layout)
     if bits == 1 or rows is None or not _kernels.eligible(w):
         return None
     qmax = (1 << (bits - 1)) - 1 if symmetric else (1 << bits) - 1
@@ -373,102 +375,171 @@ def _quantize_fast_job(
         if result is None:
             return None
         codes, scale, zero_point = result
-        return _assemble(w, codes, scale, zero_point, bits, symmetric, axis, group_size)
+        scale_shape = param_shape(w.shape, *layout)
+        return QuantizedArray(
+            codes=codes.reshape(w.shape),
+            scale=scale.reshape(scale_shape),
+            zero_point=None if zero_point is None else zero_point.reshape(scale_shape),
+            bits=bits,
+            symmetric=symmetric,
+            axis=layout[0],
+            group_size=layout[1],
+            shape=w.shape,
+            dtype=w.dtype,
+            flatten=layout[2],
+        )
 
     return job()
 
 
 def _layout(
-    name: str, w: np.ndarray, axis: int | None, group_size: int | None
-) -> tuple[int | None, int | None]:
-    """``axis`` normalised for ``w`` and ``group_size``, or CompressionError naming the tensor."""
+    name: str, w: np.ndarray, bits: int, axis: int | None, group_size: int | str | None, flatten: bool
+) -> tuple[int | None, int | None, bool]:
+    """The normalised layout of ``w``, or CompressionError naming the tensor.
+
+    ``group_size="auto"`` without ``axis`` is :func:`coreprune.quant_layout.default_layout`;
+    with ``axis`` it means one scale per index of ``axis``. Groups along the last axis are stored
+    as ``axis=None``; flattened groups of a 2-D tensor are groups along its last axis.
+    """
+    if group_size == "auto":
+        if axis is None:
+            return default_layout(w.shape, bits)
+        group_size = None
     if axis is not None:
         if not -w.ndim <= axis < w.ndim:
             raise CompressionError(f"tensor {name!r}: axis {axis} is out of range for ndim={w.ndim}")
         axis = axis % w.ndim
-        if group_size is not None:
-            if axis != w.ndim - 1:
-                raise CompressionError(
-                    f"tensor {name!r}: axis={axis} cannot be combined with group_size "
-                    f"(groups run along the last axis, {w.ndim - 1})"
-                )
-            axis = None  # axis=last with groups is redundant: the groups already run along it
-    problem = _layout_problem(w.shape, axis, group_size)
+        if group_size is not None and axis == w.ndim - 1:
+            axis = None  # groups along the last axis: the default direction of groups
+    if flatten and w.ndim == 2 and axis is None:
+        flatten = False  # the flattened fan-in of a matrix is its last axis
+    problem = layout_problem(w.shape, axis, group_size, flatten)
     if problem:
         raise CompressionError(f"tensor {name!r} of shape {w.shape}: {problem}")
-    return axis, group_size
+    return axis, group_size, flatten  # type: ignore[return-value]
+
+
+def _code_bounds(bits: int, symmetric: bool, full_range: bool) -> tuple[int, int]:
+    """The codes the quantizer uses: ``[-qmax(-1), qmax]`` symmetric, ``[0, 2**b - 1]`` affine."""
+    if symmetric:
+        qmax = (1 << (bits - 1)) - 1
+        return (-qmax - 1 if full_range else -qmax), qmax
+    return 0, (1 << bits) - 1
+
+
+#: Rounding modes of :func:`quantize`.
+ROUNDINGS = ("half_even", "torch")
+
+
+def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(s, e)`` with ``s = fl(a + b)`` and ``s + e == a + b`` exactly (Knuth's TwoSum)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _torch_rounded(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, fused: bool) -> np.ndarray:
+    """``nearbyint`` of ``x * (1 / scale) + zp`` in float32 as torch's x86-64 CPU kernels round it.
+
+    ``x`` (rows, cols) is taken as float32, the reciprocal ``1 / scale`` is a float32 division.
+    ``fused`` (``quantize_per_tensor``, FBGEMM's AVX2 ``fmadd``): one rounding of the exact
+    ``x * inv + zp`` to float32, emulated exactly -- the float64 product of two float32 is exact,
+    the sum is rounded to odd in float64 (TwoSum, then the last bit forced to 1 when inexact),
+    which then rounds to float32 as a single rounding would. Not fused (``quantize_per_channel``):
+    ``float32(float32(x * inv) + zp)``. Returns float64 integers (not yet clipped).
+    """
+    inv = (np.float32(1) / scale.astype(np.float32))[:, None]
+    x32 = x.astype(np.float32, copy=False)
+    zero = np.zeros((), np.float64) if zp is None else zp.astype(np.float64)[:, None]
+    if fused:
+        product = x32.astype(np.float64) * inv.astype(np.float64)  # exact: 24 + 24 bits
+        total, err = _two_sum(product, np.broadcast_to(zero, x32.shape))
+        bits = total.view(np.uint64)
+        inexact_even = (err != 0) & ((bits & np.uint64(1)) == 0)
+        total = np.where(inexact_even, np.nextafter(total, np.copysign(np.inf, err)), total)
+        y = total.astype(np.float32)
+    else:
+        y = (x32 * inv).astype(np.float32)
+        if zp is not None:
+            y = (y + zero.astype(np.float32)).astype(np.float32)
+    return np.rint(y).astype(np.float64)
 
 
 def _quantize_tensor(
-    name: str, w: np.ndarray, bits: int, symmetric: bool, axis: int | None, group_size: int | None
+    name: str,
+    w: np.ndarray,
+    bits: int,
+    symmetric: bool,
+    layout: tuple[int | None, int | None, bool],
+    method: str = "rtn",
+    full_range: bool = False,
+    rounding: str = "half_even",
 ) -> QuantizedArray:
-    """The reference path: whole-tensor NumPy expressions (``axis`` and ``group_size`` normalised)."""
+    """The reference path: NumPy expressions over the row view of ``w`` (layout normalised)."""
     require_finite(name, w)
 
     work = np.dtype(np.float64 if w.dtype.itemsize > 4 else np.float32)
-    x, reduce_axes = _grouped(w.astype(work, copy=False), axis, group_size)
+    x, mask = to_rows(w.astype(work, copy=False), *layout)
     dtype = code_dtype(bits, symmetric)
-    zero_point = None
+    zp = None
     if bits == 1:
-        count = math.prod(x.shape[i] for i in reduce_axes)
-        mean = np.sum(np.abs(x), axis=reduce_axes, keepdims=True, dtype=np.float64) / max(count, 1)
+        count = x.shape[1] if mask is None else mask.sum(axis=1)
+        mean = np.sum(np.abs(x), axis=1, dtype=np.float64) / np.maximum(count, 1)
         scale = _to_scale(name, mean, "mean |w|")
         codes = (x >= 0).astype(dtype)
-    elif symmetric:
-        qmax = (1 << (bits - 1)) - 1
-        peak = np.max(np.abs(x), axis=reduce_axes, keepdims=True, initial=0).astype(np.float64)
-        scale = _to_scale(name, np.where(peak > 0, peak / qmax, 1.0), "max |w| / qmax")
-        q = np.asarray(np.rint(x / scale.astype(work)))  # asarray: a 0-d result would be a scalar
-        codes = np.clip(q, -qmax, qmax, out=q).astype(dtype)
     else:
-        qmax = (1 << bits) - 1
-        lo = np.min(x, axis=reduce_axes, keepdims=True, initial=0).astype(np.float64)
-        hi = np.max(x, axis=reduce_axes, keepdims=True, initial=0).astype(np.float64)
-        span = hi - lo
-        scale = _to_scale(name, np.where(span > 0, span / qmax, 1.0), "(max - min) / (2**bits - 1)")
-        zp = np.clip(np.rint(-lo / scale.astype(np.float64)), 0, qmax)
-        q = np.asarray(np.rint(x / scale.astype(work)))
-        q += zp.astype(work)
-        codes = np.clip(q, 0, qmax, out=q).astype(dtype)
-        zero_point = np.asarray(zp).astype(dtype)
-    return _assemble(w, codes, scale, zero_point, bits, symmetric, axis, group_size)
-
-
-def _assemble(
-    w: np.ndarray,
-    codes: np.ndarray,
-    scale: np.ndarray,
-    zero_point: np.ndarray | None,
-    bits: int,
-    symmetric: bool,
-    axis: int | None,
-    group_size: int | None,
-) -> QuantizedArray:
-    """The QuantizedArray of ``w`` from codes, scales and zero points of any compatible shape."""
-    scale_shape = _scale_shape(w.shape, axis, group_size)
+        lo, hi = _code_bounds(bits, symmetric, full_range)
+        if method == "rtn" and symmetric:
+            peak = np.max(np.abs(x), axis=1, initial=0).astype(np.float64)
+            denom = hi + 0.5 if full_range else hi  # full range: -max|w| lands on code -2**(b-1)
+            scale = _to_scale(name, np.where(peak > 0, peak / denom, 1.0), "max |w| / qmax")
+        elif method == "rtn":
+            wlo = np.min(x, axis=1, initial=0).astype(np.float64)
+            whi = np.max(x, axis=1, initial=0).astype(np.float64)
+            span = whi - wlo
+            scale = _to_scale(name, np.where(span > 0, span / hi, 1.0), "(max - min) / (2**bits - 1)")
+            zp = np.clip(np.rint(-wlo / scale.astype(np.float64)), 0, hi)
+        else:
+            search = clip_params if method == "clip" else hqq_params
+            scale64, zp = search(x, mask, symmetric, lo, hi)
+            scale = _to_scale(name, scale64, f"{method} scale")
+        if rounding == "torch":
+            q = _torch_rounded(x, scale, zp, fused=layout[0] is None and layout[1] is None)
+        else:
+            q = np.rint(x / scale.astype(work)[:, None])
+            if zp is not None:
+                q += zp.astype(work)[:, None]
+        codes = np.clip(q, lo, hi, out=q).astype(dtype)
     return QuantizedArray(
-        # asarray: NumPy returns scalars, not 0-d arrays, from several operations on 0-d input
-        codes=np.asarray(codes).reshape(w.shape),
-        scale=np.asarray(scale).reshape(scale_shape),
-        zero_point=None if zero_point is None else np.asarray(zero_point).reshape(scale_shape),
+        codes=from_rows(codes, w.shape, *layout),
+        scale=params_from_rows(scale, w.shape, *layout),
+        zero_point=None if zp is None else params_from_rows(zp.astype(dtype), w.shape, *layout),
         bits=bits,
         symmetric=symmetric,
-        axis=axis,
-        group_size=group_size,
+        axis=layout[0],
+        group_size=layout[1],
         shape=w.shape,
         dtype=w.dtype,
+        flatten=layout[2],
     )
 
 
 def quantize(
     weights: Mapping[str, np.ndarray],
-    bits: int,
+    bits: int | None = None,
     *,
     symmetric: bool = True,
     axis: int | None = None,
-    group_size: int | None = None,
+    group_size: int | str | None = "auto",
+    flatten: bool = False,
+    method: str = "rtn",
+    full_range: bool = False,
+    budget: float | None = None,
+    bit_choices: Sequence[int] = (2, 3, 4, 6, 8),
+    importance: Mapping[str, float] | None = None,
     include: Pattern = None,
     exclude: Pattern = None,
+    rounding: str = "half_even",
 ) -> dict[str, QuantizedArray | np.ndarray]:
     """Quantize the selected tensors to ``bits``-bit integer codes with float32 scales.
 
@@ -476,61 +547,105 @@ def quantize(
 
         scale = max|w| / qmax            codes = clip(rint(w / scale), -qmax, qmax)
 
+    with ``full_range=True`` (torch's symmetric int8 rule: the code ``-2**(b-1)`` in use)::
+
+        scale = max|w| / (qmax + 1/2)    codes = clip(rint(w / scale), -qmax - 1, qmax)
+
     Affine (``lo = min(w, 0)``, ``hi = max(w, 0)``)::
 
         scale = (hi - lo) / (2**b - 1)   zero_point = rint(-lo / scale)
         codes = clip(rint(w / scale) + zero_point, 0, 2**b - 1)
 
     ``bits=1``: ``scale = mean|w|``, ``codes = 1 where w >= 0 else 0`` (dequantized to ``±scale``).
-    The statistics run over the whole tensor (default), over every axis but ``axis`` (one scale per
-    index along ``axis``), or over groups of ``group_size`` consecutive values of the last axis.
     ``rint`` rounds half to even. A zero range gives ``scale = 1.0``; scales are never below
-    ``2**-126``. For ``bits >= 2`` every dequantized value is within ``scale / 2`` of ``w``.
+    ``2**-126``. With ``method="rtn"`` and ``bits >= 2`` every dequantized value is within
+    ``scale / 2`` of ``w``.
 
     Parameters
     ----------
     weights : Mapping[str, numpy.ndarray]
         Name to array. Not modified.
-    bits : int
-        1 to 16.
+    bits : int or None
+        1 to 16; None only with ``budget``.
     symmetric : bool
         Symmetric (default) or affine with a zero point; ``bits=1`` must be symmetric.
     axis : int or None
-        One scale per index along this axis (negative counts from the end); must be in range for
-        every selected tensor. A 0-d tensor takes only ``axis=None``.
-    group_size : int or None
-        One scale per ``group_size`` consecutive values along the last axis, which it must divide.
-        Not together with ``axis``, except ``axis`` = the last axis, which is then redundant.
+        Without ``group_size``: one scale per index along this axis (negative counts from the
+        end). With an int ``group_size``: the axis the groups run along (default: the last).
+    group_size : int, None or "auto"
+        ``"auto"`` (default): without ``axis``, the layout of
+        :func:`coreprune.quant_layout.default_layout` for each tensor at its width (per output
+        channel at 8 bits and for small fan-ins, else groups of about 64 values of each channel's
+        flattened fan-in); with ``axis``, one scale per index. None: no groups (per tensor without
+        ``axis``). An int: groups of that many consecutive values; a run it does not divide ends
+        with a shorter group.
+    flatten : bool
+        Groups along each output channel's flattened fan-in ``w.reshape(shape[0], -1)`` (the usual
+        conv-kernel layout); needs an int ``group_size`` and no ``axis``.
+    method : {"rtn", "clip", "hqq"}
+        Round to nearest with the min/max range (default), the per-group clipping ratio of least
+        squared error, or half-quadratic optimisation of scale and zero point; see
+        :mod:`coreprune.scale_search`. Not with ``bits=1``.
+    full_range : bool
+        Symmetric only: use the code ``-2**(b-1)`` too, ``scale = max|w| / (2**(b-1) - 1/2)``.
+    budget : float or None
+        Average bits per weight (codes, scales and zero points over the selected tensors'
+        weights): the width of each tensor is chosen from ``bit_choices`` by
+        :func:`coreprune.bit_budget.allocate_bits` from each tensor's noise-to-signal ratio at
+        each width. Exclusive with ``bits``.
+    bit_choices : sequence of int
+        Candidate widths for ``budget`` (2 to 16).
+    importance : Mapping[str, float] or None
+        Optional factors of the sensitivity of each tensor for ``budget`` (e.g. measured on a few
+        real inputs); default 1.0 each.
     include, exclude : glob, list of globs, predicate, or None
-        Which tensors to quantize, see :func:`coreprune.selection.select` (default: floating arrays
-        with ``ndim >= 2``).
+        Which tensors to quantize, see :func:`coreprune.selection.select` (default: the weights,
+        :func:`coreprune.selection.is_default_weight`: not biases, masks, tokens, position
+        embeddings, weight norm's ``g`` nor normalisation parameters).
+    rounding : {"half_even", "torch"}
+        How a code is rounded once the scale and zero point are known. ``"half_even"`` (default):
+        ``rint(w / scale) + zero_point`` in the tensor's work dtype (float64 for float64 tensors).
+        ``"torch"``: bit for bit what torch 2.13's x86-64 CPU kernels give for that scale and zero
+        point: ``nearbyint(w * (1 / scale) + zero_point)`` in float32 (the input cast to float32,
+        the reciprocal a float32 division, the zero point added before rounding), with one
+        rounding of the multiply-add for a per-tensor scale (``torch.quantize_per_tensor``, a
+        fused multiply-add) and two for per-axis or per-group scales
+        (``torch.quantize_per_channel``). The two differ by one code on exact half-way values
+        with an odd zero point and within an ulp of half-way points.
 
     Returns
     -------
     dict[str, QuantizedArray or numpy.ndarray]
-        Same names and order; a :class:`QuantizedArray` for each selected tensor, the input objects
-        for the others.
+        Same names and order; a :class:`QuantizedArray` for each selected tensor (its ``bits``
+        and ``layout`` record the width and layout chosen), the input objects for the others.
 
     Raises
     ------
     CompressionError
-        ``bits`` not an int in 1..16; ``axis`` out of range (names the tensor and its ndim);
-        ``group_size`` < 1 or not dividing the last axis (names tensor, size and group);
-        ``axis`` with ``group_size``; NaN/Inf in a selected tensor; a scale beyond float32.
+        ``bits`` not an int in 1..16 (or given with ``budget``, or neither given); ``axis`` out of
+        range (names the tensor and its ndim); ``group_size`` < 1; ``flatten`` without an int
+        ``group_size`` or with ``axis``; an unknown ``method``; NaN/Inf in a selected tensor; a
+        scale beyond float32; a budget below the smallest widths.
 
     Examples
     --------
     >>> import numpy as np
     >>> w = {"fc.weight": np.array([[0.4, -1.0], [0.25, 0.0]], np.float32), "fc.bias": np.ones(2)}
-    >>> q = quantize(w, bits=8)
+    >>> q = quantize(w, bits=8, group_size=None)
     >>> q["fc.weight"].codes.tolist(), float(q["fc.weight"].scale) * 127
     ([[51, -127], [32, 0]], 1.0)
     >>> q["fc.bias"] is w["fc.bias"]
     True
     >>> quantize(w, bits=4, axis=0)["fc.weight"].codes.tolist()
     [[3, -7], [7, 0]]
+    >>> conv = {"conv.weight": np.random.default_rng(0).standard_normal((8, 16, 3, 3)).astype(np.float32)}
+    >>> quantize(conv, bits=4)["conv.weight"].layout  # default: groups of each channel's 144 inputs
+    (None, 48, True)
     """
-    bits = _check_bits(bits)
+    if budget is None:
+        bits = _check_bits(bits)
+    elif bits is not None:
+        raise CompressionError("give either bits or budget, not both")
     if not isinstance(symmetric, (bool, np.bool_)):
         raise CompressionError(f"symmetric must be a bool, got {symmetric!r}")
     symmetric = bool(symmetric)
@@ -538,35 +653,104 @@ def quantize(
         raise CompressionError("bits=1 is sign binarization, which is symmetric; affine needs bits >= 2")
     if axis is not None and not _is_int(axis):
         raise CompressionError(f"axis must be an int or None, got {axis!r}")
-    if group_size is not None and (not _is_int(group_size) or int(group_size) < 1):
-        raise CompressionError(f"group_size must be an int >= 1, got {group_size!r}")
+    if group_size is not None and group_size != "auto" and (not _is_int(group_size) or int(group_size) < 1):
+        raise CompressionError(f"group_size must be an int >= 1, None or 'auto', got {group_size!r}")
+    if not isinstance(flatten, (bool, np.bool_)):
+        raise CompressionError(f"flatten must be a bool, got {flatten!r}")
+    if flatten and not _is_int(group_size):
+        raise CompressionError(f"flatten needs an int group_size, got {group_size!r}")
+    if method not in METHODS:
+        raise CompressionError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if bits == 1 and method != "rtn":
+        raise CompressionError(f"method={method!r} needs bits >= 2 (bits=1 is sign binarization)")
+    if full_range and not symmetric:
+        raise CompressionError("full_range is a symmetric range; affine always uses the whole range")
+    if rounding not in ROUNDINGS:
+        raise CompressionError(f"rounding must be one of {', '.join(ROUNDINGS)}; got {rounding!r}")
     axis = None if axis is None else int(axis)
-    group_size = None if group_size is None else int(group_size)
+    group_size = group_size if group_size in (None, "auto") else int(group_size)  # type: ignore[arg-type]
     names = select(weights, include, exclude)
+    if budget is not None:
+        return _quantize_budget(weights, names, budget, bit_choices, importance, symmetric, axis,
+                                group_size, bool(flatten), method, bool(full_range), rounding)
+    return _quantize_selected(weights, names, {n: bits for n in names}, symmetric, axis, group_size,  # type: ignore[misc]
+                              bool(flatten), method, bool(full_range), rounding)
+
+
+def _quantize_selected(
+    weights: Mapping[str, np.ndarray],
+    names: Sequence[str],
+    widths: Mapping[str, int],
+    symmetric: bool,
+    axis: int | None,
+    group_size: int | str | None,
+    flatten: bool,
+    method: str,
+    full_range: bool,
+    rounding: str = "half_even",
+) -> dict[str, QuantizedArray | np.ndarray]:
+    """:func:`quantize` of the tensors ``names`` at their ``widths``, arguments already checked."""
     out: dict[str, QuantizedArray | np.ndarray] = dict(weights)
     # Layouts are checked first, but each error is raised at its tensor's turn, so that the first
     # problem in mapping order is the one reported, as when every tensor is done one by one.
-    plans: dict[str, tuple[int | None, int | None] | CompressionError] = {}
+    plans: dict[str, tuple[int | None, int | None, bool] | CompressionError] = {}
     for name in names:
         try:
-            plans[name] = _layout(name, weights[name], axis, group_size)
+            plans[name] = _layout(name, weights[name], widths[name], axis, group_size, flatten)
         except CompressionError as problem:
             plans[name] = problem
             break  # nothing after the first layout error is ever reached
     jobs = {}
-    for name, plan in plans.items():
-        if not isinstance(plan, CompressionError):
-            job = _quantize_fast_job(name, weights[name], bits, symmetric, *plan)
-            if job is not None:
-                jobs[name] = job
+    if method == "rtn" and not full_range and rounding == "half_even":
+        for name, plan in plans.items():
+            if not isinstance(plan, CompressionError):
+                job = _quantize_fast_job(name, weights[name], widths[name], symmetric, plan)
+                if job is not None:
+                    jobs[name] = job
     done = dict(zip(jobs, _blocked.run_jobs(list(jobs.values()))))
     for name, plan in plans.items():
         if isinstance(plan, CompressionError):
             raise plan
         result = done.get(name)
         if result is None:  # not a fast layout, or NaN/Inf or a scale overflow for the reference to report
-            result = _quantize_tensor(name, weights[name], bits, symmetric, *plan)
+            result = _quantize_tensor(
+                name, weights[name], widths[name], symmetric, plan, method, full_range, rounding
+            )
         out[name] = result
+    return out
+
+
+def _quantize_budget(
+    weights: Mapping[str, np.ndarray],
+    names: Sequence[str],
+    budget: object,
+    bit_choices: Sequence[int],
+    importance: Mapping[str, float] | None,
+    symmetric: bool,
+    axis: int | None,
+    group_size: int | str | None,
+    flatten: bool,
+    method: str,
+    full_range: bool,
+    rounding: str = "half_even",
+) -> dict[str, QuantizedArray | np.ndarray]:
+    """:func:`quantize` with ``budget``: every width of ``bit_choices`` tried, one chosen per tensor."""
+    if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, float, np.integer, np.floating)):
+        raise CompressionError(f"budget must be a number of bits per weight, got {budget!r}")
+    if not math.isfinite(float(budget)) or float(budget) <= 0:
+        raise CompressionError(f"budget must be a finite number > 0, got {budget!r}")
+    widths = bit_budget.widths_checked(bit_choices)
+
+    def one(name: str, b: int) -> QuantizedArray:
+        result = _quantize_selected(weights, [name], {name: b}, symmetric, axis, group_size, flatten, method,
+                                    full_range, rounding)
+        return result[name]  # type: ignore[return-value]
+
+    sizes, errors, counts, arrays = bit_budget.measure(names, weights, widths, one)
+    chosen = bit_budget.allocate_bits(sizes, errors, counts, float(budget), importance)
+    out: dict[str, QuantizedArray | np.ndarray] = dict(weights)
+    for name, b in chosen.items():
+        out[name] = arrays[name][b]  # type: ignore[assignment]
     return out
 
 

@@ -10,11 +10,28 @@ The rule
 1. Only floating-point arrays are ever selected (NumPy float16/32/64 and the
    ``ml_dtypes`` floats such as bfloat16). Integer and bool buffers
    (``num_batches_tracked``, index tables) always pass through.
-2. ``include=None`` selects the floating arrays with ``ndim >= 2``: weight
-   matrices and conv kernels, not biases or normalisation parameters.
+2. ``include=None`` selects the *weights* (:func:`is_default_weight`): floating
+   arrays with ``ndim >= 2`` -- weight matrices, conv kernels, embedding tables --
+   except the known non-weights, recognised by the last component of the dotted
+   name: ``bias`` (GPT-2's ``attn.bias`` is a causal mask), anything ending in
+   ``_mask`` (``weight_mask`` of torch's pruning, ``attn_mask``), class, register
+   and mask tokens (``cls_token``, ``class_token``, ``dist_token``, ``reg_token``,
+   ``register_tokens``, ``mask_token``), position embeddings stored as raw tensors
+   (``pos_embed``, ``pos_embedding``, ``absolute_pos_embed``, ``position_embedding``,
+   ``relative_position_bias_table``) and weight norm's magnitude (``weight_g``, and
+   ``original0`` under ``parametrizations``); and the parameters of normalisation
+   layers whatever their shape, recognised by the module's own name (the component
+   before the last), or a bare parameter's name, containing ``norm`` (any case:
+   ``norm1``, ``LayerNorm``, ``input_layernorm``, ``post_norm``) or being ``bn``,
+   ``ln``, ``gn`` with an optional number (``bn1``, ``ln_2``). Embedding layers
+   (``position_embeddings.weight``) are weights.
    An explicit ``include`` selects the floating arrays it matches, whatever
-   their ``ndim``.
+   their shape or name.
 3. ``exclude`` then removes what it matches.
+
+A model knows more than a name: ``coreprune.torch.weight_names(module)`` and
+``coreprune.mxnet.weight_names(block)`` list the weights of its convolution, linear,
+embedding and attention layers by role, for ``include=``.
 
 A pattern is a glob (``fnmatch.fnmatchcase``, case-sensitive) or a sequence of
 globs, matched against the full name; or a predicate ``f(name, array) -> bool``.
@@ -25,6 +42,7 @@ A glob that matches no name at all is almost always a typo, so it raises
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Union
 
@@ -33,7 +51,20 @@ import numpy as np
 from .dtypes import ML_FLOAT_NAMES
 from .errors import CompressionError
 
-__all__ = ["Pattern", "select", "check_weights", "is_floating", "require_finite"]
+__all__ = ["Pattern", "select", "check_weights", "is_floating", "require_finite", "is_default_weight"]
+
+#: Last name components that are never weights, whatever their shape.
+NON_WEIGHT_NAMES = frozenset({
+    "bias", "cls_token", "class_token", "dist_token", "reg_token", "register_tokens", "mask_token",
+    "pos_embed", "pos_embedding", "absolute_pos_embed", "position_embedding",
+    "relative_position_bias_table", "weight_g",
+    # optimizer state stored beside the weights in a checkpoint ("optimizer.state.0.exp_avg")
+    "momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "acc_delta", "sum",
+})
+#: Last components ending so are never weights (masks and mask buffers).
+NON_WEIGHT_SUFFIXES = ("_mask",)
+#: Module names of normalisation layers, whose parameters are never weights to compress.
+_NORM_MODULE = re.compile(r"(?i)norm|^(bn|ln|gn)(_?\d+)?$")
 
 #: A glob, a sequence of globs, or a predicate ``f(name, array) -> bool``.
 Pattern = Union[str, Sequence[str], Callable[[str, np.ndarray], bool], None]
@@ -86,6 +117,40 @@ def check_weights(weights: Mapping[str, np.ndarray], *, what: str = "weights") -
             raise CompressionError(
                 f"{what}[{name!r}] is a {type(value).__name__}, not a numpy.ndarray"
             )
+
+
+def is_default_weight(name: str, array: np.ndarray) -> bool:
+    """Whether the default selection (``include=None``) takes ``array`` as a weight to compress.
+
+    A floating array with ``ndim >= 2`` whose name is not a known non-weight and whose module
+    is not a normalisation layer (see the module docstring for the exact rule).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> is_default_weight("fc.weight", np.ones((4, 3))), is_default_weight("fc.bias", np.ones(4))
+    (True, False)
+    >>> is_default_weight("vit.cls_token", np.ones((1, 1, 8)))
+    False
+    >>> is_default_weight("vit.pos_embed", np.ones((1, 5, 8)))
+    False
+    >>> is_default_weight("conv.weight_g", np.ones((8, 1, 1, 1)))
+    False
+    >>> is_default_weight("conv.weight_mask", np.ones((8, 3)))
+    False
+    >>> is_default_weight("blocks.0.norm1.weight", np.ones((1, 8)))
+    False
+    """
+    if not is_floating(array.dtype) or array.ndim < 2:
+        return False
+    parts = name.split(".")
+    last = parts[-1]
+    if last in NON_WEIGHT_NAMES or last.endswith(NON_WEIGHT_SUFFIXES):
+        return False
+    if any(_NORM_MODULE.search(part) for part in parts[-2:]):
+        return False
+    # torch.nn.utils.parametrizations.weight_norm: original0 is g, original1 the direction v
+    return not (last == "original0" and len(parts) >= 3 and parts[-3] == "parametrizations")
 
 
 def require_finite(name: str, array: np.ndarray) -> None:
@@ -145,8 +210,8 @@ def select(
     weights : Mapping[str, numpy.ndarray]
         Name to array. Checked with :func:`check_weights`.
     include : glob, sequence of globs, predicate, or None
-        None selects floating arrays with ``ndim >= 2``; otherwise the floating
-        arrays it matches, of any ``ndim``.
+        None selects the weights (:func:`is_default_weight`); otherwise the
+        floating arrays it matches, of any shape and name.
     exclude : glob, sequence of globs, predicate, or None
         Removes what it matches from the selection.
 
@@ -174,7 +239,7 @@ def select(
     check_weights(weights)
     names = list(weights)
     if include is None:
-        keep = lambda name, a: a.ndim >= 2  # noqa: E731
+        keep = is_default_weight
     else:
         keep = _matcher(include, "include", names)
     drop = _matcher(exclude, "exclude", names) if exclude is not None else (lambda n, a: False)

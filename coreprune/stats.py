@@ -309,8 +309,8 @@ def sparsity(
     weights : Mapping[str, numpy.ndarray]
         Name to array. Not modified.
     include, exclude : glob, list of globs, predicate, or None
-        Which tensors to count, see :func:`coreprune.selection.select` (default: floating arrays
-        with ``ndim >= 2``).
+        Which tensors to count, see :func:`coreprune.selection.select` (default: the weights,
+        :func:`coreprune.selection.is_default_weight`).
 
     Returns
     -------

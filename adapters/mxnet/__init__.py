@@ -39,7 +39,7 @@ from .blocks import (
     num_parameters,
     squeezenet_student,
 )
-from .convert import LoadReport, load_numpy, to_numpy
+from .convert import LoadReport, load_numpy, to_numpy, weight_names
 from .distill import distill_student, kd_loss
 from .masks import attach_masks, attached_masks, detach_masks, reapply_masks
 from .structured import prune_channels
@@ -51,6 +51,7 @@ __all__ = [
     "LoadReport",
     "to_numpy",
     "load_numpy",
+    "weight_names",
     "attach_masks",
     "attached_masks",
     "reapply_masks",

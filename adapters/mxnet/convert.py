@@ -36,6 +36,7 @@ truncate silently).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Union
 
@@ -48,7 +49,14 @@ from coreprune.load_report import LoadReport, match_names
 from coreprune.selection import check_weights, is_floating
 from mxnet import gluon
 
-__all__ = ["LoadReport", "to_numpy", "load_numpy"]
+__all__ = ["LoadReport", "to_numpy", "load_numpy", "weight_names"]
+
+# Blocks whose ``weight`` is a weight to compress, and the symbol operators that take one.
+_WEIGHT_BLOCKS = (
+    gluon.nn.Dense, gluon.nn.Conv1D, gluon.nn.Conv2D, gluon.nn.Conv3D, gluon.nn.Conv1DTranspose,
+    gluon.nn.Conv2DTranspose, gluon.nn.Conv3DTranspose, gluon.nn.Embedding,
+)
+_WEIGHT_OPS = {"FullyConnected", "Convolution", "Deconvolution", "Embedding"}
 
 #: How MXNet 1.9.1's Python front end spells bfloat16 (``NDArray.dtype`` of a bf16 array).
 MX_BFLOAT16 = np.dtype([("bfloat16", "<u2")])
@@ -230,7 +238,13 @@ def to_numpy(obj: Collection, *, copy: bool = True) -> dict[str, np.ndarray]:
         )
     slots = _slots(obj, verb="to_numpy")
     _check_initialised(slots, verb="to_numpy")
-    return {name: _read(_arrays(name, value, verb="to_numpy")[0]) for name, value in slots.items()}
+    out: dict[str, np.ndarray] = {}
+    first: dict[int, str] = {}
+    for name, value in slots.items():
+        # A parameter shared by several blocks is one array under each name, so coreprune counts it once.
+        seen = first.setdefault(id(value), name)
+        out[name] = out[seen] if seen != name else _read(_arrays(name, value, verb="to_numpy")[0])
+    return out
 
 
 def load_numpy(target: Collection, weights: Mapping[str, np.ndarray], *, strict: bool = True) -> LoadReport:
@@ -287,6 +301,15 @@ def load_numpy(target: Collection, weights: Mapping[str, np.ndarray], *, strict:
     todo = [name for name in slots if name in weights and name not in bad]
     # Cast everything first so that a dtype refusal leaves the target untouched.
     values = {name: _host_array(_cast_for(name, weights[name], arrays[name][0])) for name in todo}
+    written: dict[int, str] = {}
+    for name in todo:
+        # A shared parameter is written once: two different values for it would leave the last one.
+        first = written.setdefault(id(slots[name]), name)
+        if first != name and not np.array_equal(np.asarray(weights[first]), np.asarray(weights[name])):
+            raise CompressionError(
+                f"load_numpy: {first!r} and {name!r} are one shared parameter but the arrays given for "
+                "them differ"
+            )
     for name in todo:
         value = slots[name]
         if isinstance(value, gluon.Parameter):
@@ -294,3 +317,57 @@ def load_numpy(target: Collection, weights: Mapping[str, np.ndarray], *, strict:
         else:
             value[:] = values[name]
     return report
+
+
+def weight_names(model: gluon.Block) -> list[str]:
+    """Names of the weights of ``model``'s dense, convolution and embedding layers.
+
+    Selection by role, for ``include=`` of :func:`coreprune.prune_magnitude` and
+    :func:`coreprune.quantize` on ``to_numpy(model)``: the ``weight`` of every ``Dense``,
+    ``Conv1D/2D/3D`` (transposed too) and ``Embedding`` block; for a ``SymbolBlock`` (from
+    ``SymbolBlock.imports``) the weight inputs of the graph's ``FullyConnected``, ``Convolution``,
+    ``Deconvolution`` and ``Embedding`` nodes. Biases, BatchNorm/LayerNorm parameters and
+    running statistics are not weights. Names are those :func:`to_numpy` exports, in its order; a
+    shared parameter appears under each of its names.
+
+    Parameters
+    ----------
+    model : gluon.Block
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> import mxnet as mx
+    >>> net = mx.gluon.nn.HybridSequential()
+    >>> net.add(mx.gluon.nn.Conv2D(4, 3, in_channels=3), mx.gluon.nn.BatchNorm(in_channels=4),
+    ...         mx.gluon.nn.Dense(2, in_units=4))
+    >>> weight_names(net)
+    ['0.weight', '2.weight']
+    """
+    if not isinstance(model, gluon.Block):
+        raise CompressionError(f"weight_names expects a gluon Block, got {type(model).__name__}")
+    slots = _slots(model, verb="weight_names")
+    wanted: set[int] = set()
+
+    def visit(block: gluon.Block) -> None:
+        if isinstance(block, _WEIGHT_BLOCKS):
+            wanted.add(id(block.weight))
+        if isinstance(block, gluon.SymbolBlock):
+            outputs = block._cached_graph[1] if block._cached_graph else None
+            if outputs is not None:
+                nodes = json.loads(outputs.tojson())["nodes"]
+                by_name = {p.name: p for p in block.collect_params().values()}
+                for node in nodes:
+                    if node["op"] in _WEIGHT_OPS and len(node["inputs"]) > 1:
+                        source = nodes[node["inputs"][1][0]]  # data, weight[, bias]
+                        if source["op"] == "null" and source["name"] in by_name:
+                            wanted.add(id(by_name[source["name"]]))
+        for child in block._children.values():
+            visit(child() if callable(child) and not isinstance(child, gluon.Block) else child)
+
+    visit(model)
+    return [name for name, value in slots.items() if id(value) in wanted]
+

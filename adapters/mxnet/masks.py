@@ -103,6 +103,17 @@ def _parameters(target: Any, *, verb: str) -> dict[str, gluon.Parameter]:
     return slots
 
 
+def _shape(param: gluon.Parameter) -> tuple[int, ...] | None:
+    """The parameter's shape; from its data where ``param.shape`` is unknown (``SymbolBlock.imports``
+    leaves it None, legacy shapes use 0 for unknown dims). None when it has neither."""
+    shape = param.shape
+    if shape is None or 0 in shape or -1 in shape:
+        if param._data is None:
+            return None
+        return tuple(param.list_data()[0].shape)
+    return tuple(shape)
+
+
 def _masked_list_grad(param: gluon.Parameter):
     """A ``list_grad`` for ``param`` that zeroes the pruned entries of the gradients it returns."""
 
@@ -184,7 +195,7 @@ def attach_masks(target: MaskTarget, masks: Mapping[str, np.ndarray], *, freeze:
     params = _parameters(target, verb="attach_masks")
     if isinstance(masks, Mapping):
         _check_initialised({n: params[n] for n in masks if n in params}, verb="attach_masks")
-    checked = check_masks(masks, {n: tuple(p.shape) for n, p in params.items()}, verb="attach_masks")
+    checked = check_masks(masks, {n: _shape(p) for n, p in params.items()}, verb="attach_masks")
 
     chosen: dict[gluon.Parameter, tuple[str, np.ndarray]] = {}
     for name, mask in checked.items():

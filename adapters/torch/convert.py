@@ -21,7 +21,11 @@ What it must not do
 Conventions
 -----------
 * Names are ``state_dict`` names (``"features.0.weight"``, ``"bn.running_mean"``,
-  ``"bn.num_batches_tracked"``). A tensor pruned with ``torch.nn.utils.prune`` (by
+  ``"bn.num_batches_tracked"``), prefixes of wrappers included (``module.`` for ``DataParallel``,
+  ``_orig_mod.`` for ``torch.compile``; :func:`coreprune.name_mapping.strip_wrapper_prefixes` removes
+  them, and :func:`load_numpy` / ``attach_masks`` match names across them). A tied tensor (one
+  ``Parameter`` under two names) is one array under both names, so coreprune counts it once.
+  A tensor pruned with ``torch.nn.utils.prune`` (by
   ``attach_masks`` or by hand) is exported under its plain name with its *effective* value
   ``weight_orig * weight_mask`` (``+0.0`` at pruned entries), as if ``prune.remove`` had been
   called; ``weight_orig`` and ``weight_mask`` themselves are not exported. Parametrizations of
@@ -43,11 +47,16 @@ import torch
 from coreprune import dtypes
 from coreprune.errors import CompressionError
 from coreprune.load_report import LoadReport, match_names
+from coreprune.name_mapping import align_wrapper_prefixes
 from coreprune.selection import check_weights, is_floating
 from torch import nn
 from torch.nn.utils import prune
 
-__all__ = ["LoadReport", "to_numpy", "load_numpy"]
+__all__ = ["LoadReport", "to_numpy", "load_numpy", "weight_names"]
+
+# Layers whose ``weight`` is a weight to compress, and the attention parameters that are weights.
+_WEIGHT_LAYERS = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.Embedding, nn.EmbeddingBag)
+_ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 
 
 def _bit_twins() -> dict[torch.dtype, tuple[np.dtype, torch.dtype]]:
@@ -128,16 +137,35 @@ def _effective_state(module: nn.Module) -> dict[str, object]:
     masks = {name + "_mask" for name in effective.values()}
     state = module.state_dict()
     out: dict[str, object] = {}
+    done: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (orig, mask, effective)
     for key, value in state.items():
         if key in masks:
             continue
         if key in effective:
             mask, zero = state[effective[key] + "_mask"], value.new_zeros(())
+            # a tied Parameter pruned under two names with one mask: one effective tensor, still tied
+            same = [e for o, m, e in done if _same_tensor(o, value) and torch.equal(m, mask)]
+            if same:
+                out[effective[key]] = same[0]
+                continue
             with torch.no_grad():
                 out[effective[key]] = torch.where(mask != 0, value, zero)
+            done.append((value, mask, out[effective[key]]))  # type: ignore[arg-type]
         else:
             out[key] = value
     return out
+
+
+def _tensor_key(t: torch.Tensor) -> tuple | None:
+    """Equal for two tensors viewing the same elements (a tied parameter under two names)."""
+    if t.numel() == 0 or t.layout != torch.strided or t.device.type == "meta":
+        return None
+    return (str(t.device), t.dtype, tuple(t.shape), t.stride(), t.data_ptr())
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    key = _tensor_key(a)
+    return key is not None and key == _tensor_key(b)
 
 
 def to_numpy(obj: nn.Module | Mapping[str, torch.Tensor], *, copy: bool = True) -> dict[str, np.ndarray]:
@@ -213,11 +241,19 @@ def to_numpy(obj: nn.Module | Mapping[str, torch.Tensor], *, copy: bool = True) 
             f"got {type(obj).__name__}"
         )
     out: dict[str, np.ndarray] = {}
+    seen: dict[tuple, str] = {}
     for name, tensor in tensors.items():
         if not isinstance(name, str):
             raise CompressionError(f"{what} has a non-string key {name!r}; names must be str")
         if not isinstance(tensor, torch.Tensor):
             raise _not_a_tensor(what, name, tensor)
+        # Tied tensors (one Parameter under two names) stay one array, so that coreprune counts them once.
+        key = _tensor_key(tensor)
+        if key is not None and key in seen:
+            out[name] = out[seen[key]]
+            continue
+        if key is not None:
+            seen[key] = name
         out[name] = _tensor_to_numpy(name, tensor, copy=copy)
     return out
 
@@ -338,9 +374,17 @@ def load_numpy(
     ([[1.0, -2.0]], True, torch.float32)
     >>> load_numpy(layer, {"weight": np.zeros((1, 3))}, strict=False)
     LoadReport(missing=['bias'], unexpected=[], mismatched=[('weight', (1, 2), (1, 3))])
+
+    Names that differ only by the prefixes wrappers add (``module.`` of ``DataParallel``,
+    ``_orig_mod.`` of ``torch.compile``) are matched, in either direction; tied tensors stay tied
+    (one ``Parameter`` under two names is written once, and both arrays must then be equal).
     """
     _check_arrays(weights, "weights")
     slots = _load_slots(target)
+    # A checkpoint of a DataParallel (module.) or torch.compile (_orig_mod.) model, or the other way round.
+    renamed = align_wrapper_prefixes(weights, slots)
+    if any(old != new for old, new in renamed.items()):
+        weights = {renamed[name]: array for name, array in weights.items()}
     report = match_names({n: tuple(t.shape) for n, t in slots.items()}, weights, strict=strict)
     skipped = {n for n, _, _ in report.mismatched}
     names = [n for n in weights if n in slots and n not in skipped]
@@ -368,3 +412,46 @@ def load_numpy(
         for _, sub, hook in _pruned(target):
             hook(sub, ())  # what the forward pre-hook does: recompute weight = weight_orig * weight_mask now
     return report
+
+
+def weight_names(model: nn.Module) -> list[str]:
+    """Names of the weights of ``model``'s convolution, linear, embedding and attention layers.
+
+    Selection by role, for ``include=`` of :func:`coreprune.prune_magnitude` and
+    :func:`coreprune.quantize` on ``to_numpy(model)``: the ``weight`` of every ``nn.Linear``,
+    ``nn.Bilinear``, convolution (transposed too), ``nn.Embedding`` and ``nn.EmbeddingBag``, and the
+    input projections of ``nn.MultiheadAttention`` (``in_proj_weight`` or ``q/k/v_proj_weight``;
+    its ``out_proj`` is an ``nn.Linear``). Biases, normalisation layers, tokens, position
+    embeddings and buffers are not weights. Under weight norm, the direction (``weight_v``,
+    ``parametrizations.weight.original1``) is the weight; other parametrizations give
+    ``parametrizations.weight.original``. Names are those :func:`to_numpy` exports, in its order; a
+    tied weight appears under each of its names.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+    ...                           torch.nn.Linear(4, 2))
+    >>> weight_names(net)
+    ['0.weight', '3.weight']
+    """
+    if not isinstance(model, nn.Module):
+        raise CompressionError(f"weight_names expects a torch.nn.Module, got {type(model).__name__}")
+    wanted: set[str] = set()
+    for prefix, sub in model.named_modules(remove_duplicate=False):
+        dot = f"{prefix}." if prefix else ""
+        if isinstance(sub, _WEIGHT_LAYERS):
+            wanted.update(dot + leaf for leaf in ("weight", "weight_v", "parametrizations.weight.original",
+                                                  "parametrizations.weight.original1"))
+        elif isinstance(sub, nn.MultiheadAttention):
+            wanted.update(dot + leaf for leaf in _ATTENTION_WEIGHTS)
+    return [name for name in _load_slots(model) if name in wanted]
+

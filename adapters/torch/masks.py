@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from coreprune.errors import CompressionError
 from coreprune.masks import check_masks
+from coreprune.name_mapping import align_wrapper_prefixes
 from torch import nn
 from torch.nn.utils import prune
 
@@ -56,6 +57,24 @@ def _remember_requires_grad(param: nn.Parameter) -> bool:
 def _forget_requires_grad(param: nn.Parameter) -> bool:
     entry = _REQUIRES_GRAD.pop(id(param), None)
     return entry[1] if entry is not None and entry[0]() is param else param.requires_grad
+
+
+# Modules given to attach_masks -> the handle of their forward pre-hook that recomputes every masked
+# weight below them (see _refresh_masked).
+_REFRESH: weakref.WeakKeyDictionary[nn.Module, object] = weakref.WeakKeyDictionary()
+
+
+def _refresh_masked(module: nn.Module, _inputs: object) -> None:
+    """Forward pre-hook of the module masks were attached to: recompute every masked weight below it.
+
+    PyTorch's pruning hook recomputes ``weight = weight_orig * weight_mask`` only before its own
+    submodule's forward. A parameter read by another module -- ``nn.MultiheadAttention`` reads
+    ``out_proj.weight`` without calling ``out_proj``; the transformer fast paths read every
+    projection -- would otherwise keep the value (and the autograd graph) of an earlier pass: the
+    forward would use stale weights, and backward would go through a freed graph.
+    """
+    for _, sub, hook in _pruned(module):
+        hook(sub, ())
 
 
 def _check_module(module: object, verb: str) -> nn.Module:
@@ -92,6 +111,14 @@ def attach_masks(target: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: 
     ``prune.is_pruned(target)`` is True and :func:`~coreprune.torch.to_numpy` exports the
     effective weights. A tensor that is already pruned gets the new mask instead of its old one
     (its previously pruned entries stay 0 but train again where the new mask keeps them).
+
+    Parameters read by another module than their own (``nn.MultiheadAttention`` reads
+    ``out_proj.weight`` directly; the transformer fast paths read every projection) are masked
+    where they are read: ``target`` gets a forward pre-hook that recomputes every masked weight
+    below it before each of its forward passes, so call ``target`` (or a module that calls
+    it). A tied ``Parameter`` (one object under two names) masked under one name is masked under
+    all, and stays one ``Parameter``. Mask names may carry or lack the prefixes of
+    ``DataParallel`` (``module.``) and ``torch.compile`` (``_orig_mod.``).
 
     Parameters
     ----------
@@ -150,7 +177,12 @@ def attach_masks(target: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: 
     ]
     if not_trainable:
         raise CompressionError("attach_masks: " + "; ".join(not_trainable) + "; only parameters take masks")
+    # Masks named for a DataParallel / torch.compile wrapper, or for the plain model inside one.
+    renamed = align_wrapper_prefixes(masks, shapes)
+    if any(old != new for old, new in renamed.items()):
+        masks = {renamed[name]: mask for name, mask in masks.items()}
     checked = check_masks(masks, shapes, verb="attach_masks")
+    checked = _spread_over_ties(target, checked, pruned)
     # One entry per (submodule, tensor): a submodule reachable under two names is pruned once. A
     # parameter shared by several names must get one mask, as in coreprune.mxnet.attach_masks.
     plan: dict[tuple[int, str], tuple[nn.Module, str, np.ndarray]] = {}
@@ -177,7 +209,29 @@ def attach_masks(target: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: 
         prune.custom_from_mask(sub, attr, mask=torch.tensor(mask, device=param.device))
         _zero_pruned_(sub, attr)
         param.requires_grad_(False if freeze else trainable)
+    if checked and target not in _REFRESH:
+        _REFRESH[target] = target.register_forward_pre_hook(_refresh_masked)
     return target
+
+
+def _spread_over_ties(
+    target: nn.Module, masks: dict[str, np.ndarray], pruned: set[str]
+) -> dict[str, np.ndarray]:
+    """``masks`` with each mask also under every other name of the same ``Parameter`` (tied weights).
+
+    A tied parameter masked under one name only would still be read unmasked under the other.
+    """
+    names_of: dict[int, list[str]] = {}
+    for name, param in target.named_parameters(remove_duplicate=False):
+        plain = name[: -len("_orig")] if name.endswith("_orig") and name[: -len("_orig")] in pruned else name
+        names_of.setdefault(id(param), []).append(plain)
+    out = dict(masks)
+    for names in names_of.values():
+        given = [n for n in names if n in masks]
+        if given and len(names) > 1:
+            for other in names:  # two different given masks are refused by the caller
+                out.setdefault(other, masks[given[0]])
+    return out
 
 
 def attached_masks(target: nn.Module) -> dict[str, np.ndarray]:
@@ -285,6 +339,9 @@ def detach_masks(target: nn.Module) -> nn.Module:
     (False, True, [[False, True], [True, False]])
     """
     _check_module(target, "detach_masks")
+    handle = _REFRESH.pop(target, None)
+    if handle is not None:
+        handle.remove()  # type: ignore[attr-defined]
     for name, sub, _ in list(_pruned(target)):
         attr = name.rpartition(".")[2]
         if attr + "_orig" not in sub._parameters:

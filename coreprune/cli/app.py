@@ -42,14 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     picks = argparse.ArgumentParser(add_help=False)
     picks.add_argument("--include", action="append", metavar="GLOB",
                        help="work on the floating tensors whose name matches GLOB (repeatable; default: "
-                            "every floating tensor with ndim >= 2)")
+                            "the weights: floating, ndim >= 2, not a bias, mask, token, position "
+                            "embedding or norm parameter)")
+    picks.add_argument("--dry-run", action="store_true",
+                       help="list the tensors that would be touched, with shapes and dtypes; write nothing")
     picks.add_argument("--exclude", action="append", metavar="GLOB",
                        help="leave the tensors matching GLOB as they are (repeatable)")
 
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("input", metavar="FILE", help="weight file (.params, .pt, .npz, .safetensors, .cpz)")
-    output.add_argument("-o", "--output", required=True, metavar="OUT",
-                        help="file to write; the format follows its extension")
+    output.add_argument("-o", "--output", metavar="OUT",
+                        help="file to write; the format follows its extension (required unless --dry-run)")
 
     def prune_options(p: argparse.ArgumentParser, required: bool) -> None:
         g = p.add_argument_group("pruning")
@@ -120,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_combinations(args: argparse.Namespace) -> None:
     """Rules argparse cannot state: --global needs --sparsity, quantization details need --bits."""
+    if getattr(args, "output", "") is None and not getattr(args, "dry_run", False):
+        raise CliError(f"{args.command}: -o/--output OUT is required (or --dry-run to list what would be "
+                       "touched)")
     if getattr(args, "global_", False) and args.sparsity is None:
         raise CliError(f"{args.command}: --global goes with --sparsity")
     if args.command == "compress" and args.bits is None:

@@ -23,7 +23,22 @@ from .streaming import (
 )
 
 
+def _dry_run(args: argparse.Namespace) -> int:
+    """Print the tensors the command would touch (name, shape, dtype) and how many; write nothing."""
+    with _open_input(args) as reader:
+        selected = _selection(reader, args)
+        for name in selected:
+            spec = reader.spec(name)
+            print(f"{name}\t{tuple(spec.shape)}\t{spec.dtype}")
+        untouched = len(reader) - len(selected)
+    print(f"{args.command} would touch {len(selected)} of {len(selected) + untouched} tensors "
+          f"({untouched} left as they are); nothing written")
+    return 0
+
+
 def _cmd_prune(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)
     counts = _Counts()
     with _open_input(args) as reader, _progress(len(reader), "prune", args.quiet) as bar:
         selected = _selection(reader, args)
@@ -34,6 +49,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)
     counts = _Counts()
     keep_codes = _is_cpz(args.output)
     with _open_input(args) as reader, _progress(len(reader), "quantize", args.quiet) as bar:
@@ -48,6 +65,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)
     if not _is_cpz(args.output):
         raise CliError(f"{args.output}: compress writes .cpz files; name the output *.cpz "
                        "(prune and quantize write other formats)")

@@ -55,6 +55,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             bar.update(1)
         extras = dict(reader.extras)
         metadata = dict(reader.metadata)
+        aliases = dict(reader.aliases)
     summary = totals(stats)
     file_size = os.path.getsize(args.input)
     if args.json:
@@ -73,12 +74,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             "totals": {k: _jsonable(v) for k, v in summary.items()},
             "extras": _jsonable(extras),
             "metadata": metadata,
+            "aliases": aliases,
         }
         print(json.dumps(doc, indent=1))
     else:
         _print_table(args, fmt, stats, storage, summary, extras, file_size)
         if metadata:
             print("metadata: " + ", ".join(f"{k} = {v!r}" for k, v in metadata.items()))
+        if aliases:
+            print(f"aliases ({len(aliases)} tensor(s) stored once under two names; pruning counts them "
+                  "once): " + ", ".join(f"{a} = {b}" for a, b in aliases.items()))
     if args.plot is not None:
         _plot(args, stats, samples)
         if not args.json:

@@ -27,6 +27,7 @@ from ..selection import select
 from .common import (
     _EVERYTHING,
     _PROG,
+    CliError,
     _human,
     _note,
     _pct,
@@ -113,6 +114,10 @@ def _prune_step(
             if not cut:  # first use: inside the writer, after the output path was checked
                 picked = lambda n, _a: n in chosen  # noqa: E731 - the names selected above
                 cut.append(global_magnitude_threshold(reader, args.sparsity, include=picked))
+                if cut[0].empty and args.sparsity < 1.0:
+                    shown = ", ".join(cut[0].empty[:8]) + (" ..." if len(cut[0].empty) > 8 else "")
+                    _note(args, f"--global {args.sparsity:g} removes every weight of {len(cut[0].empty)} "
+                                f"tensor(s): {shown}")
             out = cut[0].prune(name, w)[0]
         else:
             out = prune_magnitude({name: w}, args.sparsity, include=_EVERYTHING)[0][name]
@@ -161,6 +166,15 @@ def _write(args: argparse.Namespace, source: WeightReader, pipeline: _Pipeline, 
     """
     meta = dict(source.metadata) or None
     suffix = Path(output).suffix.lower()
+    if suffix in (".params", ".nd"):
+        # MXNet's default (legacy-shape) records hold no 0-d array; say so before writing anything,
+        # in terms of what the command line offers.
+        scalars = [n for n in pipeline if len(pipeline.spec(n).shape) == 0]
+        if scalars:
+            raise CliError(
+                f"{output}: tensor {scalars[0]!r} is 0-d ({len(scalars)} in all), which MXNet .params "
+                "files (legacy-shape records) cannot hold; write .npz, .safetensors or .pt instead"
+            )
     if suffix == ".cpz":
         provenance = {"coreprune": __version__, "source": Path(args.input).name,
                       "command": " ".join([_PROG, *args.argv])}

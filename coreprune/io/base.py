@@ -219,6 +219,10 @@ class WeightReader(Mapping[str, np.ndarray]):
     metadata : dict of str to str
         The file's own string metadata (safetensors ``__metadata__``, a ``.cpz`` manifest's
         metadata); empty for formats that have none.
+    aliases : dict of str to str
+        Tensors stored once under several names (tied weights in a ``torch.save`` file): each
+        later name -> the first name viewing the same elements. Empty for formats that store
+        every name separately.
 
     Examples
     --------
@@ -237,6 +241,7 @@ class WeightReader(Mapping[str, np.ndarray]):
         self._specs: dict[str, TensorSpec] = {}
         self.extras: dict[str, Any] = {}
         self.metadata: dict[str, str] = {}
+        self.aliases: dict[str, str] = {}
 
     def spec(self, name: str) -> TensorSpec:
         """Shape and dtype of ``name`` without reading its data."""

@@ -33,6 +33,7 @@ from .._fast.blocked import block_ranges, run_parallel
 from ..errors import CompressionError, WeightFileError
 from ..layout_planner import Value, _dtype_name, _fill_codes, _little, _param_shape, _parse_dtype, _plan_value
 from ..packing import pack_bits, unpack_bits
+from ..quant_layout import layout_problem
 from ..quantization import QuantizedArray
 from .base import TensorSpec, WeightReader, atomic_write, check_extent, element_count, read_exact
 
@@ -181,6 +182,8 @@ def _write_tensor(out: _CountingWriter, name: str, value: Value) -> dict[str, An
             group_size=value.group_size,
             code_dtype=value.codes.dtype.name,
         )
+        if value.flatten:  # written only when set: files of the other layouts stay as they were
+            entry["flatten"] = True
         blobs["codes"] = out.blob(pack_bits(kept, value.bits))
         blobs["scale"] = out.blob(_little(value.scale))
         if value.zero_point is not None:
@@ -346,6 +349,7 @@ class _Entry:
     axis: int | None = None
     group_size: int | None = None
     code_dtype: np.dtype | None = None
+    flatten: bool = False
 
 
 def _validate_entry(raw: object, path: Path, data_end: int) -> _Entry:
@@ -393,24 +397,26 @@ def _validate_entry(raw: object, path: Path, data_end: int) -> _Entry:
         symmetric = _field(raw, "symmetric", bool, where)
         axis = _field(raw, "axis", int, where, optional=True)
         group_size = _field(raw, "group_size", int, where, optional=True)
+        flatten = raw.get("flatten", False)
         code_name = _field(raw, "code_dtype", str, where)
         if code_name not in _CODE_DTYPES or not 1 <= bits <= 16 or 8 * np.dtype(code_name).itemsize < bits:
             raise _fail(where, f"bad quantization parameters (bits {bits}, codes {code_name})")
         if axis is not None and not 0 <= axis < len(shape):
             raise _fail(where, f"axis {axis} out of range for shape {shape}")
-        if group_size is not None and (
-            axis is not None or not shape or group_size < 1 or shape[-1] % group_size
-        ):
-            raise _fail(where, f"group_size {group_size} does not fit shape {shape}")
+        problem = layout_problem(shape, axis, group_size, flatten)
+        if problem:
+            raise _fail(where, f"layout (axis {axis}, group_size {group_size}, flatten {flatten!r}) does not "
+                               f"fit shape {shape}: {problem}")
         if bits == 1 and layout != "full":
             raise _fail(where, "1-bit codes have no sparse layout")
-        params = element_count(_param_shape(shape, axis, group_size))
+        params = element_count(_param_shape(shape, axis, group_size, flatten))
         expected["codes"] = math.ceil(nnz * bits / 8)
         expected["scale"] = params * 4
         if not symmetric:
             expected["zero_point"] = params * np.dtype(code_name).itemsize
         extra = dict(
-            bits=bits, symmetric=symmetric, axis=axis, group_size=group_size, code_dtype=np.dtype(code_name)
+            bits=bits, symmetric=symmetric, axis=axis, group_size=group_size, code_dtype=np.dtype(code_name),
+            flatten=flatten,
         )
     else:
         expected["values"] = nnz * dtype.itemsize
@@ -595,14 +601,14 @@ class CpzReader(WeightReader):
             codes = unpack_bits(packed, e.bits, e.nnz, e.code_dtype)
         except CompressionError as err:
             raise _fail(where, str(err)) from None
-        pshape = _param_shape(e.shape, e.axis, e.group_size)
+        pshape = _param_shape(e.shape, e.axis, e.group_size, e.flatten)
         scale = _native(self._blob(e, "scale", np.dtype(np.float32))).reshape(pshape)
         zero_point = None
         if not e.symmetric:
             zero_point = _native(self._blob(e, "zero_point", e.code_dtype)).reshape(pshape)
         try:
             if positions is not None:
-                fill = _fill_codes(e.bits, e.symmetric, zero_point, e.axis, e.group_size, e.shape)
+                fill = _fill_codes(e.bits, e.symmetric, zero_point, e.axis, e.group_size, e.shape, e.flatten)
                 assert fill is not None  # bits == 1 has no sparse layout (validated)
                 full = np.empty(n, e.code_dtype)
                 full[...] = fill
@@ -611,6 +617,7 @@ class CpzReader(WeightReader):
             return QuantizedArray(
                 codes=codes.reshape(e.shape), scale=scale, zero_point=zero_point, bits=e.bits,
                 symmetric=e.symmetric, axis=e.axis, group_size=e.group_size, shape=e.shape, dtype=e.dtype,
+                flatten=e.flatten,
             )
         except CompressionError as err:
             raise _fail(where, str(err)) from None

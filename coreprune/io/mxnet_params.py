@@ -9,8 +9,9 @@ tensors are named ``"0"``, ``"1"``, ... here. Names are kept as written, so
 ``save_checkpoint``'s ``arg:``/``aux:`` prefixes survive.
 
 Records of every version MXNet reads are understood: V0 (no magic, u32 dims), V1
-(``0xF993FAC8``), V2 (``0xF993FAC9``, "legacy shape" mode, what ``mx.nd.save`` writes) and V3
-(``0xF993FACA``, NumPy-shape mode: 0-d and 0-size arrays). Type flags 0-12 map to
+(``0xF993FAC8``), V2 (``0xF993FAC9``, "legacy shape" mode, what ``mx.nd.save`` writes, 0-size
+arrays such as ``(2, 0)`` included) and V3 (``0xF993FACA``, NumPy-shape mode: 0-d and 0-size
+arrays). Type flags 0-12 map to
 float32, float64, float16, uint8, int32, int8, int64, bool, int16, uint16, uint32, uint64
 and ``ml_dtypes.bfloat16`` (flags 8-11 are read although MXNet 1.9.1 itself rejects them).
 
@@ -296,9 +297,9 @@ class MXNetParamsReader(WeightReader):
             raise WeightFileError(
                 f"{path}: {what} is an empty ('none') V{version} record, which MXNet cannot load (corrupted?)"
             )
-        elif any(d <= 0 for d in dims):
+        elif any(d < 0 for d in dims):
             raise WeightFileError(
-                f"{path}: {what} has the shape {tuple(dims)}; V{version} records cannot hold dims <= 0 "
+                f"{path}: {what} has the shape {tuple(dims)}; V{version} records cannot hold negative dims "
                 "(corrupted?)"
             )
         return check_shape(path, f"the shape of {what}", dims, 1)
@@ -460,8 +461,9 @@ def write(weights: Mapping[str, np.ndarray], f: BinaryIO, *, np_shape: bool = Fa
 
     Each tensor becomes a dense record on ``cpu(0)`` holding its elements in C order,
     little-endian. By default the records are V2, what ``mx.nd.save`` writes and
-    ``mx.nd.load`` / ``Block.load_parameters`` read without NumPy-shape mode; V2 cannot
-    hold 0-d or 0-size arrays. ``np_shape=True`` writes V3 records for every tensor
+    ``mx.nd.load`` / ``Block.load_parameters`` read without NumPy-shape mode. V2 holds 0-size
+    arrays of rank >= 1 (``(2, 0)``, ``(0,)``: the header, the context, no data, as ``mx.nd.save``
+    writes them) but not 0-d arrays. ``np_shape=True`` writes V3 records for every tensor
     (0-d and 0-size included); MXNet loads such files only with NumPy-shape semantics on
     (``mx.npx.set_np()`` or ``with mx.util.np_shape(True):``), ``Block.load_parameters``
     included.
@@ -478,7 +480,7 @@ def write(weights: Mapping[str, np.ndarray], f: BinaryIO, *, np_shape: bool = Fa
     ------
     WeightFileError
         A dtype MXNet 1.9.1 cannot load (int16, uint16, uint32, uint64, complex, ...), or
-        a 0-d / 0-size tensor without ``np_shape=True``.
+        a 0-d tensor without ``np_shape=True``.
 
     Examples
     --------
@@ -499,10 +501,9 @@ def write(weights: Mapping[str, np.ndarray], f: BinaryIO, *, np_shape: bool = Fa
                 f"tensor {name!r} has dtype {spec.dtype}, which MXNet 1.9.1 cannot load; "
                 f"convert it to one of {allowed}"
             )
-        if not np_shape and (len(spec.shape) == 0 or spec.size == 0):
-            kind = "0-d" if len(spec.shape) == 0 else f"0-size {spec.shape}"
+        if not np_shape and len(spec.shape) == 0:
             raise WeightFileError(
-                f"tensor {name!r} is {kind}: MXNet's default (legacy-shape) records cannot represent it; "
+                f"tensor {name!r} is 0-d: MXNet's default (legacy-shape) records cannot represent it; "
                 "pass np_shape=True to write V3 records, which load under mx.npx.set_np()"
             )
         array = weights[name]

@@ -159,6 +159,16 @@ class TorchReader(WeightReader):
         self._maps: weakref.WeakValueDictionary[str, np.memmap] = weakref.WeakValueDictionary()
         self._specs = {name: TensorSpec(ref.shape, ref.dtype) for name, ref in refs.items()}
         self.parameters = frozenset(name for name, ref in refs.items() if ref.parameter)
+        first: dict[tuple, str] = {}
+        for name, ref in refs.items():  # tied tensors: the same elements of the same storage
+            if element_count(ref.shape) == 0:
+                continue
+            key = (ref.storage.key, ref.offset, tuple(ref.shape), tuple(ref.stride), ref.dtype.str,
+                   ref.conj, ref.neg)
+            if key in first:
+                self.aliases[name] = first[key]
+            else:
+                first[key] = name
 
     def _mapped(self, key: str, offset: int, nbytes: int) -> np.memmap:
         buf = self._maps.get(key)

@@ -209,3 +209,48 @@ def test_global_prune_holds_one_tensor_at_a_time(tmp_path, ext, command):
     got = read(out)
     for name in expected:
         assert same(got[name], expected[name]), name
+
+
+def test_tied_torch_file_is_counted_once_by_the_streaming_threshold_and_inspect_reports_it(tmp_path):
+    torch = pytest.importorskip("torch", reason="writes a tied torch checkpoint")
+    import json
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(30, 6)
+    model = torch.nn.ModuleDict({"embed": emb, "fc": torch.nn.Linear(6, 6), "head": torch.nn.Linear(6, 30)})
+    model.head.weight = emb.weight
+    path = tmp_path / "tied.pt"
+    torch.save(model.state_dict(), path)
+    with cio.open_weights(path) as reader:
+        assert reader.aliases == {"head.weight": "embed.weight"}
+        lazy = global_magnitude_threshold(reader, 0.5)
+        state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+        in_memory = global_magnitude_threshold(state, 0.5)
+        assert lazy == in_memory and lazy.total == 30 * 6 + 36  # the tied matrix once
+        np.testing.assert_array_equal(lazy.prune("head.weight", reader["head.weight"])[1],
+                                      lazy.prune("embed.weight", reader["embed.weight"])[1])
+    out = subprocess.run([sys.executable, "-m", "coreprune", "inspect", "--json", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out)["aliases"] == {"head.weight": "embed.weight"}
+    argv = ["prune", str(path), "--sparsity", "0.5", "--dry-run"]
+    run = subprocess.run([sys.executable, "-m", "coreprune", *argv], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    dry = run.stdout
+    assert dry.splitlines()[0].startswith("embed.weight") and "would touch 3 of 5 tensors" in dry
+    assert not list(tmp_path.glob("*.pt"))[1:]  # nothing written
+
+
+def test_global_prune_notes_the_tensors_it_empties(tmp_path):
+    import subprocess
+    import sys
+
+    weights = {"a.weight": np.full((4, 4), 0.001, np.float32),
+               "b.weight": np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)}
+    cio.save(weights, tmp_path / "e.npz")
+    argv = ["prune", str(tmp_path / "e.npz"), "--sparsity", "0.5", "--global", "-o", str(tmp_path / "o.npz")]
+    run = subprocess.run([sys.executable, "-m", "coreprune", *argv], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "removes every weight of 1 tensor(s): a.weight" in run.stderr
+    assert not cio.load(tmp_path / "o.npz")["a.weight"].any()

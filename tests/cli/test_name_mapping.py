@@ -18,22 +18,19 @@ def test_structural_gluon_names_keep_their_path_and_rename_the_parameter():
         "features.1.running_mean", "features.1.running_var", "output.weight"]
 
 
-def test_export_and_symbol_names_drop_arg_aux_and_map_moving_stats():
-    names = ["arg:resnet0_conv0_weight", "arg:resnet0_bn0_gamma", "arg:resnet0_bn0_beta",
-             "aux:resnet0_bn0_moving_mean", "aux:resnet0_bn0_moving_var",
-             "arg:resnet0_stage1_conv0_weight", "arg:resnet0_stage1_conv1_weight",
-             "arg:resnet0_dense0_weight", "arg:resnet0_dense0_bias"]
-    assert gluon_to_torch_names(names) == {
-        "arg:resnet0_conv0_weight": "0.weight",
-        "arg:resnet0_bn0_gamma": "1.weight",
-        "arg:resnet0_bn0_beta": "1.bias",
-        "aux:resnet0_bn0_moving_mean": "1.running_mean",
-        "aux:resnet0_bn0_moving_var": "1.running_var",
-        "arg:resnet0_stage1_conv0_weight": "2.0.weight",  # nested blocks number among their siblings
-        "arg:resnet0_stage1_conv1_weight": "2.1.weight",
-        "arg:resnet0_dense0_weight": "3.weight",
-        "arg:resnet0_dense0_bias": "3.bias",
-    }
+def test_export_and_symbol_names_are_refused_with_what_to_do():
+    names = ["arg:resnet0_conv0_weight", "arg:resnet0_bn0_gamma", "aux:resnet0_bn0_moving_mean",
+             "arg:stage1_unit1_conv1_weight"]
+    with pytest.raises(CompressionError, match=r"'arg:resnet0_conv0_weight' \(4 such name\(s\)\) is a "
+                       r"symbol-API name.*save_parameters"):
+        gluon_to_torch_names(names)
+
+
+def test_legacy_names_number_nested_blocks_among_their_siblings():
+    names = ["resnet0_conv0_weight", "resnet0_bn0_gamma", "resnet0_bn0_moving_mean",
+             "resnet0_stage1_conv0_weight", "resnet0_stage1_conv1_weight", "resnet0_dense0_weight"]
+    assert list(gluon_to_torch_names(names).values()) == [
+        "0.weight", "1.weight", "1.running_mean", "2.0.weight", "2.1.weight", "3.weight"]
 
 
 def test_legacy_names_without_a_shared_root_number_from_the_top():

@@ -325,7 +325,7 @@ def test_file_size_is_within_two_percent_of_the_packed_nbytes(tmp_path, bits, ax
 def test_coarse_quantization_stores_its_many_zero_codes_sparse(tmp_path):
     # 3 bits with one scale per tensor: |w| < 0.75 sigma -> code 0, about half the codes
     w = realistic_model(np.random.default_rng(0))
-    q = coreprune.quantize(w, bits=3)
+    q = coreprune.quantize(w, bits=3, group_size=None)
     path = tmp_path / "q3.cpz"
     save_compressed(q, path)
     honest = sum(encoded_nbytes(v) for v in q.values())
@@ -410,7 +410,7 @@ def test_io_save_writes_cpz_from_plain_arrays_and_refuses_to_overwrite_its_input
 
 def test_streaming_from_a_lazy_reader_into_a_pipe_like_stream(tmp_path):
     rng = np.random.default_rng(6)
-    q = coreprune.quantize({"a": pruned(rng, (20, 30), 0.3), "b": np.arange(5.0)}, bits=8)
+    q = coreprune.quantize({"a": pruned(rng, (20, 30), 0.3), "b": np.arange(5.0)}, bits=8, group_size=None)
     src = tmp_path / "src.cpz"
     save_compressed(q, src)
 
@@ -587,8 +587,10 @@ def test_a_tensor_has_one_to_four_blobs_as_the_format_page_says(tmp_path):
         "dense_full": rng.standard_normal((8, 8)).astype(np.float32),
         "dense_bitmask": sparse,
         "dense_csr": very_sparse,
-        "q_full": coreprune.quantize({"w": rng.standard_normal((8, 8))}, bits=8, include="w")["w"],
-        "q_affine_sparse": coreprune.quantize({"w": very_sparse}, bits=4, symmetric=False, include="w")["w"],
+        "q_full": coreprune.quantize({"w": rng.standard_normal((8, 8))}, bits=8, include="w",
+                                     group_size=None)["w"],
+        "q_affine_sparse": coreprune.quantize({"w": very_sparse}, bits=4, symmetric=False, include="w",
+                                              group_size=None)["w"],
     }
     path = tmp_path / "m.cpz"
     save_compressed(weights, path)
@@ -605,7 +607,7 @@ def test_a_tensor_has_one_to_four_blobs_as_the_format_page_says(tmp_path):
 def test_the_complete_small_file_of_the_format_page(tmp_path):
     """docs/compressed-format.md, "A complete small file": the same 484 bytes, header, blobs and footer."""
     w = {"fc.weight": np.array([[0.5, 0, 0, -1.0]], np.float32)}
-    q = coreprune.quantize(w, bits=4, include="fc.weight")
+    q = coreprune.quantize(w, bits=4, include="fc.weight", group_size=None)
     q["b"] = np.zeros(3, np.float32)
     path = tmp_path / "small.cpz"
     save_compressed(q, path)

@@ -110,7 +110,7 @@ def scale_per_element(q, layout):
 def test_dequantized_values_lie_within_half_a_step(w, bits, symmetric, data):
     layout = data.draw(layout_strategy(w.shape))
     before = snapshot({"w": w})
-    q = quantize({"w": w}, bits, symmetric=symmetric, include="w", **layout)["w"]
+    q = quantize({"w": w}, bits, symmetric=symmetric, include="w", **(layout or {"group_size": None}))["w"]
     assert snapshot({"w": w}) == before
     assert q.scale.dtype == np.float32 and np.isfinite(q.scale).all() and (q.scale >= 2.0**-126).all()
     lo, hi = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
@@ -124,13 +124,14 @@ def test_dequantized_values_lie_within_half_a_step(w, bits, symmetric, data):
     assert (np.abs(f64(d) - f64(w)) <= tolerance).all()
     if not symmetric and w.size:  # zero is exactly representable
         zero = np.zeros_like(w)
-        assert not quantize({"w": zero}, bits, symmetric=False, include="w", **layout)["w"].dequantize().any()
+        assert not quantize({"w": zero}, bits, symmetric=False, include="w",
+                            **(layout or {"group_size": None}))["w"].dequantize().any()
 
 
 @given(w=tensors(min_dims=1), data=st.data())
 def test_binarization_keeps_signs_and_uses_mean_magnitude(w, data):
     layout = data.draw(layout_strategy(w.shape))
-    q = quantize({"w": w}, 1, include="w", **layout)["w"]
+    q = quantize({"w": w}, 1, include="w", **(layout or {"group_size": None}))["w"]
     np.testing.assert_array_equal(q.codes, (f64(w) >= 0).astype(np.uint8))
     mean = per_element(w, layout, lambda x, axes: np.mean(np.abs(x), axis=axes, keepdims=True)
                        if x.size else np.zeros([1] * x.ndim))

@@ -57,7 +57,7 @@ def model():
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8, 9, 12, 16])
 def test_symmetric_per_tensor_matches_scalar_reference(bits):
     w = np.random.default_rng(bits).standard_normal((7, 5)).astype(np.float32)
-    q = quantize({"w": w}, bits)["w"]
+    q = quantize({"w": w}, bits, group_size=None)["w"]
     codes, scale = ref_symmetric(w, bits)
     assert q.scale.dtype == np.float32 and q.scale.shape == () and q.scale == scale
     assert q.codes.dtype == code_dtype(bits, True)
@@ -69,7 +69,7 @@ def test_symmetric_per_tensor_matches_scalar_reference(bits):
 @pytest.mark.parametrize("bits", [2, 3, 4, 8, 11, 16])
 def test_affine_per_tensor_matches_scalar_reference(bits):
     w = (np.random.default_rng(bits).standard_normal((6, 9)) + 0.7).astype(np.float32)
-    q = quantize({"w": w}, bits, symmetric=False)["w"]
+    q = quantize({"w": w}, bits, symmetric=False, group_size=None)["w"]
     codes, scale, zp = ref_affine(w, bits)
     assert q.scale == scale and int(q.zero_point) == zp
     assert q.zero_point.dtype == q.codes.dtype == code_dtype(bits, False)
@@ -79,7 +79,7 @@ def test_affine_per_tensor_matches_scalar_reference(bits):
 def test_rounding_is_half_to_even():
     # with a scale of exactly 1 (peak 127 at 8 bits), w / scale is w itself
     w = np.array([[0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 127.0]], np.float32)
-    q = quantize({"w": w}, 8)["w"]
+    q = quantize({"w": w}, 8, group_size=None)["w"]
     assert float(q.scale) == 1.0
     assert q.codes.tolist() == [[0, 2, 2, 0, -2, -2, 127]]
 
@@ -89,18 +89,19 @@ def test_affine_represents_zero_exactly():
     for w in (rng.standard_normal((5, 5)) + 0.3, rng.random((4, 4)) + 1.0, -rng.random((4, 4)) - 1.0):
         w = w.astype(np.float32)
         w[0, 0] = 0.0
-        q = quantize({"w": w}, 4, symmetric=False)["w"]
+        q = quantize({"w": w}, 4, symmetric=False, group_size=None)["w"]
         assert q.dequantize()[0, 0] == 0.0
         assert q.codes[0, 0] == q.zero_point
-    assert int(quantize({"w": rng.random((3, 3)) + 1}, 4, symmetric=False)["w"].zero_point) == 0
-    assert int(quantize({"w": -rng.random((3, 3)) - 1}, 4, symmetric=False)["w"].zero_point) == 15
+    per_tensor = dict(symmetric=False, group_size=None)
+    assert int(quantize({"w": rng.random((3, 3)) + 1}, 4, **per_tensor)["w"].zero_point) == 0
+    assert int(quantize({"w": -rng.random((3, 3)) - 1}, 4, **per_tensor)["w"].zero_point) == 15
 
 
 @pytest.mark.parametrize("layout", [{}, {"axis": 0}, {"axis": 2}, {"group_size": 3}])
 def test_binarization(layout):
     w = np.random.default_rng(6).standard_normal((4, 5, 6)).astype(np.float32)
     w[0, 0, 0] = 0.0
-    q = quantize({"w": w}, 1, **layout)["w"]
+    q = quantize({"w": w}, 1, **(layout or {"group_size": None}))["w"]
     assert q.codes.dtype == np.uint8 and set(np.unique(q.codes).tolist()) <= {0, 1}
     np.testing.assert_array_equal(q.codes, (w >= 0).astype(np.uint8))
     if "axis" in layout:
@@ -130,7 +131,7 @@ def test_per_axis_equals_per_tensor_on_each_slice(symmetric, axis):
     assert q.axis == ax and q.scale.shape == (w.shape[ax],) and q.codes.shape == w.shape
     for i in range(w.shape[ax]):
         part = np.take(w, i, axis=ax)
-        qi = quantize({"p": part}, 4, symmetric=symmetric, include="p")["p"]
+        qi = quantize({"p": part}, 4, symmetric=symmetric, include="p", group_size=None)["p"]
         np.testing.assert_array_equal(np.take(q.codes, i, axis=ax), qi.codes)
         assert q.scale[i] == qi.scale
         if not symmetric:
@@ -147,7 +148,7 @@ def test_groups_equal_per_tensor_on_each_group(symmetric, g):
     deq = q.dequantize()
     for idx in np.ndindex(2, 3, 6 // g):
         sl = (idx[0], idx[1], slice(idx[2] * g, (idx[2] + 1) * g))
-        qi = quantize({"p": w[sl]}, 3, symmetric=symmetric, include="p")["p"]
+        qi = quantize({"p": w[sl]}, 3, symmetric=symmetric, include="p", group_size=None)["p"]
         np.testing.assert_array_equal(q.codes[sl], qi.codes)
         assert q.scale[idx] == qi.scale
         np.testing.assert_array_equal(deq[sl], qi.dequantize())
@@ -201,7 +202,7 @@ def test_half_precision_is_computed_in_float32(dtype):
 def test_float64_codes_follow_the_stored_float32_scale():
     w = np.random.default_rng(13).standard_normal((50, 40))
     for symmetric in (True, False):
-        q = quantize({"w": w}, 8, symmetric=symmetric)["w"]
+        q = quantize({"w": w}, 8, symmetric=symmetric, group_size=None)["w"]
         s = q.scale.astype(np.float64)
         zp = 0 if symmetric else int(q.zero_point)
         lo, hi = (-127, 127) if symmetric else (0, 255)
@@ -216,14 +217,15 @@ def test_all_zero_and_constant_tensors(bits, symmetric):
     z = quantize({"w": np.zeros((3, 4), np.float32)}, bits, symmetric=symmetric, axis=0)["w"]
     assert (z.scale == 1.0).all() and (z.dequantize() == 0).all()
     for value in (2.5, -2.5):
-        c = quantize({"w": np.full((3, 4), value, np.float32)}, bits, symmetric=symmetric)["w"]
+        c = quantize({"w": np.full((3, 4), value, np.float32)}, bits, symmetric=symmetric,
+                     group_size=None)["w"]
         d = c.dequantize()
         assert np.isfinite(d).all()
         assert np.abs(d - value).max() <= float(c.scale) / 2
 
 
 def test_binarization_of_zeros_uses_the_scale_floor():
-    q = quantize({"w": np.zeros((2, 3), np.float32)}, 1)["w"]
+    q = quantize({"w": np.zeros((2, 3), np.float32)}, 1, group_size=None)["w"]
     assert float(q.scale) == SCALE_FLOOR == 2.0**-126
     assert q.codes.tolist() == [[1, 1, 1], [1, 1, 1]]
 
@@ -245,7 +247,7 @@ def test_empty_tensors(layout, bits, symmetric, shape):
 @pytest.mark.parametrize("bits, symmetric", [(2, True), (8, True), (16, True), (2, False), (16, False)])
 def test_tiny_scales_are_floored_not_zero(peak, bits, symmetric):
     w = np.array([[peak, -peak / 3, 0.0]], np.float32)
-    q = quantize({"w": w}, bits, symmetric=symmetric)["w"]
+    q = quantize({"w": w}, bits, symmetric=symmetric, group_size=None)["w"]
     assert float(q.scale) >= SCALE_FLOOR and np.isfinite(q.scale)
     d = q.dequantize()
     assert np.isfinite(d).all()
@@ -253,14 +255,14 @@ def test_tiny_scales_are_floored_not_zero(peak, bits, symmetric):
 
 
 def test_float64_tiny_and_huge():
-    q = quantize({"w": np.array([[1e-300, -2e-300]])}, 8)["w"]
+    q = quantize({"w": np.array([[1e-300, -2e-300]])}, 8, group_size=None)["w"]
     assert float(q.scale) == SCALE_FLOOR and q.codes.tolist() == [[0, 0]]
-    q = quantize({"w": np.array([[1e39, -2e39]])}, 8)["w"]  # max/127 still fits a float32
+    q = quantize({"w": np.array([[1e39, -2e39]])}, 8, group_size=None)["w"]  # max/127 still fits a float32
     assert np.isfinite(q.scale) and q.codes.tolist() == [[64, -127]]
     with pytest.raises(CompressionError, match=r"tensor 'w': the quantization scale .* exceeds the float32"):
-        quantize({"w": np.array([[1e300, 1.0]])}, 8)
+        quantize({"w": np.array([[1e300, 1.0]])}, 8, group_size=None)
     with pytest.raises(CompressionError, match="'w'.*float32 range"):
-        quantize({"w": np.array([[1e300, 1.0]])}, 1)
+        quantize({"w": np.array([[1e300, 1.0]])}, 1, group_size=None)
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
@@ -268,15 +270,15 @@ def test_extremes_of_the_dtype_stay_finite(dtype):
     big = float(ml_dtypes.finfo(dtype).max)
     w = np.array([[-big, big, 1.0]], dtype)
     for bits, symmetric in ((2, False), (2, True), (8, False), (16, False)):
-        d = quantize({"w": w}, bits, symmetric=symmetric)["w"].dequantize()
+        d = quantize({"w": w}, bits, symmetric=symmetric, group_size=None)["w"].dequantize()
         assert np.isfinite(d).all(), (bits, symmetric, d)
 
 
 def test_zero_dim_tensors_need_include_and_no_axis():
     w = {"t": np.array(-3.0, np.float32), "m": np.ones((2, 2), np.float32)}
-    assert quantize(w, 8)["t"] is w["t"]
+    assert quantize(w, 8, group_size=None)["t"] is w["t"]
     for bits, symmetric in ((1, True), (8, True), (8, False)):
-        q = quantize(w, bits, symmetric=symmetric, include="t")["t"]
+        q = quantize(w, bits, symmetric=symmetric, include="t", group_size=None)["t"]
         assert q.shape == () and q.codes.shape == () and q.scale.shape == ()
         assert q.dequantize().shape == () and float(q.dequantize()) == -3.0
     with pytest.raises(CompressionError, match=r"tensor 't'.*axis 0 is out of range for ndim=0"):
@@ -289,7 +291,7 @@ def test_zero_dim_tensors_need_include_and_no_axis():
 
 
 def test_quantize_passes_unselected_through(model):
-    q = quantize(model, 4)
+    q = quantize(model, 4, group_size=None)
     assert list(q) == list(model)
     assert isinstance(q["conv.weight"], QuantizedArray) and isinstance(q["fc.weight"], QuantizedArray)
     for n in ("conv.bias", "bn.num_batches_tracked", "table"):
@@ -299,7 +301,7 @@ def test_quantize_passes_unselected_through(model):
     for n in ("conv.bias", "bn.num_batches_tracked", "table"):
         assert d[n] is model[n]
     assert d["fc.weight"].dtype == np.float32 and d["fc.weight"].shape == (3, 8)
-    q = quantize(model, 4, include="*.bias", exclude="fc*")
+    q = quantize(model, 4, include="*.bias", exclude="fc*", group_size=None)
     assert [n for n in q if isinstance(q[n], QuantizedArray)] == ["conv.bias"]
 
 
@@ -318,7 +320,7 @@ def test_quantize_and_dequantize_never_modify_inputs(model):
 @pytest.mark.parametrize("bits", [0, 17, -1, 8.0, True, "8", None])
 def test_quantize_rejects_bad_bits(bits):
     with pytest.raises(CompressionError, match="bits must be an int in 1..16"):
-        quantize({"w": np.ones((2, 2))}, bits)
+        quantize({"w": np.ones((2, 2))}, bits, group_size=None)
 
 
 def test_quantize_argument_errors_name_the_tensor(model):
@@ -326,24 +328,31 @@ def test_quantize_argument_errors_name_the_tensor(model):
         quantize(model, 8, axis=4)
     with pytest.raises(CompressionError, match=r"tensor 'fc.weight': axis -3 is out of range for ndim=2"):
         quantize(model, 8, axis=-3, exclude="conv*")
-    message = r"tensor 'fc.weight' of shape \(3, 8\): group_size=3 does not divide the last axis of size 8"
-    with pytest.raises(CompressionError, match=message):
-        quantize(model, 8, group_size=3, exclude="conv*")
-    with pytest.raises(CompressionError, match=r"tensor 'fc.weight': axis=0 cannot be combined with group"):
-        quantize(model, 8, axis=0, group_size=4, exclude="conv*")
-    for g in (0, -2, 2.0, True):
+    with pytest.raises(CompressionError, match=r"flatten needs an int group_size"):
+        quantize(model, 8, flatten=True)
+    with pytest.raises(CompressionError, match=r"tensor 'conv.weight' of shape .*: flatten .* takes no axis"):
+        quantize(model, 4, axis=1, group_size=4, flatten=True)
+    with pytest.raises(CompressionError, match=r"method must be one of rtn, clip, hqq"):
+        quantize(model, 4, method="gptq")
+    with pytest.raises(CompressionError, match=r"full_range is a symmetric range"):
+        quantize(model, 4, symmetric=False, full_range=True)
+    with pytest.raises(CompressionError, match=r"give either bits or budget"):
+        quantize(model, 4, budget=4.5)
+    with pytest.raises(CompressionError, match=r"bits must be an int"):
+        quantize(model)
+    for g in (0, -2, 2.0, True, "big"):
         with pytest.raises(CompressionError, match="group_size must be an int >= 1"):
             quantize(model, 8, group_size=g)
     with pytest.raises(CompressionError, match="axis must be an int or None"):
         quantize(model, 8, axis=1.0)
     with pytest.raises(CompressionError, match="symmetric must be a bool"):
-        quantize(model, 8, symmetric="no")
+        quantize(model, 8, symmetric="no", group_size=None)
     with pytest.raises(CompressionError, match="bits=1 is sign binarization"):
-        quantize(model, 1, symmetric=False)
+        quantize(model, 1, symmetric=False, group_size=None)
     with pytest.raises(CompressionError, match=r"tensor 'w' has 1 NaN/Inf"):
-        quantize({"w": np.array([[1.0, np.nan]], np.float16)}, 8)
+        quantize({"w": np.array([[1.0, np.nan]], np.float16)}, 8, group_size=None)
     with pytest.raises(CompressionError, match=r"weights\['w'\] is a list"):
-        quantize({"w": [[1.0]]}, 8)
+        quantize({"w": [[1.0]]}, 8, group_size=None)
     with pytest.raises(CompressionError, match=r"qweights\['w'\] is a list"):
         dequantize({"w": [[1.0]]})
     with pytest.raises(CompressionError, match="mapping"):
@@ -407,8 +416,13 @@ def test_quantized_array_dequantize_by_hand():
         (dict(symmetric=1), "symmetric must be a bool"),
         (dict(axis=2), "axis 2 is out of range for a tensor with ndim=2"),
         (dict(axis=-1), "axis -1 is out of range"),
-        (dict(group_size=2), "axis and group_size are exclusive"),
-        (dict(axis=None, group_size=3, scale=np.ones((2, 1), np.float32)), "group_size=3 does not divide"),
+        (dict(group_size=2), r"scale has shape \(2,\), expected \(1, 2\)"),
+        (dict(axis=None, group_size=3), r"scale has shape \(2,\), expected \(2, 1\)"),
+        (dict(axis=None, group_size=2, flatten=True, scale=np.ones((2, 2), np.float32)),
+         r"scale has shape \(2, 2\), expected \(2, 1\)"),
+        (dict(axis=None, flatten=True), "flatten needs a group_size"),
+        (dict(axis=0, group_size=1, flatten=True), "takes no axis"),
+        (dict(flatten=1), "flatten must be a bool"),
         (dict(axis=None, group_size=0), "group_size must be an int >= 1"),
         (dict(dtype=np.dtype(np.int32)), "dtype must be a floating dtype"),
         (dict(dtype="nonsense"), "is not a numpy dtype"),
@@ -451,16 +465,16 @@ def test_repr_is_short_and_informative():
         "QuantizedArray(shape=(512, 256), dtype=float32, bits=4, symmetric=True, axis=0, group_size=None, "
         "scale=float32(512,), nbytes=67584)"
     )
-    assert "bfloat16" in repr(quantize({"w": np.ones((2, 2), BF16)}, 8)["w"])
+    assert "bfloat16" in repr(quantize({"w": np.ones((2, 2), BF16)}, 8, group_size=None)["w"])
 
 
 @pytest.mark.parametrize("bits", list(range(1, 17)))
 def test_code_dtypes(bits):
     w = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)}
-    q = quantize(w, bits)["w"]
+    q = quantize(w, bits, group_size=None)["w"]
     assert q.codes.dtype == (np.uint8 if bits == 1 else np.int8 if bits <= 8 else np.int16)
     if bits > 1:
-        a = quantize(w, bits, symmetric=False)["w"]
+        a = quantize(w, bits, symmetric=False, group_size=None)["w"]
         assert a.codes.dtype == a.zero_point.dtype == (np.uint8 if bits <= 8 else np.uint16)
         # [-1, 1] puts the zero point half way: rounding leaves one end of the range one step short
         assert a.codes.min() == 0 and 2**bits - 2 <= a.codes.max() <= 2**bits - 1
@@ -470,7 +484,7 @@ def test_the_nbytes_figures_of_the_algorithms_page():
     """docs/algorithms.md: a 256 x 512 float32 matrix quantized three ways."""
     w = {"w": np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)}
     sizes = [
-        coreprune.quantize(w, bits=8, include="w")["w"].nbytes,
+        coreprune.quantize(w, bits=8, group_size=None, include="w")["w"].nbytes,
         coreprune.quantize(w, bits=4, axis=0, include="w")["w"].nbytes,
         coreprune.quantize(w, bits=4, group_size=64, include="w")["w"].nbytes,
     ]

@@ -261,3 +261,25 @@ def test_hand_built_v0_v1_records_read_like_mxnet(tmp_path):
         assert r.versions == {"v0": 0, "v1": 1}
         for key in ("v0", "v1"):
             np.testing.assert_array_equal(r[key], theirs[key].asnumpy())
+
+
+@pytest.mark.parametrize("shape", [(2, 0), (0,), (0, 3)])
+def test_zero_size_arrays_as_mx_nd_save_writes_them(tmp_path, shape):
+    # mx.nd.save writes 0-size arrays as V2 (legacy-shape) records; mx.nd.load reads them back.
+    path = str(tmp_path / "theirs.params")
+    arrays = {
+        "empty": mx.nd.array(np.zeros(shape, np.float32)),
+        "matrix": mx.nd.array(np.arange(4.0).reshape(2, 2)),
+    }
+    mx.nd.save(path, arrays)
+    theirs = {k: v.asnumpy() for k, v in mx.nd.load(path).items()}
+    assert theirs["empty"].shape == shape
+    ours = cio.load(path)
+    for key, expected in theirs.items():
+        assert ours[key].shape == expected.shape and ours[key].dtype == expected.dtype
+        np.testing.assert_array_equal(ours[key], expected)
+    # and back: coreprune's default writer gives MXNet's bytes, which mx.nd.load reads
+    cio.save({k: np.asarray(v) for k, v in ours.items()}, tmp_path / "ours.params")
+    assert (tmp_path / "ours.params").read_bytes() == (tmp_path / "theirs.params").read_bytes()
+    again = mx.nd.load(str(tmp_path / "ours.params"))
+    assert again["empty"].shape == shape

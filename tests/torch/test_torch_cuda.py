@@ -114,3 +114,28 @@ def test_reapply_and_detach_masks_stay_on_the_device():
     assert not prune.is_pruned(net) and weight.device.type == "cuda" and weight.requires_grad
     values = weight.detach().cpu().numpy()
     assert np.all(values[~mask] == 0) and not np.signbit(values[~mask]).any()
+
+
+def test_attention_masks_ties_and_prefixes_stay_on_the_device():
+    from coreprune import prune_magnitude
+
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(8, 2, batch_first=True)
+    emb = nn.Embedding(20, 8)
+    model = nn.ModuleDict({"attn": attn, "embed": emb, "head": nn.Linear(8, 20, bias=False)})
+    model.head.weight = emb.weight
+    model = nn.DataParallel(model.cuda()).module  # a DataParallel-era model, back on its own
+    weights = to_numpy(model)
+    assert weights["embed.weight"] is weights["head.weight"]
+    _, masks = prune_magnitude(weights, 0.5, scope="global")
+    attach_masks(model, {"module." + k: v for k, v in masks.items()})  # prefixed names understood
+    x = model.embed(torch.randint(0, 20, (2, 5), device="cuda"))
+    out = model.head(model.attn(x, x, x, need_weights=False)[0])
+    out.square().mean().backward()
+    for name, tensor in model.state_dict().items():
+        assert tensor.device.type == "cuda", name
+    assert model.embed.weight_orig is model.head.weight_orig
+    load_numpy(model, to_numpy(model))
+    detach_masks(model)
+    assert all(p.device.type == "cuda" for p in model.parameters())
+    assert model.embed.weight is model.head.weight

@@ -118,10 +118,39 @@ def test_symmetric_per_channel_codes_equal_quantize_per_channel(seed):
 
 
 @pytest.mark.parametrize("seed", range(4))
+def test_full_range_int8_equals_torch_per_channel_symmetric_observer(seed):
+    """torch's per-channel symmetric int8: scale max|w| / 127.5 from its observer, codes in [-128, 127]."""
+    from torch.ao.quantization.observer import PerChannelMinMaxObserver
+
+    torch.manual_seed(seed)
+    w = torch.randn(32, 8, 3, 3) * (0.05 + seed)
+    w[3, 0, 0, 0] = -w[3].abs().max() * 1.5  # a channel whose peak is negative
+    observer = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    observer(w)
+    scale, zero_point = observer.calculate_qparams()
+    reference = torch.quantize_per_channel(w, scale, zero_point, 0, torch.qint8)
+    q = quantize({"w": w.numpy()}, 8, axis=0, full_range=True)["w"]
+    np.testing.assert_allclose(q.scale, scale.numpy().astype(np.float32), rtol=2**-23, atol=0)
+    got = q.codes.astype(np.int16)
+    ref = reference.int_repr().numpy().astype(np.int16)
+    # torch multiplies by 1/scale, coreprune divides: they differ only at ties such as the negative
+    # peak (-127.49999 here, -127.5 there), by one code
+    ratio = w.numpy().astype(np.float64) / q.scale.astype(np.float64).reshape(-1, 1, 1, 1)
+    differ = got != ref
+    assert np.abs(got - ref).max() <= 1
+    assert (np.abs(np.abs(ratio[differ]) % 1 - 0.5) < 1e-4).all()
+    assert got.min() >= -128 and ref.min() == -128
+    np.testing.assert_allclose(q.dequantize(), reference.dequantize().numpy(), rtol=0,
+                               atol=float(q.scale.max()))
+    restricted = quantize({"w": w.numpy()}, 8, axis=0)["w"]
+    assert (q.scale < restricted.scale).all()  # a finer step: 127.5 / 127 times smaller
+
+
+@pytest.mark.parametrize("seed", range(4))
 def test_affine_per_tensor_codes_equal_quantize_per_tensor(seed):
     torch.manual_seed(seed)
     w = torch.randn(32, 24) * (0.05 + seed) + 0.3 * seed
-    q = quantize({"w": w.numpy()}, 8, symmetric=False)["w"]
+    q = quantize({"w": w.numpy()}, 8, symmetric=False, group_size=None)["w"]
     reference = torch.quantize_per_tensor(w, float(q.scale), int(q.zero_point), torch.quint8)
     np.testing.assert_array_equal(q.codes, reference.int_repr().numpy())
     np.testing.assert_array_equal(q.dequantize(), reference.dequantize().numpy())
@@ -136,6 +165,6 @@ def test_affine_n_bit_dequantization_equals_fake_quantize(bits):
         w, torch.from_numpy(q.scale), torch.from_numpy(q.zero_point.astype(np.int32)), 0, 0, 2**bits - 1
     )
     np.testing.assert_array_equal(dequantize({"w": q})["w"], reference.numpy())
-    q = quantize({"w": w.numpy()}, bits, symmetric=False)["w"]
+    q = quantize({"w": w.numpy()}, bits, symmetric=False, group_size=None)["w"]
     reference = torch.fake_quantize_per_tensor_affine(w, float(q.scale), int(q.zero_point), 0, 2**bits - 1)
     np.testing.assert_array_equal(q.dequantize(), reference.numpy())

