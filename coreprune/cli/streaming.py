@@ -128,9 +128,10 @@ def _quantize_step(
     args: argparse.Namespace, counts: _Counts, keep_codes: bool
 ) -> Callable[[str, np.ndarray], Any]:
     def step(name: str, w: np.ndarray) -> Any:
+        group_size = args.group_size if args.group_size is not None else None if args.per_tensor else "auto"
         q = quantize(
-            {name: w}, args.bits, symmetric=not args.affine, axis=args.axis, group_size=args.group_size,
-            include=_EVERYTHING,
+            {name: w}, args.bits, symmetric=not args.affine, axis=args.axis, group_size=group_size,
+            flatten=args.flatten, method=args.method, full_range=args.full_range, include=_EVERYTHING,
         )[name]
         counts.quantized += 1
         return q if keep_codes else q.dequantize()
@@ -187,9 +188,13 @@ def _summary(args: argparse.Namespace, output: str, counts: _Counts, tensors: in
     if counts.quantized:
         how = "affine" if args.affine else "symmetric"
         if args.group_size:
-            scope = f"groups of {args.group_size}"
+            scope = f"groups of {args.group_size}" + (" of the flattened fan-in" if args.flatten else "")
+        elif args.axis is not None:
+            scope = f"axis {args.axis}"
         else:
-            scope = "per tensor" if args.axis is None else f"axis {args.axis}"
+            scope = "per tensor" if args.per_tensor else "default layouts"
+        if args.method != "rtn" or args.full_range:
+            scope += f", {args.method}" + (", full range" if args.full_range else "")
         parts.append(f"quantized {counts.quantized} to {args.bits} bits ({how}, {scope})")
     size_in, size_out = os.path.getsize(args.input), os.path.getsize(output)
     _say(args, f"wrote {output}: {_human(size_out)} (input {_human(size_in)}); " + "; ".join(parts))
