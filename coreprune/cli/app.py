@@ -15,6 +15,7 @@ from .common import (
     _PROG,
     CliError,
     _bits,
+    _float,
     _fraction,
     _group_size,
     _int,
@@ -108,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", parents=[output, picks, common], help="n-bit quantization",
                        description="Quantize to B-bit integer codes. A .cpz output keeps the codes; other "
                        "formats get the dequantized values.")
-    quant_options(p, required=True)
+    quant_options(p, required=False)
+    p.add_argument("--budget", type=_float, metavar="X",
+                   help="instead of --bits: average bits per weight (codes, scales, zero points); "
+                        "each tensor gets 2, 3, 4, 6 or 8 bits by its reconstruction error "
+                        "(reads the input twice)")
     p.set_defaults(run=_cmd_quantize)
 
     p = sub.add_parser("compress", parents=[output, picks, common], help="prune and/or quantize into .cpz",
@@ -134,6 +139,8 @@ def _check_combinations(args: argparse.Namespace) -> None:
     """Rules argparse cannot state: --global needs --sparsity, quantization details need --bits."""
     if getattr(args, "global_", False) and args.sparsity is None:
         raise CliError(f"{args.command}: --global goes with --sparsity")
+    if args.command == "quantize" and (args.bits is None) == (args.budget is None):
+        raise CliError("quantize: give --bits B or --budget X (one of them)")
     if args.command == "compress" and args.bits is None:
         given = [f for f, v in (("--affine", args.affine), ("--axis", args.axis is not None),
                                 ("--group-size", args.group_size is not None),

@@ -62,3 +62,37 @@ def test_flatten_without_a_group_size_is_one_error_line(tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1 and "flatten needs an int group_size" in err[0]
     assert not (tmp_path / "q.cpz").exists()
+
+
+def test_budget_allocates_as_the_library_and_shows_the_bits(tmp_path, capsys):
+    model = make_model()
+    src, out = tmp_path / "m.npz", tmp_path / "q.cpz"
+    cio.save(model, src)
+    assert main(["quantize", str(src), "-o", str(out), "--budget", "5"]) == 0
+    said = capsys.readouterr().out
+    expected = coreprune.quantize(model, budget=5.0)
+    got = load_compressed(out)
+    bits = set()
+    for name, v in expected.items():
+        if isinstance(v, QuantizedArray):
+            assert got[name].bits == v.bits and got[name].layout == v.layout
+            np.testing.assert_array_equal(got[name].codes, v.codes)
+            bits.add(v.bits)
+    assert len(bits) > 1 and "for a budget of 5 bits per weight" in said
+    assert main(["inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert all(f"q{b}" in shown for b in bits)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--budget", "1"], "budget 1.0 bits per weight is below"),
+    ([], "give --bits B or --budget X"),
+    (["--bits", "4", "--budget", "4.5"], "give --bits B or --budget X"),
+])
+def test_budget_errors_are_one_line(tmp_path, capsys, argv, fragment):
+    src = tmp_path / "m.npz"
+    cio.save(make_model(), src)
+    code = main(["quantize", str(src), "-o", str(tmp_path / "q.cpz"), *argv])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and fragment in err[0]
+    assert not (tmp_path / "q.cpz").exists()
