@@ -48,7 +48,7 @@ import ml_dtypes
 import numpy as np
 
 from . import pickle_vm
-from .pickle_vm import BUILTIN_GLOBALS, PickleGlobal, PickleVM, _bad, _check_int, _int_tuple
+from .pickle_vm import BUILTIN_GLOBALS, PickleGlobal, PickleVM, _bad, _check_int, _int_tuple, short_repr
 
 __all__ = [
     "StorageRef",
@@ -215,14 +215,14 @@ def _persistent_load(u: PickleVM, pid: Any) -> StorageRef:
         )
     tag = pid[0].decode("ascii", "replace") if isinstance(pid[0], bytes) else pid[0]
     if tag != "storage":
-        detail = f" of class {pid[1]!r:.80}" if tag == "module" and len(pid) > 1 else ""
-        raise u.refuse(f"has a persistent id tagged {tag!r:.40}{detail}; only storages are read")
+        detail = f" of class {short_repr(pid[1], 80)}" if tag == "module" and len(pid) > 1 else ""
+        raise u.refuse(f"has a persistent id tagged {short_repr(tag, 40)}{detail}; only storages are read")
     if len(pid) not in (5, 6):
         raise _bad(src, f"storage persistent id has {len(pid)} fields, expected 5 or 6")
     stype, key, location, numel = pid[1], pid[2], pid[3], pid[4]
     view = pid[5] if len(pid) == 6 else None
     if not isinstance(stype, PickleGlobal) or stype.kind != "storage":
-        raise _bad(src, f"storage persistent id names {stype!r}, not a storage type")
+        raise _bad(src, f"storage persistent id names {short_repr(stype, 60)}, not a storage type")
     if stype.dtype is None:
         raise _bad(src, f"{stype.name} has no NumPy dtype")
     if isinstance(location, bytes):
@@ -273,7 +273,7 @@ def _tensor(
     conj = neg = False
     if metadata is not None:
         if type(metadata) is not dict or not set(metadata) <= {"conj", "neg"}:
-            raise _bad(src, f"{func}: unknown tensor metadata {metadata!r:.80}")
+            raise _bad(src, f"{func}: unknown tensor metadata {short_repr(metadata, 80)}")
         conj, neg = bool(metadata.get("conj", False)), bool(metadata.get("neg", False))
         # torch sets these bits on views of complex tensors only (x.conj(), x.conj().imag).
         if (conj and dtype.kind != "c") or (neg and dtype.kind not in "fcV"):
