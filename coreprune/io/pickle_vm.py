@@ -129,7 +129,7 @@ def short_repr(value: Any, limit: int = 80) -> str:
     >>> for _ in range(100):
     ...     t = (t, t)
     >>> short_repr(t, 30)
-    '((((((...), (...)), ((...),...'
+    '(((((((...), (...)), ((...)...'
     """
     import reprlib
 
