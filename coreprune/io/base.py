@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,6 +325,60 @@ def write_c_order(f: BinaryIO, array: np.ndarray, *, chunk_bytes: int = 16 << 20
     return int(a.nbytes)
 
 
+#: Longest file name the temporary file may have, in bytes (NAME_MAX on Linux and macOS).
+_NAME_MAX = 255
+
+
+def _temp_prefix(name: str) -> str:
+    """``.<name>.`` cut so that mkstemp's name (prefix + 8 random characters + ``.tmp``) fits NAME_MAX.
+
+    The output name itself may be up to NAME_MAX bytes; its temporary sibling keeps as much of it as
+    fits, cut at a character boundary of its file-system encoding.
+
+    Examples
+    --------
+    >>> _temp_prefix("w.npz")
+    '.w.npz.'
+    >>> len(_temp_prefix("x" * 255).encode())
+    243
+    """
+    room = _NAME_MAX - 8 - len(".tmp") - 2
+    # File names are bytes: a cut inside a multi-byte character round-trips through surrogateescape.
+    return f".{os.fsdecode(os.fsencode(name)[:room])}."
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived during an atomic write: unwind (deleting the temporary file), then die of it."""
+
+
+@contextlib.contextmanager
+def _cleanup_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into an exception while the block runs, so ``finally`` clauses delete temp files.
+
+    Only in the main thread and only when SIGTERM has its default action (a program's own handler
+    is left alone); afterwards the default action is restored and, if the signal came, re-raised so
+    the process still ends as killed by SIGTERM.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise  # only reached where the signal cannot kill (it was blocked): still unwind
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def atomic_write(
     path: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = ()
@@ -330,7 +386,10 @@ def atomic_write(
     """Open a temporary file beside ``path``; on success rename it over ``path``, on error delete it.
 
     Readers of ``path`` see either the old file or the complete new one, never a partial
-    write. Refuses to write over any of ``inputs`` (the files being read).
+    write. Refuses to write over any of ``inputs`` (the files being read). The temporary file
+    is deleted on any exception, Ctrl-C, and SIGTERM (while SIGTERM has its default action, it
+    is caught for the duration of the write, the file deleted, and the signal delivered again).
+    Its name is at most NAME_MAX (255) bytes whatever the length of ``path``'s name.
 
     Parameters
     ----------
@@ -358,18 +417,19 @@ def atomic_write(
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise WeightFileError(f"{path}: the folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        # mkstemp creates 0600; the finished file gets the permissions a plain open() would give.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with _cleanup_on_sigterm():
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=parent)
+        try:
+            # mkstemp creates 0600; the finished file gets the permissions a plain open() would give.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
