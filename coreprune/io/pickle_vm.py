@@ -90,6 +90,8 @@ __all__ = [
     "MAX_INT_BYTES",
     "BUILT_PER_BYTE",
     "short_repr",
+    "PickledObject",
+    "opaque_global",
     "PickleGlobal",
     "PickleVM",
     "BUILTIN_GLOBALS",
@@ -177,6 +179,57 @@ class Buildable:
 
     def build(self, vm: PickleVM, state: Any) -> Any:  # pragma: no cover - every subclass overrides
         raise vm.refuse(f"sets the state of a {type(self).__name__}")
+
+
+class PickledObject(Buildable):
+    """An object of a global the caller allowed without a stand-in: a record, never an instance.
+
+    ``allow_globals=["argparse.Namespace"]`` (:func:`opaque_global`) lets a pickle name a harmless
+    class that is not in the allowlist. Nothing is imported or called: calling the global gives this
+    record of its name, its arguments and (after ``BUILD``) its state, as plain pickled values.
+
+    Attributes
+    ----------
+    name : str
+        ``"module.Name"``.
+    args : tuple
+        The arguments the pickle called it with (``REDUCE`` / ``NEWOBJ``).
+    state : object
+        What ``BUILD`` set (usually a dict of attributes), or None.
+
+    Examples
+    --------
+    >>> import argparse, io, pickle
+    >>> data = pickle.dumps({"args": argparse.Namespace(lr=0.1)}, protocol=2)
+    >>> restricted_load(io.BytesIO(data), [opaque_global("argparse.Namespace")])
+    {'args': PickledObject('argparse.Namespace', args=(), state={'lr': 0.1})}
+    """
+
+    def __init__(self, name: str, args: tuple = (), state: Any = None) -> None:
+        self.name, self.args, self.state = name, args, state
+
+    def build(self, vm: PickleVM, state: Any) -> PickledObject:
+        return PickledObject(self.name, self.args, state)
+
+    def __repr__(self) -> str:
+        return f"PickledObject({self.name!r}, args={short_repr(self.args)}, state={short_repr(self.state)})"
+
+
+def opaque_global(name: str) -> PickleGlobal:
+    """A stand-in for ``name`` that builds :class:`PickledObject` records (an explicit opt-in).
+
+    Examples
+    --------
+    >>> opaque_global("argparse.Namespace")
+    argparse.Namespace
+    """
+    if not isinstance(name, str) or name.count(".") < 1 or any(not p.isidentifier() for p in name.split(".")):
+        raise CompressionError(f"allow a global as 'module.Name', got {name!r:.80}")
+
+    def make(vm: PickleVM, *args: Any) -> PickledObject:
+        return PickledObject(name, args)
+
+    return PickleGlobal(name, "call", None, make)
 
 
 def _bad(source: str, message: str) -> WeightFileError:

@@ -31,7 +31,16 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import WeightFileError
-from .base import TensorSpec, WeightReader, check_extent, check_shape, read_exact, spec_of, write_c_order
+from .base import (
+    TensorSpec,
+    WeightReader,
+    check_extent,
+    check_shape,
+    file_region,
+    read_exact,
+    spec_of,
+    write_c_order,
+)
 
 __all__ = [
     "FORMAT",
@@ -126,8 +135,9 @@ class SafetensorsReader(WeightReader):
 
     format = FORMAT
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, mmap: bool = True) -> None:
         super().__init__(path)
+        self._mmap = mmap
         try:
             size = os.path.getsize(self.path)
             with open(self.path, "rb") as f:
@@ -212,17 +222,26 @@ class SafetensorsReader(WeightReader):
         spec = self._specs[name]
         if spec.nbytes == 0:
             return np.empty(spec.shape, spec.dtype)
-        return np.memmap(self.path, spec.dtype, "r", self._data_start + self._offsets[name], spec.shape)
+        raw = file_region(self.path, self._data_start + self._offsets[name], spec.nbytes, mmap=self._mmap,
+                          what=f"tensor {name!r:.80}")
+        return raw.view(spec.dtype).reshape(spec.shape)
 
 
-def open_reader(path: str | os.PathLike, **options: Any) -> SafetensorsReader:
+def open_reader(
+    path: str | os.PathLike, *, mmap: bool = True, max_expansion: int | None = None, **options: Any
+) -> SafetensorsReader:
     """Open a safetensors file lazily.
 
     Parameters
     ----------
     path : path-like
+    mmap : bool
+        Serve tensors as memory maps (default) or read each into memory when it is indexed
+        (safe against the file changing; see :func:`coreprune.io.base.file_region`).
+    max_expansion : int, optional
+        Accepted for the common reader interface: safetensors data never expands.
     **options
-        None are accepted.
+        None other are accepted.
 
     Returns
     -------
@@ -247,7 +266,7 @@ def open_reader(path: str | os.PathLike, **options: Any) -> SafetensorsReader:
     """
     if options:
         raise TypeError(f"the safetensors reader takes no options, got {', '.join(options)}")
-    return SafetensorsReader(path)
+    return SafetensorsReader(path, mmap=mmap)
 
 
 def write(

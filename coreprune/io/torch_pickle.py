@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import collections
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
@@ -62,7 +62,9 @@ __all__ = [
 
 _REFUSAL = (
     "which is not a tensor, storage, dtype or plain container; refused before anything ran (only "
-    "weights-only checkpoints are read: save model.state_dict(), not the model or arbitrary objects)"
+    "weights-only checkpoints are read: save model.state_dict(), not the model or arbitrary objects; "
+    "if you trust this one, read it as an opaque record with allow_globals=['<that name>'], "
+    "or --allow-global <that name> on the command line: nothing is ever imported or called)"
 )
 
 
@@ -413,6 +415,7 @@ def load_torch_pickle(
     source: str,
     storage_hook: Callable[[StorageRef], None] | None = None,
     max_tensor_nbytes: int | None = None,
+    allow_globals: Iterable[str] = (),
 ) -> Any:
     """Unpickle one PyTorch pickle from ``f`` with torch's allowlist; ``f`` is left after its STOP.
 
@@ -430,6 +433,10 @@ def load_torch_pickle(
     max_tensor_nbytes : int, optional
         Refuse any tensor whose dense size exceeds this (the file size): a stride-0 view
         over a small storage could otherwise ask for an allocation larger than the file.
+    allow_globals : iterable of str
+        More ``"module.Name"`` globals the pickle may name (an explicit opt-in, like
+        ``torch.serialization.add_safe_globals``); each builds an opaque
+        :class:`~coreprune.io.pickle_vm.PickledObject` record, nothing is imported or called.
 
     Returns
     -------
@@ -450,9 +457,13 @@ def load_torch_pickle(
     >>> load_torch_pickle(io.BytesIO(data), end=len(data), source="ckpt.pt")
     {'epoch': 3, 'lr': [0.1, 0.01]}
     """
+    table = _GLOBALS
+    extra = [name for name in allow_globals if name not in _GLOBALS]
+    if extra:
+        table = {**_GLOBALS, **{name: pickle_vm.opaque_global(name) for name in extra}}
     return pickle_vm.restricted_load(
         f,
-        _GLOBALS,
+        table,
         end=end,
         source=source,
         refusal=_REFUSAL,
