@@ -192,3 +192,11 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
         assert (path.stat().st_mode & 0o777) == 0o644
     finally:
         os.umask(umask)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors", ".cpz", ".pt"])
+def test_reader_options_a_format_does_not_take_are_one_weightfileerror(tmp_path, suffix):
+    path = tmp_path / f"w{suffix}"
+    cio.save({"w": np.ones(2, np.float32)}, path)
+    with pytest.raises(WeightFileError, match=str(path).replace("\\", "\\\\")):
+        cio.open_weights(path, bogus=1)
