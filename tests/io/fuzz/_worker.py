@@ -35,6 +35,52 @@ def _exercise(request: dict) -> dict:
     path, kind = request["path"], request.get("kind", "read")
     options = request.get("options") or {}
     try:
+        if kind == "map":  # the gluon-to-torch name mapping over the file's names
+            from coreprune.name_mapping import gluon_to_torch_names
+
+            with cio.open_weights(path, **options) as reader:
+                names = list(reader)
+            return {"outcome": "ok", "tensors": {"mapped": [len(gluon_to_torch_names(names)), "", ""]}}
+        if kind == "truncate":  # open (no mmap), then the file shrinks before the tensors are read
+            import shutil
+
+            copy = path + ".copy" + os.path.splitext(path)[1]
+            shutil.copyfile(path, copy)
+            try:
+                with cio.open_weights(copy, mmap=False, **options) as reader:
+                    os.truncate(copy, os.path.getsize(copy) // 2)
+                    for name in reader:
+                        np.asarray(reader[name]).sum()
+            finally:
+                os.unlink(copy)
+            return {"outcome": "ok", "tensors": {}}
+        if kind == "save-as":  # read, then write to an output name of NAME_MAX bytes beside the file
+            folder = os.path.dirname(path)
+            out = os.path.join(folder, request["output"])
+            try:
+                cio.save(cio.load(path, **options), out)
+                left = [n for n in os.listdir(folder) if n.endswith(".tmp")]
+                return {"outcome": "ok" if not left else "bug", "tensors": {}, "message": str(left)}
+            finally:
+                if os.path.exists(out):
+                    os.unlink(out)
+        if kind == "cli":  # the command line, in process: exit status and its stderr
+            import contextlib
+            import io as _io
+
+            from coreprune.cli import main as cli_main
+
+            err, out = _io.StringIO(), _io.StringIO()
+            folder = os.path.dirname(path)
+            argv = [a.replace("{path}", path).replace("{dir}", folder) for a in request["argv"]]
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+                code = cli_main(argv)
+            lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+            if code == 2 and len(lines) == 1:
+                return {"outcome": "error", "type": "WeightFileError", "message": lines[0]}
+            if code == 0:
+                return {"outcome": "ok", "tensors": {}, "message": out.getvalue()[-2000:]}
+            return {"outcome": "bug", "type": f"exit {code}", "message": err.getvalue()[-2000:]}
         if kind == "cpz-raw":
             from coreprune.io.cpz import load_compressed
 

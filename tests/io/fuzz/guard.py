@@ -81,12 +81,12 @@ class Guard:
             path.unlink(missing_ok=True)
 
     def check(self, path: Path, *, format: str | None = None, options: dict | None = None,
-              kind: str = "read") -> Result:
+              kind: str = "read", **extra: Any) -> Result:
         if self.proc is None or self.proc.poll() is not None:
             self.proc = self._start()
         proc = self.proc
         assert proc.stdin is not None and proc.stdout is not None
-        request = {"path": str(path), "format": format, "options": options or {}, "kind": kind}
+        request = {"path": str(path), "format": format, "options": options or {}, "kind": kind, **extra}
         start = time.monotonic()
         proc.stdin.write(json.dumps(request) + "\n")
         proc.stdin.flush()
