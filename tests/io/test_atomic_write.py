@@ -29,12 +29,15 @@ def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path):
             time.sleep(60)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
-        assert proc.stdout.readline().strip() == "writing"
+        line = proc.stdout.readline().strip()
+        assert line == "writing", (line, proc.poll())
         assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # the write is under way
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == -signal.SIGTERM  # still dies of the signal
+        code = proc.wait(timeout=60)
+        assert code == -signal.SIGTERM, (code, proc.stderr.read()[-2000:])  # still dies of the signal
     finally:
         proc.kill()
         proc.wait()

@@ -23,7 +23,8 @@ EXPECTED = json.loads((CORPUS / "expected.json").read_text())
 
 @pytest.fixture(scope="module")
 def guard():
-    g = Guard(timeout=30)
+    # Generous: the plot case imports matplotlib, which builds its font cache on a fresh install.
+    g = Guard(timeout=120)
     yield g
     g.close()
 
