@@ -23,6 +23,8 @@ from typing import Any
 WORKER = Path(__file__).with_name("_worker.py")
 #: A small file must be done in a few seconds (issue 11); the guard allows a margin for a loaded CI host.
 TIMEOUT_S = float(os.environ.get("COREPRUNE_FUZZ_TIMEOUT", "10"))
+#: How long the worker may take to import numpy and coreprune (not counted in any case's time).
+STARTUP_S = 300.0
 #: Peak Python-heap allocation allowed while reading a file of ``n`` bytes: 2 n + 200 MiB (issue 11).
 MEMORY_SLACK = 200 << 20
 
@@ -61,7 +63,7 @@ class Guard:
 
     def _start(self) -> subprocess.Popen:
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, str(WORKER)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -70,6 +72,13 @@ class Guard:
             text=True,
             bufsize=1,
         )
+        # Wait for the imports to finish (slow on a loaded host) before any case is timed.
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], STARTUP_S)
+        if not ready or proc.stdout.readline().strip() != "ready":
+            proc.kill()
+            raise RuntimeError(f"the fuzz worker did not start within {STARTUP_S:.0f} s")
+        return proc
 
     def check_bytes(self, data: bytes, suffix: str, **request: Any) -> Result:
         self.count += 1
