@@ -16,7 +16,9 @@ from .common import (
     CliError,
     _bits,
     _float,
+    _byte_count,
     _fraction,
+    _global_name,
     _group_size,
     _int,
     _one_line,
@@ -39,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar, summary or notes")
+    reading = common.add_argument_group("reading untrusted files (docs/security.md)")
+    reading.add_argument("--max-expansion", type=_byte_count, metavar="BYTES",
+                         help="bytes the input may expand to beyond what it stores (deflated members, "
+                              "sparse arrays, .cpz layouts, shared torch storages); default "
+                              "max(32 x the file size, 128 MiB); suffixes K, M, G, T")
+    reading.add_argument("--allow-global", action="append", type=_global_name, metavar="MODULE.NAME",
+                         help="let a torch checkpoint name this global outside the allowlist (read as an "
+                              "opaque record; nothing is imported or run); repeatable")
 
     picks = argparse.ArgumentParser(add_help=False)
     picks.add_argument("--include", action="append", metavar="GLOB",
@@ -192,6 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as e:
         message = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+    except RecursionError:  # a last line of defence: the readers bound nesting, but never a traceback
+        message = "the input nests too deeply to be processed (corrupted or hostile?)"
+    except MemoryError:
+        message = "out of memory (the input declares more data than fits; see --max-expansion)"
     except KeyboardInterrupt:
         print(f"{_PROG}: interrupted", file=sys.stderr)
         return 130

@@ -35,7 +35,18 @@ from ..layout_planner import Value, _dtype_name, _fill_codes, _little, _param_sh
 from ..packing import pack_bits, unpack_bits
 from ..quant_layout import layout_problem
 from ..quantization import QuantizedArray
-from .base import TensorSpec, WeightReader, atomic_write, check_extent, element_count, read_exact
+from .base import (
+    MAX_NDIM,
+    ExpansionMeter,
+    TensorSpec,
+    WeightReader,
+    atomic_write,
+    check_extent,
+    check_names_encodable,
+    check_shape,
+    element_count,
+    read_exact,
+)
 
 __all__ = [
     "save_compressed",
@@ -231,6 +242,7 @@ def write(
     for k, v in meta.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise CompressionError(f"metadata must map str to str; got {k!r}: {type(v).__name__}")
+    check_names_encodable(weights, ".cpz")
     out = _CountingWriter(f)
     out.write(_HEADER.pack(MAGIC, VERSION, 0))
     tensors = []
@@ -362,18 +374,20 @@ def _validate_entry(raw: object, path: Path, data_end: int) -> _Entry:
     if kind not in ("dense", "quantized") or layout not in ("full", "bitmask", "csr"):
         raise _fail(where, f"unknown kind/layout {kind!r}/{layout!r}")
     shape_raw = _field(raw, "shape", list, where)
-    if not all(_is_int(d) and d >= 0 for d in shape_raw):
-        raise _fail(where, f"bad shape {shape_raw!r}")
-    shape = tuple(shape_raw)
-    n = element_count(shape)
     dtype = _parse_dtype(raw.get("dtype"), where)
+    if len(shape_raw) > MAX_NDIM or not all(_is_int(d) and d >= 0 for d in shape_raw):
+        shown = shape_raw if len(shape_raw) <= 8 else [*shape_raw[:8], "..."]
+        raise _fail(where, f"bad shape {shown!r:.200} ({len(shape_raw)} dims; at most {MAX_NDIM} "
+                           "non-negative integers)")
+    shape = check_shape(path, f"tensor {name!r:.80}", shape_raw, dtype.itemsize)
+    n = element_count(shape)
     if n * dtype.itemsize >= _MAX_NBYTES:
         raise _fail(where, f"declared shape {shape} is impossibly large")
     blobs_raw = _field(raw, "blobs", dict, where)
     blobs: dict[str, tuple[int, int, int]] = {}
     for role, b in blobs_raw.items():
         if not (isinstance(b, list) and len(b) == 3 and all(_is_int(x) and x >= 0 for x in b)):
-            raise _fail(where, f"bad blob record {role!r}: {b!r}")
+            raise _fail(where, f"bad blob record {role!r:.40}: {b!r:.80}")
         check_extent(path, f"tensor {name!r} blob {role!r}", b[0], b[1], data_end)
         if b[0] < _HEADER.size:
             raise _fail(where, f"blob {role!r} overlaps the header")
@@ -454,13 +468,14 @@ class CpzReader(WeightReader):
 
     format = FORMAT
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, max_expansion: int | None = None) -> None:
         super().__init__(path)
         try:
             self._f: BinaryIO | None = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         except OSError as e:
             raise WeightFileError(f"{self.path}: cannot open ({e.strerror or e})") from None
         try:
+            self._meter = ExpansionMeter(self.path, os.fstat(self._f.fileno()).st_size, max_expansion)
             self._entries = self._read_manifest()
         except BaseException:
             self.close()
@@ -585,6 +600,10 @@ class CpzReader(WeightReader):
         """
         e = self._entry(name)
         n = element_count(e.shape)
+        # Sparse layouts and bit-packed codes expand: charge the dense result before allocating it.
+        itemsize = max(e.dtype.itemsize, e.code_dtype.itemsize if e.code_dtype is not None else 0)
+        self._meter.charge(name, n * itemsize, sum(b[1] for b in e.blobs.values()),
+                           what=f"tensor {name!r:.80} ({e.kind}, {e.layout}, shape {e.shape})")
         positions = None if e.layout == "full" else self._positions(e)
         if e.kind == "dense":
             values = self._blob(e, "values", e.dtype)
@@ -632,13 +651,24 @@ class CpzReader(WeightReader):
             self._f = None
 
 
-def open_reader(path: str | os.PathLike, **options: Any) -> CpzReader:
+def open_reader(
+    path: str | os.PathLike, *, max_expansion: int | None = None, mmap: bool = True, **options: Any
+) -> CpzReader:
     """Open a ``.cpz`` file lazily (the :mod:`coreprune.io` reader interface).
+
+    Parameters
+    ----------
+    path : path-like
+    max_expansion : int, optional
+        Bytes that sparse layouts and packed codes may expand to beyond the bytes stored, all
+        tensors together (default :func:`coreprune.io.base.expansion_budget`).
+    mmap : bool
+        Accepted for the common reader interface; ``.cpz`` blobs are always read, never mapped.
 
     Raises
     ------
     WeightFileError
-        Any option (the format has none), or a file that cannot be opened or is not a valid ``.cpz``.
+        Any other option, or a file that cannot be opened or is not a valid ``.cpz``.
 
     Examples
     --------
@@ -651,15 +681,18 @@ def open_reader(path: str | os.PathLike, **options: Any) -> CpzReader:
     """
     if options:
         raise WeightFileError(f"{path}: the cpz reader takes no options, got {', '.join(sorted(options))}")
-    return CpzReader(path)
+    return CpzReader(path, max_expansion=max_expansion)
 
 
-def load_compressed(path: str | os.PathLike) -> dict[str, Value]:
+def load_compressed(path: str | os.PathLike, *, max_expansion: int | None = None) -> dict[str, Value]:
     """Read a ``.cpz`` file: arrays and QuantizedArrays exactly as :func:`save_compressed` wrote them.
 
     Parameters
     ----------
     path : path-like
+    max_expansion : int, optional
+        Bytes the sparse layouts and packed codes may expand to beyond the bytes stored
+        (default :func:`coreprune.io.base.expansion_budget`).
 
     Returns
     -------
@@ -681,5 +714,5 @@ def load_compressed(path: str | os.PathLike) -> dict[str, Value]:
     path = Path(path)
     if not path.is_file():
         raise WeightFileError(f"{path}: no such file")
-    with CpzReader(path) as reader:
+    with CpzReader(path, max_expansion=max_expansion) as reader:
         return {name: reader.raw(name) for name in reader}
