@@ -9,6 +9,8 @@ imports torch or mxnet on its own; the converters are the subpackages :mod:`core
 * quantization: :func:`quantize`, :func:`dequantize`, :class:`QuantizedArray`
 * files: :mod:`coreprune.io` (``load``, ``save``, ``open_weights``), :func:`save_compressed`,
   :func:`load_compressed`
+  (the ``.cpz`` format, :mod:`coreprune.io.cpz`), :func:`encoded_nbytes` and :func:`layout_of` (its
+  size planner)
 * distillation and light architectures: :mod:`coreprune.distill`, :mod:`coreprune.arch`
 * selection of tensors: :func:`select`; errors: :class:`CompressionError`
 
@@ -28,9 +30,10 @@ from __future__ import annotations
 
 from . import arch, distill, io
 from .arch import channel_shuffle
-from .compressed import load_compressed, save_compressed
 from .distill import kd_loss, kd_loss_and_grad
 from .errors import CompressionError, UnsafePickleError, WeightFileError
+from .io.cpz import load_compressed, save_compressed
+from .layout_planner import encoded_nbytes, layout_of
 from .pruning import (
     GlobalThreshold,
     apply_masks,
@@ -66,5 +69,7 @@ __all__ = [
     "kd_loss_and_grad",
     "save_compressed",
     "load_compressed",
+    "encoded_nbytes",
+    "layout_of",
     "__version__",
 ]

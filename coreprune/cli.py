@@ -25,11 +25,11 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import __version__
-from .compressed import CpzReader, save_compressed
 from .errors import CompressionError
 from .inspect_stats import DEFAULT_THRESHOLD, TensorStats, tensor_stats, totals
 from .io import detect_format, open_weights, save
 from .io.base import TensorSpec, WeightReader, atomic_write
+from .io.cpz import CpzReader, save_compressed
 from .name_mapping import MAPPINGS, torch_batch_norm_counters
 from .pruning import GlobalThreshold, _spec_view, global_magnitude_threshold, prune_magnitude, prune_threshold
 from .quantization import quantize

@@ -13,7 +13,7 @@ format           extensions                     module
 ``torch``        ``.pt``, ``.pth``, ``.bin``,   :mod:`coreprune.io.torch_format`
                  ``.ckpt``
 ``safetensors``  ``.safetensors``               :mod:`coreprune.io.safetensors_format`
-``cpz``          ``.cpz``                       :mod:`coreprune.compressed` (reads dequantized)
+``cpz``          ``.cpz``                       :mod:`coreprune.io.cpz` (reads dequantized)
 ===============  =============================  ==========================================
 
 Each format module provides ``FORMAT``, ``EXTENSIONS``, ``sniff(head: bytes) -> bool``,
@@ -48,7 +48,7 @@ FORMATS: dict[str, str] = {
     "mxnet": "coreprune.io.mxnet_params",
     "torch": "coreprune.io.torch_format",
     "safetensors": "coreprune.io.safetensors_format",
-    "cpz": "coreprune.compressed",
+    "cpz": "coreprune.io.cpz",
 }
 
 _HEAD_BYTES = 64

@@ -21,9 +21,8 @@ import pytest
 
 import coreprune
 import coreprune.io as cio
-from coreprune import QuantizedArray
+from coreprune import QuantizedArray, load_compressed, save_compressed
 from coreprune.cli import _progress, build_parser, main
-from coreprune.compressed import load_compressed, save_compressed
 
 FORMATS = [".npz", ".safetensors", ".pt", ".cpz"]
 
@@ -338,7 +337,7 @@ def test_compress_then_decompress_equals_prune_quantize_dequantize(run, npz, mod
             assert same(got[k].codes, v.codes) and same(got[k].scale, v.scale)
         else:
             assert same(got[k], v)
-    honest = sum(coreprune.compressed.encoded_nbytes(v) for v in expected.values())
+    honest = sum(coreprune.encoded_nbytes(v) for v in expected.values())
     manifest_len = int.from_bytes(cpz.read_bytes()[-16:-8], "little")
     # header 16 + footer 24 + manifest + at most 7 bytes of alignment before each of <= 4 blobs a tensor
     assert 0 <= os.path.getsize(cpz) - honest - manifest_len - 40 < 7 * 4 * len(expected)

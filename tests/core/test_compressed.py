@@ -16,17 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import coreprune
-from coreprune import CompressionError, QuantizedArray, WeightFileError
-from coreprune.compressed import (
-    MAGIC,
-    VERSION,
-    CpzReader,
+from coreprune import (
+    CompressionError,
+    QuantizedArray,
+    WeightFileError,
     encoded_nbytes,
     layout_of,
     load_compressed,
     save_compressed,
-    write,
 )
+from coreprune.io.cpz import MAGIC, VERSION, CpzReader, write
 
 FOOTER = struct.Struct("<QQI4s")
 

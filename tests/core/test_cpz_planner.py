@@ -14,7 +14,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coreprune.compressed import _encode_gaps, _plan, write
+from coreprune.io.cpz import _encode_gaps, write
+from coreprune.layout_planner import _plan
 from coreprune.packing import pack_bits
 from coreprune.quantization import QuantizedArray
 

@@ -24,7 +24,7 @@ pytest.importorskip("mxnet.gluon", reason="needs MXNet")
 from mxnet import gluon  # noqa: E402
 
 import coreprune  # noqa: E402
-from coreprune.compressed import load_compressed  # noqa: E402
+from coreprune import load_compressed  # noqa: E402
 
 _RUNNER = r"""
 import contextlib, io, json, sys

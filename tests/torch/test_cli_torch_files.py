@@ -24,7 +24,7 @@ pytest.importorskip("torch.nn", reason="needs PyTorch")
 import torch.nn.utils.prune as tprune  # noqa: E402
 
 import coreprune  # noqa: E402
-from coreprune.compressed import load_compressed  # noqa: E402
+from coreprune import load_compressed  # noqa: E402
 
 _RUNNER = r"""
 import contextlib, io, json, sys

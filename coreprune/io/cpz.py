@@ -6,31 +6,10 @@ the same values: QuantizedArrays with identical codes, scales, zero points and
 parameters, arrays bit for bit (``-0.0``, NaN payloads, bfloat16, 0-d and empty
 arrays included).
 
-Each tensor is stored in the smallest of three layouts:
-
-* ``full``: every element. Arrays as raw little-endian bytes (``n * itemsize``),
-  quantized codes bit-packed at their bit width (``ceil(n * bits / 8)``).
-* ``bitmask``: one bit per element saying which elements are *stored*, then the
-  stored elements only: ``ceil(n / 8) + cost(nnz)``.
-* ``csr``: the gaps between stored elements as 8- or 16-bit unsigned integers,
-  then the stored elements: ``entries * width / 8 + cost(nnz)``. A gap ``g`` of
-  skipped elements takes ``g // M`` escape entries of value ``M = 2**width - 1``
-  (each skips ``M`` elements and stores nothing) and one entry ``g % M``;
-  ``entries = nnz + sum(g // M)``. Elements after the last stored one are implicit.
-
-An element is *not stored* when it is the fill value: for arrays an all-zero bit
-pattern (``+0.0``; ``-0.0`` has a sign bit, so it is stored), for quantized codes
-the code of 0.0 (0 when symmetric, the ``zero_point`` of the element's channel or
-group when affine; ``bits == 1`` has no code for 0.0 and is always ``full``).
-A pruned-then-quantized tensor therefore keeps its saving: only the surviving codes
-are packed, at ``bits`` each, plus the index.
-
-:func:`encoded_nbytes` is the honest size of a value in this format: the bytes of
-its chosen layout, plus ``scale`` and ``zero_point`` for a QuantizedArray; for a
-quantized tensor stored ``full`` it equals ``QuantizedArray.nbytes``, for an array
-stored ``full`` it equals ``ndarray.nbytes``. A file adds 40 bytes of header and
-footer, at most 7 bytes of alignment per blob and a JSON manifest of roughly 200
-bytes per tensor. The byte layout is documented in ``docs/compressed-format.md``.
+Each tensor is stored in the layout :mod:`coreprune.layout_planner` picks (full, bitmask or csr);
+:func:`~coreprune.layout_planner.encoded_nbytes` is its honest size. A file adds 40 bytes of header and
+footer, at most 7 bytes of alignment per blob and a JSON manifest of roughly 200 bytes per tensor. The
+byte layout is documented in ``docs/compressed-format.md``.
 
 Through :mod:`coreprune.io` (``load``, ``open_weights``, ``convert``), a ``.cpz``
 file reads as plain dense arrays: quantized tensors come back dequantized.
@@ -42,27 +21,24 @@ import json
 import math
 import os
 import struct
-import sys
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from ._blocked import block_ranges, run_parallel
-from .dtypes import ML_FLOAT_NAMES, ML_INT_NAMES, ml_dtype
-from .errors import CompressionError, WeightFileError
-from .io.base import TensorSpec, WeightReader, atomic_write, check_extent, element_count, read_exact
-from .packing import pack_bits, unpack_bits
-from .quantization import QuantizedArray
+from .._blocked import block_ranges, run_parallel
+from ..errors import CompressionError, WeightFileError
+from ..layout_planner import Value, _dtype_name, _fill_codes, _little, _param_shape, _parse_dtype, _plan_value
+from ..packing import pack_bits, unpack_bits
+from ..quantization import QuantizedArray
+from .base import TensorSpec, WeightReader, atomic_write, check_extent, element_count, read_exact
 
 __all__ = [
     "save_compressed",
     "load_compressed",
-    "encoded_nbytes",
-    "layout_of",
     "CpzReader",
     "FORMAT",
     "EXTENSIONS",
@@ -86,60 +62,7 @@ _ALIGN = 8
 # A declared tensor larger than this is a lie (numpy could not index it anyway).
 _MAX_NBYTES = 1 << 62
 
-Value = Union[np.ndarray, QuantizedArray]
-
-_NUMPY_DTYPES = frozenset(
-    [
-        "bool",
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "uint8",
-        "uint16",
-        "uint32",
-        "uint64",
-        "float16",
-        "float32",
-        "float64",
-        "complex64",
-        "complex128",
-    ]
-)
 _CODE_DTYPES = frozenset(["int8", "int16", "uint8", "uint16"])
-
-
-# ----------------------------------------------------------------------------------------------- dtypes
-
-
-def _dtype_name(dtype: np.dtype, name: str) -> str:
-    dtype = np.dtype(dtype)
-    if dtype.name in _NUMPY_DTYPES or dtype.name in ML_FLOAT_NAMES or dtype.name in ML_INT_NAMES:
-        return dtype.name
-    raise CompressionError(
-        f"tensor {name!r} has dtype {dtype}, which .cpz does not store (numeric dtypes and the ml_dtypes "
-        "floats only)"
-    )
-
-
-def _parse_dtype(text: object, where: str) -> np.dtype:
-    """The (native) dtype named in a manifest."""
-    if isinstance(text, str) and text in _NUMPY_DTYPES:
-        return np.dtype(text)
-    if isinstance(text, str) and (text in ML_FLOAT_NAMES or text in ML_INT_NAMES):
-        found = ml_dtype(text)
-        if found is not None:
-            return found
-        raise WeightFileError(f"{where}: dtype {text!r} needs a newer ml_dtypes than the one installed")
-    raise WeightFileError(f"{where}: unknown dtype {text!r}")
-
-
-def _little(a: np.ndarray) -> np.ndarray:
-    """C-contiguous, little-endian view (or copy) of ``a``."""
-    order = a.dtype.byteorder
-    if a.dtype.itemsize > 1 and (order == ">" or (order == "=" and sys.byteorder == "big")):
-        a = a.astype(a.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(a)
 
 
 def _le(dtype: np.dtype) -> np.dtype:
@@ -156,15 +79,7 @@ def _bytes_of(a: np.ndarray) -> memoryview:
     return memoryview(a.reshape(-1).view(np.uint8))
 
 
-# ---------------------------------------------------------------------------------------------- layouts
-
-
-def _stored_mask(flat: np.ndarray) -> np.ndarray:
-    """True where a 1-D array's element is not the all-zero bit pattern."""
-    size = flat.dtype.itemsize
-    if size in (1, 2, 4, 8):
-        return flat.view(f"u{size}") != 0
-    return flat.view(np.uint8).reshape(flat.size, size).any(axis=1)
+# ------------------------------------------------------------------------------------------ csr index
 
 
 def _compact(flat: np.ndarray, stored: np.ndarray, nnz: int) -> np.ndarray:
@@ -185,91 +100,6 @@ def _compact(flat: np.ndarray, stored: np.ndarray, nnz: int) -> np.ndarray:
 
     run_parallel(range(len(spans)), piece)
     return out
-
-
-def _param_shape(shape: tuple[int, ...], axis: int | None, group_size: int | None) -> tuple[int, ...]:
-    """Shape of ``scale`` / ``zero_point`` for a quantizer layout (see QuantizedArray)."""
-    if group_size is not None:
-        return shape[:-1] + (shape[-1] // group_size,)
-    if axis is not None:
-        return (shape[axis],)
-    return ()
-
-
-def _fill_codes(
-    bits: int,
-    symmetric: bool,
-    zero_point: np.ndarray | None,
-    axis: int | None,
-    group_size: int | None,
-    shape: tuple[int, ...],
-) -> np.ndarray | None:
-    """Code of 0.0 for every element, flat (or a 0-d array); None where 0.0 has no code (bits=1)."""
-    if bits == 1:
-        return None
-    if symmetric or zero_point is None:
-        return np.zeros((), np.int8)
-    if group_size is not None:
-        full = np.repeat(zero_point, group_size, axis=-1)
-    elif axis is not None:
-        full = np.broadcast_to(zero_point.reshape([-1 if i == axis else 1 for i in range(len(shape))]), shape)
-    else:
-        return zero_point.reshape(())
-    return np.ascontiguousarray(full).reshape(-1)
-
-
-def _fill_of(q: QuantizedArray) -> np.ndarray | None:
-    return _fill_codes(q.bits, q.symmetric, q.zero_point, q.axis, q.group_size, q.shape)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    layout: str  # "full" | "bitmask" | "csr"
-    nbytes: int  # payload bytes of the layout (values/codes + index)
-    nnz: int
-    width: int = 0  # csr index width in bits
-    entries: int = 0  # csr index entries
-
-
-def _value_bytes(count: int, itemsize: int, bits: int | None) -> int:
-    return math.ceil(count * bits / 8) if bits is not None else count * itemsize
-
-
-def _plan(
-    stored: np.ndarray | None, n: int, itemsize: int, bits: int | None
-) -> tuple[_Plan, np.ndarray | None, np.ndarray | None]:
-    """Cheapest layout for ``n`` elements of which ``stored`` (bool, flat) must be kept.
-
-    Ties go to the simpler layout (full, then bitmask, then csr with 8-bit, then 16-bit gaps).
-    Returns the plan and, when the csr layouts had to be sized, the stored elements' flat
-    positions and gaps (int64), which :func:`_encode_gaps` reuses.
-
-    The sizes come from counts: ``nnz``, and for csr the escape entries ``sum(g // M)``, which only
-    gaps ``g >= M`` contribute. A csr index needs at least one byte per stored element, so when
-    ``nnz`` bytes already reach the cheaper of full and bitmask (any sparsity below ~7/8),
-    csr cannot win and no position is computed.
-    """
-    full = _Plan("full", _value_bytes(n, itemsize, bits), n)
-    if stored is None or n == 0:
-        return full, None, None
-    nnz = int(np.count_nonzero(stored))
-    values = _value_bytes(nnz, itemsize, bits)
-    bitmask = _Plan("bitmask", math.ceil(n / 8) + values, nnz)
-    best = bitmask if bitmask.nbytes < full.nbytes else full
-    if best.nbytes <= nnz + values:  # the smallest possible csr (8-bit, no escapes) does not beat it
-        return best, None, None
-    positions = np.flatnonzero(stored)
-    gaps = np.diff(positions, prepend=-1) - 1
-    over = gaps[gaps >= 255]  # the only gaps that need escape entries at either width
-    for width in (8, 16):
-        escape = (1 << width) - 1
-        if width == 16:
-            over = over[over >= escape]
-        entries = nnz + int((over // escape).sum())
-        plan = _Plan("csr", entries * width // 8 + values, nnz, width, entries)
-        if plan.nbytes < best.nbytes:
-            best = plan
-    return best, positions, gaps
 
 
 def _encode_gaps(gaps: np.ndarray, width: int, entries: int) -> np.ndarray:
@@ -296,80 +126,6 @@ def _decode_gaps(index: np.ndarray, width: int, n: int, nnz: int, where: str) ->
     if positions.size and int(positions[-1]) >= n:
         raise _fail(where, f"the index points past the tensor's {n} elements")
     return positions
-
-
-def layout_of(value: Value) -> str:
-    """The layout :func:`save_compressed` picks for ``value``: ``"full"``, ``"bitmask"`` or ``"csr"``.
-
-    Parameters
-    ----------
-    value : numpy.ndarray or QuantizedArray
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> w = np.zeros(1000, np.float32); w[::2] = 1.0
-    >>> layout_of(w), layout_of(np.ones(1000, np.float32)), layout_of(np.eye(100, dtype=np.float32))
-    ('bitmask', 'full', 'csr')
-    """
-    return _plan_value(value, "value")[0].layout
-
-
-def _plan_value(
-    value: Value, name: str
-) -> tuple[_Plan, np.ndarray | None, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """The plan for one value, its flat ``stored`` mask (None when the layout is full), its flat
-    little-endian data (the codes of a QuantizedArray), and the positions and gaps of the stored
-    elements when the planner computed them (None otherwise)."""
-    if isinstance(value, QuantizedArray):
-        fill = _fill_of(value)
-        flat = value.codes.reshape(-1)
-        stored = None if fill is None else flat != fill
-        plan, positions, gaps = _plan(stored, flat.size, flat.dtype.itemsize, value.bits)
-    elif isinstance(value, np.ndarray):
-        _dtype_name(value.dtype, name)
-        flat = _little(value).reshape(-1)
-        stored = _stored_mask(flat)
-        plan, positions, gaps = _plan(stored, flat.size, flat.dtype.itemsize, None)
-    else:
-        raise CompressionError(
-            f"tensor {name!r} is a {type(value).__name__}; .cpz stores numpy arrays and QuantizedArray"
-        )
-    return plan, (None if plan.layout == "full" else stored), flat, positions, gaps
-
-
-def encoded_nbytes(value: Value) -> int:
-    """Bytes of ``value``'s data in a ``.cpz`` file, before alignment and manifest.
-
-    The honest size of a compressed tensor: the smallest of the full, bitmask and csr
-    layouts (module docstring), plus ``scale.nbytes`` and ``zero_point.nbytes`` for a
-    :class:`~coreprune.quantization.QuantizedArray`. Never more than ``value.nbytes``.
-
-    Parameters
-    ----------
-    value : numpy.ndarray or QuantizedArray
-
-    Returns
-    -------
-    int
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> w = np.zeros(1000, np.float32); w[::2] = 1.0    # 500 non-zeros
-    >>> encoded_nbytes(w)     # bitmask 125 bytes + 500 float32 values
-    2125
-    >>> w[::2] = 0; w[::10] = 1.0                       # 100 non-zeros, gaps of 9
-    >>> encoded_nbytes(w)     # csr: 100 one-byte gaps + 100 float32 values
-    500
-    >>> encoded_nbytes(np.ones(1000, np.float32))
-    4000
-    """
-    plan = _plan_value(value, "value")[0]
-    if isinstance(value, QuantizedArray):
-        extra = value.scale.nbytes + (value.zero_point.nbytes if value.zero_point is not None else 0)
-        return plan.nbytes + extra
-    return plan.nbytes
 
 
 # ----------------------------------------------------------------------------------------------- writer
@@ -501,7 +257,7 @@ def save_compressed(
 
     Quantized codes are bit-packed at their bit width; a tensor with many zeros (or
     many codes of 0.0) stores only the others plus a bitmask or a gap index, whichever
-    is smaller (see :func:`encoded_nbytes`); everything else is stored as is.
+    is smaller (see :func:`coreprune.encoded_nbytes`); everything else is stored as is.
 
     Parameters
     ----------
@@ -769,7 +525,7 @@ class CpzReader(WeightReader):
         dict
             ``kind`` (``"dense"`` or ``"quantized"``), ``layout`` (``"full"``, ``"bitmask"``,
             ``"csr"``), ``bits`` (None for dense) and ``stored_nbytes`` (its blobs' bytes,
-            which is its :func:`encoded_nbytes`).
+            which is its :func:`coreprune.encoded_nbytes`).
         """
         e = self._entry(name)
         return {
@@ -920,4 +676,3 @@ def load_compressed(path: str | os.PathLike) -> dict[str, Value]:
         raise WeightFileError(f"{path}: no such file")
     with CpzReader(path) as reader:
         return {name: reader.raw(name) for name in reader}
-
