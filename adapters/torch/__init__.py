@@ -38,6 +38,7 @@ from .blocks import (
     num_parameters,
     squeezenet_student,
 )
+from .codebook import attach_codebooks, codebooks_from_module, remove_codebooks
 from .convert import LoadReport, attach_masks, load_numpy, masks_from_module, to_numpy
 from .distill import distill_student, kd_loss
 
@@ -49,6 +50,9 @@ __all__ = [
     "load_numpy",
     "attach_masks",
     "masks_from_module",
+    "attach_codebooks",
+    "codebooks_from_module",
+    "remove_codebooks",
     "kd_loss",
     "distill_student",
     "Fire",
