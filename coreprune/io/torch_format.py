@@ -10,7 +10,7 @@ Both layouts ``torch.save`` has used are read:
   five pickles in a row (magic number, protocol, system info, the object, the
   storage keys) followed by each storage as an int64 element count and its bytes.
 
-The pickle goes through :mod:`coreprune.io.safe_unpickle`, which builds tensors and
+The pickle goes through :mod:`coreprune.io.torch_pickle`, which builds tensors and
 plain containers and refuses everything else before anything runs. The tensors
 found anywhere in the object are served by name (see *Names*); storages are
 memory-mapped when a tensor is first read, so opening a 4 GiB checkpoint reads
@@ -56,7 +56,8 @@ import numpy as np
 
 from ..errors import CompressionError, WeightFileError
 from .base import TensorSpec, WeightReader, check_extent, element_count, read_exact, spec_of
-from .safe_unpickle import STORAGE_DTYPES, TORCH_DTYPES, StorageRef, TensorRef, TorchGlobal, restricted_load
+from .pickle_vm import PickleGlobal
+from .torch_pickle import STORAGE_DTYPES, TORCH_DTYPES, StorageRef, TensorRef, load_torch_pickle
 
 __all__ = ["FORMAT", "EXTENSIONS", "sniff", "open_reader", "write", "TorchReader"]
 
@@ -354,7 +355,7 @@ def _open_zip(path: Path, f: BinaryIO, size: int) -> TorchReader:
                 "(truncated or corrupted)"
             )
 
-    obj = restricted_load(
+    obj = load_torch_pickle(
         io.BytesIO(pickle_bytes),
         end=length,
         source=f"{path} ({prefix}data.pkl)",
@@ -367,13 +368,13 @@ def _open_zip(path: Path, f: BinaryIO, size: int) -> TorchReader:
 
 # -- legacy layout ------------------------------------------------------------------------------------
 def _open_legacy(path: Path, f: BinaryIO, size: int) -> TorchReader:
-    magic = restricted_load(f, end=size, source=f"{path} (magic number)")
+    magic = load_torch_pickle(f, end=size, source=f"{path} (magic number)")
     if magic != LEGACY_MAGIC:
         raise WeightFileError(f"{path}: wrong torch magic number (corrupted)")
-    protocol = restricted_load(f, end=size, source=f"{path} (protocol version)")
+    protocol = load_torch_pickle(f, end=size, source=f"{path} (protocol version)")
     if protocol != LEGACY_PROTOCOL:
         raise WeightFileError(f"{path}: legacy protocol version {protocol!r:.20}, expected {LEGACY_PROTOCOL}")
-    sys_info = restricted_load(f, end=size, source=f"{path} (system info)")
+    sys_info = load_torch_pickle(f, end=size, source=f"{path} (system info)")
     if type(sys_info) is not dict or type(sys_info.get("little_endian", True)) is not bool:
         raise WeightFileError(
             f"{path}: legacy system-info record is not a dict with little_endian (corrupted)"
@@ -387,9 +388,9 @@ def _open_legacy(path: Path, f: BinaryIO, size: int) -> TorchReader:
             raise WeightFileError(f"{path}: storage {ref.key!r:.40} is declared twice with different sizes")
 
     start = f.tell()
-    obj = restricted_load(f, end=size, source=str(path), storage_hook=storage_hook, max_tensor_nbytes=size)
+    obj = load_torch_pickle(f, end=size, source=str(path), storage_hook=storage_hook, max_tensor_nbytes=size)
     pickle_len = f.tell() - start
-    keys = restricted_load(f, end=size, source=f"{path} (storage key list)")
+    keys = load_torch_pickle(f, end=size, source=f"{path} (storage key list)")
     if type(keys) is not list or any(type(k) is not str for k in keys):
         raise WeightFileError(f"{path}: the legacy storage key list is not a list of strings (corrupted)")
     missing = set(declared) - set(keys)
@@ -470,7 +471,7 @@ def _flatten(path: Path, root: Any, budget: int) -> tuple[dict[str, TensorRef], 
                 tensors += t
                 extras += e
             return (tensors, extras) if tensors else ([], [(name, obj)])
-        if isinstance(obj, TorchGlobal):
+        if isinstance(obj, PickleGlobal):
             return [], [(name, obj.name)]
         return [], [(name, obj)]
 

@@ -24,8 +24,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coreprune.errors import UnsafePickleError, WeightFileError  # noqa: E402
-from coreprune.io import safe_unpickle as su  # noqa: E402
 from coreprune.io import torch_format as tf  # noqa: E402
+from coreprune.io import torch_pickle as su  # noqa: E402
 
 
 # -- a tiny pickle assembler -----------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path, case):
         assert sentinel.exists(), "payload should be live under pickle.loads"
         sentinel.unlink()
     with pytest.raises(UnsafePickleError, match=global_name.replace(".", r"\.")) as e:
-        su.restricted_loads(payload, source="evil.pt")
+        su.loads_torch_pickle(payload, source="evil.pt")
     assert str(e.value).startswith("evil.pt: ") and "refused before anything ran" in str(e.value)
     assert not sentinel.exists()
 
@@ -246,14 +246,14 @@ OPCODE_CASES = [
 def test_refused_opcodes_and_targets(case):
     _, payload, message = case
     with pytest.raises(UnsafePickleError, match=message):
-        su.restricted_loads(payload, source="x.pt")
+        su.loads_torch_pickle(payload, source="x.pt")
 
 
 def test_build_on_ordered_dict_sets_no_attribute():
     od = collections.OrderedDict(a=1)
     od._metadata = {"": {"version": 1}}
     od.__dict__["__class__"] = "attempt"  # state a naive BUILD would apply with setattr
-    out = su.restricted_loads(pickle.dumps(od, protocol=2))
+    out = su.loads_torch_pickle(pickle.dumps(od, protocol=2))
     assert out == {"a": 1} and type(out) is collections.OrderedDict and vars(out) == {}
 
 
@@ -275,7 +275,7 @@ def test_allowed_globals_are_exactly_the_documented_list():
 
 def test_bytearray_cannot_allocate_from_a_count():
     with pytest.raises(WeightFileError, match="bytearray"):
-        su.restricted_loads(prog(call(G("builtins", "bytearray"), b"J\xff\xff\xff\x7f")))
+        su.loads_torch_pickle(prog(call(G("builtins", "bytearray"), b"J\xff\xff\xff\x7f")))
 
 
 # -- robustness ---------------------------------------------------------------------------------------
@@ -292,7 +292,7 @@ def test_declared_lengths_past_the_data_allocate_nothing(payload):
     tracemalloc.start()
     try:
         with pytest.raises(WeightFileError, match="truncated"):
-            su.restricted_loads(payload)
+            su.loads_torch_pickle(payload)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -303,13 +303,13 @@ def test_every_truncation_of_a_valid_pickle_is_a_clear_error():
     data = pickle.dumps({"a": [1, 2.5, "x" * 300, (None, True)], "b": {3: b"\x00" * 70000}}, protocol=2)
     for n in range(len(data) - 1, 0, -97):
         with pytest.raises(WeightFileError):
-            su.restricted_loads(data[:n])
+            su.loads_torch_pickle(data[:n])
 
 
 def test_deep_nesting_is_a_loop_not_a_recursion():
     depth = 200_000  # far past sys.getrecursionlimit()
     data = b"\x80\x02" + b"(" * depth + b"l" * depth + b"."
-    out = su.restricted_loads(data)
+    out = su.loads_torch_pickle(data)
     for _ in range(5):
         assert type(out) is list and len(out) == 1
         out = out[0]
@@ -331,7 +331,7 @@ def test_deep_nesting_is_a_loop_not_a_recursion():
 )
 def test_corrupted_pickles_raise_weight_file_error(payload, message):
     with pytest.raises(WeightFileError, match=message):
-        su.restricted_loads(payload)
+        su.loads_torch_pickle(payload)
 
 
 def test_tensor_bounds_checked_against_storage():
@@ -349,14 +349,14 @@ def test_tensor_bounds_checked_against_storage():
             )
         )
 
-    ok = su.restricted_loads(tensor(1, [b"K\x03"], [b"K\x01"]))
+    ok = su.loads_torch_pickle(tensor(1, [b"K\x03"], [b"K\x01"]))
     assert isinstance(ok, su.TensorRef) and (ok.offset, ok.shape, ok.stride) == (1, (3,), (1,))
     with pytest.raises(WeightFileError, match="reaches element 4"):
-        su.restricted_loads(tensor(2, [b"K\x03"], [b"K\x01"]))
+        su.loads_torch_pickle(tensor(2, [b"K\x03"], [b"K\x01"]))
     with pytest.raises(WeightFileError, match="conj/neg bit on a bool"):
         pid = T(S("storage"), G("torch", "BoolStorage"), S("0"), S("cpu"), b"K\x01") + b"Q"
         neg = b"}" + S("neg") + b"\x88s"
-        su.restricted_loads(
+        su.loads_torch_pickle(
             prog(
                 call(
                     G("torch._utils", "_rebuild_tensor_v2"),
@@ -370,7 +370,7 @@ def test_tensor_bounds_checked_against_storage():
                 )
             )
         )
-    empty = su.restricted_loads(tensor(9, [b"K\x00"], [b"K\x01"]))  # no element: any offset is harmless
+    empty = su.loads_torch_pickle(tensor(9, [b"K\x00"], [b"K\x01"]))  # no element: any offset is harmless
     assert empty.shape == (0,)
 
 
@@ -397,21 +397,21 @@ plain = st.recursive(
 @given(plain, st.sampled_from([2, 3, 4, 5]))
 def test_plain_values_match_pickle_loads(value, protocol):
     data = pickle.dumps(value, protocol=protocol)
-    assert su.restricted_loads(data) == pickle.loads(data)
+    assert su.loads_torch_pickle(data) == pickle.loads(data)
 
 
 def test_bytearray_and_ordered_dict_and_size():
     value = {"b": bytearray(b"\x00\x01"), "od": collections.OrderedDict([("x", 1)])}
-    assert su.restricted_loads(pickle.dumps(value, protocol=2)) == value
+    assert su.loads_torch_pickle(pickle.dumps(value, protocol=2)) == value
     size = prog(call(G("torch", "Size"), T(b"K\x02", b"K\x03")))
-    assert su.restricted_loads(size) == (2, 3)
+    assert su.loads_torch_pickle(size) == (2, 3)
 
 
 def test_restricted_load_leaves_the_file_after_stop():
     f = io.BytesIO(pickle.dumps(1, protocol=2) + pickle.dumps("two", protocol=2))
     end = len(f.getvalue())
-    assert su.restricted_load(f, end=end, source="s") == 1
-    assert su.restricted_load(f, end=end, source="s") == "two"
+    assert su.load_torch_pickle(f, end=end, source="s") == 1
+    assert su.load_torch_pickle(f, end=end, source="s") == "two"
 
 
 def test_storage_hook_sees_every_storage():
@@ -421,5 +421,5 @@ def test_storage_hook_sees_every_storage():
     import zipfile
 
     body = zipfile.ZipFile(io.BytesIO(data)).read("archive/data.pkl")
-    su.restricted_loads(body, storage_hook=seen.append)
+    su.loads_torch_pickle(body, storage_hook=seen.append)
     assert [(r.key, r.dtype, r.numel) for r in seen] == [("k1", np.dtype("f8"), 1)] * 2
