@@ -34,6 +34,7 @@ from .blocks import (
     num_parameters,
     squeezenet_student,
 )
+from .codebook import attach_codebooks, centroid_params, codebooks_from_module, remove_codebooks
 from .convert import LoadReport, load_numpy, to_numpy
 from .distill import KDLoss, distill_student
 from .masks import attach_masks, detach_masks, reapply_masks
@@ -47,6 +48,10 @@ __all__ = [
     "attach_masks",
     "reapply_masks",
     "detach_masks",
+    "attach_codebooks",
+    "centroid_params",
+    "codebooks_from_module",
+    "remove_codebooks",
     "KDLoss",
     "distill_student",
     "Fire",
