@@ -45,8 +45,8 @@ def test_centroid_grads_are_cluster_sums_of_the_weight_grads():
     loss.backward()
     for name, param in centroid_params(net).items():
         weight_grad = dict(net._collect_params_with_prefix())[name].grad().asnumpy()
-        np.testing.assert_allclose(param.list_grad()[0].asnumpy(), centroid_gradients(weight_grad, shared[name]),
-                                   rtol=1e-5, atol=1e-6)
+        expected = centroid_gradients(weight_grad, shared[name])
+        np.testing.assert_allclose(param.list_grad()[0].asnumpy(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_training_moves_centroids_only_and_keeps_masks():
