@@ -80,7 +80,8 @@ def main(argv=None) -> int:
                     blob, t_enc = _timed(enc, args.repeat)
                     _, t_dec = _timed(lambda b=blob, d=dec: d(b), args.repeat)
                     totals[coder] = totals.get(coder, 0) + len(blob)
-                    print(f"  {coder:8s} {len(blob):7d} bytes {8 * len(blob) / max(1, symbols.size):6.3f} bits/sym"
+                    rate = 8 * len(blob) / max(1, symbols.size)
+                    print(f"  {coder:8s} {len(blob):7d} bytes {rate:6.3f} bits/sym"
                           f"  encode {_fmt(t_enc)}  decode {_fmt(t_dec)}")
     print("total bytes: " + ", ".join(f"{c} {n}" for c, n in totals.items()))
     return 0
