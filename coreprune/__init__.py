@@ -4,15 +4,18 @@ Every algorithm takes and returns ``dict[str, numpy.ndarray]``. This package nev
 imports torch or mxnet on its own; the converters are the subpackages :mod:`coreprune.torch` and
 :mod:`coreprune.mxnet`, which import their framework only when they themselves are imported.
 
-* pruning: :func:`prune_threshold`, :func:`prune_magnitude`, :func:`apply_masks`, :func:`sparsity`,
+* pruning: :func:`prune_threshold`, :func:`prune_magnitude`, :func:`apply_masks`,
   :func:`global_magnitude_threshold` (the global cut, streamed over a lazy reader)
-* quantization: :func:`quantize`, :func:`dequantize`, :class:`QuantizedArray`
+* quantization: :func:`quantize`, :func:`dequantize`, :class:`QuantizedArray`, :func:`pack_bits`,
+  :func:`unpack_bits` (n-bit codes to bytes and back)
+* statistics: :func:`sparsity`, :func:`tensor_stats` (what ``coreprune inspect`` prints)
 * files: :mod:`coreprune.io` (``load``, ``save``, ``open_weights``), :func:`save_compressed`,
   :func:`load_compressed`
   (the ``.cpz`` format, :mod:`coreprune.io.cpz`), :func:`encoded_nbytes` and :func:`layout_of` (its
   size planner)
 * distillation and light architectures: :mod:`coreprune.distill`, :mod:`coreprune.arch`
 * selection of tensors: :func:`select`; errors: :class:`CompressionError`
+* threads of the fast paths: :func:`set_num_threads`, :func:`num_threads`
 
 Examples
 --------
@@ -29,11 +32,13 @@ Examples
 from __future__ import annotations
 
 from . import arch, distill, io
+from ._fast.blocked import num_threads, set_num_threads
 from .arch import channel_shuffle
 from .distill import kd_loss, kd_loss_and_grad
 from .errors import CompressionError, UnsafePickleError, WeightFileError
 from .io.cpz import load_compressed, save_compressed
 from .layout_planner import encoded_nbytes, layout_of
+from .packing import pack_bits, unpack_bits
 from .pruning import (
     GlobalThreshold,
     apply_masks,
@@ -43,7 +48,7 @@ from .pruning import (
 )
 from .quantization import QuantizedArray, dequantize, quantize
 from .selection import select
-from .stats import sparsity
+from .stats import sparsity, tensor_stats
 
 __version__ = "0.1.0"
 
@@ -58,6 +63,9 @@ __all__ = [
     "global_magnitude_threshold",
     "GlobalThreshold",
     "sparsity",
+    "tensor_stats",
+    "pack_bits",
+    "unpack_bits",
     "QuantizedArray",
     "quantize",
     "dequantize",
@@ -71,5 +79,7 @@ __all__ = [
     "load_compressed",
     "encoded_nbytes",
     "layout_of",
+    "set_num_threads",
+    "num_threads",
     "__version__",
 ]

@@ -36,7 +36,7 @@ from typing import Union
 
 import numpy as np
 
-from .dtypes import ML_FLOAT_NAMES, ML_INT_NAMES, ml_dtype
+from .dtypes import by_name, cpz_dtype_names
 from .errors import CompressionError, WeightFileError
 from .quantization import QuantizedArray
 
@@ -45,28 +45,12 @@ __all__ = ["encoded_nbytes", "layout_of", "Value"]
 #: What the planner (and the ``.cpz`` format) stores: an array or a QuantizedArray.
 Value = Union[np.ndarray, QuantizedArray]
 
-_NUMPY_DTYPES = frozenset(
-    [
-        "bool",
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "uint8",
-        "uint16",
-        "uint32",
-        "uint64",
-        "float16",
-        "float32",
-        "float64",
-        "complex64",
-        "complex128",
-    ]
-)
+_CPZ_DTYPES = cpz_dtype_names()
+
 
 def _dtype_name(dtype: np.dtype, name: str) -> str:
     dtype = np.dtype(dtype)
-    if dtype.name in _NUMPY_DTYPES or dtype.name in ML_FLOAT_NAMES or dtype.name in ML_INT_NAMES:
+    if dtype.name in _CPZ_DTYPES:
         return dtype.name
     raise CompressionError(
         f"tensor {name!r} has dtype {dtype}, which .cpz does not store (numeric dtypes and the ml_dtypes "
@@ -76,14 +60,13 @@ def _dtype_name(dtype: np.dtype, name: str) -> str:
 
 def _parse_dtype(text: object, where: str) -> np.dtype:
     """The (native) dtype named in a manifest."""
-    if isinstance(text, str) and text in _NUMPY_DTYPES:
-        return np.dtype(text)
-    if isinstance(text, str) and (text in ML_FLOAT_NAMES or text in ML_INT_NAMES):
-        found = ml_dtype(text)
-        if found is not None:
-            return found
+    info = by_name(text) if isinstance(text, str) else None
+    if info is None:
+        raise WeightFileError(f"{where}: unknown dtype {text!r}")
+    found = info.dtype
+    if found is None:
         raise WeightFileError(f"{where}: dtype {text!r} needs a newer ml_dtypes than the one installed")
-    raise WeightFileError(f"{where}: unknown dtype {text!r}")
+    return found
 
 
 def _little(a: np.ndarray) -> np.ndarray:

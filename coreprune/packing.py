@@ -8,8 +8,8 @@ bits of the last byte are 0.
 The reference implementation below is vectorised: values are split into a bit matrix that
 ``np.packbits`` / ``np.unpackbits`` (``bitorder="little"``) turn into bytes, a chunk of values at a
 time so the temporary memory stays bounded; 8- and 16-bit codes are plain byte views. Arrays of at
-least ``coreprune._blocked.MIN_FAST_ELEMENTS`` values take the blocked, threaded path of
-:mod:`coreprune._bitpack` instead (shifts of whole bytes and 64-bit words, no bit matrix), which
+least ``coreprune._fast.blocked.MIN_FAST_ELEMENTS`` values take the blocked, threaded path of
+:mod:`coreprune._fast.bitpack` instead (shifts of whole bytes and 64-bit words, no bit matrix), which
 produces the same bytes.
 """
 
@@ -19,7 +19,8 @@ import math
 
 import numpy as np
 
-from . import _bitpack, _kernels
+from ._fast import bitpack as _bitpack
+from ._fast import kernels as _kernels
 from .errors import CompressionError
 
 __all__ = ["pack_bits", "unpack_bits"]

@@ -26,30 +26,21 @@ When no two candidate magnitudes tie, the masks equal those of PyTorch's
 Fast paths
 ----------
 Tensors that are C-contiguous float16/bfloat16/float32/float64 with at least
-``coreprune._blocked.MIN_FAST_ELEMENTS`` values go through :mod:`coreprune._kernels` (blocked and
-threaded, one pass for the mask and the pruned copy) and :mod:`coreprune._select` (the k-th
-magnitude from a sample bracket and one counting pass). They give bit-identical results to the plain
-NumPy code kept below, which handles every other input and which the tests compare them with.
-
-Global threshold without concatenation
---------------------------------------
-``scope="global"`` needs the k-th smallest magnitude of all selected tensors together. Instead of
-concatenating them (a copy of the whole model), :func:`_kth_smallest_abs` runs a radix select on
-the IEEE-754 bit patterns: for non-negative floats the bit pattern, read as an unsigned integer,
-orders like the value. Each pass histograms 16 bits of every tensor with ``np.bincount``
-(2 passes for float32, 4 for float64) and keeps only the bucket holding the k-th value, so the
-extra memory is one tensor's temporaries plus a 65536-bin histogram.
-:func:`_kth_smallest_abs_reference` is the plain concatenate-and-partition version the tests
-compare it with.
+``coreprune._fast.blocked.MIN_FAST_ELEMENTS`` values go through :mod:`coreprune._fast.kernels` (blocked
+and threaded, one pass for the mask and the pruned copy). The k-th smallest magnitude comes from the
+one selection engine, :mod:`coreprune._fast.kth`: a sample bracket and one counting pass, with a
+radix select on the IEEE-754 bit patterns as its fallback, and without concatenating the tensors.
+They give bit-identical results to the plain NumPy code (and the engine's concatenate-and-partition
+reference), which handles every other input and which the tests compare them with.
 
 Streaming the global threshold
 ------------------------------
 :func:`global_magnitude_threshold` gives the global ranking's cut -- the k-th smallest magnitude
 ``v`` and, per tensor, how many entries equal to ``v`` are removed -- so that each tensor can then
 be pruned on its own with :meth:`GlobalThreshold.prune`. On a lazy
-:class:`~coreprune.io.base.WeightReader` it reads one tensor at a time: a radix select on the
-bit patterns, 16 bits per pass over the file, until the bucket holding the k-th value has at most
-``N / 48`` values, then one more pass collects that bucket's values and ``np.partition`` finishes
+:class:`~coreprune.io.base.WeightReader` it reads one tensor at a time: the engine's radix select on
+the bit patterns, 16 bits per pass over the file, until the bucket holding the k-th value has at
+most ``N / 48`` values, then one more pass collects that bucket's values and ``np.partition`` finishes
 (float32 data: two passes; the bucket of the top 16 bits -- sign, exponent, 7 mantissa bits --
 typically holds well under 1 % of the values).
 """
@@ -59,12 +50,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 
-from . import _blocked, _kernels, _select
-from ._select import kth_smallest as _kth_smallest
+from ._fast import blocked as _blocked
+from ._fast import kernels as _kernels
+from ._fast import kth as _kth
+from ._fast.kth import kth_smallest as _kth_smallest
 from .errors import CompressionError
 from .io.base import WeightReader
 from .selection import Pattern, check_weights, require_finite, select
@@ -74,7 +66,6 @@ __all__ = [
 ]
 
 _SCOPES = ("layer", "global")
-_DIGIT_BITS = 16
 
 
 def _real(value: object, what: str) -> float:
@@ -108,54 +99,6 @@ def _zero_where_false(w: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return _zero_where_false_reference(w, keep)
 
 
-def _kth_smallest_abs_reference(
-    tensors: Sequence[np.ndarray], k: int, work: np.dtype
-) -> tuple[np.generic, int]:
-    """Reference for :func:`_kth_smallest_abs`: concatenate every ``|w|`` and partition.
-
-    Returns ``(v, r)``: ``v`` the k-th smallest magnitude (1-based, as a ``work`` scalar) and ``r``
-    how many entries equal to ``v`` are among the k smallest (``1 <= r``). Needs ``1 <= k <= N``.
-    """
-    return _kth_smallest(np.concatenate([_abs_flat(w, work) for w in tensors]), k)
-
-
-def _kth_smallest_abs(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -> tuple[np.generic, int]:
-    """The k-th smallest ``|w|`` over several tensors, without concatenating them (radix select).
-
-    Parameters
-    ----------
-    tensors : sequence of numpy.ndarray
-        Finite floating arrays of any shapes; their total size ``N`` must satisfy ``1 <= k <= N``.
-    k : int
-        1-based rank.
-    work : numpy.dtype
-        float32 or float64: the dtype every ``|w|`` is converted to (exactly) before ranking.
-
-    Returns
-    -------
-    (v, r) : (numpy scalar of ``work``, int)
-        ``v`` is the k-th smallest magnitude; ``r >= 1`` of the entries equal to ``v`` are among the
-        k smallest (the others equal to ``v`` rank after them).
-    """
-    uint = np.dtype(f"u{work.itemsize}")
-    nbits = 8 * work.itemsize
-    prefix, remaining = 0, k
-    for shift in range(nbits - _DIGIT_BITS, -1, -_DIGIT_BITS):
-        hist = np.zeros(1 << _DIGIT_BITS, dtype=np.int64)
-        for w in tensors:
-            key = _abs_flat(w, work).view(uint)
-            if shift + _DIGIT_BITS < nbits:  # only the bucket chosen by the previous passes
-                key = key[(key >> uint.type(shift + _DIGIT_BITS)) == uint.type(prefix)]
-            digit = ((key >> uint.type(shift)) & uint.type(0xFFFF)).astype(np.intp)
-            hist += np.bincount(digit, minlength=1 << _DIGIT_BITS)
-        cumulative = np.cumsum(hist)
-        d = int(np.searchsorted(cumulative, remaining))  # first digit whose bucket reaches rank
-        remaining -= int(cumulative[d - 1]) if d > 0 else 0
-        prefix = (prefix << _DIGIT_BITS) | d
-    v = np.array(prefix, dtype=uint).view(work)[()]
-    return v, remaining
-
-
 def _prune_smallest_job(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -> _blocked.Job:
     """Fast path (a job) of removing the ``k`` smallest magnitudes over ``tensors`` (``1 <= k <= N``).
 
@@ -164,7 +107,7 @@ def _prune_smallest_job(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -
     Returns ``[(pruned, keep), ...]``, or the index of the first tensor holding NaN/Inf (the
     counting pass of the selection checks it), for :func:`require_finite` to report.
     """
-    sel = yield from _select.select_job(tensors, k, work)
+    sel = yield from _kth.select_job(tensors, k, work)
     if sel.nonfinite is not None:
         return sel.nonfinite
     if sel.equal == sel.ties:  # every entry equal to v goes: no tie to break
@@ -336,7 +279,7 @@ def global_magnitude_threshold(
     or three passes over the file, see the module docstring), so the memory needed is one
     tensor's plus the candidates of the last pass (at most ``N / 48`` values, typically
     ``< N / 100``); names are selected from the header without reading data. Other mappings
-    are ranked all together by the in-memory selection (:mod:`coreprune._select`).
+    are ranked all together by the in-memory selection (:mod:`coreprune._fast.kth`).
 
     Parameters
     ----------
@@ -380,21 +323,24 @@ def global_magnitude_threshold(
     else:
         tensors = [weights[n] for n in names]
         v, ties, equal = work.type(-np.inf), 0, [0] * len(names)
-        if k > 0 and _fast_tensors(tensors):
-            sel = _blocked.run_job(_select.select_job(tensors, k, work))
+        if k > 0 and total >= _blocked.MIN_FAST_ELEMENTS:
+            sel = _blocked.run_job(_kth.select_job(tensors, k, work))
             if sel.nonfinite is not None:
                 require_finite(names[sel.nonfinite], tensors[sel.nonfinite])
             v, ties = sel.value, sel.ties
             blocks = sel.per_block
-            if blocks is None:  # the radix fallback ran: count the entries equal to v per block
+            if blocks is None and _fast_tensors(tensors):  # the radix select ran: count per block
                 blocks = _blocked.run_jobs([_kernels.count_equal_job(w, v, work) for w in tensors])
-            per_block = dict(zip(names, blocks))
-            equal = [sum(b) for b in blocks]
+            if blocks is not None:
+                per_block = dict(zip(names, blocks))
+                equal = [sum(b) for b in blocks]
+            else:
+                equal = [int(np.count_nonzero(_abs_flat(w, work) == v)) for w in tensors]
         else:
             for name in names:
                 require_finite(name, weights[name])
             if k > 0:
-                v, ties = _kth_smallest_abs(tensors, k, work)
+                v, ties = _kth.kth_smallest_abs_reference(tensors, k, work)
                 equal = [int(np.count_nonzero(_abs_flat(w, work) == v)) for w in tensors]
     removed, remaining = {}, ties
     for name, n_equal in zip(names, equal):
@@ -405,88 +351,25 @@ def global_magnitude_threshold(
     )
 
 
-def _flat(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray:
-    return np.ascontiguousarray(weights[name]).reshape(-1)
-
-
-def _histogram_block(
-    flat: np.ndarray, span: tuple[int, int], *, work: np.dtype, known: int, prefix: int, check: bool
-) -> np.ndarray | None:
-    """Counts of the 16-bit digit after the ``known`` top bits of the magnitudes in ``flat[span]``
-    whose top bits equal ``prefix``; None if ``check`` and the block holds NaN/Inf."""
-    a = _kernels.work_abs(flat[span[0] : span[1]], work)
-    if check and a.size and not np.isfinite(np.maximum.reduce(a)):  # NaN propagates through max
-        return None
-    uint = np.dtype(f"u{work.itemsize}")
-    nbits = 8 * work.itemsize
-    key = a.view(uint)
-    if known:
-        key = key[(key >> uint.type(nbits - known)) == uint.type(prefix)]
-    digit = ((key >> uint.type(nbits - known - _DIGIT_BITS)) & uint.type(0xFFFF)).astype(np.intp)
-    return np.bincount(digit, minlength=1 << _DIGIT_BITS)
-
-
-def _bucket_block(
-    flat: np.ndarray, span: tuple[int, int], *, work: np.dtype, known: int, prefix: int, check: bool
-) -> np.ndarray | None:
-    """The magnitudes in ``flat[span]`` whose ``known`` top bits equal ``prefix`` (a new array)."""
-    a = _kernels.work_abs(flat[span[0] : span[1]], work)
-    if check and a.size and not np.isfinite(np.maximum.reduce(a)):
-        return None
-    if not known:
-        return a.copy()
-    uint = np.dtype(f"u{work.itemsize}")
-    return a[(a.view(uint) >> uint.type(8 * work.itemsize - known)) == uint.type(prefix)]
-
-
-def _count_block(flat: np.ndarray, span: tuple[int, int], *, work: np.dtype, v: np.generic) -> int:
-    return int(np.count_nonzero(_kernels.work_abs(flat[span[0] : span[1]], work) == v))
-
-
-def _per_tensor(weights: Mapping[str, np.ndarray], name: str, fn: partial) -> list:
-    """``fn(flat, span)`` for every block of one tensor, read now and released after."""
-    flat = _flat(weights, name)
-    out = _blocked.run_parallel(_blocked.block_ranges(flat.size), partial(fn, flat))
-    if any(r is None for r in out):
-        require_finite(name, flat)
-    return out
-
-
 def _stream_select(
     weights: Mapping[str, np.ndarray], names: Sequence[str], total: int, k: int, work: np.dtype
 ) -> tuple[np.generic, int, list[int]]:
-    """``(v, r, equal)`` over tensors read one at a time: the k-th smallest magnitude, how many
-    entries equal to it are among the ``k``, and each tensor's count of entries equal to it.
-    Raises for the first tensor holding NaN/Inf. ``k == 0``: ``(-inf, 0, zeros)``, after checking."""
+    """``(v, r, equal)`` over tensors read one at a time (the engine's radix select): the k-th
+    smallest magnitude, how many entries equal to it are among the ``k``, and each tensor's count of
+    entries equal to it. Raises for the first tensor holding NaN/Inf. ``k == 0``: ``(-inf, 0, zeros)``,
+    after checking."""
     if k == 0:
         for name in names:
             require_finite(name, weights[name])
         return work.type(-np.inf), 0, [0] * len(names)
-    nbits = 8 * work.itemsize
-    budget = max(_select.CANDIDATE_MIN, total // _select.CANDIDATE_SHARE)
-    prefix, known, remaining, bucket, check = 0, 0, k, total, True
-    while bucket > budget and known < nbits:  # one histogram pass per 16 bits
-        hist = np.zeros(1 << _DIGIT_BITS, dtype=np.int64)
-        step = partial(_histogram_block, work=work, known=known, prefix=prefix, check=check)
-        for name in names:
-            for h in _per_tensor(weights, name, step):
-                hist += h
-        check = False
-        cumulative = np.cumsum(hist)
-        d = int(np.searchsorted(cumulative, remaining))  # first digit whose bucket reaches the rank
-        remaining -= int(cumulative[d - 1]) if d > 0 else 0
-        bucket = int(hist[d])
-        prefix, known = (prefix << _DIGIT_BITS) | d, known + _DIGIT_BITS
-    if known == nbits:  # the bucket is one value: count it per tensor
-        uint = np.dtype(f"u{work.itemsize}")
-        v = np.array(prefix, dtype=uint).view(work)[()]
-        count = partial(_count_block, work=work, v=v)
-        equal = [sum(_per_tensor(weights, n, count)) for n in names]
-        return v, remaining, equal
-    collect = partial(_bucket_block, work=work, known=known, prefix=prefix, check=check)
-    candidates = [np.concatenate([np.zeros(0, work), *_per_tensor(weights, n, collect)]) for n in names]
-    v, r = _select._kth_in_place(candidates, remaining)
-    return v, r, [int(np.count_nonzero(c == v)) for c in candidates]
+
+    def load(i: int) -> np.ndarray:
+        return np.ascontiguousarray(weights[names[i]]).reshape(-1)
+
+    found = _blocked.run_job(_kth.radix_job(load, len(names), total, k, work, check=True))
+    if isinstance(found, int):  # the index of the first tensor holding NaN/Inf: this raises for it
+        require_finite(names[found], weights[names[found]])
+    return found  # type: ignore[return-value]
 
 
 def prune_threshold(

@@ -33,7 +33,8 @@ from collections.abc import Mapping
 import ml_dtypes
 import numpy as np
 
-from . import _blocked, _kernels
+from ._fast import blocked as _blocked
+from ._fast import kernels as _kernels
 from .errors import CompressionError
 from .packing import _check_bits
 from .selection import Pattern, check_weights, is_floating, require_finite, select
@@ -307,7 +308,7 @@ class QuantizedArray:
     def _fast_job(self) -> _blocked.Job | None:
         """:meth:`dequantize` as a blocked, threaded job (same result), or None where it does not apply.
 
-        It applies to C-contiguous codes of at least ``coreprune._blocked.MIN_FAST_ELEMENTS`` values
+        It applies to C-contiguous codes of at least ``coreprune._fast.blocked.MIN_FAST_ELEMENTS`` values
         with one scale per tensor, per index of axis 0 or per group, for float16/bfloat16/float32/
         float64 originals.
         """
@@ -349,7 +350,7 @@ def _quantize_fast_job(
     """The blocked, threaded path of :func:`_quantize_tensor` as a job, or None where it does not apply.
 
     It applies to C-contiguous float16/bfloat16/float32/float64 tensors of at least
-    ``coreprune._blocked.MIN_FAST_ELEMENTS`` values, ``bits >= 2``, with one scale per tensor, per
+    ``coreprune._fast.blocked.MIN_FAST_ELEMENTS`` values, ``bits >= 2``, with one scale per tensor, per
     index of axis 0 or per group, given ``axis`` and ``group_size`` already checked and normalised.
     The job returns the :class:`QuantizedArray` -- the same one as the reference path -- or None
     when the tensor holds NaN/Inf or a scale exceeds float32, for the reference path to report.

@@ -38,10 +38,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Union
 
-import ml_dtypes
 import numpy as np
 
 import mxnet as mx
+from coreprune import dtypes
 from coreprune.errors import CompressionError
 from coreprune.load_report import LoadReport, match_names
 from coreprune.selection import check_weights, is_floating
@@ -51,6 +51,8 @@ __all__ = ["LoadReport", "to_numpy", "load_numpy"]
 
 #: How MXNet 1.9.1's Python front end spells bfloat16 (``NDArray.dtype`` of a bf16 array).
 MX_BFLOAT16 = np.dtype([("bfloat16", "<u2")])
+#: The same 16 bits as NumPy knows them (the dtype registry's bfloat16, an ml_dtypes type).
+_BFLOAT16 = dtypes.by_name("bfloat16").dtype  # type: ignore[union-attr]
 
 #: A collection :func:`to_numpy` and :func:`load_numpy` accept.
 Collection = Union[
@@ -134,13 +136,13 @@ def _check_initialised(slots: Mapping[str, Any], *, verb: str) -> None:
 
 def _numpy_dtype(arr: mx.nd.NDArray) -> np.dtype:
     dtype = np.dtype(arr.dtype)
-    return np.dtype(ml_dtypes.bfloat16) if dtype == MX_BFLOAT16 else dtype
+    return _BFLOAT16 if dtype == MX_BFLOAT16 else dtype
 
 
 def _read(arr: mx.nd.NDArray) -> np.ndarray:
     out = arr.asnumpy()  # synchronous device -> host copy into a fresh NumPy array
     if out.dtype == MX_BFLOAT16:
-        out = out.view(np.uint16).view(ml_dtypes.bfloat16)
+        out = out.view(np.uint16).view(_BFLOAT16)
     return out
 
 
@@ -153,7 +155,7 @@ def _cast_for(name: str, array: np.ndarray, arr: mx.nd.NDArray) -> np.ndarray:
             "refusing to truncate floating values into an integer/bool array"
         )
     out = array.astype(target, copy=False)
-    if target == np.dtype(ml_dtypes.bfloat16):
+    if target == _BFLOAT16:
         out = np.ascontiguousarray(out).view(np.uint16).view(MX_BFLOAT16)
     return out
 

@@ -40,10 +40,10 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Mapping
 
-import ml_dtypes
 import numpy as np
 
 import torch
+from coreprune import dtypes
 from coreprune.errors import CompressionError
 from coreprune.load_report import LoadReport, match_names
 from coreprune.selection import check_weights, is_floating
@@ -56,17 +56,13 @@ __all__ = ["LoadReport", "to_numpy", "load_numpy", "attach_masks", "masks_from_m
 def _bit_twins() -> dict[torch.dtype, tuple[np.dtype, torch.dtype]]:
     """torch dtypes NumPy lacks -> (the ml_dtypes dtype with the same bits, the integer carrier)."""
     twins: dict[torch.dtype, tuple[np.dtype, torch.dtype]] = {}
-    for name, carrier in (
-        ("bfloat16", torch.int16),
-        ("float8_e4m3fn", torch.uint8),
-        ("float8_e5m2", torch.uint8),
-        ("float8_e4m3fnuz", torch.uint8),
-        ("float8_e5m2fnuz", torch.uint8),
-        ("float8_e8m0fnu", torch.uint8),
-    ):
-        tdtype, ndtype = getattr(torch, name, None), getattr(ml_dtypes, name, None)
+    carriers = {2: torch.int16, 1: torch.uint8}  # an integer torch dtype of the same width
+    for info in dtypes.DTYPES:
+        if not (info.ml and info.torch):
+            continue
+        tdtype, ndtype = getattr(torch, info.torch, None), info.dtype
         if tdtype is not None and ndtype is not None:  # both libraries' versions must know the type
-            twins[tdtype] = (np.dtype(ndtype), carrier)
+            twins[tdtype] = (ndtype, carriers[ndtype.itemsize])
     return twins
 
 

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .._blocked import block_ranges, run_parallel
+from .._fast.blocked import block_ranges, run_parallel
 from ..errors import CompressionError, WeightFileError
 from ..layout_planner import Value, _dtype_name, _fill_codes, _little, _param_shape, _parse_dtype, _plan_value
 from ..packing import pack_bits, unpack_bits

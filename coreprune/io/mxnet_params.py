@@ -35,9 +35,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-import ml_dtypes
 import numpy as np
 
+from ..dtypes import mxnet_type_flags, mxnet_writable_flags
 from ..errors import WeightFileError
 from .base import (
     MAX_NDIM,
@@ -72,23 +72,9 @@ V2_MAGIC = 0xF993FAC9
 V3_MAGIC = 0xF993FACA
 
 #: mshadow type flag -> dtype (little-endian)
-TYPE_FLAGS: dict[int, np.dtype] = {
-    0: np.dtype("<f4"),
-    1: np.dtype("<f8"),
-    2: np.dtype("<f2"),
-    3: np.dtype("u1"),
-    4: np.dtype("<i4"),
-    5: np.dtype("i1"),
-    6: np.dtype("<i8"),
-    7: np.dtype("?"),
-    8: np.dtype("<i2"),
-    9: np.dtype("<u2"),
-    10: np.dtype("<u4"),
-    11: np.dtype("<u8"),
-    12: np.dtype(ml_dtypes.bfloat16),
-}
+TYPE_FLAGS: dict[int, np.dtype] = mxnet_type_flags()
 #: dtype name -> type flag, for the dtypes MXNet 1.9.1 can load
-WRITABLE_FLAGS: dict[str, int] = {TYPE_FLAGS[k].name: k for k in (0, 1, 2, 3, 4, 5, 6, 7, 12)}
+WRITABLE_FLAGS: dict[str, int] = mxnet_writable_flags()
 #: default largest dense expansion of a sparse array, in bytes
 DENSE_LIMIT = 2**31
 

@@ -43,6 +43,7 @@ import numpy as np
 from ..dtypes import ML_FLOAT_NAMES, ml_dtype
 from ..errors import WeightFileError
 from .base import TensorSpec, WeightReader, check_extent, check_shape, read_exact, spec_of
+from .zip_reader import LOCAL_HEADER_SIZE, ZIP_EMPTY_MAGIC, ZIP_LOCAL_MAGIC, ZipArchive, first_member_name
 
 __all__ = ["FORMAT", "EXTENSIONS", "EXTENSION_OPTIONS", "MAX_HEADER_SIZE", "sniff", "open_reader", "write"]
 
@@ -54,9 +55,6 @@ EXTENSION_OPTIONS = {".npy": {"single": True}}
 MAX_HEADER_SIZE = 10000
 
 _NPY_MAGIC = b"\x93NUMPY"
-_ZIP_LOCAL = b"PK\x03\x04"
-_ZIP_EMPTY = b"PK\x05\x06"  # an archive with no members is only an end-of-central-directory record
-_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # 30 bytes, as zipfile.structFileHeader
 _ALIGN = 64  # writer: member data (after the .npy header, itself a multiple of 64) starts 64-aligned
 _PAD_ID = 0x5043  # zip extra-field id of the writer's alignment padding ("CP")
 _CHUNK = 1 << 20
@@ -76,15 +74,12 @@ def sniff(head: bytes) -> bool:
     >>> sniff(b"\\x93NUMPY\\x01\\x00"), sniff(b"\\x12\\x01\\x00\\x00")
     (True, False)
     """
-    if head.startswith(_NPY_MAGIC) or head.startswith(_ZIP_EMPTY):
+    if head.startswith(_NPY_MAGIC) or head.startswith(ZIP_EMPTY_MAGIC):
         return True
-    if not head.startswith(_ZIP_LOCAL):
+    if not head.startswith(ZIP_LOCAL_MAGIC):
         return False
-    if len(head) < _LOCAL_HEADER.size:
-        return True
-    name_len = int.from_bytes(head[26:28], "little")
-    name = head[_LOCAL_HEADER.size : _LOCAL_HEADER.size + name_len]
-    return len(name) < name_len or name.endswith(b".npy")
+    name = first_member_name(head)
+    return name is None or name.endswith(b".npy")
 
 
 def _bits_dtype(name: str) -> np.dtype | None:
@@ -196,7 +191,7 @@ class NpzReader(WeightReader):
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__(path)
         self._entries: dict[str, _Entry] = {}
-        self._zip: zipfile.ZipFile | None = None
+        self._zip: ZipArchive | None = None
         try:
             self._size = os.path.getsize(self.path)
             with open(self.path, "rb") as f:
@@ -228,67 +223,29 @@ class NpzReader(WeightReader):
         self._add(self.path.stem, shape, _Entry(None, length, length, dtype, fortran))
 
     def _open_npz(self) -> None:
+        self._zip = ZipArchive(self.path, ".npz (zip)")
         try:
-            self._zip = zipfile.ZipFile(self.path)
-            infos = self._zip.infolist()
-        except Exception as e:  # zipfile's exceptions on hostile bytes are not documented; none may escape
-            self.close()
-            raise WeightFileError(
-                f"{self.path}: not a readable .npz (zip) archive ({type(e).__name__}: {e})"
-            ) from e
-        try:
-            with open(self.path, "rb") as f:
-                for zinfo in infos:
-                    self._scan_member(f, zinfo)
+            for zinfo in self._zip.members:
+                self._scan_member(zinfo)
         except BaseException:
             self.close()
             raise
 
-    def _scan_member(self, f: BinaryIO, zinfo: zipfile.ZipInfo) -> None:
+    def _scan_member(self, zinfo: zipfile.ZipInfo) -> None:
+        assert self._zip is not None
         path, fname = self.path, zinfo.filename
         if not fname.endswith(".npy"):
             raise WeightFileError(
                 f"{path}: member {fname!r} is not a .npy array; this is not a NumPy .npz file"
             )
         what = f"array {fname[:-4]!r}"
-        if zinfo.flag_bits & 0x1:
-            raise WeightFileError(f"{path}: {what} is encrypted")
         if zinfo.compress_type == zipfile.ZIP_STORED:
-            if zinfo.compress_size != zinfo.file_size:
-                raise WeightFileError(f"{path}: {what} is stored with inconsistent sizes (corrupted)")
-            check_extent(
-                path, f"the local zip header of {what}", zinfo.header_offset, _LOCAL_HEADER.size, self._size
-            )
-            f.seek(zinfo.header_offset)
-            fields = _LOCAL_HEADER.unpack(
-                read_exact(f, _LOCAL_HEADER.size, path, f"the zip header of {what}")
-            )
-            if fields[0] != _ZIP_LOCAL:
-                raise WeightFileError(f"{path}: bad local zip header for {what} (corrupted)")
-            name_len, extra_len = fields[10], fields[11]
-            local_name = read_exact(f, name_len, path, f"the zip header of {what}")
-            if (
-                local_name.decode("utf-8" if zinfo.flag_bits & 0x800 else "cp437", "replace")
-                != zinfo.orig_filename
-            ):
-                raise WeightFileError(
-                    f"{path}: the local and central zip headers of {what} disagree (corrupted)"
-                )
-            start = zinfo.header_offset + _LOCAL_HEADER.size + name_len + extra_len
-            check_extent(path, what, start, zinfo.compress_size, self._size)
-            f.seek(start)
-            head = f.read(min(zinfo.compress_size, 12 + MAX_HEADER_SIZE))
-        elif zinfo.compress_type in (zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
-            start = -1
-            try:
-                with self._zip.open(zinfo) as member:  # type: ignore[union-attr]
-                    head = member.read(min(zinfo.file_size, 12 + MAX_HEADER_SIZE))
-            except Exception as e:  # corrupted compressed streams raise zlib/lzma/bz2 errors of their own
-                raise WeightFileError(f"{path}: cannot decompress {what} ({type(e).__name__}: {e})") from e
+            start, length = self._zip.stored_span(zinfo, what)
+            head = self._zip.read_span(start, min(length, 12 + MAX_HEADER_SIZE), f"the .npy header of {what}")
         else:
-            raise WeightFileError(
-                f"{path}: {what} uses zip compression method {zinfo.compress_type}, not supported"
-            )
+            start = -1
+            with self._zip.open_compressed(zinfo, what) as member:
+                head = member.read(min(zinfo.file_size, 12 + MAX_HEADER_SIZE))
         shape, fortran, dtype, length = _parse_npy_header(head, path, what)
         nbytes = TensorSpec(shape, dtype).nbytes
         if length + nbytes != zinfo.file_size:
@@ -317,23 +274,17 @@ class NpzReader(WeightReader):
     def _decompress(self, name: str, spec: TensorSpec, entry: _Entry, order: str) -> np.ndarray:
         if self._zip is None:
             raise WeightFileError(f"{self.path}: the reader is closed")
+        assert entry.zinfo is not None
         buf = bytearray()
-        try:
-            with self._zip.open(entry.zinfo) as member:  # type: ignore[arg-type]
-                read_exact(member, entry.header_length, self.path, f"the .npy header of {name!r}")
-                # Grow with the bytes really decompressed: a lying size field costs nothing.
-                while len(buf) < spec.nbytes:
-                    chunk = member.read(min(_CHUNK, spec.nbytes - len(buf)))
-                    if not chunk:
-                        break
-                    buf += chunk
-                trailing = member.read(1)  # reaching the end makes zipfile check the CRC-32
-        except WeightFileError:
-            raise
-        except Exception as e:  # zlib.error, BadZipFile ("Bad CRC-32"), EOFError, lzma/bz2 errors
-            raise WeightFileError(
-                f"{self.path}: cannot decompress array {name!r} ({type(e).__name__}: {e})"
-            ) from e
+        with self._zip.open_compressed(entry.zinfo, f"array {name!r}") as member:
+            read_exact(member, entry.header_length, self.path, f"the .npy header of {name!r}")
+            # Grow with the bytes really decompressed: a lying size field costs nothing.
+            while len(buf) < spec.nbytes:
+                chunk = member.read(min(_CHUNK, spec.nbytes - len(buf)))
+                if not chunk:
+                    break
+                buf += chunk
+            trailing = member.read(1)  # reaching the end makes zipfile check the CRC-32
         if len(buf) != spec.nbytes or trailing:
             raise WeightFileError(
                 f"{self.path}: array {name!r} should hold {spec.nbytes} bytes but its member does not "
@@ -379,7 +330,7 @@ def open_reader(path: str | os.PathLike, **options: Any) -> NpzReader:
     ['bias'] [0.0, 1.0, 2.0]
     """
     if options:
-        raise TypeError(f"the npz reader takes no options, got {', '.join(options)}")
+        raise WeightFileError(f"{path}: the npz reader takes no options, got {', '.join(sorted(options))}")
     return NpzReader(path)
 
 
@@ -393,7 +344,7 @@ def _aligned_info(name: str, offset: int) -> zipfile.ZipInfo:
     except UnicodeEncodeError:
         name_len = len(name.encode("utf-8"))
     # Local header, name, our padding field (4 + p bytes), and zipfile's forced zip64 extra (20 bytes).
-    used = offset + _LOCAL_HEADER.size + name_len + 4 + 20
+    used = offset + LOCAL_HEADER_SIZE + name_len + 4 + 20
     zinfo.extra = struct.pack("<HH", _PAD_ID, -used % _ALIGN) + b"\0" * (-used % _ALIGN)
     return zinfo
 

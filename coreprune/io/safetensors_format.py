@@ -27,9 +27,9 @@ import struct
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
-import ml_dtypes
 import numpy as np
 
+from ..dtypes import safetensors_dtypes
 from ..errors import WeightFileError
 from .base import TensorSpec, WeightReader, check_extent, check_shape, read_exact, spec_of, write_c_order
 
@@ -49,38 +49,11 @@ EXTENSIONS = (".safetensors",)
 #: Largest JSON header accepted, in bytes (the reference implementation's limit).
 MAX_HEADER_SIZE = 100_000_000
 
-_NAMES = {
-    "BOOL": "bool",
-    "U8": "uint8",
-    "I8": "int8",
-    "U16": "uint16",
-    "I16": "int16",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "U32": "uint32",
-    "I32": "int32",
-    "F32": "float32",
-    "U64": "uint64",
-    "I64": "int64",
-    "F64": "float64",
-    "C64": "complex64",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2",
-    "F8_E4M3FNUZ": "float8_e4m3fnuz",
-    "F8_E5M2FNUZ": "float8_e5m2fnuz",
-    "F8_E8M0": "float8_e8m0fnu",
-}
 _PACKED = ("F4", "F6_E2M3", "F6_E3M2")
 
 
-def _dtype(numpy_name: str) -> np.dtype | None:
-    if numpy_name == "bfloat16" or numpy_name.startswith("float8"):
-        return np.dtype(getattr(ml_dtypes, numpy_name)) if hasattr(ml_dtypes, numpy_name) else None
-    return np.dtype(numpy_name).newbyteorder("<")
-
-
 #: safetensors dtype string -> numpy dtype (little-endian), for the types this ml_dtypes provides
-DTYPES: dict[str, np.dtype] = {code: dt for code, name in _NAMES.items() if (dt := _dtype(name)) is not None}
+DTYPES: dict[str, np.dtype] = safetensors_dtypes()
 _CODES: dict[str, str] = {dt.name: code for code, dt in DTYPES.items()}
 
 
@@ -246,7 +219,8 @@ def open_reader(path: str | os.PathLike, **options: Any) -> SafetensorsReader:
     [0, 1, 2]
     """
     if options:
-        raise TypeError(f"the safetensors reader takes no options, got {', '.join(options)}")
+        given = ", ".join(sorted(options))
+        raise WeightFileError(f"{path}: the safetensors reader takes no options, got {given}")
     return SafetensorsReader(path)
 
 

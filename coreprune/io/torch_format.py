@@ -55,9 +55,10 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..errors import CompressionError, WeightFileError
-from .base import TensorSpec, WeightReader, check_extent, element_count, read_exact, spec_of
+from .base import TensorSpec, WeightReader, check_extent, element_count, spec_of
 from .pickle_vm import PickleGlobal
 from .torch_pickle import STORAGE_DTYPES, TORCH_DTYPES, StorageRef, TensorRef, load_torch_pickle
+from .zip_reader import ZIP_LOCAL_MAGIC, ZipArchive, first_member_name
 
 __all__ = ["FORMAT", "EXTENSIONS", "sniff", "open_reader", "write", "TorchReader"]
 
@@ -69,7 +70,6 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 #: The magic number pickled as LONG1: the bytes after ``80 02`` in a legacy file.
 _LEGACY_HEAD = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
-_ZIP_HEAD = b"PK\x03\x04"
 
 #: Names of a bare tensor and a bare non-tensor value saved with ``torch.save(obj)``.
 ROOT_TENSOR = "tensor"
@@ -103,14 +103,10 @@ def sniff(head: bytes) -> bool:
     >>> sniff(b"\\x80\\x02\\x8a\\x0a\\x6c\\xfc\\x9c\\x46\\xf9\\x20\\x6a\\xa8\\x50\\x19.")
     True
     """
-    if head.startswith(_ZIP_HEAD):
-        if len(head) < 30:
-            return len(head) >= 4
-        name_len = struct.unpack_from("<H", head, 26)[0]
-        name = head[30 : 30 + name_len]
-        if len(name) < name_len:  # longer than the head: cannot tell, the extension decides
-            return True
-        return name_len > 0 and not name.endswith(b".npy")
+    if head.startswith(ZIP_LOCAL_MAGIC):
+        name = first_member_name(head)
+        # None: the name runs past the head, so the bytes cannot tell; the extension decides.
+        return name is None or (len(name) > 0 and not name.endswith(b".npy"))
     return len(head) >= 2 + len(_LEGACY_HEAD) and head[0] == 0x80 and head[2:].startswith(_LEGACY_HEAD)
 
 
@@ -252,8 +248,8 @@ def open_reader(path: str | os.PathLike, **options: Any) -> TorchReader:
     with f:
         head = f.read(64)
         f.seek(0)
-        if head.startswith(_ZIP_HEAD):
-            return _open_zip(path, f, size)
+        if head.startswith(ZIP_LOCAL_MAGIC):
+            return _open_zip(path, size)
         if head[:1] == b"\x80" and head[2 : 2 + len(_LEGACY_HEAD)] == _LEGACY_HEAD:
             return _open_legacy(path, f, size)
         if len(head) >= 2 and head[:2] == b"\x80\x02":
@@ -262,50 +258,26 @@ def open_reader(path: str | os.PathLike, **options: Any) -> TorchReader:
 
 
 # -- zip layout ---------------------------------------------------------------------------------------
-_ZIP_ERRORS = (
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    ValueError,
-    struct.error,
-    OSError,
-    EOFError,
-    NotImplementedError,
-    UnicodeDecodeError,
-    OverflowError,
-    KeyError,
-    IndexError,
-)
-
-
-def _record_span(path: Path, f: BinaryIO, size: int, info: zipfile.ZipInfo) -> tuple[int, int]:
+def _record_span(z: ZipArchive, info: zipfile.ZipInfo) -> tuple[int, int]:
     """(data offset, length) of a stored zip record, from its local header; no CRC trusted or needed."""
-    name = info.filename
-    if info.flag_bits & 0x1:
-        raise WeightFileError(f"{path}: zip record {name} is encrypted")
+    what = f"zip record {info.filename}"
+    z.check_plain(info, what)
     if info.compress_type != zipfile.ZIP_STORED:
         raise WeightFileError(
-            f"{path}: zip record {name} is compressed (method {info.compress_type}); torch.save "
+            f"{z.path}: {what} is compressed (method {info.compress_type}); torch.save "
             "stores records uncompressed and memory-maps them, so a re-zipped checkpoint is refused: "
             "unzip it and zip it again with `zip -0`, or load and re-save it with torch.save"
         )
-    if info.compress_size != info.file_size:
-        raise WeightFileError(f"{path}: zip record {name} has different stored and real sizes (corrupted)")
-    check_extent(path, f"the local header of zip record {name}", info.header_offset, 30, size)
-    f.seek(info.header_offset)
-    local = f.read(30)
-    if local[:4] != _ZIP_HEAD:
-        raise WeightFileError(f"{path}: zip record {name} has no local header at offset {info.header_offset}")
-    name_len, extra_len = struct.unpack_from("<HH", local, 26)
-    data_offset = info.header_offset + 30 + name_len + extra_len
-    check_extent(path, f"zip record {name}", data_offset, info.file_size, size)
-    return data_offset, info.file_size
+    return z.stored_span(info, what)
 
 
-def _open_zip(path: Path, f: BinaryIO, size: int) -> TorchReader:
-    try:
-        infos = zipfile.ZipFile(f).infolist()
-    except _ZIP_ERRORS as e:
-        raise WeightFileError(f"{path}: not a readable zip archive ({type(e).__name__}: {e})") from None
+def _open_zip(path: Path, size: int) -> TorchReader:
+    with ZipArchive(path) as z:
+        return _read_zip(z, path, size)
+
+
+def _read_zip(z: ZipArchive, path: Path, size: int) -> TorchReader:
+    infos = z.members
     if not infos:
         raise WeightFileError(f"{path}: an empty zip archive, not a torch.save file")
     first = infos[0].filename
@@ -326,16 +298,14 @@ def _open_zip(path: Path, f: BinaryIO, size: int) -> TorchReader:
         raise WeightFileError(f"{path}: zip archive without {prefix}data.pkl, so not a torch.save file")
     byteorder = "little"
     if "byteorder" in records:
-        start, length = _record_span(path, f, size, records["byteorder"])
-        f.seek(start)
-        mark = f.read(min(length, 16))
+        start, length = _record_span(z, records["byteorder"])
+        mark = z.read_span(start, min(length, 16), f"{prefix}byteorder")
         if mark not in (b"little", b"big"):
             raise WeightFileError(f"{path}: byteorder record holds {mark!r}, not 'little' or 'big'")
         byteorder = mark.decode()
     info = records["data.pkl"]
-    start, length = _record_span(path, f, size, info)
-    f.seek(start)
-    pickle_bytes = read_exact(f, length, path, "data.pkl")
+    start, length = _record_span(z, info)
+    pickle_bytes = z.read_span(start, length, "data.pkl")
     if info.CRC and zlib.crc32(pickle_bytes) != info.CRC:
         raise WeightFileError(f"{path}: data.pkl fails its CRC-32 check (corrupted)")
     spans: dict[str, tuple[int, int]] = {}
@@ -347,7 +317,7 @@ def _open_zip(path: Path, f: BinaryIO, size: int) -> TorchReader:
                 raise WeightFileError(
                     f"{path}: the pickle refers to storage {ref.key!r:.40} but no record holds it"
                 )
-            spans[ref.key] = _record_span(path, f, size, record)
+            spans[ref.key] = _record_span(z, record)
         need = ref.root_numel * ref.dtype.itemsize
         if spans[ref.key][1] < need:
             raise WeightFileError(
@@ -652,7 +622,7 @@ class _ZipWriter:
         self._write(
             struct.pack(
                 "<4sHHHHHIIIHH",
-                _ZIP_HEAD,
+                ZIP_LOCAL_MAGIC,
                 45 if zip64 else 20,
                 0x0808,
                 0,

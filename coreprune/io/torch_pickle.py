@@ -44,9 +44,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
-import ml_dtypes
 import numpy as np
 
+from ..dtypes import torch_dtypes, torch_storage_dtypes
 from . import pickle_vm
 from .pickle_vm import BUILTIN_GLOBALS, PickleGlobal, PickleVM, _bad, _check_int, _int_tuple
 
@@ -66,72 +66,11 @@ _REFUSAL = (
 )
 
 
-def _ml(name: str) -> np.dtype | None:
-    dt = getattr(ml_dtypes, name, None)
-    return None if dt is None else np.dtype(dt)
-
-
 #: ``torch.<Name>Storage`` -> the element dtype of the storage (legacy typed storages).
-STORAGE_DTYPES: dict[str, np.dtype] = {
-    "FloatStorage": np.dtype("f4"),
-    "DoubleStorage": np.dtype("f8"),
-    "HalfStorage": np.dtype("f2"),
-    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
-    "LongStorage": np.dtype("i8"),
-    "IntStorage": np.dtype("i4"),
-    "ShortStorage": np.dtype("i2"),
-    "CharStorage": np.dtype("i1"),
-    "ByteStorage": np.dtype("u1"),
-    "BoolStorage": np.dtype("?"),
-    "ComplexFloatStorage": np.dtype("c8"),
-    "ComplexDoubleStorage": np.dtype("c16"),
-}
+STORAGE_DTYPES: dict[str, np.dtype] = torch_storage_dtypes()
 
 #: ``torch.<dtype>`` -> NumPy dtype; ``None`` where NumPy (with the installed ml_dtypes) has no equivalent.
-TORCH_DTYPES: dict[str, np.dtype | None] = {
-    "float32": np.dtype("f4"),
-    "float": np.dtype("f4"),
-    "float64": np.dtype("f8"),
-    "double": np.dtype("f8"),
-    "float16": np.dtype("f2"),
-    "half": np.dtype("f2"),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-    "int64": np.dtype("i8"),
-    "long": np.dtype("i8"),
-    "int32": np.dtype("i4"),
-    "int": np.dtype("i4"),
-    "int16": np.dtype("i2"),
-    "short": np.dtype("i2"),
-    "int8": np.dtype("i1"),
-    "uint8": np.dtype("u1"),
-    "uint16": np.dtype("u2"),
-    "uint32": np.dtype("u4"),
-    "uint64": np.dtype("u8"),
-    "bool": np.dtype("?"),
-    "complex64": np.dtype("c8"),
-    "cfloat": np.dtype("c8"),
-    "complex128": np.dtype("c16"),
-    "cdouble": np.dtype("c16"),
-    "float8_e4m3fn": _ml("float8_e4m3fn"),
-    "float8_e5m2": _ml("float8_e5m2"),
-    "float8_e4m3fnuz": _ml("float8_e4m3fnuz"),
-    "float8_e5m2fnuz": _ml("float8_e5m2fnuz"),
-    "float8_e8m0fnu": _ml("float8_e8m0fnu"),
-    # Real torch dtypes with no NumPy twin: a tensor of one is refused by name.
-    "complex32": None,
-    "chalf": None,
-    "float4_e2m1fn_x2": None,
-    "bits1x8": None,
-    "bits2x4": None,
-    "bits4x2": None,
-    "bits8": None,
-    "bits16": None,
-    "quint8": None,
-    "qint8": None,
-    "qint32": None,
-    "quint4x2": None,
-    "quint2x4": None,
-}
+TORCH_DTYPES: dict[str, np.dtype | None] = torch_dtypes()
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import coreprune as cp  # noqa: E402
-from coreprune import _blocked, _select  # noqa: E402
+from coreprune._fast import blocked as _blocked  # noqa: E402
+from coreprune._fast import kth as _select  # noqa: E402
+from coreprune._fast.kth import kth_smallest_abs_reference as _kth_smallest_abs_reference  # noqa: E402
 from coreprune.packing import pack_bits  # noqa: E402
-from coreprune.pruning import _kth_smallest_abs_reference  # noqa: E402
 
 try:
     import torch
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="leave torch out even if installed")
     args = parser.parse_args(argv)
     if args.threads:
-        _blocked.set_num_threads(args.threads)
+        cp.set_num_threads(args.threads)
     use_torch = torch is not None and not args.no_torch
 
     print(f"building {args.size / 2**30:.3f} GiB of float32 weights ...", flush=True)

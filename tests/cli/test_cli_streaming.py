@@ -16,14 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import coreprune.io as cio
-from coreprune import _select
+from coreprune._fast import kth as _select
+from coreprune._fast.kth import kth_smallest_abs_reference as _kth_smallest_abs_reference
 from coreprune.cli import main
 from coreprune.errors import CompressionError
-from coreprune.pruning import (
-    _kth_smallest_abs_reference,
-    global_magnitude_threshold,
-    prune_magnitude,
-)
+from coreprune.pruning import global_magnitude_threshold, prune_magnitude
 
 
 def same(a: np.ndarray, b: np.ndarray) -> bool:

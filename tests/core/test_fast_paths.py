@@ -26,18 +26,28 @@ from hypothesis import strategies as st
 from coreprune import (
     CompressionError,
     QuantizedArray,
-    _bitpack,
-    _blocked,
-    _kernels,
-    _select,
     apply_masks,
     dequantize,
     prune_magnitude,
     prune_threshold,
     quantize,
 )
+from coreprune._fast import bitpack as _bitpack
+from coreprune._fast import blocked as _blocked
+from coreprune._fast import kernels as _kernels
+from coreprune._fast import kth as _select
+from coreprune._fast.blocked import run_job
+from coreprune._fast.kth import kth_smallest_abs_reference as _kth_smallest_abs_reference
+from coreprune._fast.kth import radix_job
 from coreprune.packing import pack_bits, unpack_bits
-from coreprune.pruning import _kth_smallest_abs, _kth_smallest_abs_reference
+
+
+def _kth_smallest_abs(tensors, k, work):
+    """The engine's radix select on tensors in memory, every 16-bit pass run (budget 0)."""
+    flats = [np.ascontiguousarray(t).reshape(-1) for t in tensors]
+    total = sum(f.size for f in flats)
+    v, r, _ = run_job(radix_job(flats.__getitem__, len(flats), total, k, work, check=False, budget=0))
+    return v, r
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 FLOATS = [np.dtype(np.float16), BF16, np.dtype(np.float32), np.dtype(np.float64)]
@@ -220,7 +230,7 @@ def test_set_num_threads_validates_and_returns_the_previous_value():
     try:
         assert _blocked.num_threads() == 3
         for bad in (0, -1, 1.5, True, "2"):
-            with pytest.raises(ValueError, match="int >= 1"):
+            with pytest.raises(CompressionError, match="int >= 1"):
                 _blocked.set_num_threads(bad)
     finally:
         assert _blocked.set_num_threads(previous) == 3

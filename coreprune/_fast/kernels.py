@@ -2,11 +2,11 @@
 
 Every function here computes exactly what a plain NumPy expression in :mod:`coreprune.pruning` or
 :mod:`coreprune.quantization` computes -- the same IEEE operations on the same values, in blocks
-(see :mod:`coreprune._blocked`) -- so the results are bit-identical; ``tests/core/test_fast_paths.py``
+(see :mod:`coreprune._fast.blocked`) -- so the results are bit-identical; ``tests/core/test_fast_paths.py``
 checks each against its reference. They are called only for inputs that :func:`eligible` accepts;
 everything else (small, non-contiguous or exotic arrays) takes the reference path.
 
-Each kernel comes as a *job* (a generator for :func:`coreprune._blocked.run_jobs`, so that all
+Each kernel comes as a *job* (a generator for :func:`coreprune.blocked.run_jobs`, so that all
 tensors of a dict are processed in one sweep); a few also come as a plain function running one job.
 
 Two tricks avoid full-size temporaries and casts:
@@ -31,8 +31,8 @@ from functools import partial
 import ml_dtypes
 import numpy as np
 
-from . import _blocked
-from ._blocked import Job, block_ranges, run_job, scratch
+from . import blocked
+from .blocked import Job, block_ranges, run_job, scratch
 
 __all__ = [
     "FAST_FLOATS",
@@ -59,7 +59,7 @@ def eligible(a: np.ndarray, dtypes: frozenset | None = FAST_FLOATS) -> bool:
 
     ``dtypes=None`` accepts any non-object, non-structured dtype of 1, 2, 4 or 8 bytes.
     """
-    if a.size < _blocked.MIN_FAST_ELEMENTS or not a.flags.c_contiguous:
+    if a.size < blocked.MIN_FAST_ELEMENTS or not a.flags.c_contiguous:
         return False
     if dtypes is None:
         return not a.dtype.hasobject and a.dtype.itemsize in (1, 2, 4, 8) and a.dtype.fields is None
@@ -119,7 +119,7 @@ def prune_job(
 ) -> Job:
     """Job: ``keep = |w| > cut`` (compared in ``work``) and ``pruned = where(keep, w, +0)`` in one pass.
 
-    With ``skips`` and ``ties`` (one entry per block of :func:`~coreprune._blocked.block_ranges`):
+    With ``skips`` and ``ties`` (one entry per block of :func:`~coreprune.blocked.block_ranges`):
     block ``b`` holds ``ties[b]`` entries equal to ``cut``, of which the first ``skips[b]`` (in C
     order) are removed and the rest kept. Without them every entry equal to ``cut`` is removed.
 
@@ -156,7 +156,7 @@ def prune_job(
 
 
 def count_equal_job(w: np.ndarray, value: np.generic, work: np.dtype) -> Job:
-    """Job: per block of :func:`~coreprune._blocked.block_ranges`, how many ``|w| == value`` (in ``work``)."""
+    """Job: per block of :func:`~coreprune.blocked.block_ranges`, how many ``|w| == value`` (in ``work``)."""
     flat = w.reshape(-1)
 
     def block(s: int, e: int) -> int:
@@ -209,7 +209,7 @@ def _as_work(x: np.ndarray, work: np.dtype) -> np.ndarray:
 
 def _tiles(rows: int, cols: int) -> tuple[list[tuple[int, int, int, int]], bool]:
     """Tiles ``(r0, r1, c0, c1)`` of about one block each, and whether every tile holds whole rows."""
-    block = _blocked.BLOCK_ELEMENTS
+    block = blocked.BLOCK_ELEMENTS
     if cols <= block:
         per = max(1, block // cols)
         return [(r, min(r + per, rows), 0, cols) for r in range(0, rows, per)], True

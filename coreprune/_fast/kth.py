@@ -1,4 +1,4 @@
-"""Exact k-th smallest magnitude over several tensors: a bracket from a sample, one counting pass.
+"""The k-th smallest magnitude over several tensors: the one selection engine of coreprune.
 
 ``prune_magnitude`` needs, for ``k`` in ``1..N``, the k-th smallest ``|w|`` over all selected
 tensors (``N`` values together) and how many entries equal to it rank among the ``k`` smallest.
@@ -16,28 +16,42 @@ selection over it; a radix select over the bit patterns needs two passes or more
    ``N``).
 4. **Exact answer.** When ``L < k <= L + #candidates`` the answer is the ``(k - L)``-th smallest
    candidate (``np.partition``); this is exact whatever the sample was. Otherwise (an unfair
-   sample) or when the candidates outgrow their budget (``N / 48`` values), a blocked radix select
-   on the IEEE-754 bit patterns (16 bits per pass) finds the same value.
+   sample) or when the candidates outgrow their budget (``N / 48`` values), the radix select
+   (:func:`radix_job`) finds the same value.
 
-For non-negative IEEE floats the bit pattern read as an unsigned integer orders like the value,
-which is what the radix select uses; the counting pass compares floats, which for finite values
-gives the same order. All comparisons happen on magnitudes converted exactly to ``work``.
+The radix select is the one for tensors that are not all in memory too (a lazy reader, one tensor
+read per pass): for non-negative IEEE floats the bit pattern read as an unsigned integer orders
+like the value, so each pass histograms the next 16 bits of every magnitude whose higher bits
+equal the prefix found so far, until the bucket holding the k-th value has at most the candidate
+budget (``N / 48``) values; one more pass collects them and ``np.partition`` finishes. The counting
+pass compares floats, which for finite values gives the same order. All comparisons happen on
+magnitudes converted exactly to ``work``.
+
+:func:`kth_smallest_abs_reference` (concatenate every magnitude, ``np.partition``) is the reference
+the tests compare both with; the public functions use it for inputs below
+:data:`~coreprune._fast.blocked.MIN_FAST_ELEMENTS` values.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import numpy as np
 
-from . import _blocked
-from ._blocked import Job, block_ranges, run_job, scratch
-from ._kernels import work_abs
+from .blocked import Job, block_ranges, run_job, scratch
+from .kernels import work_abs
 
-__all__ = ["kth_smallest", "kth_smallest_abs", "select_job", "radix_job", "Selection"]
+__all__ = [
+    "kth_smallest",
+    "kth_smallest_abs",
+    "kth_smallest_abs_reference",
+    "select_job",
+    "radix_job",
+    "Selection",
+]
 
 #: Sample size: N / SAMPLE_SHARE, clamped to [SAMPLE_MIN, SAMPLE_MAX] (all of N when smaller).
 SAMPLE_SHARE = 64
@@ -67,6 +81,24 @@ def kth_smallest(a: np.ndarray, k: int) -> tuple[np.generic, int]:
     return v, k - int(np.count_nonzero(a < v))
 
 
+def kth_smallest_abs_reference(
+    tensors: Sequence[np.ndarray], k: int, work: np.dtype
+) -> tuple[np.generic, int]:
+    """Reference of the engine: concatenate every ``|w|`` (as ``work``) and partition.
+
+    Returns ``(v, r)``: ``v`` the k-th smallest magnitude (1-based, as a ``work`` scalar) and ``r``
+    how many entries equal to ``v`` are among the k smallest (``1 <= r``). Needs ``1 <= k <= N``.
+
+    Examples
+    --------
+    >>> v, r = kth_smallest_abs_reference([np.array([[3.0, -1.0]]), np.array([-2.0, 2.0])], 3,
+    ...                                   np.dtype(np.float64))
+    >>> float(v), r
+    (2.0, 2)
+    """
+    return kth_smallest(np.concatenate([np.abs(np.asarray(w).astype(work)).reshape(-1) for w in tensors]), k)
+
+
 class Selection:
     """Result of :func:`kth_smallest_abs`.
 
@@ -79,7 +111,7 @@ class Selection:
     equal : int
         How many entries equal ``v`` in all (``>= ties``).
     per_block : list of list of int, or None
-        For each tensor and each block of :func:`~coreprune._blocked.block_ranges` of its size,
+        For each tensor and each block of :func:`~coreprune.blocked.block_ranges` of its size,
         the number of entries equal to ``v``; None when the radix select ran (count them then).
     nonfinite : int or None
         Index of the first tensor holding NaN or Inf, found by the counting pass; the other fields
@@ -141,7 +173,7 @@ def _bracket(sample: np.ndarray, k: int, n: int) -> tuple[np.generic | None, np.
 
 
 def select_job(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -> Job:
-    """Job computing :func:`kth_smallest_abs` (see there), for :func:`~coreprune._blocked.run_jobs`."""
+    """Job computing :func:`kth_smallest_abs` (see there), for :func:`~coreprune.blocked.run_jobs`."""
     flats = [np.ascontiguousarray(t).reshape(-1) for t in tensors]
     total = sum(f.size for f in flats)
     parts = yield _sample_tasks(flats, work)
@@ -186,8 +218,10 @@ def select_job(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -> Job:
     below = sum(r[0] for r in results)
     upto = sum(r[1] for r in results)
     if overflow.is_set() or not below < k <= upto:
-        v, r, equal = yield from radix_job(flats, k, work)
-        return Selection(v, r, equal, None)
+        found = yield from radix_job(flats.__getitem__, len(flats), total, k, work, check=False)
+        assert not isinstance(found, int)  # the counting pass found every value finite
+        v, r, equal = found
+        return Selection(v, r, sum(equal), None)
     candidates = [r[2] if r[2] is not None else np.zeros(0, work) for r in results]
     del results
     ((v, r),) = yield [partial(_kth_in_place, candidates, k - below)]
@@ -234,39 +268,102 @@ def kth_smallest_abs(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -> S
     return run_job(select_job(tensors, k, work))
 
 
-def radix_job(flats: Sequence[np.ndarray], k: int, work: np.dtype) -> Job:
-    """Job: radix select of the k-th smallest magnitude on its bit patterns, 16 bits per pass.
-
-    Returns ``(v, r, equal)`` as :class:`Selection`'s fields. Memory: the block temporaries and one
-    65536-bin histogram per task in flight; each task covers many blocks and adds its histogram to
-    the pass total.
-    """
+def _histogram_block(
+    flat: np.ndarray, span: tuple[int, int], *, work: np.dtype, known: int, prefix: int, check: bool
+) -> np.ndarray | None:
+    """Counts of the 16-bit digit after the ``known`` top bits of the magnitudes in ``flat[span]``
+    whose top bits equal ``prefix``; None if ``check`` and the block holds NaN/Inf."""
+    a = work_abs(flat[span[0] : span[1]], work)
+    if check and a.size and not np.isfinite(np.maximum.reduce(a)):  # NaN propagates through max
+        return None
     uint = np.dtype(f"u{work.itemsize}")
     nbits = 8 * work.itemsize
-    prefix, remaining, last = 0, k, 0
-    span = 32 * _blocked.BLOCK_ELEMENTS
-    tasks = [(i, s, min(s + span, f.size)) for i, f in enumerate(flats) for s in range(0, f.size, span)]
-    lock = threading.Lock()
-    for shift in range(nbits - _DIGIT_BITS, -1, -_DIGIT_BITS):
-        total = np.zeros(1 << _DIGIT_BITS, dtype=np.int64)
+    key = a.view(uint)
+    if known:
+        key = key[(key >> uint.type(nbits - known)) == uint.type(prefix)]
+    digit = ((key >> uint.type(nbits - known - _DIGIT_BITS)) & uint.type(0xFFFF)).astype(np.intp)
+    return np.bincount(digit, minlength=1 << _DIGIT_BITS)
 
-        def histogram(i: int, s: int, e: int, shift: int = shift, prefix: int = prefix,
-                      total: np.ndarray = total) -> None:
-            hist = np.zeros(1 << _DIGIT_BITS, dtype=np.int64)
-            for bs, be in block_ranges(e - s):
-                key = work_abs(flats[i][s + bs : s + be], work).view(uint)
-                if shift + _DIGIT_BITS < nbits:  # only the bucket chosen by the previous passes
-                    key = key[(key >> uint.type(shift + _DIGIT_BITS)) == uint.type(prefix)]
-                digit = ((key >> uint.type(shift)) & uint.type(0xFFFF)).astype(np.intp)
-                hist += np.bincount(digit, minlength=1 << _DIGIT_BITS)
-            with lock:
-                total += hist
 
-        yield [partial(histogram, *t) for t in tasks]
-        cumulative = np.cumsum(total)
+def _bucket_block(
+    flat: np.ndarray, span: tuple[int, int], *, work: np.dtype, known: int, prefix: int, check: bool
+) -> np.ndarray | None:
+    """The magnitudes in ``flat[span]`` whose ``known`` top bits equal ``prefix`` (a new array)."""
+    a = work_abs(flat[span[0] : span[1]], work)
+    if check and a.size and not np.isfinite(np.maximum.reduce(a)):
+        return None
+    if not known:
+        return a.copy()
+    uint = np.dtype(f"u{work.itemsize}")
+    return a[(a.view(uint) >> uint.type(8 * work.itemsize - known)) == uint.type(prefix)]
+
+
+def _count_block(flat: np.ndarray, span: tuple[int, int], *, work: np.dtype, v: np.generic) -> int:
+    return int(np.count_nonzero(work_abs(flat[span[0] : span[1]], work) == v))
+
+
+def radix_job(
+    load: Callable[[int], np.ndarray],
+    count: int,
+    total: int,
+    k: int,
+    work: np.dtype,
+    *,
+    check: bool,
+    budget: int | None = None,
+) -> Job:
+    """Job: radix select of the k-th smallest magnitude of ``count`` tensors, 16 bits per pass.
+
+    ``load(i)`` gives tensor ``i`` as a flat array; it is called once per tensor and pass and the
+    array dropped after, so tensors read lazily from a file are held one at a time. ``total`` is
+    their number of values. While the bucket holding the k-th value has more than
+    ``budget`` values (default ``max(CANDIDATE_MIN, total // CANDIDATE_SHARE)``; 0 runs every pass
+    down to the last bit), a pass histograms the next 16 bits of
+    the magnitudes in it; then one more pass collects the bucket and ``np.partition`` finishes
+    (float32 data: usually two passes in all).
+
+    Returns ``(v, r, equal)`` -- the k-th smallest magnitude, how many entries equal to it rank among
+    the ``k`` smallest, and each tensor's count of entries equal to it -- or, when ``check`` is true
+    and a tensor holds NaN or Inf, that tensor's index (the first one). Needs ``1 <= k <= total``.
+    """
+    nbits = 8 * work.itemsize
+    if budget is None:
+        budget = max(CANDIDATE_MIN, total // CANDIDATE_SHARE)
+    prefix, known, remaining, bucket = 0, 0, k, total
+    while bucket > budget and known < nbits:  # one histogram pass per 16 bits
+        hist = np.zeros(1 << _DIGIT_BITS, dtype=np.int64)
+        for i in range(count):
+            flat = load(i)
+            step = partial(_histogram_block, flat, work=work, known=known, prefix=prefix, check=check)
+            parts = yield [partial(step, span) for span in block_ranges(flat.size)]
+            del flat
+            if any(p is None for p in parts):
+                return i
+            for h in parts:
+                hist += h
+        check = False
+        cumulative = np.cumsum(hist)
         d = int(np.searchsorted(cumulative, remaining))  # first digit whose bucket reaches the rank
         remaining -= int(cumulative[d - 1]) if d > 0 else 0
-        last = int(total[d])
-        prefix = (prefix << _DIGIT_BITS) | d
-    v = np.array(prefix, dtype=uint).view(work)[()]
-    return v, remaining, last
+        bucket = int(hist[d])
+        prefix, known = (prefix << _DIGIT_BITS) | d, known + _DIGIT_BITS
+    uint = np.dtype(f"u{work.itemsize}")
+    if known == nbits:  # the bucket is one value: count it per tensor
+        v = np.array(prefix, dtype=uint).view(work)[()]
+        equal = []
+        for i in range(count):
+            flat = load(i)
+            count_step = partial(_count_block, flat, work=work, v=v)
+            counts = yield [partial(count_step, span) for span in block_ranges(flat.size)]
+            equal.append(sum(counts))
+        return v, remaining, equal
+    candidates = []
+    for i in range(count):
+        flat = load(i)
+        collect = partial(_bucket_block, flat, work=work, known=known, prefix=prefix, check=check)
+        parts = yield [partial(collect, span) for span in block_ranges(flat.size)]
+        if any(p is None for p in parts):
+            return i
+        candidates.append(np.concatenate([np.zeros(0, work), *parts]))
+    ((v, r),) = yield [partial(_kth_in_place, candidates, remaining)]
+    return v, r, [int(np.count_nonzero(c == v)) for c in candidates]

@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..errors import CompressionError
+
 __all__ = [
     "BLOCK_ELEMENTS",
     "MIN_FAST_ELEMENTS",
@@ -63,29 +65,54 @@ _local = threading.local()
 
 
 def num_threads() -> int:
-    """Number of threads the fast paths use (default ``os.cpu_count()``).
+    """Number of threads the fast paths use (default ``os.cpu_count()``), ``coreprune.num_threads``.
+
+    Returns
+    -------
+    int
+        At least 1; the calling thread counts as one of them.
 
     Examples
     --------
-    >>> num_threads() >= 1
+    >>> import coreprune
+    >>> coreprune.num_threads() >= 1
     True
     """
     return _threads
 
 
 def set_num_threads(n: int) -> int:
-    """Use ``n >= 1`` threads from now on; returns the previous number (for benchmarks and tests).
+    """Use ``n`` threads in the fast paths from now on, ``coreprune.set_num_threads``.
+
+    Results do not depend on it (every fast path is bit-identical whatever the number of threads);
+    only the speed does. Waits for the work in flight, then replaces the thread pool.
+
+    Parameters
+    ----------
+    n : int
+        Number of threads, ``>= 1`` (1: everything runs in the calling thread).
+
+    Returns
+    -------
+    int
+        The previous number, to restore it.
+
+    Raises
+    ------
+    CompressionError
+        ``n`` is not an int ``>= 1``.
 
     Examples
     --------
-    >>> previous = set_num_threads(1)
-    >>> num_threads()
+    >>> import coreprune
+    >>> previous = coreprune.set_num_threads(1)
+    >>> coreprune.num_threads()
     1
-    >>> _ = set_num_threads(previous)
+    >>> _ = coreprune.set_num_threads(previous)
     """
     global _threads, _executor
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"the number of threads must be an int >= 1, got {n!r}")
+        raise CompressionError(f"the number of threads must be an int >= 1, got {n!r}")
     with _lock:
         previous, _threads = _threads, n
         if _executor is not None:

@@ -21,7 +21,7 @@ from functools import partial
 
 import numpy as np
 
-from ._blocked import Job, block_ranges, run_job, scratch
+from .blocked import Job, block_ranges, run_job, scratch
 
 __all__ = ["pack_job", "pack", "unpack"]
 
