@@ -76,9 +76,10 @@ class RecipeConfig:
 
     Attributes
     ----------
-    dense_epochs, prune_steps, prune_epochs, codebook_epochs : int
-        Epochs of dense training; pruning steps and fine-tuning epochs after each; centroid
-        fine-tuning epochs.
+    dense_epochs, prune_epochs : dict[str, int]
+        Per model: epochs of dense training, and fine-tuning epochs after each pruning step.
+    prune_steps, codebook_epochs : int
+        Pruning steps (a cubic schedule to the targets); centroid fine-tuning epochs.
     lr, prune_lr, codebook_lr : float
         Adam's initial learning rates (cosine decay to 0 within each stage).
     batch_size : int
@@ -88,12 +89,13 @@ class RecipeConfig:
     """
 
     dense_epochs: dict[str, int] = dataclasses.field(
-        default_factory=lambda: {"lenet-300-100": 10, "lenet-5": 6})
+        default_factory=lambda: {"lenet-300-100": 20, "lenet-5": 6})
     prune_steps: int = 3
-    prune_epochs: int = 1
+    prune_epochs: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"lenet-300-100": 4, "lenet-5": 2})
     codebook_epochs: int = 1
     lr: float = 1e-3
-    prune_lr: float = 5e-4
+    prune_lr: float = 1e-3
     codebook_lr: float = 1e-4
     batch_size: int = 128
     train_size: int | None = None
@@ -101,8 +103,9 @@ class RecipeConfig:
 
 
 #: The test suite's budget: a few hundred images, one epoch per stage; checks invariants, not accuracy.
-QUICK = RecipeConfig(dense_epochs={"lenet-300-100": 1, "lenet-5": 1}, prune_steps=2, prune_epochs=1,
-                     codebook_epochs=1, train_size=512, batch_size=64)
+QUICK = RecipeConfig(dense_epochs={"lenet-300-100": 1, "lenet-5": 1}, prune_steps=2,
+                     prune_epochs={"lenet-300-100": 1, "lenet-5": 1}, codebook_epochs=1, train_size=512,
+                     batch_size=64)
 
 
 class _Bar:
@@ -178,7 +181,8 @@ def run_model(
     x, y = data.x_train[:n], data.y_train[:n]
     batches = -(-n // config.batch_size)
     dense_epochs = config.dense_epochs[model]
-    total = batches * (dense_epochs + config.prune_steps * config.prune_epochs + config.codebook_epochs)
+    prune_epochs = config.prune_epochs[model]
+    total = batches * (dense_epochs + config.prune_steps * prune_epochs + config.codebook_epochs)
     bar = _Bar(total, quiet, f"{model} [{backend.name}]")
     start = time.perf_counter()
     try:
@@ -195,7 +199,7 @@ def run_model(
             bar.stage(f"prune {step + 1}/{config.prune_steps}")
             weights, masks = prune_iterative(weights, {k: v[step] for k, v in schedules.items()}, masks=masks)
             backend.load(net, weights)
-            backend.fit(net, x, y, epochs=config.prune_epochs, lr=config.prune_lr,
+            backend.fit(net, x, y, epochs=prune_epochs, lr=config.prune_lr,
                         batch_size=config.batch_size, seed=config.seed + 1 + step, masks=masks,
                         on_batch=bar.tick)
             weights = backend.weights(net)
@@ -355,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="the test suite's tiny budget (checks, not accuracy)")
     p.add_argument("--dense-epochs", type=int, default=None, help="override both models' dense epochs")
     p.add_argument("--prune-steps", type=int, default=None)
+    p.add_argument("--prune-epochs", type=int, default=None, help="epochs per pruning step (both models)")
+    p.add_argument("--prune-lr", type=float, default=None, help="Adam's learning rate while pruning")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -369,6 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         changes["dense_epochs"] = {m: args.dense_epochs for m in MODELS}
     if args.prune_steps is not None:
         changes["prune_steps"] = args.prune_steps
+    if args.prune_epochs is not None:
+        changes["prune_epochs"] = {m: args.prune_epochs for m in MODELS}
+    if args.prune_lr is not None:
+        changes["prune_lr"] = args.prune_lr
     config = dataclasses.replace(config, **changes)
     try:
         report = run_recipe(args.framework, args.out, config=config, models=args.models,
