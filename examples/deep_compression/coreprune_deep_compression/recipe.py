@@ -78,9 +78,11 @@ class RecipeConfig:
     ----------
     dense_epochs, prune_epochs : dict[str, int]
         Per model: epochs of dense training, and fine-tuning epochs after each pruning step.
+    prune_lr : dict[str, float]
+        Per model: Adam's initial learning rate while pruning.
     prune_steps, codebook_epochs : int
         Pruning steps (a cubic schedule to the targets); centroid fine-tuning epochs.
-    lr, prune_lr, codebook_lr : float
+    lr, codebook_lr : float
         Adam's initial learning rates (cosine decay to 0 within each stage).
     batch_size : int
     train_size : int or None
@@ -92,10 +94,11 @@ class RecipeConfig:
         default_factory=lambda: {"lenet-300-100": 20, "lenet-5": 6})
     prune_steps: int = 3
     prune_epochs: dict[str, int] = dataclasses.field(
-        default_factory=lambda: {"lenet-300-100": 4, "lenet-5": 2})
+        default_factory=lambda: {"lenet-300-100": 4, "lenet-5": 1})
     codebook_epochs: int = 1
     lr: float = 1e-3
-    prune_lr: float = 1e-3
+    prune_lr: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"lenet-300-100": 1e-3, "lenet-5": 5e-4})
     codebook_lr: float = 1e-4
     batch_size: int = 128
     train_size: int | None = None
@@ -199,7 +202,7 @@ def run_model(
             bar.stage(f"prune {step + 1}/{config.prune_steps}")
             weights, masks = prune_iterative(weights, {k: v[step] for k, v in schedules.items()}, masks=masks)
             backend.load(net, weights)
-            backend.fit(net, x, y, epochs=prune_epochs, lr=config.prune_lr,
+            backend.fit(net, x, y, epochs=prune_epochs, lr=config.prune_lr[model],
                         batch_size=config.batch_size, seed=config.seed + 1 + step, masks=masks,
                         on_batch=bar.tick)
             weights = backend.weights(net)
@@ -378,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.prune_epochs is not None:
         changes["prune_epochs"] = {m: args.prune_epochs for m in MODELS}
     if args.prune_lr is not None:
-        changes["prune_lr"] = args.prune_lr
+        changes["prune_lr"] = {m: args.prune_lr for m in MODELS}
     config = dataclasses.replace(config, **changes)
     try:
         report = run_recipe(args.framework, args.out, config=config, models=args.models,
