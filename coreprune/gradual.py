@@ -74,7 +74,7 @@ def sparsity_schedule(final: float, steps: int, *, initial: float = 0.0, kind: s
     --------
     >>> [round(s, 4) for s in sparsity_schedule(0.9, 4)]
     [0.5203, 0.7875, 0.8859, 0.9]
-    >>> sparsity_schedule(0.8, 4, initial=0.4, kind="linear")
+    >>> [round(s, 4) for s in sparsity_schedule(0.8, 4, initial=0.4, kind="linear")]
     [0.5, 0.6, 0.7, 0.8]
     >>> sparsity_schedule(0.9, 2, kind="one-shot")
     [0.9, 0.9]
