@@ -94,11 +94,11 @@ class RecipeConfig:
         default_factory=lambda: {"lenet-300-100": 20, "lenet-5": 6})
     prune_steps: int = 3
     prune_epochs: dict[str, int] = dataclasses.field(
-        default_factory=lambda: {"lenet-300-100": 4, "lenet-5": 1})
+        default_factory=lambda: {"lenet-300-100": 4, "lenet-5": 2})
     codebook_epochs: int = 1
     lr: float = 1e-3
     prune_lr: dict[str, float] = dataclasses.field(
-        default_factory=lambda: {"lenet-300-100": 1e-3, "lenet-5": 5e-4})
+        default_factory=lambda: {"lenet-300-100": 1e-3, "lenet-5": 1e-3})
     codebook_lr: float = 1e-4
     batch_size: int = 128
     train_size: int | None = None
