@@ -4,9 +4,11 @@ Every algorithm takes and returns ``dict[str, numpy.ndarray]``. This package nev
 imports torch or mxnet on its own; the converters are the subpackages :mod:`coreprune.torch` and
 :mod:`coreprune.mxnet`, which import their framework only when they themselves are imported.
 
-* pruning: :func:`prune_threshold`, :func:`prune_magnitude`, :func:`apply_masks`, :func:`sparsity`,
+* pruning: :func:`prune_threshold`, :func:`prune_magnitude`, :func:`apply_masks`,
   :func:`global_magnitude_threshold` (the global cut, streamed over a lazy reader)
-* quantization: :func:`quantize`, :func:`dequantize`, :class:`QuantizedArray`
+* quantization: :func:`quantize`, :func:`dequantize`, :class:`QuantizedArray`, :func:`pack_bits`,
+  :func:`unpack_bits` (n-bit codes to bytes and back)
+* statistics: :func:`sparsity`, :func:`tensor_stats` (what ``coreprune inspect`` prints)
 * files: :mod:`coreprune.io` (``load``, ``save``, ``open_weights``), :func:`save_compressed`,
   :func:`load_compressed`
   (the ``.cpz`` format, :mod:`coreprune.io.cpz`), :func:`encoded_nbytes` and :func:`layout_of` (its
@@ -36,6 +38,7 @@ from .distill import kd_loss, kd_loss_and_grad
 from .errors import CompressionError, UnsafePickleError, WeightFileError
 from .io.cpz import load_compressed, save_compressed
 from .layout_planner import encoded_nbytes, layout_of
+from .packing import pack_bits, unpack_bits
 from .pruning import (
     GlobalThreshold,
     apply_masks,
@@ -45,7 +48,7 @@ from .pruning import (
 )
 from .quantization import QuantizedArray, dequantize, quantize
 from .selection import select
-from .stats import sparsity
+from .stats import sparsity, tensor_stats
 
 __version__ = "0.1.0"
 
@@ -60,6 +63,9 @@ __all__ = [
     "global_magnitude_threshold",
     "GlobalThreshold",
     "sparsity",
+    "tensor_stats",
+    "pack_bits",
+    "unpack_bits",
     "QuantizedArray",
     "quantize",
     "dequantize",

@@ -20,8 +20,9 @@ Each format module provides ``FORMAT``, ``EXTENSIONS``, ``sniff(head: bytes) -> 
 ``open_reader(path, **options) -> WeightReader`` and
 ``write(weights: Mapping, f: BinaryIO, **options) -> None``; optionally
 ``EXTENSION_OPTIONS`` (extension -> default writer options, e.g. ``.npy`` -> one array).
-Writers raise :class:`~coreprune.errors.WeightFileError` naming the tensor; :func:`save`
-prefixes the destination path. A format module that fails to import disables only that
+Writers raise the :class:`~coreprune.errors.CompressionError` family naming the tensor;
+:func:`save` re-raises it as a :class:`~coreprune.errors.WeightFileError` whose message starts with
+the destination path. A format module that fails to import disables only that
 format, and error messages say so.
 """
 
@@ -37,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import WeightFileError
+from ..errors import CompressionError, WeightFileError
 from .base import TensorSpec, WeightReader, atomic_write
 
 __all__ = ["load", "save", "open_weights", "detect_format", "FORMATS", "TensorSpec", "WeightReader"]
@@ -230,6 +231,13 @@ def save(
     **options
         Passed to the format's writer.
 
+    Raises
+    ------
+    WeightFileError
+        The format cannot be told, the destination is one of ``inputs``, or the writer refused a
+        value (a dtype the format cannot store, a bad option value): the message starts with
+        ``path`` and names the tensor. The file at ``path`` is left as it was.
+
     Examples
     --------
     >>> import numpy as np, tempfile, os
@@ -256,7 +264,7 @@ def save(
     try:
         with atomic_write(path, inputs=inputs) as f:
             module.write(weights, f, **options)
-    except WeightFileError as e:
+    except CompressionError as e:
         # Writers see only an open file; the user needs the destination in the message.
         if str(e).startswith(str(path)):
             raise

@@ -330,7 +330,7 @@ def open_reader(path: str | os.PathLike, **options: Any) -> NpzReader:
     ['bias'] [0.0, 1.0, 2.0]
     """
     if options:
-        raise TypeError(f"the npz reader takes no options, got {', '.join(options)}")
+        raise WeightFileError(f"{path}: the npz reader takes no options, got {', '.join(sorted(options))}")
     return NpzReader(path)
 
 

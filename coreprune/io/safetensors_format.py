@@ -219,7 +219,8 @@ def open_reader(path: str | os.PathLike, **options: Any) -> SafetensorsReader:
     [0, 1, 2]
     """
     if options:
-        raise TypeError(f"the safetensors reader takes no options, got {', '.join(options)}")
+        given = ", ".join(sorted(options))
+        raise WeightFileError(f"{path}: the safetensors reader takes no options, got {given}")
     return SafetensorsReader(path)
 
 

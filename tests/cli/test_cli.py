@@ -22,7 +22,8 @@ import pytest
 import coreprune
 import coreprune.io as cio
 from coreprune import QuantizedArray, load_compressed, save_compressed
-from coreprune.cli import _progress, build_parser, main
+from coreprune.cli import build_parser, main
+from coreprune.cli.common import _progress
 
 FORMATS = [".npz", ".safetensors", ".pt", ".cpz"]
 

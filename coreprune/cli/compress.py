@@ -1,0 +1,64 @@
+"""``coreprune prune``, ``quantize`` and ``compress``: per-tensor steps through the lazy pipeline."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import (
+    CliError,
+    _note,
+    _open_input,
+    _progress,
+)
+from .streaming import (
+    _chain,
+    _Counts,
+    _is_cpz,
+    _Pipeline,
+    _prune_step,
+    _quantize_step,
+    _selection,
+    _summary,
+    _write,
+)
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    counts = _Counts()
+    with _open_input(args) as reader, _progress(len(reader), "prune", args.quiet) as bar:
+        selected = _selection(reader, args)
+        pipe = _Pipeline(reader, bar=bar, step=_prune_step(reader, selected, args, counts), selected=selected)
+        _write(args, reader, pipe, args.output)
+    _summary(args, args.output, counts, len(pipe))
+    return 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    counts = _Counts()
+    keep_codes = _is_cpz(args.output)
+    with _open_input(args) as reader, _progress(len(reader), "quantize", args.quiet) as bar:
+        selected = _selection(reader, args)
+        pipe = _Pipeline(reader, bar=bar, step=_quantize_step(args, counts, keep_codes), selected=selected)
+        _write(args, reader, pipe, args.output)
+    if not keep_codes:
+        _note(args, f"{args.output} cannot hold {args.bits}-bit codes: wrote the dequantized values in each "
+                    "tensor's dtype (fake quantization); use -o NAME.cpz to keep the packed codes")
+    _summary(args, args.output, counts, len(pipe))
+    return 0
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    if not _is_cpz(args.output):
+        raise CliError(f"{args.output}: compress writes .cpz files; name the output *.cpz "
+                       "(prune and quantize write other formats)")
+    counts = _Counts()
+    with _open_input(args) as reader, _progress(len(reader), "compress", args.quiet) as bar:
+        selected = _selection(reader, args)
+        prune = None
+        if args.threshold is not None or args.sparsity is not None:
+            prune = _prune_step(reader, selected, args, counts)
+        quant = _quantize_step(args, counts, True) if args.bits is not None else None
+        pipe = _Pipeline(reader, bar=bar, step=_chain(prune, quant), selected=selected)
+        _write(args, reader, pipe, args.output)
+    _summary(args, args.output, counts, len(pipe))
+    return 0

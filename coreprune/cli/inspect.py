@@ -1,0 +1,169 @@
+"""``coreprune inspect``: the per-tensor statistics table, its JSON form and the plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io import open_weights
+from ..io.base import atomic_write
+from ..io.cpz import CpzReader
+from ..selection import is_floating
+from ..stats import TensorStats, tensor_stats, totals
+from .common import (
+    _PLOT_SUFFIXES,
+    CliError,
+    _db,
+    _human,
+    _jsonable,
+    _num,
+    _one_line,
+    _pct,
+    _progress,
+    _say,
+)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    if args.plot is not None:
+        if Path(args.plot).suffix.lower() not in _PLOT_SUFFIXES:
+            raise CliError(f"{args.plot}: the plot must be a {', '.join(_PLOT_SUFFIXES)} file")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise CliError('--plot needs matplotlib: pip install "coreprune[plot]"') from None
+    stats: list[TensorStats] = []
+    samples: list[tuple[np.ndarray, int]] = []
+    storage: dict[str, dict[str, Any]] = {}
+    with open_weights(args.input) as reader, _progress(len(reader), "inspect", args.quiet) as bar:
+        fmt = reader.format
+        for name in reader:
+            array = np.asarray(reader[name])
+            stats.append(tensor_stats(name, array, threshold=args.threshold))
+            if args.plot is not None and is_floating(array.dtype) and array.size and array.ndim >= 1:
+                stride = max(1, math.ceil(array.size / 20_000))
+                samples.append((array.reshape(-1)[::stride].astype(np.float32), stride))
+            if isinstance(reader, CpzReader):
+                storage[name] = reader.storage(name)
+            del array
+            bar.update(1)
+        extras = dict(reader.extras)
+        metadata = dict(reader.metadata)
+    summary = totals(stats)
+    file_size = os.path.getsize(args.input)
+    if args.json:
+        tensors = []
+        for s in stats:
+            row = s.as_dict()
+            if s.name in storage:
+                row["storage"] = storage[s.name]
+            tensors.append(row)
+        summary["file_nbytes"] = file_size
+        doc = {
+            "file": str(args.input),
+            "format": fmt,
+            "threshold": args.threshold,
+            "tensors": tensors,
+            "totals": {k: _jsonable(v) for k, v in summary.items()},
+            "extras": _jsonable(extras),
+            "metadata": metadata,
+        }
+        print(json.dumps(doc, indent=1))
+    else:
+        _print_table(args, fmt, stats, storage, summary, extras, file_size)
+        if metadata:
+            print("metadata: " + ", ".join(f"{k} = {v!r}" for k, v in metadata.items()))
+    if args.plot is not None:
+        _plot(args, stats, samples)
+        if not args.json:
+            _say(args, f"wrote {args.plot}")
+    return 0
+
+
+def _print_table(
+    args: argparse.Namespace,
+    fmt: str,
+    stats: list[TensorStats],
+    storage: dict[str, dict[str, Any]],
+    summary: dict[str, Any],
+    extras: dict[str, Any],
+    file_size: int,
+) -> None:
+    header = ["name", "shape", "dtype", "params", "zeros", "min", "max", "mean", "std",
+              f"|w|<={args.threshold:g}", "8-bit", "4-bit", "SQNR8 dB"]
+    rows = []
+    for s in stats:
+        row = [
+            s.name, "x".join(map(str, s.shape)) or "()", s.dtype, f"{s.parameters:,}", _pct(s.sparsity),
+            _num(s.min), _num(s.max), _num(s.mean), _num(s.std), _pct(s.below_threshold),
+            _human(s.bytes_8bit), _human(s.bytes_4bit),
+            _db(s.sqnr_8bit_db),
+        ]
+        if storage:
+            st = storage[s.name]
+            kind = f"q{st['bits']}" if st["kind"] == "quantized" else "dense"
+            row.append(f"{kind} {st['layout']} {_human(st['stored_nbytes'])}")
+        rows.append(row)
+    if storage:
+        header.append("stored")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    left = {0, 1, 2, len(header) - 1} if storage else {0, 1, 2}
+
+    def line(cells: list[str]) -> str:
+        padded = (c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(padded)
+
+    print(f"{args.input} ({fmt}, {_human(file_size)})")
+    print(line(header).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print(line(row).rstrip())
+    print(
+        f"total: {summary['tensors']} tensors, {summary['parameters']:,} parameters, "
+        f"{_human(summary['nbytes'])} dense; zeros {_pct(summary['sparsity'])}; "
+        f"at 8 bits {_human(summary['bytes_8bit'])}, at 4 bits {_human(summary['bytes_4bit'])}"
+    )
+    if storage:
+        print(f"stored: {_human(sum(s['stored_nbytes'] for s in storage.values()))} of tensor data")
+    if extras:
+        shown = ", ".join(f"{k} = {_one_line(repr(_jsonable(v)))[:60]}" for k, v in list(extras.items())[:20])
+        print(f"non-tensor values ({len(extras)}): {shown}")
+
+
+def _plot(args: argparse.Namespace, stats: list[TensorStats], samples: list[tuple[np.ndarray, int]]) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    layers = [s for s in stats if s.bytes_8bit is not None and len(s.shape) >= 2] or [
+        s for s in stats if s.bytes_8bit is not None
+    ]
+    shown = layers[:120]
+    fig = Figure(figsize=(10, 4 + 0.2 * max(len(shown), 5)), layout="constrained")
+    FigureCanvasAgg(fig)
+    hist_ax, bar_ax = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, max(len(shown), 5) * 0.25]})
+    if samples:
+        values = np.concatenate([v for v, _ in samples])
+        weights = np.concatenate([np.full(v.size, float(k)) for v, k in samples])
+        hist_ax.hist(values, bins=121, weights=weights, log=True, color="tab:blue")
+        for t in (-args.threshold, args.threshold):
+            hist_ax.axvline(t, color="tab:red", linewidth=0.8, linestyle="--")
+    hist_ax.set_title(f"{Path(args.input).name}: weights of {len(samples)} floating tensors")
+    hist_ax.set_xlabel("value")
+    hist_ax.set_ylabel("count (log)")
+    y = np.arange(len(shown))
+    bar_ax.barh(y, [100 * (s.sparsity or 0.0) for s in shown], color="tab:orange")
+    bar_ax.set_yticks(y)
+    bar_ax.set_yticklabels([s.name for s in shown], fontsize=7)
+    bar_ax.invert_yaxis()
+    bar_ax.set_xlim(0, 100)
+    bar_ax.set_xlabel("zeros (%)")
+    more = f" (first {len(shown)} of {len(layers)})" if len(layers) > len(shown) else ""
+    bar_ax.set_title(f"sparsity per layer{more}")
+    with atomic_write(args.plot, inputs=(args.input,)) as f:
+        fig.savefig(f, format=Path(args.plot).suffix[1:].lower(), dpi=100)

@@ -1,0 +1,195 @@
+"""The lazy pipeline that prune, quantize, compress, decompress and convert write through: one tensor
+read, transformed and written at a time; the per-tensor steps, the writer and the summary line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..io import save
+from ..io.base import TensorSpec, WeightReader
+from ..io.cpz import save_compressed
+from ..pruning import (
+    GlobalThreshold,
+    _spec_view,
+    global_magnitude_threshold,
+    prune_magnitude,
+    prune_threshold,
+)
+from ..quantization import quantize
+from ..selection import select
+from .common import (
+    _EVERYTHING,
+    _PROG,
+    _human,
+    _note,
+    _pct,
+    _say,
+)
+
+
+class _Pipeline(WeightReader):
+    """A lazy view of a source file: renamed tensors, a per-tensor step on the selected ones.
+
+    Writers read it one tensor at a time, so a file is processed with one tensor (plus its
+    result) in memory; the progress bar advances as each tensor is first read.
+    """
+
+    format = "pipeline"
+
+    def __init__(
+        self,
+        source: WeightReader,
+        *,
+        bar: Any,
+        step: Callable[[str, np.ndarray], Any] | None = None,
+        selected: Sequence[str] = (),
+        rename: dict[str, str] | None = None,
+        added: dict[str, tuple[str, np.ndarray]] | None = None,
+    ) -> None:
+        """``rename``: old -> new name (names it lacks are dropped); ``added``: new name ->
+        (the output name it follows, value), for tensors the source does not have."""
+        super().__init__(source.path)
+        self._source = source
+        self._old: dict[str, str] = {}
+        self._added: dict[str, np.ndarray] = {}
+        after: dict[str, list[str]] = {}
+        for name, (anchor, value) in (added or {}).items():
+            after.setdefault(anchor, []).append(name)
+            self._added[name] = value
+        for old, new in (rename or {n: n for n in source}).items():
+            self._old[new] = old
+            self._specs[new] = source.spec(old)
+            for extra in after.get(new, []):
+                self._specs[extra] = TensorSpec(tuple(self._added[extra].shape), self._added[extra].dtype)
+        self.extras = source.extras
+        self._step = step
+        self._selected = set(selected)
+        self._bar = bar
+        self._seen: set[str] = set()
+
+    def _read(self, name: str) -> Any:
+        if name in self._added:
+            return self._added[name]
+        old = self._old[name]
+        value = self._source[old]
+        if self._step is not None and old in self._selected:
+            value = self._step(old, np.asarray(value))
+        if name not in self._seen:
+            self._seen.add(name)
+            self._bar.update(1)
+        return value
+
+
+def _selection(reader: WeightReader, args: argparse.Namespace) -> list[str]:
+    return select(_spec_view(reader), args.include or None, args.exclude or None)
+
+
+class _Counts:
+    """What the steps did, for the one-line summary."""
+
+    def __init__(self) -> None:
+        self.pruned = self.zeros = self.size = self.quantized = 0
+
+
+def _prune_step(
+    reader: WeightReader, selected: list[str], args: argparse.Namespace, counts: _Counts
+) -> Callable[[str, np.ndarray], np.ndarray]:
+    """Per-tensor pruning; with ``--global`` the threshold over all selected tensors comes first,
+    from passes over the reader that hold one tensor at a time."""
+    chosen = set(selected)
+    cut: list[GlobalThreshold] = []
+
+    def step(name: str, w: np.ndarray) -> np.ndarray:
+        if args.threshold is not None:
+            out = prune_threshold({name: w}, args.threshold, include=_EVERYTHING)[0][name]
+        elif args.global_:
+            if not cut:  # first use: inside the writer, after the output path was checked
+                picked = lambda n, _a: n in chosen  # noqa: E731 - the names selected above
+                cut.append(global_magnitude_threshold(reader, args.sparsity, include=picked))
+            out = cut[0].prune(name, w)[0]
+        else:
+            out = prune_magnitude({name: w}, args.sparsity, include=_EVERYTHING)[0][name]
+        counts.pruned += 1
+        counts.zeros += int(out.size - np.count_nonzero(out))
+        counts.size += int(out.size)
+        return out
+
+    return step
+
+
+def _quantize_step(
+    args: argparse.Namespace, counts: _Counts, keep_codes: bool
+) -> Callable[[str, np.ndarray], Any]:
+    def step(name: str, w: np.ndarray) -> Any:
+        q = quantize(
+            {name: w}, args.bits, symmetric=not args.affine, axis=args.axis, group_size=args.group_size,
+            include=_EVERYTHING,
+        )[name]
+        counts.quantized += 1
+        return q if keep_codes else q.dequantize()
+
+    return step
+
+
+def _chain(*steps: Callable[[str, np.ndarray], Any] | None) -> Callable[[str, np.ndarray], Any]:
+    active = [s for s in steps if s is not None]
+
+    def step(name: str, w: Any) -> Any:
+        for s in active:
+            w = s(name, w)
+        return w
+
+    return step
+
+
+def _is_cpz(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() == ".cpz"
+
+
+def _write(args: argparse.Namespace, source: WeightReader, pipeline: _Pipeline, output: str) -> None:
+    """Write ``pipeline`` to ``output`` (never over the input) and say what was not written.
+
+    String metadata (safetensors ``__metadata__``, a ``.cpz`` manifest's metadata) is carried
+    over to the formats that hold it; a ``.cpz`` output also records its provenance.
+    """
+    meta = dict(source.metadata) or None
+    suffix = Path(output).suffix.lower()
+    if suffix == ".cpz":
+        provenance = {"coreprune": __version__, "source": Path(args.input).name,
+                      "command": " ".join([_PROG, *args.argv])}
+        save_compressed(pipeline, output, inputs=(args.input,), metadata={**(meta or {}), **provenance})
+    elif suffix == ".safetensors" and meta:
+        save(pipeline, output, inputs=(args.input,), metadata=meta)
+    else:
+        save(pipeline, output, inputs=(args.input,))
+        if meta:
+            _note(args, f"the metadata of {args.input} ({', '.join(meta)}) is not written: "
+                  f"{Path(output).suffix or 'that format'} has no place for it")
+    lost = list(source.extras)
+    if lost:
+        _note(args, f"{len(lost)} non-tensor value(s) of {args.input} not written: {', '.join(lost[:8])}")
+
+
+def _summary(args: argparse.Namespace, output: str, counts: _Counts, tensors: int) -> None:
+    parts = [f"{tensors} tensors"]
+    if counts.pruned:
+        parts.append(
+            f"pruned {counts.pruned}: {_pct(counts.zeros / counts.size if counts.size else 0.0)} of their "
+            f"{counts.size:,} weights are zero"
+        )
+    if counts.quantized:
+        how = "affine" if args.affine else "symmetric"
+        if args.group_size:
+            scope = f"groups of {args.group_size}"
+        else:
+            scope = "per tensor" if args.axis is None else f"axis {args.axis}"
+        parts.append(f"quantized {counts.quantized} to {args.bits} bits ({how}, {scope})")
+    size_in, size_out = os.path.getsize(args.input), os.path.getsize(output)
+    _say(args, f"wrote {output}: {_human(size_out)} (input {_human(size_in)}); " + "; ".join(parts))
