@@ -343,12 +343,27 @@ def global_magnitude_threshold(
             if k > 0:
                 v, ties = _kth.kth_smallest_abs_reference(tensors, k, work)
                 equal = [int(np.count_nonzero(_abs_flat(w, work) == v)) for w in tensors]
+    return _cut(names, v, ties, equal, k, total, work, per_block)
+
+
+def _cut(
+    names: Sequence[str],
+    v: np.generic,
+    ties: int,
+    equal: Sequence[int],
+    k: int,
+    total: int,
+    work: np.dtype,
+    per_block: dict[str, list[int]] | None = None,
+) -> GlobalThreshold:
+    """The :class:`GlobalThreshold` of a selection: ``v``, the ``ties`` entries equal to it that go,
+    handed out in mapping order over each tensor's count ``equal`` of entries equal to ``v``."""
     removed, remaining = {}, ties
     for name, n_equal in zip(names, equal):
         removed[name] = min(remaining, n_equal)
         remaining -= removed[name]
     return GlobalThreshold(
-        float(v), removed, k, total, work.name, dict(zip(names, equal)), per_block
+        float(v), removed, k, total, work.name, dict(zip(names, equal)), per_block or {}
     )
 
 
