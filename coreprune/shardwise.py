@@ -39,6 +39,7 @@ from .io import _format_for_extension, open_weights
 from .io.base import TensorSpec, WeightReader
 from .io.sharded import (
     ShardedReader,
+    _check_not_input,
     commit_shards,
     dense_nbytes,
     discard_parts,
@@ -206,7 +207,8 @@ class _JobView(WeightReader):
                     self._specs[extra] = TensorSpec(tuple(value.shape), value.dtype)
         metas = [dict(r.metadata) for r in self._readers.values()]
         common = {k: v for k, v in metas[0].items() if all(m.get(k) == v for m in metas)} if metas else {}
-        self.metadata = {**common, **(settings.metadata or {})}
+        # provenance belongs to .cpz manifests; safetensors shards keep their input's own metadata
+        self.metadata = {**common, **(settings.metadata or {})} if keep_codes else common
 
     def _reader(self, file: str) -> WeightReader:
         if file not in self._readers:
@@ -553,6 +555,8 @@ def process_shards(
     else:
         groups = plan_shards([(n, dense_nbytes(specs[n])) for n in order], max_shard_size)
     finals = shard_paths(index, len(groups))
+    for final in [*finals, index]:  # before any work: never over an input file
+        _check_not_input(final, inputs)
     job_list = []
     for group, final in zip(groups, finals):
         sources: list[tuple[str, list[str]]] = []

@@ -14,6 +14,7 @@ import numpy as np
 from ..io import open_weights
 from ..io.base import atomic_write
 from ..io.cpz import CpzReader
+from ..io.sharded import ShardedReader
 from ..selection import is_floating
 from ..stats import TensorStats, tensor_stats, totals
 from .common import (
@@ -41,8 +42,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     stats: list[TensorStats] = []
     samples: list[tuple[np.ndarray, int]] = []
     storage: dict[str, dict[str, Any]] = {}
+    shards: dict[str, str] = {}
     with open_weights(args.input) as reader, _progress(len(reader), "inspect", args.quiet) as bar:
         fmt = reader.format
+        if isinstance(reader, ShardedReader):
+            shards = {name: str(reader.shard_of(name).relative_to(reader.folder)) for name in reader}
+            kinds = sorted(set(reader.formats.values()))
+            fmt = f"{len(reader.shards)} {'/'.join(kinds)} shards"
+            file_size = sum(os.path.getsize(p) for p in reader.shards)
+        else:
+            file_size = os.path.getsize(args.input)
         for name in reader:
             array = np.asarray(reader[name])
             stats.append(tensor_stats(name, array, threshold=args.threshold))
@@ -51,18 +60,21 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                 samples.append((array.reshape(-1)[::stride].astype(np.float32), stride))
             if isinstance(reader, CpzReader):
                 storage[name] = reader.storage(name)
+            elif isinstance(reader, ShardedReader) and isinstance(shard := reader.reader_of(name), CpzReader):
+                storage[name] = shard.storage(name)
             del array
             bar.update(1)
         extras = dict(reader.extras)
         metadata = dict(reader.metadata)
     summary = totals(stats)
-    file_size = os.path.getsize(args.input)
     if args.json:
         tensors = []
         for s in stats:
             row = s.as_dict()
             if s.name in storage:
                 row["storage"] = storage[s.name]
+            if shards:
+                row["shard"] = shards[s.name]
             tensors.append(row)
         summary["file_nbytes"] = file_size
         doc = {
@@ -76,7 +88,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         }
         print(json.dumps(doc, indent=1))
     else:
-        _print_table(args, fmt, stats, storage, summary, extras, file_size)
+        _print_table(args, fmt, stats, storage, summary, extras, file_size, shards)
         if metadata:
             print("metadata: " + ", ".join(f"{k} = {v!r}" for k, v in metadata.items()))
     if args.plot is not None:
@@ -94,6 +106,7 @@ def _print_table(
     summary: dict[str, Any],
     extras: dict[str, Any],
     file_size: int,
+    shards: dict[str, str] | None = None,
 ) -> None:
     header = ["name", "shape", "dtype", "params", "zeros", "min", "max", "mean", "std",
               f"|w|<={args.threshold:g}", "8-bit", "4-bit", "SQNR8 dB"]
@@ -109,11 +122,16 @@ def _print_table(
             st = storage[s.name]
             kind = f"q{st['bits']}" if st["kind"] == "quantized" else "dense"
             row.append(f"{kind} {st['layout']} {_human(st['stored_nbytes'])}")
+        if shards:
+            row.append(shards[s.name])
         rows.append(row)
     if storage:
         header.append("stored")
+    if shards:
+        header.append("shard")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    left = {0, 1, 2, len(header) - 1} if storage else {0, 1, 2}
+    left = {0, 1, 2} | ({len(header) - 1} if storage or shards else set()) | (
+        {len(header) - 2} if storage and shards else set())
 
     def line(cells: list[str]) -> str:
         padded = (c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))

@@ -309,6 +309,8 @@ class ShardedReader(WeightReader):
         else:
             weight_map, names = {}, _shards_by_name(given)
         self.shards = [self.folder / n for n in names]
+        if index is not None:
+            self._check_siblings(names)
         for name, shard in zip(names, self.shards):
             if not shard.is_file():
                 raise _fail(self.path, f"the index names the shard {name}, which is missing")
@@ -326,6 +328,21 @@ class ShardedReader(WeightReader):
         common = metas[0] if metas else {}
         self.metadata = {k: v for k, v in common.items() if all(m.get(k) == v for m in metas)}
         self._open: tuple[Path, WeightReader] | None = None
+
+    def _check_siblings(self, names: list[str]) -> None:
+        """An index naming ``model-00001-of-00003`` and ``-00002-of-00003`` while ``-00003-of-00003`` is
+        there too leaves that shard's tensors out: refuse it rather than drop them silently."""
+        for name in names:
+            m = _SHARD_NAME.match(PurePosixPath(name).name)
+            if m is None:
+                continue
+            parent = PurePosixPath(name).parent
+            for i in range(1, int(m["n"]) + 1):
+                sibling = str(parent / f"{m['stem']}-{i:05d}-of-{m['n']}{m['ext']}")
+                if sibling not in names and (self.folder / sibling).is_file():
+                    raise _fail(self.path, f"the shard {sibling} is in the folder but the index does not "
+                                "list its tensors")
+            return
 
     def _scan(self, shard: Path, name: str, weight_map: dict[str, str], metas: list[dict[str, str]]) -> None:
         from . import open_weights
@@ -370,14 +387,19 @@ class ShardedReader(WeightReader):
         """Every file this checkpoint is made of: the index (if any) and the shards."""
         return ([self.path] if self.path.is_file() else []) + list(self.shards)
 
-    def _read(self, name: str) -> np.ndarray:
+    def reader_of(self, name: str) -> WeightReader:
+        """The open reader of the shard holding ``name`` (e.g. a ``CpzReader`` for its ``storage``);
+        it stays open until a tensor of another shard is read or this reader is closed."""
         from . import open_weights
 
-        shard = self._where[name]
+        shard = self.shard_of(name)
         if self._open is None or self._open[0] != shard:
             self.close()
             self._open = (shard, open_weights(shard, **self._options))
-        return self._open[1][name]
+        return self._open[1]
+
+    def _read(self, name: str) -> np.ndarray:
+        return self.reader_of(name)[name]
 
     def close(self) -> None:
         """Close the shard that is open. Arrays already returned stay valid."""

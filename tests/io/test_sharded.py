@@ -128,7 +128,7 @@ def _rewrite_index(index, change):
         (lambda d: d["weight_map"].update({"ghost": "model-00004-of-00004.safetensors"}),
          "names the shard model-00004-of-00004.safetensors, which is missing"),
         (lambda d: d["weight_map"].update({"head.weight": "model-00001-of-00003.safetensors"}),
-         "puts 'head.weight' in model-00001-of-00003.safetensors, which has no such tensor"),
+         "model-00003-of-00003.safetensors is in the folder but the index does not list its tensors"),
         (lambda d: d["weight_map"].update({"layers.0.bias": "model-00003-of-00003.safetensors"}),
          "'layers.0.bias' is stored in model-00002-of-00003.safetensors but the index puts it in model-0000"),
         (lambda d: d["weight_map"].pop("layers.0.bias"), "holds 1 tensor\\(s\\) the index does not list"),
