@@ -200,6 +200,8 @@ def _safe_relative(where: Path, name: object) -> str:
         raise _fail(where, f"the shard path {name!r} leaves the index's folder ('..')")
     if not parts:
         raise _fail(where, f"the shard name {name!r} names no file")
+    if parts[-1].endswith(INDEX_SUFFIX):
+        raise _fail(where, f"the shard {name!r} is an index file; an index names weight files")
     return "/".join(parts)
 
 
@@ -345,9 +347,10 @@ class ShardedReader(WeightReader):
             return
 
     def _scan(self, shard: Path, name: str, weight_map: dict[str, str], metas: list[dict[str, str]]) -> None:
-        from . import open_weights
+        from . import detect_format, open_weights
 
-        with open_weights(shard, **self._options) as r:
+        # the shard's own format, never "sharded" again: an index cannot name an index
+        with open_weights(shard, format=detect_format(shard), **self._options) as r:
             self.formats[shard] = r.format
             metas.append(dict(r.metadata))
             unlisted = [t for t in r if weight_map and t not in weight_map]
@@ -395,7 +398,7 @@ class ShardedReader(WeightReader):
         shard = self.shard_of(name)
         if self._open is None or self._open[0] != shard:
             self.close()
-            self._open = (shard, open_weights(shard, **self._options))
+            self._open = (shard, open_weights(shard, format=self.formats[shard], **self._options))
         return self._open[1]
 
     def _read(self, name: str) -> np.ndarray:

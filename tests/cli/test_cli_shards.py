@@ -156,3 +156,27 @@ def test_shard_options_need_a_sharded_output(tmp_path, sharded, capsys):
     assert main(["prune", str(index), "-o", str(tmp_path / "m.npz.index.json"), "--sparsity", "0.5",
                  "--max-shard-size", "lots"]) == 2
     assert "shard size" in capsys.readouterr().err
+
+
+def test_convert_map_shard_by_shard_equals_the_one_file_convert(tmp_path):
+    rng = np.random.default_rng(1)
+    w = {
+        "features.0.weight": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+        "features.1.gamma": np.ones(8, np.float32),
+        "features.1.beta": np.zeros(8, np.float32),
+        "features.1.running_mean": rng.standard_normal(8).astype(np.float32),
+        "features.1.running_var": np.ones(8, np.float32),
+        "output.weight": rng.standard_normal((10, 72)).astype(np.float32),
+    }
+    (tmp_path / "in").mkdir()
+    cio.save(w, tmp_path / "in" / "net.npz", max_shard_size=400)
+    one = tmp_path / "one.npz"
+    cio.save(w, one)
+    assert main(["convert", str(one), str(tmp_path / "ref.pt"), "--map", "gluon-to-torch", "-q"]) == 0
+    assert main(["convert", str(tmp_path / "in"), str(tmp_path / "out.pt.index.json"),
+                 "--map", "gluon-to-torch", "--jobs", "2", "-q"]) == 0
+    ref, got = cio.load(tmp_path / "ref.pt"), cio.load(tmp_path / "out.pt.index.json")
+    assert list(got) == list(ref) and "features.1.num_batches_tracked" in got
+    assert all(got[n].dtype == ref[n].dtype and np.array_equal(got[n], ref[n]) for n in ref)
+    with cio.open_weights(tmp_path / "out.pt.index.json") as r:  # the counter follows its batch norm
+        assert r.shard_of("features.1.num_batches_tracked") == r.shard_of("features.1.running_var")

@@ -140,6 +140,9 @@ def _rewrite_index(index, change):
          "puts 'ghost' in model-00001-of-00003.safetensors, which has no such tensor"),
         (lambda d: d.pop("weight_map"), 'no "weight_map" object'),
         (lambda d: d["weight_map"].update({"head.weight": 3}), "must be a non-empty string"),
+        (lambda d: d["weight_map"].update({"head.weight": "model.safetensors.index.json"}),
+         "is an index file"),
+        (lambda d: d["weight_map"].update({"ghost": "sub/"}), "names the shard sub, which is missing"),
     ],
 )
 def test_bad_index_is_one_clear_error(tmp_path, change, message):
