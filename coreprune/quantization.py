@@ -373,18 +373,7 @@ def _quantize_fast_job(
         if result is None:
             return None
         codes, scale, zero_point = result
-        scale_shape = _scale_shape(w.shape, axis, group_size)
-        return QuantizedArray(
-            codes=codes.reshape(w.shape),
-            scale=scale.reshape(scale_shape),
-            zero_point=None if zero_point is None else zero_point.reshape(scale_shape),
-            bits=bits,
-            symmetric=symmetric,
-            axis=axis,
-            group_size=group_size,
-            shape=w.shape,
-            dtype=w.dtype,
-        )
+        return _assemble(w, codes, scale, zero_point, bits, symmetric, axis, group_size)
 
     return job()
 
@@ -441,12 +430,27 @@ def _quantize_tensor(
         q = np.asarray(np.rint(x / scale.astype(work)))
         q += zp.astype(work)
         codes = np.clip(q, 0, qmax, out=q).astype(dtype)
-        zero_point = np.asarray(zp).astype(dtype).reshape(_scale_shape(w.shape, axis, group_size))
+        zero_point = np.asarray(zp).astype(dtype)
+    return _assemble(w, codes, scale, zero_point, bits, symmetric, axis, group_size)
+
+
+def _assemble(
+    w: np.ndarray,
+    codes: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray | None,
+    bits: int,
+    symmetric: bool,
+    axis: int | None,
+    group_size: int | None,
+) -> QuantizedArray:
+    """The QuantizedArray of ``w`` from codes, scales and zero points of any compatible shape."""
+    scale_shape = _scale_shape(w.shape, axis, group_size)
     return QuantizedArray(
         # asarray: NumPy returns scalars, not 0-d arrays, from several operations on 0-d input
         codes=np.asarray(codes).reshape(w.shape),
-        scale=np.asarray(scale).reshape(_scale_shape(w.shape, axis, group_size)),
-        zero_point=zero_point,
+        scale=np.asarray(scale).reshape(scale_shape),
+        zero_point=None if zero_point is None else np.asarray(zero_point).reshape(scale_shape),
         bits=bits,
         symmetric=symmetric,
         axis=axis,

@@ -51,6 +51,7 @@ __all__ = [
     "select_job",
     "radix_job",
     "next_digit",
+    "radix_select",
     "Selection",
 ]
 
@@ -381,3 +382,21 @@ def radix_job(
         candidates.append(np.concatenate([np.zeros(0, work), *parts]))
     ((v, r),) = yield [partial(_kth_in_place, candidates, remaining)]
     return v, r, [int(np.count_nonzero(c == v)) for c in candidates]
+
+
+def radix_select(
+    tensors: Sequence[np.ndarray], k: int, work: np.dtype, *, budget: int | None = None
+) -> tuple[np.generic, int]:
+    """``(v, r)`` of :func:`radix_job` over tensors in memory (``budget=0`` runs every 16-bit pass).
+
+    Examples
+    --------
+    >>> tensors = [np.array([[3.0, -1.0]]), np.array([-2.0, 2.0])]
+    >>> v, r = radix_select(tensors, 3, np.dtype(np.float64), budget=0)
+    >>> float(v), r
+    (2.0, 2)
+    """
+    flats = [np.ascontiguousarray(t).reshape(-1) for t in tensors]
+    total = sum(f.size for f in flats)
+    v, r, _ = run_job(radix_job(flats.__getitem__, len(flats), total, k, work, check=False, budget=budget))
+    return v, r

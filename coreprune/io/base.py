@@ -38,6 +38,7 @@ __all__ = [
     "element_count",
     "check_shape",
     "write_c_order",
+    "declared_little_endian",
     "MAX_NDIM",
 ]
 
@@ -277,6 +278,34 @@ class WeightReader(Mapping[str, np.ndarray]):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.format} {str(self.path)!r}: {len(self)} tensors>"
+
+
+def declared_little_endian(name: str, array: object, spec: TensorSpec) -> np.ndarray:
+    """``array`` in little-endian byte order, after checking it is the array ``spec`` declared.
+
+    Writers that size a header from the specs first and write the data after call this on each
+    value, so that a mapping whose values changed between the two reads cannot corrupt the file.
+    The layout is kept (a transpose stays one; :func:`write_c_order` writes it in C order).
+
+    Raises
+    ------
+    WeightFileError
+        Not a ``numpy.ndarray`` of the declared shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.arange(3, dtype=">i4")
+    >>> declared_little_endian("a", a, TensorSpec((3,), a.dtype)).dtype.str
+    '<i4'
+    """
+    if not isinstance(array, np.ndarray) or tuple(array.shape) != spec.shape or array.dtype != spec.dtype:
+        raise WeightFileError(
+            f"tensor {name!r} is not the numpy.ndarray of shape {spec.shape} it was declared"
+        )
+    if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and not np.little_endian):
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array
 
 
 def write_c_order(f: BinaryIO, array: np.ndarray, *, chunk_bytes: int = 16 << 20) -> int:

@@ -45,6 +45,7 @@ from .base import (
     WeightReader,
     check_extent,
     check_shape,
+    declared_little_endian,
     element_count,
     read_exact,
     spec_of,
@@ -505,12 +506,7 @@ def write(weights: Mapping[str, np.ndarray], f: BinaryIO, *, np_shape: bool = Fa
                 "pass np_shape=True to write V3 records, which load under mx.npx.set_np()"
             )
         array = weights[name]
-        if not isinstance(array, np.ndarray) or tuple(array.shape) != spec.shape or array.dtype != spec.dtype:
-            raise WeightFileError(
-                f"tensor {name!r} is not the numpy.ndarray of shape {spec.shape} it was declared"
-            )
-        if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and not np.little_endian):
-            array = array.astype(array.dtype.newbyteorder("<"))
+        array = declared_little_endian(name, array, spec)
         f.write(struct.pack("<Ii", V3_MAGIC if np_shape else V2_MAGIC, 0))
         f.write(_tshape(spec.shape))
         f.write(struct.pack("<iii", 1, 0, flag))

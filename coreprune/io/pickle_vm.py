@@ -471,26 +471,24 @@ def _op_stack_global(u: PickleVM) -> None:
     u.stack.append(u.find_class(module, name))
 
 
-def _op_reduce(u: PickleVM) -> None:
-    args = u.pop()
-    func = u.top()
+def _apply(u: PickleVM, func: Any, args: Any, refusal: str) -> Any:
+    """``func.call(u, *args)`` for an allowlisted callable, else ``refusal`` with the name for ``{}``."""
     if not isinstance(func, PickleGlobal) or func.call is None:
-        shown = func.name if isinstance(func, PickleGlobal) else type(func).__name__
-        raise u.refuse(f"calls {shown} (REDUCE), which is not an allowed function")
+        raise u.refuse(refusal.format(func.name if isinstance(func, PickleGlobal) else type(func).__name__))
     if type(args) is not tuple:
         raise _bad(u.source, f"corrupted pickle: arguments of {func.name} are a {type(args).__name__}")
-    u.stack[-1] = func.call(u, *args)
+    return func.call(u, *args)
+
+
+def _op_reduce(u: PickleVM) -> None:
+    args = u.pop()
+    u.stack[-1] = _apply(u, u.top(), args, "calls {} (REDUCE), which is not an allowed function")
 
 
 def _op_newobj(u: PickleVM) -> None:
     args = u.pop()
     cls = u.pop()
-    if not isinstance(cls, PickleGlobal) or cls.call is None:
-        shown = cls.name if isinstance(cls, PickleGlobal) else type(cls).__name__
-        raise u.refuse(f"creates an object of {shown} (NEWOBJ), which is not an allowed class")
-    if type(args) is not tuple:
-        raise _bad(u.source, f"corrupted pickle: arguments of {cls.name} are a {type(args).__name__}")
-    u.stack.append(cls.call(u, *args))
+    u.stack.append(_apply(u, cls, args, "creates an object of {} (NEWOBJ), which is not an allowed class"))
 
 
 def _op_build(u: PickleVM) -> None:

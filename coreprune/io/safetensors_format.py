@@ -31,7 +31,16 @@ import numpy as np
 
 from ..dtypes import safetensors_dtypes
 from ..errors import WeightFileError
-from .base import TensorSpec, WeightReader, check_extent, check_shape, read_exact, spec_of, write_c_order
+from .base import (
+    TensorSpec,
+    WeightReader,
+    check_extent,
+    check_shape,
+    declared_little_endian,
+    read_exact,
+    spec_of,
+    write_c_order,
+)
 
 __all__ = [
     "FORMAT",
@@ -296,10 +305,5 @@ def write(
     for name in layout:
         array = weights[name]
         spec = specs[name]
-        if not isinstance(array, np.ndarray) or tuple(array.shape) != spec.shape or array.dtype != spec.dtype:
-            raise WeightFileError(
-                f"tensor {name!r} is not the numpy.ndarray of shape {spec.shape} it was declared"
-            )
-        if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and not np.little_endian):
-            array = array.astype(array.dtype.newbyteorder("<"))
+        array = declared_little_endian(name, array, spec)
         write_c_order(f, array)

@@ -600,3 +600,34 @@ def test_a_tensor_has_one_to_four_blobs_as_the_format_page_says(tmp_path):
         "q_full": ["codes", "scale"],
         "q_affine_sparse": ["codes", "index", "scale", "zero_point"],
     }
+
+
+def test_the_complete_small_file_of_the_format_page(tmp_path):
+    """docs/compressed-format.md, "A complete small file": the same 484 bytes, header, blobs and footer."""
+    w = {"fc.weight": np.array([[0.5, 0, 0, -1.0]], np.float32)}
+    q = coreprune.quantize(w, bits=4, include="fc.weight")
+    q["b"] = np.zeros(3, np.float32)
+    path = tmp_path / "small.cpz"
+    save_compressed(q, path)
+    data = path.read_bytes()
+    assert len(data) == 484
+    assert data[:16].hex(" ") == "89 43 50 5a 0d 0a 1a 0a 01 00 00 00 00 00 00 00"
+    assert data[16:32].hex(" ") == "03 90 00 00 00 00 00 00 25 49 12 3e 00 00 00 00"
+    assert data[-24:].hex(" ") == (
+        "20 00 00 00 00 00 00 00 ac 01 00 00 00 00 00 00 0c 06 b4 9f 43 50 5a 45"
+    )
+
+
+def test_the_manifest_costs_two_to_three_hundred_bytes_per_tensor(tmp_path):
+    """docs/compressed-format.md: the manifest costs ~150 bytes per dense and ~250 per quantized tensor."""
+    rng = np.random.default_rng(2)
+    model = {f"features.{i}.conv.weight": rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+             for i in range(8)}
+    for quantized in (False, True):
+        weights = coreprune.quantize(model, bits=4, axis=0) if quantized else model
+        path = tmp_path / "m.cpz"
+        save_compressed(weights, path)
+        _, offset = read_manifest(path)
+        per_tensor = (path.stat().st_size - 24 - offset) / len(model)
+        print(f"quantized={quantized}: {per_tensor:.0f} manifest bytes per tensor")
+        assert (220 <= per_tensor <= 290) if quantized else (130 <= per_tensor <= 170), per_tensor

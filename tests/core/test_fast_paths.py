@@ -1,4 +1,4 @@
-"""Every fast path (coreprune._kernels, _select, _bitpack) against its plain NumPy reference.
+"""Every fast path (coreprune._fast: kernels, kth, bitpack) against its plain NumPy reference.
 
 The public functions take the blocked, threaded fast paths for C-contiguous tensors of at least
 ``_blocked.MIN_FAST_ELEMENTS`` values and the simple whole-array NumPy code otherwise. Here both
@@ -16,6 +16,7 @@ import contextlib
 import copy
 import os
 import threading
+from functools import partial
 
 import ml_dtypes
 import numpy as np
@@ -36,18 +37,11 @@ from coreprune._fast import bitpack as _bitpack
 from coreprune._fast import blocked as _blocked
 from coreprune._fast import kernels as _kernels
 from coreprune._fast import kth as _select
-from coreprune._fast.blocked import run_job
 from coreprune._fast.kth import kth_smallest_abs_reference as _kth_smallest_abs_reference
-from coreprune._fast.kth import radix_job
+from coreprune._fast.kth import radix_select
 from coreprune.packing import pack_bits, unpack_bits
 
-
-def _kth_smallest_abs(tensors, k, work):
-    """The engine's radix select on tensors in memory, every 16-bit pass run (budget 0)."""
-    flats = [np.ascontiguousarray(t).reshape(-1) for t in tensors]
-    total = sum(f.size for f in flats)
-    v, r, _ = run_job(radix_job(flats.__getitem__, len(flats), total, k, work, check=False, budget=0))
-    return v, r
+_kth_smallest_abs = partial(radix_select, budget=0)  # the engine's radix select, every pass
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 FLOATS = [np.dtype(np.float16), BF16, np.dtype(np.float32), np.dtype(np.float64)]

@@ -8,6 +8,7 @@ with values drawn from the whole range of the dtype (subnormals, huge magnitudes
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import ml_dtypes
 import numpy as np
@@ -16,18 +17,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from coreprune import prune_magnitude, prune_threshold, quantize
-from coreprune._fast.blocked import run_job
 from coreprune._fast.kth import kth_smallest_abs_reference as _kth_smallest_abs_reference
-from coreprune._fast.kth import radix_job
+from coreprune._fast.kth import radix_select
 from coreprune.packing import pack_bits, unpack_bits
 
-
-def _kth_smallest_abs(tensors, k, work):
-    """The engine's radix select on tensors in memory, every 16-bit pass run (budget 0)."""
-    flats = [np.ascontiguousarray(t).reshape(-1) for t in tensors]
-    total = sum(f.size for f in flats)
-    v, r, _ = run_job(radix_job(flats.__getitem__, len(flats), total, k, work, check=False, budget=0))
-    return v, r
+_kth_smallest_abs = partial(radix_select, budget=0)  # the engine's radix select, every pass
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = [np.dtype(np.float16), BF16, np.dtype(np.float32), np.dtype(np.float64)]

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import ml_dtypes
 import numpy as np
 import pytest
 
 from coreprune import CompressionError, apply_masks, prune_magnitude, prune_threshold, sparsity
-from coreprune._fast.blocked import run_job
 from coreprune._fast.kth import kth_smallest_abs_reference as _kth_smallest_abs_reference
-from coreprune._fast.kth import radix_job
+from coreprune._fast.kth import radix_select
 
-
-def _kth_smallest_abs(tensors, k, work):
-    """The engine's radix select on tensors in memory, every 16-bit pass run (budget 0)."""
-    flats = [np.ascontiguousarray(t).reshape(-1) for t in tensors]
-    total = sum(f.size for f in flats)
-    v, r, _ = run_job(radix_job(flats.__getitem__, len(flats), total, k, work, check=False, budget=0))
-    return v, r
+_kth_smallest_abs = partial(radix_select, budget=0)  # the engine's radix select, every pass
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 

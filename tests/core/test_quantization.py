@@ -10,6 +10,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import coreprune
 from coreprune import CompressionError, QuantizedArray, dequantize, quantize
 from coreprune.packing import pack_bits
 from coreprune.quantization import SCALE_FLOOR, code_dtype
@@ -463,3 +464,14 @@ def test_code_dtypes(bits):
         assert a.codes.dtype == a.zero_point.dtype == (np.uint8 if bits <= 8 else np.uint16)
         # [-1, 1] puts the zero point half way: rounding leaves one end of the range one step short
         assert a.codes.min() == 0 and 2**bits - 2 <= a.codes.max() <= 2**bits - 1
+
+
+def test_the_nbytes_figures_of_the_algorithms_page():
+    """docs/algorithms.md: a 256 x 512 float32 matrix quantized three ways."""
+    w = {"w": np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)}
+    sizes = [
+        coreprune.quantize(w, bits=8, include="w")["w"].nbytes,
+        coreprune.quantize(w, bits=4, axis=0, include="w")["w"].nbytes,
+        coreprune.quantize(w, bits=4, group_size=64, include="w")["w"].nbytes,
+    ]
+    assert w["w"].nbytes == 524_288 and sizes == [131_076, 66_560, 73_728]
