@@ -38,12 +38,12 @@ from .errors import CompressionError
 from .io import _format_for_extension, open_weights
 from .io.base import TensorSpec, WeightReader
 from .io.sharded import (
-    ShardedReader,
     _check_not_input,
     commit_shards,
     dense_nbytes,
     discard_parts,
     index_path_for,
+    is_sharded_reader,
     plan_shards,
     shard_paths,
     write_shard_part,
@@ -465,7 +465,7 @@ def _mapper(jobs: int, scheduler: Any) -> Iterator[Mapper]:
 
 
 def _layout(reader: WeightReader) -> list[tuple[str, list[str]]]:
-    if isinstance(reader, ShardedReader):
+    if is_sharded_reader(reader):
         return [(str(s), reader.names_in(s)) for s in reader.shards]
     return [(str(reader.path), list(reader))]
 
@@ -542,7 +542,7 @@ def process_shards(
     index = index_path_for(output)
     with open_weights(source, **dict(settings.reader_options)) as reader:
         layout = _layout(reader)
-        inputs = [str(p) for p in (reader.files if isinstance(reader, ShardedReader) else [reader.path])]
+        inputs = [str(p) for p in (reader.files if is_sharded_reader(reader) else [reader.path])]
         specs = {n: reader.spec(n) for n in reader}
         selected = frozenset(select(_spec_view(reader), settings.include, settings.exclude)) \
             if (settings.prunes or settings.bits is not None) else frozenset()

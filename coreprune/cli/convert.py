@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 
 from ..io import detect_format
-from ..io.sharded import ShardedReader, is_sharded
+from ..io.sharded import is_sharded, is_sharded_reader
 from ..name_mapping import MAPPINGS, torch_batch_norm_counters
 from ..shardwise import ShardSettings
 from .common import (
@@ -29,7 +29,7 @@ from .streaming import (
 def _cmd_decompress(args: argparse.Namespace) -> int:
     if is_sharded(args.input):
         with _open_input(args) as reader:
-            assert isinstance(reader, ShardedReader)
+            assert is_sharded_reader(reader)
             other = sorted({f for f in reader.formats.values() if f != "cpz"})
         if other:
             raise CliError(f"{args.input}: decompress reads .cpz shards and these are {', '.join(other)}; "

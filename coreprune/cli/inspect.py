@@ -14,7 +14,7 @@ import numpy as np
 from ..io import open_weights
 from ..io.base import atomic_write
 from ..io.cpz import CpzReader
-from ..io.sharded import ShardedReader
+from ..io.sharded import is_sharded_reader
 from ..selection import is_floating
 from ..stats import TensorStats, tensor_stats, totals
 from .common import (
@@ -45,7 +45,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     shards: dict[str, str] = {}
     with open_weights(args.input) as reader, _progress(len(reader), "inspect", args.quiet) as bar:
         fmt = reader.format
-        if isinstance(reader, ShardedReader):
+        if is_sharded_reader(reader):
             shards = {name: str(reader.shard_of(name).relative_to(reader.folder)) for name in reader}
             kinds = sorted(set(reader.formats.values()))
             fmt = f"{len(reader.shards)} {'/'.join(kinds)} shards"
@@ -60,7 +60,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                 samples.append((array.reshape(-1)[::stride].astype(np.float32), stride))
             if isinstance(reader, CpzReader):
                 storage[name] = reader.storage(name)
-            elif isinstance(reader, ShardedReader) and isinstance(shard := reader.reader_of(name), CpzReader):
+            elif is_sharded_reader(reader) and isinstance(shard := reader.reader_of(name), CpzReader):
                 storage[name] = shard.storage(name)
             del array
             bar.update(1)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..io.sharded import INDEX_SUFFIX, ShardedReader, parse_size
+from ..io.sharded import INDEX_SUFFIX, is_sharded_reader, parse_size
 from ..name_mapping import MAPPINGS, torch_batch_norm_counters
 from ..shardwise import ShardResult, ShardSettings, process_shards
 from .common import _PROG, CliError, _human, _note, _open_input, _pct, _progress, _say
@@ -72,7 +72,7 @@ def run_sharded(args: argparse.Namespace, settings: ShardSettings, output: str) 
         total = len(reader)
         source_meta = dict(reader.metadata)
         extras = list(reader.extras)
-        files = reader.files if isinstance(reader, ShardedReader) else [Path(args.input)]
+        files = reader.files if is_sharded_reader(reader) else [Path(args.input)]
         size_in = sum(os.path.getsize(p) for p in files)
     counts = {"pruned": 0, "zeros": 0, "size": 0, "quantized": 0}
     with _progress(total, args.command, args.quiet) as bar:

@@ -44,6 +44,7 @@ __all__ = [
     "MAX_INDEX_SIZE",
     "ShardedReader",
     "is_sharded",
+    "is_sharded_reader",
     "open_sharded",
     "save_sharded",
     "parse_size",
@@ -412,6 +413,20 @@ class ShardedReader(WeightReader):
 
     def __repr__(self) -> str:
         return f"<ShardedReader {str(self.path)!r}: {len(self)} tensors in {len(self.shards)} shards>"
+
+
+def is_sharded_reader(reader: object) -> bool:
+    """Whether ``reader`` reads a sharded checkpoint (has ``shards`` and ``names_in``).
+
+    Checked by its interface rather than ``isinstance``, so that the answer holds even where a
+    test runner has executed this module a second time (pytest's doctests in importlib mode).
+
+    Examples
+    --------
+    >>> is_sharded_reader({"w": None})
+    False
+    """
+    return callable(getattr(reader, "names_in", None)) and isinstance(getattr(reader, "shards", None), list)
 
 
 def open_sharded(path: str | os.PathLike, **options: Any) -> ShardedReader:
