@@ -541,15 +541,41 @@ def _global_cut(
             if k > 0:
                 v, ties = _kth.kth_smallest_abs_reference(tensors, k, work)
                 equal = [int(np.count_nonzero(_abs_flat(w, work) == v)) for w in tensors]
-    at_value, remaining = {}, ties
-    for name, n_equal in zip(names, equal):
-        at_value[name] = min(remaining, n_equal)
-        remaining -= at_value[name]
+    at_value = _share_ties(names, ties, equal)
     removed = {}
     for name in names:
         below = 0 if k == 0 else _count_below(weights[name], work, v)
         removed[name] = below + at_value[name]
     return v, at_value, work, dict(zip(names, equal)), per_block, removed
+
+
+def _share_ties(names: Sequence[str], ties: int, equal: Sequence[int]) -> dict[str, int]:
+    """How many of each tensor's ``equal`` entries at the cut value go: ``ties`` handed out in
+    mapping order."""
+    at_value, remaining = {}, ties
+    for name, n_equal in zip(names, equal):
+        at_value[name] = min(remaining, n_equal)
+        remaining -= at_value[name]
+    return at_value
+
+
+def _cut(
+    names: Sequence[str],
+    v: np.generic,
+    ties: int,
+    equal: Sequence[int],
+    k: int,
+    total: int,
+    work: np.dtype,
+    per_block: dict[str, list[int]] | None = None,
+) -> GlobalThreshold:
+    """The :class:`GlobalThreshold` of a selection made elsewhere (the shard-wise reduction): ``v``,
+    the ``ties`` entries equal to it that go, handed out in mapping order over each tensor's count
+    ``equal`` of entries equal to ``v``. No floors, layer sparsities or aliases."""
+    return GlobalThreshold(
+        float(v), _share_ties(names, ties, equal), k, total, work.name,
+        _equal=dict(zip(names, equal)), _per_block=per_block or {},
+    )
 
 
 def _stream_select(

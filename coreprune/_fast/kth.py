@@ -50,6 +50,7 @@ __all__ = [
     "kth_smallest_abs_reference",
     "select_job",
     "radix_job",
+    "next_digit",
     "radix_select",
     "Selection",
 ]
@@ -303,6 +304,23 @@ def _count_block(flat: np.ndarray, span: tuple[int, int], *, work: np.dtype, v: 
     return int(np.count_nonzero(work_abs(flat[span[0] : span[1]], work) == v))
 
 
+def next_digit(hist: np.ndarray, prefix: int, known: int, remaining: int) -> tuple[int, int, int, int]:
+    """One radix step: from the histogram of the next 16 bits, the digit whose bucket holds the
+    ``remaining``-th smallest value. Returns ``(prefix, known, remaining, bucket)`` for the next pass:
+    the prefix extended by that digit, 16 more known bits, the rank inside the bucket and its size.
+
+    Examples
+    --------
+    >>> hist = np.zeros(1 << 16, np.int64); hist[[3, 7]] = [5, 4]
+    >>> next_digit(hist, 0, 0, 6)
+    (7, 16, 1, 4)
+    """
+    cumulative = np.cumsum(hist)
+    d = int(np.searchsorted(cumulative, remaining))  # first digit whose bucket reaches the rank
+    remaining -= int(cumulative[d - 1]) if d > 0 else 0
+    return (prefix << _DIGIT_BITS) | d, known + _DIGIT_BITS, remaining, int(hist[d])
+
+
 def radix_job(
     load: Callable[[int], np.ndarray],
     count: int,
@@ -343,11 +361,7 @@ def radix_job(
             for h in parts:
                 hist += h
         check = False
-        cumulative = np.cumsum(hist)
-        d = int(np.searchsorted(cumulative, remaining))  # first digit whose bucket reaches the rank
-        remaining -= int(cumulative[d - 1]) if d > 0 else 0
-        bucket = int(hist[d])
-        prefix, known = (prefix << _DIGIT_BITS) | d, known + _DIGIT_BITS
+        prefix, known, remaining, bucket = next_digit(hist, prefix, known, remaining)
     uint = np.dtype(f"u{work.itemsize}")
     if known == nbits:  # the bucket is one value: count it per tensor
         v = np.array(prefix, dtype=uint).view(work)[()]

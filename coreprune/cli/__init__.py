@@ -12,7 +12,8 @@ imports torch or mxnet: files written by either framework are read with NumPy al
 
 One module per command group: :mod:`~coreprune.cli.inspect`; :mod:`~coreprune.cli.compress`
 (prune, quantize, compress); :mod:`~coreprune.cli.convert` (decompress, convert); the lazy pipeline
-they write through, :mod:`~coreprune.cli.streaming`; shared helpers, :mod:`~coreprune.cli.common`;
+they write through, :mod:`~coreprune.cli.streaming`; sharded outputs (``--jobs``, ``--scheduler``,
+``--max-shard-size``), :mod:`~coreprune.cli.sharded`; shared helpers, :mod:`~coreprune.cli.common`;
 the parser and :func:`main`, :mod:`~coreprune.cli.app`.
 """
 

@@ -28,6 +28,7 @@ from .common import (
 from .compress import _cmd_compress, _cmd_prune, _cmd_quantize
 from .convert import _cmd_convert, _cmd_decompress
 from .inspect import _cmd_inspect
+from .sharded import add_shard_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,9 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="leave the tensors matching GLOB as they are (repeatable)")
 
     output = argparse.ArgumentParser(add_help=False)
-    output.add_argument("input", metavar="FILE", help="weight file (.params, .pt, .npz, .safetensors, .cpz)")
+    output.add_argument("input", metavar="FILE", help="weight file (.params, .pt, .npz, .safetensors, .cpz), "
+                        "or a sharded checkpoint: its *.index.json or its folder")
     output.add_argument("-o", "--output", metavar="OUT",
-                        help="file to write; the format follows its extension (required unless --dry-run)")
+                        help="file to write; the format follows its extension; DIR/NAME.EXT.index.json "
+                             "writes shards NAME-0000i-of-0000N.EXT and a new index "
+                             "(required unless --dry-run)")
 
     def prune_options(p: argparse.ArgumentParser, required: bool) -> None:
         g = p.add_argument_group("pruning")
@@ -105,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("inspect", parents=[common], help="per-tensor statistics table",
-                       description="Print per-tensor statistics and totals.")
-    p.add_argument("input", metavar="FILE")
+                       description="Print per-tensor statistics and totals (and each tensor's shard).")
+    p.add_argument("input", metavar="FILE", help="weight file, or a sharded checkpoint's index or folder")
     p.add_argument("--json", action="store_true", help="machine-readable output with the same fields")
     p.add_argument("--plot", metavar="OUT.png", help="draw weight histograms and per-layer sparsity "
                    "(needs matplotlib: pip install \"coreprune[plot]\")")
@@ -117,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", parents=[output, picks, common], help="zero small weights",
                        description="Zero small weights by threshold or by sparsity.")
     prune_options(p, required=True)
+    add_shard_options(p)
     p.set_defaults(run=_cmd_prune)
 
     p = sub.add_parser("quantize", parents=[output, picks, common], help="n-bit quantization",
@@ -127,16 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of --bits: average bits per weight (codes, scales, zero points); "
                         "each tensor gets 2, 3, 4, 6 or 8 bits by its reconstruction error "
                         "(reads the input twice)")
+    add_shard_options(p)
     p.set_defaults(run=_cmd_quantize)
 
     p = sub.add_parser("compress", parents=[output, picks, common], help="prune and/or quantize into .cpz",
                        description="Prune and/or quantize, then store in the compressed .cpz format.")
     prune_options(p, required=False)
     quant_options(p, required=False)
+    add_shard_options(p)
     p.set_defaults(run=_cmd_compress)
 
     p = sub.add_parser("decompress", parents=[output, common], help=".cpz to any format (dequantized)",
                        description="Write a .cpz file's tensors, dequantized, in any format.")
+    add_shard_options(p)
     p.set_defaults(run=_cmd_decompress)
 
     p = sub.add_parser("convert", parents=[common], help="convert between formats",
@@ -144,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="IN")
     p.add_argument("output", metavar="OUT")
     p.add_argument("--map", choices=sorted(MAPPINGS), help="rename tensors between Gluon and PyTorch names")
+    add_shard_options(p)
     p.set_defaults(run=_cmd_convert)
     return parser
 

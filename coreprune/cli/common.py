@@ -208,15 +208,20 @@ def _progress(total: int, desc: str, quiet: bool, *, delay: float = 1.0) -> Any:
     return tqdm(total=total, desc=desc, unit="tensor", file=sys.stderr, leave=False, delay=delay)
 
 
+def _reader_options(args: argparse.Namespace) -> dict[str, Any]:
+    """How the command line opens every input file, shards included: as untrusted (never
+    memory-mapped, so a file changed underneath is an error, not SIGBUS), with the expansion budget
+    and the globals the user allowed."""
+    return {
+        "mmap": False,
+        "max_expansion": getattr(args, "max_expansion", None),
+        "allow_globals": tuple(getattr(args, "allow_global", None) or ()),
+    }
+
+
 def _open_input(args: argparse.Namespace) -> WeightReader:
-    """Open the input as untrusted: read (never memory-mapped, so a file changed underneath is an
-    error, not SIGBUS), with the expansion budget and the globals the user allowed."""
-    return open_weights(
-        args.input,
-        mmap=False,
-        max_expansion=getattr(args, "max_expansion", None),
-        allow_globals=getattr(args, "allow_global", None) or (),
-    )
+    """Open the input with :func:`_reader_options`."""
+    return open_weights(args.input, **_reader_options(args))
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from ..shardwise import ShardSettings
 from .common import (
     CliError,
     _note,
     _open_input,
     _progress,
 )
+from .sharded import output_ext, picks, prune_settings, quant_settings, run_sharded, wants_shards
 from .streaming import (
     _budget_widths,
     _chain,
@@ -40,6 +42,8 @@ def _dry_run(args: argparse.Namespace) -> int:
 def _cmd_prune(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(args)
+    if wants_shards(args, args.output):
+        return run_sharded(args, ShardSettings(**prune_settings(args), **picks(args)), args.output)
     counts = _Counts()
     with _open_input(args) as reader, _progress(len(reader), "prune", args.quiet) as bar:
         selected = _selection(reader, args)
@@ -52,6 +56,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(args)
+    if wants_shards(args, args.output):
+        if output_ext(args.output) != ".cpz":
+            _note(args, f"{args.output}: shards other than .cpz cannot hold {args.bits}-bit codes: "
+                        "writing the dequantized values in each tensor's dtype (fake quantization)")
+        return run_sharded(args, ShardSettings(**quant_settings(args), **picks(args)), args.output)
     counts = _Counts()
     keep_codes = _is_cpz(args.output)
     with _open_input(args) as reader, _progress(len(reader), "quantize", args.quiet) as bar:
@@ -71,6 +80,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 def _cmd_compress(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(args)
+    if wants_shards(args, args.output):
+        if output_ext(args.output) != ".cpz":
+            raise CliError(f"{args.output}: compress writes .cpz shards; name the output NAME.cpz.index.json")
+        quant = quant_settings(args) if args.bits is not None else {}
+        return run_sharded(args, ShardSettings(**prune_settings(args), **quant, **picks(args)), args.output)
     if not _is_cpz(args.output):
         raise CliError(f"{args.output}: compress writes .cpz files; name the output *.cpz "
                        "(prune and quantize write other formats)")

@@ -7,7 +7,9 @@ import argparse
 import numpy as np
 
 from ..io import detect_format
+from ..io.sharded import is_sharded, is_sharded_reader
 from ..name_mapping import MAPPINGS, torch_batch_norm_counters
+from ..shardwise import ShardSettings
 from .common import (
     CliError,
     _note,
@@ -15,6 +17,7 @@ from .common import (
     _progress,
     _say,
 )
+from .sharded import convert_settings, run_sharded, wants_shards
 from .streaming import (
     _Counts,
     _Pipeline,
@@ -24,9 +27,19 @@ from .streaming import (
 
 
 def _cmd_decompress(args: argparse.Namespace) -> int:
-    fmt = detect_format(args.input)
-    if fmt != "cpz":
-        raise CliError(f"{args.input}: decompress reads .cpz files and this is {fmt}; use convert")
+    if is_sharded(args.input):
+        with _open_input(args) as reader:
+            assert is_sharded_reader(reader)
+            other = sorted({f for f in reader.formats.values() if f != "cpz"})
+        if other:
+            raise CliError(f"{args.input}: decompress reads .cpz shards and these are {', '.join(other)}; "
+                           "use convert")
+    else:
+        fmt = detect_format(args.input)
+        if fmt != "cpz":
+            raise CliError(f"{args.input}: decompress reads .cpz files and this is {fmt}; use convert")
+    if wants_shards(args, args.output):
+        return run_sharded(args, ShardSettings(), args.output)
     with _open_input(args) as reader, _progress(len(reader), "decompress", args.quiet) as bar:
         pipe = _Pipeline(reader, bar=bar)
         _write(args, reader, pipe, args.output)
@@ -35,6 +48,8 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    if wants_shards(args, args.output):
+        return run_sharded(args, convert_settings(args), args.output)
     with _open_input(args) as reader, _progress(len(reader), "convert", args.quiet) as bar:
         rename = MAPPINGS[args.map](list(reader)) if args.map else None
         added = {}

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..io.base import atomic_write
 from ..io.cpz import CpzReader
+from ..io.sharded import is_sharded_reader
 from ..selection import is_floating
 from ..stats import TensorStats, tensor_stats, totals
 from .common import (
@@ -43,8 +44,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     stats: list[TensorStats] = []
     samples: list[tuple[np.ndarray, int]] = []
     storage: dict[str, dict[str, Any]] = {}
+    shards: dict[str, str] = {}
     with _open_input(args) as reader, _progress(len(reader), "inspect", args.quiet) as bar:
         fmt = reader.format
+        if is_sharded_reader(reader):
+            shards = {name: str(reader.shard_of(name).relative_to(reader.folder)) for name in reader}
+            kinds = sorted(set(reader.formats.values()))
+            fmt = f"{len(reader.shards)} {'/'.join(kinds)} shards"
+            file_size = sum(os.path.getsize(p) for p in reader.shards)
+        else:
+            file_size = os.path.getsize(args.input)
         for name in reader:
             array = np.asarray(reader[name])
             stats.append(tensor_stats(name, array, threshold=args.threshold))
@@ -53,19 +62,22 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                 samples.append((array.reshape(-1)[::stride].astype(np.float32), stride))
             if isinstance(reader, CpzReader):
                 storage[name] = reader.storage(name)
+            elif is_sharded_reader(reader) and isinstance(shard := reader.reader_of(name), CpzReader):
+                storage[name] = shard.storage(name)
             del array
             bar.update(1)
         extras = dict(reader.extras)
         metadata = dict(reader.metadata)
         aliases = dict(reader.aliases)
     summary = totals(stats)
-    file_size = os.path.getsize(args.input)
     if args.json:
         tensors = []
         for s in stats:
             row = s.as_dict()
             if s.name in storage:
                 row["storage"] = storage[s.name]
+            if shards:
+                row["shard"] = shards[s.name]
             tensors.append(row)
         summary["file_nbytes"] = file_size
         doc = {
@@ -80,7 +92,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         }
         print(json.dumps(doc, indent=1))
     else:
-        _print_table(args, fmt, stats, storage, summary, extras, file_size)
+        _print_table(args, fmt, stats, storage, summary, extras, file_size, shards)
         if metadata:
             _print("metadata: " + ", ".join(f"{k} = {v!r}" for k, v in metadata.items()))
         if aliases:
@@ -101,6 +113,7 @@ def _print_table(
     summary: dict[str, Any],
     extras: dict[str, Any],
     file_size: int,
+    shards: dict[str, str] | None = None,
 ) -> None:
     header = ["name", "shape", "dtype", "params", "zeros", "min", "max", "mean", "std",
               f"|w|<={args.threshold:g}", "8-bit", "4-bit", "SQNR8 dB"]
@@ -117,11 +130,16 @@ def _print_table(
             st = storage[s.name]
             kind = f"q{st['bits']}" if st["kind"] == "quantized" else "dense"
             row.append(f"{kind} {st['layout']} {_human(st['stored_nbytes'])}")
+        if shards:
+            row.append(shards[s.name])
         rows.append(row)
     if storage:
         header.append("stored")
+    if shards:
+        header.append("shard")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    left = {0, 1, 2, len(header) - 1} if storage else {0, 1, 2}
+    left = {0, 1, 2} | ({len(header) - 1} if storage or shards else set()) | (
+        {len(header) - 2} if storage and shards else set())
 
     def line(cells: list[str]) -> str:
         padded = (c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))

@@ -203,17 +203,34 @@ def _write(args: argparse.Namespace, source: WeightReader, pipeline: _Pipeline, 
     if suffix == ".cpz":
         provenance = {"coreprune": __version__, "source": Path(args.input).name,
                       "command": " ".join([_PROG, *args.argv])}
-        save_compressed(pipeline, output, inputs=(args.input,), metadata={**(meta or {}), **provenance})
+        save_compressed(pipeline, output, inputs=_inputs(args, source),
+                        metadata={**(meta or {}), **provenance})
     elif suffix == ".safetensors" and meta:
-        save(pipeline, output, inputs=(args.input,), metadata=meta)
+        save(pipeline, output, inputs=_inputs(args, source), metadata=meta)
     else:
-        save(pipeline, output, inputs=(args.input,))
+        save(pipeline, output, inputs=_inputs(args, source))
         if meta:
             _note(args, f"the metadata of {args.input} ({', '.join(meta)}) is not written: "
                   f"{Path(output).suffix or 'that format'} has no place for it")
     lost = list(source.extras)
     if lost:
         _note(args, f"{len(lost)} non-tensor value(s) of {args.input} not written: {', '.join(lost[:8])}")
+
+
+def _inputs(args: argparse.Namespace, source: WeightReader) -> tuple[str | os.PathLike, ...]:
+    """The files an output must not overwrite: the input, or every file of a sharded input."""
+    files = getattr(source, "files", None)
+    return tuple(files) if files else (args.input,)
+
+
+def _input_size(path: str | os.PathLike) -> int:
+    """Bytes of the input: one file, or a sharded checkpoint's shards."""
+    if Path(path).is_file() and not str(path).endswith(".index.json"):
+        return os.path.getsize(path)
+    from ..io.sharded import open_sharded
+
+    with open_sharded(path) as reader:
+        return sum(os.path.getsize(p) for p in reader.shards)
 
 
 def _summary(args: argparse.Namespace, output: str, counts: _Counts, tensors: int) -> None:
@@ -239,5 +256,5 @@ def _summary(args: argparse.Namespace, output: str, counts: _Counts, tensors: in
                          f"{args.budget:g} bits per weight ({how}, {scope})")
         else:
             parts.append(f"quantized {counts.quantized} to {args.bits} bits ({how}, {scope})")
-    size_in, size_out = os.path.getsize(args.input), os.path.getsize(output)
+    size_in, size_out = _input_size(args.input), os.path.getsize(output)
     _say(args, f"wrote {output}: {_human(size_out)} (input {_human(size_in)}); " + "; ".join(parts))

@@ -16,6 +16,11 @@ format           extensions                     module
 ``cpz``          ``.cpz``                       :mod:`coreprune.io.cpz` (reads dequantized)
 ===============  =============================  ==========================================
 
+A sharded checkpoint -- an index file ``*.index.json`` (``model.safetensors.index.json``,
+``pytorch_model.bin.index.json``) or a folder of shards -- is one lazy checkpoint to
+``open_weights`` and ``load`` (:mod:`coreprune.io.sharded`); ``save(weights, "NAME.EXT.index.json")``
+or ``save(..., max_shard_size="5GB")`` writes one.
+
 Each format module provides ``FORMAT``, ``EXTENSIONS``, ``sniff(head: bytes) -> bool``,
 ``open_reader(path, **options) -> WeightReader`` and
 ``write(weights: Mapping, f: BinaryIO, **options) -> None``; optionally
@@ -40,8 +45,11 @@ import numpy as np
 
 from ..errors import CompressionError, WeightFileError
 from .base import TensorSpec, WeightReader, atomic_write, check_names_encodable
+from .sharded import ShardedReader, is_sharded, open_sharded, save_sharded
 
-__all__ = ["load", "save", "open_weights", "detect_format", "FORMATS", "TensorSpec", "WeightReader"]
+__all__ = [
+    "load", "save", "open_weights", "detect_format", "FORMATS", "TensorSpec", "WeightReader", "ShardedReader",
+]
 
 #: format name -> module that implements it
 FORMATS: dict[str, str] = {
@@ -152,6 +160,8 @@ def open_weights(
     Parameters
     ----------
     path : path-like
+        A weight file, or a sharded checkpoint: an index ``*.index.json`` or a folder of shards
+        (a :class:`~coreprune.io.sharded.ShardedReader`; ``reader.shard_of(name)`` tells the shard).
     format : str, optional
         Skip detection and read as this format.
     mmap : bool
@@ -189,6 +199,8 @@ def open_weights(
     ...     print(type(r["a"]).__name__)
     ndarray
     """
+    if format is None and is_sharded(path):
+        return open_sharded(path, **options)
     fmt = format or detect_format(path)
     options = {"mmap": mmap, "max_expansion": max_expansion, **options}
     if fmt == "torch":
@@ -226,6 +238,7 @@ def load(path: str | os.PathLike, *, format: str | None = None, **options: Any) 
     Parameters
     ----------
     path : path-like
+        A weight file, an index ``*.index.json`` or a folder of shards.
     format : str, optional
     **options
         Passed to :func:`open_weights` (``mmap``, ``max_expansion``, ``allow_globals``) and the
@@ -267,9 +280,14 @@ def save(
     *,
     format: str | None = None,
     inputs: tuple[str | os.PathLike, ...] = (),
+    max_shard_size: int | str | None = None,
     **options: Any,
 ) -> None:
     """Write ``weights`` to ``path`` atomically (temporary file, then rename).
+
+    A ``path`` ending in ``.index.json``, or a ``max_shard_size``, writes a sharded checkpoint
+    (:func:`coreprune.io.sharded.save_sharded`): ``NAME-0000i-of-0000N.EXT`` shards and the index
+    ``NAME.EXT.index.json``, all or nothing.
 
     Parameters
     ----------
@@ -280,6 +298,9 @@ def save(
     format : str, optional
     inputs : tuple of path-like
         Files this output must never overwrite.
+    max_shard_size : int or str, optional
+        Shard the output: at most this many bytes of dense tensor data per shard (``"5GB"``,
+        ``"2GiB"`` or an int).
     **options
         Passed to the format's writer.
 
@@ -301,6 +322,12 @@ def save(
     from ..selection import check_weights
 
     path = Path(path)
+    if max_shard_size is not None or path.name.endswith(".index.json"):
+        if not isinstance(weights, WeightReader):
+            check_weights(weights)
+        save_sharded(weights, path, max_shard_size=max_shard_size, inputs=inputs,
+                     **({"format": format} if format else {}), **options)
+        return
     fmt = format or _format_for_extension(path)
     if fmt is None:
         raise WeightFileError(

@@ -122,6 +122,36 @@ def test_plot_is_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib is an optional extra")
+@pytest.mark.parametrize("case", ["pipeline", "all equal", "two clusters"])
+def test_plot_labels_do_not_overlap(case):
+    from coreprune_digits.report import make_figure
+    from matplotlib.text import Text
+
+    if case == "pipeline":  # int8 and baseline share an accuracy; the pruned ones nearly do
+        rows = _rows()
+    elif case == "all equal":  # every stage at one point: the labels must stack
+        rows = [_row(f"stage-{i}", 98.0, 5000) for i in range(7)]
+    else:
+        rows = [_row(f"a{i}", 99.0, 4000) for i in range(4)] + [_row(f"b{i}", 99.02, 4100) for i in range(4)]
+    fig = make_figure(rows, title="t")
+    renderer = fig.canvas.get_renderer()
+    labels = fig.axes[0].texts
+    assert sorted(t.get_text() for t in labels) == sorted(r.name for r in rows)
+    for t in labels:
+        t.update_positions(renderer)
+    boxes = [Text.get_window_extent(t, renderer) for t in labels]
+    page = fig.bbox
+    for i, a in enumerate(boxes):
+        inside = page.x0 <= a.x0 and a.x1 <= page.x1 and page.y0 <= a.y0 and a.y1 <= page.y1
+        assert inside, labels[i].get_text()
+        for j in range(i):
+            assert not a.overlaps(boxes[j]), (labels[i].get_text(), labels[j].get_text())
+    # the old layout (labels alternately above and below each point) put 4 labels on 2 spots here
+    if case == "all equal":
+        assert len({(round(b.x0), round(b.y0)) for b in boxes}) == len(rows)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

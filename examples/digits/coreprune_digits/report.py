@@ -15,7 +15,7 @@ from typing import Any
 
 from coreprune.io.base import atomic_write
 
-__all__ = ["Stage", "check_targets", "format_report", "write_json", "write_plot"]
+__all__ = ["Stage", "check_targets", "format_report", "write_json", "write_plot", "make_figure"]
 
 
 @dataclass
@@ -182,34 +182,36 @@ def write_json(report: Mapping[str, Any], path: str | os.PathLike) -> None:
         f.write(json.dumps(report, indent=2).encode("utf-8") + b"\n")
 
 
-def write_plot(stages: Sequence[Stage], path: str | os.PathLike, *, title: str = "") -> bool:
-    """Accuracy against size on disk, and latency per stage, as a PNG; False when matplotlib is missing.
+def make_figure(stages: Sequence[Stage], *, title: str = "") -> Any:
+    """The report's figure: accuracy against size on disk (every point labelled), and latency per stage.
+
+    Stages often share a size or an accuracy (int8 and its pruned variant, two students), so their
+    points coincide. Each label is placed where it overlaps no label placed before it nor leaves the
+    axes: beside its point if that is free, else stacked above or below with a thin leader line to
+    the point. Needs matplotlib.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Drawn (label positions final); ``figure.axes[0].texts`` are the point labels.
 
     Examples
     --------
-    >>> import os, tempfile
     >>> row = Stage("baseline", "LeNet", 10, 10, 10, 40, 40, 48, 99.0, 0.0, [99.0], 1.5)
-    >>> path = os.path.join(tempfile.mkdtemp(), "plot.png")
-    >>> write_plot([row], path) and open(path, "rb").read(4) == b"\\x89PNG"
-    True
+    >>> [t.get_text() for t in make_figure([row]).axes[0].texts]
+    ['baseline']
     """
-    try:
-        import matplotlib
+    import matplotlib.ticker
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
-        return False
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for i, s in enumerate(stages):
+    fig = Figure(figsize=(11, 4.6))
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    for s in stages:
         left.errorbar(s.disk_bytes, s.accuracy, yerr=s.accuracy_std or None, fmt="o", capsize=3)
-        # Alternate the labels above and below: neighbouring stages often share an accuracy.
-        offset = (4, 5) if i % 2 == 0 else (4, -11)
-        left.annotate(
-            s.name, (s.disk_bytes, s.accuracy), textcoords="offset points", xytext=offset, fontsize=8
-        )
     left.set_xscale("log")
+    left.margins(x=0.25, y=0.3)  # room for the labels inside the axes
     left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     left.set_xlabel("bytes on disk (.cpz)")
     left.set_ylabel("test accuracy (%)")
@@ -221,9 +223,77 @@ def write_plot(stages: Sequence[Stage], path: str | os.PathLike, *, title: str =
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    _place_labels(fig, left, stages)
+    fig.canvas.draw()
+    return fig
+
+
+def _place_labels(fig: Any, ax: Any, stages: Sequence[Stage]) -> None:
+    """Annotate each point with its stage name where the label overlaps no other label."""
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    placed: list[Any] = []
+    # Points in display order, so that the stacks of coinciding points grow away from each other.
+    order = sorted(range(len(stages)), key=lambda i: (stages[i].disk_bytes, -stages[i].accuracy))
+    steps = [0] + [sign * k for k in range(1, 12) for sign in (1, -1)]
+    for i in order:
+        s = stages[i]
+        label = ax.annotate(
+            s.name, (s.disk_bytes, s.accuracy), textcoords="offset points", xytext=(7, 0), fontsize=8,
+            va="center", ha="left", arrowprops={"arrowstyle": "-", "color": "0.55", "lw": 0.6,
+                                                "shrinkA": 0, "shrinkB": 3},
+        )
+        chosen = None
+        for dy in steps:
+            for dx, ha in ((7, "left"), (-7, "right")):
+                label.set_position((dx, 11 * dy))
+                label.set_horizontalalignment(ha)
+                label.update_positions(renderer)
+                extent = Text.get_window_extent(label, renderer).padded(1)
+                inside = (box.x0 <= extent.x0 and extent.x1 <= box.x1
+                          and box.y0 <= extent.y0 and extent.y1 <= box.y1)
+                if inside and not any(extent.overlaps(other) for other in placed):
+                    chosen = extent
+                    break
+            if chosen is not None:
+                break
+        if chosen is None:  # no free place inside the axes: the first free one outside them
+            for dy in range(12, 60):
+                label.set_position((7, 11 * dy * (1 if i % 2 else -1)))
+                label.set_horizontalalignment("left")
+                label.update_positions(renderer)
+                chosen = Text.get_window_extent(label, renderer).padded(1)
+                if not any(chosen.overlaps(other) for other in placed):
+                    break
+        placed.append(chosen)
+        # a leader line only where the label is away from its point
+        x, y = label.get_position()
+        if y == 0:
+            label.arrow_patch.set_visible(False)
+
+
+def write_plot(stages: Sequence[Stage], path: str | os.PathLike, *, title: str = "") -> bool:
+    """Accuracy against size on disk, and latency per stage, as a PNG; False when matplotlib is missing.
+
+    The figure is :func:`make_figure`'s: no two point labels overlap.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> row = Stage("baseline", "LeNet", 10, 10, 10, 40, 40, 48, 99.0, 0.0, [99.0], 1.5)
+    >>> path = os.path.join(tempfile.mkdtemp(), "plot.png")
+    >>> write_plot([row], path) and open(path, "rb").read(4) == b"\\x89PNG"
+    True
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    fig = make_figure(stages, title=title)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
     with atomic_write(path) as f:
         f.write(buffer.getvalue())
     return True
