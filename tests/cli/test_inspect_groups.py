@@ -148,3 +148,15 @@ def test_input_shape_option_and_its_errors(tmp_path, capsys):
     assert "'c0'" in capsys.readouterr().err
     assert main(["inspect", str(params), "--groups", str(sym_path), "--input-shape", "data"]) == 2
     assert "NAME=1x3x224x224" in capsys.readouterr().err
+
+
+def test_the_example_in_docs_cli_md_is_this_output(tmp_path, capsys):
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).parents[2] / "docs" / "cli.md").read_text()
+    [block] = [b for b in re.findall(r"```text\n(.*?)```", doc, flags=re.S) if "coupling group(s)" in b]
+    sym_path, params, _, _ = _residual_checkpoint(tmp_path)
+    assert main(["inspect", str(params), "--groups", str(sym_path)]) == 0
+    out = capsys.readouterr().out.replace(f"{tmp_path}/", "")
+    assert out == block
