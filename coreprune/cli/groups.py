@@ -91,7 +91,7 @@ def _slices(group: Group) -> list[str]:
     ]
 
 
-def format_groups(groups: list[Group], weights: Mapping[str, np.ndarray]) -> list[str]:
+def _format_groups(groups: list[Group], weights: Mapping[str, np.ndarray]) -> list[str]:
     """Lines describing coupling groups: channels, coupled nodes and tensor slices, L2 importance.
 
     The importance is the group's L2 norm (the square root of the sum of its ``"l2"`` unit
@@ -104,7 +104,7 @@ def format_groups(groups: list[Group], weights: Mapping[str, np.ndarray]) -> lis
     >>> g = Graph([Node("x", "input", (), 3), Node("c", "conv", ("x",), 2, {"weight": "c.w"}, {"groups": 1}),
     ...            Node("f", "linear", ("c",), 1, {"weight": "f.w"})], ["f"])
     >>> w = {"c.w": np.ones((2, 3, 1, 1)), "f.w": np.ones((1, 2))}
-    >>> print("\\n".join(format_groups(coupling_groups(g, w), w)))
+    >>> print("\\n".join(_format_groups(coupling_groups(g, w), w)))
     group c: 2 channels, L2 2.828 (per channel min 4, median 4, max 4)
       nodes: c
       tensors: c.w[axis 0] (producer), f.w[axis 1] (consumer)
@@ -123,7 +123,7 @@ def format_groups(groups: list[Group], weights: Mapping[str, np.ndarray]) -> lis
     return lines
 
 
-def print_groups(args: argparse.Namespace) -> int:
+def _print_groups(args: argparse.Namespace) -> int:
     """``inspect FILE --groups SYMBOL.json``: print (or ``--json``) the checkpoint's coupling groups."""
     path = args.groups
     if os.path.getsize(path) > _MAX_JSON_BYTES:
@@ -141,7 +141,7 @@ def print_groups(args: argparse.Namespace) -> int:
         shapes = _guess_inputs(data, weights) | dict(args.input_shape or [])
         graph = graph_from_mxnet_json(data, weights, shapes)
         groups = coupling_groups(graph, weights)
-        lines = format_groups(groups, weights)
+        lines = _format_groups(groups, weights)
     except CliError as exc:
         raise CliError(f"{path}: {exc}") from None
     except _HOSTILE as exc:
