@@ -3,12 +3,12 @@
 The issue's target: after fine-tuning, a structurally pruned LeNet-5 or small CNN loses at most 0.5
 point of test accuracy at 2x fewer MACs. For each seed this script
 
-1. trains the digits example's LeNet (:func:`coreprune_digits.torch_models.lenet`) on
-   :func:`coreprune_digits.data.load_digits_28` with the example's training glue
-   (:class:`coreprune_digits.torch_train.TorchBackend`, Adam, cosine decay, random shifts);
-2. picks the smallest ``amount`` on a 0.01 grid at which :func:`coreprune.torch.prune_channels`
-   (``"l2"``, per layer) cuts the MACs of one sample (:mod:`coreprune.arch`'s cost model, convs and
-   dense layers) at least ``--mac-ratio`` times, and prunes to it;
+1. trains the digits example's LeNet (:func:`coreprune_digits.torch_models.lenet`, or its Gluon
+   twin with ``--framework mxnet``) on :func:`coreprune_digits.data.load_digits_28` with the
+   example's training glue (``TorchBackend`` / ``MXNetBackend``: Adam, cosine decay, random shifts);
+2. picks the smallest ``amount`` on a 0.01 grid at which ``prune_channels`` (``"l2"``, per layer)
+   cuts the MACs of one sample (:mod:`coreprune.arch`'s cost model, convs and dense layers) at
+   least ``--mac-ratio`` times, and prunes to it;
 3. fine-tunes the pruned, physically smaller model with the same glue;
 
 and prints dense vs pruned test accuracy, MACs and parameters, then the median (min..max) over the
