@@ -126,6 +126,8 @@ def _format_groups(groups: list[Group], weights: Mapping[str, np.ndarray]) -> li
 def _print_groups(args: argparse.Namespace) -> int:
     """``inspect FILE --groups SYMBOL.json``: print (or ``--json``) the checkpoint's coupling groups."""
     path = args.groups
+    if args.plot is not None:
+        raise CliError("inspect: --plot does not go with --groups")
     if os.path.getsize(path) > _MAX_JSON_BYTES:
         raise CliError(f"{path}: {os.path.getsize(path)} bytes is too large for a symbol JSON")
     with open(path, "rb") as f:

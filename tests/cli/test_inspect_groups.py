@@ -148,6 +148,9 @@ def test_input_shape_option_and_its_errors(tmp_path, capsys):
     assert "'c0'" in capsys.readouterr().err
     assert main(["inspect", str(params), "--groups", str(sym_path), "--input-shape", "data"]) == 2
     assert "NAME=1x3x224x224" in capsys.readouterr().err
+    assert main(["inspect", str(params), "--groups", str(sym_path), "--plot", str(tmp_path / "p.png")]) == 2
+    assert "--plot does not go with --groups" in capsys.readouterr().err
+    assert not (tmp_path / "p.png").exists()
 
 
 def test_the_example_in_docs_cli_md_is_this_output(tmp_path, capsys):
