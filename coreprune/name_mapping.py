@@ -203,7 +203,10 @@ def gluon_to_torch_names(names: Iterable[str]) -> dict[str, str]:
     # The root block's name (shared first component) says nothing a torch path would.
     firsts = {parts[0] for parts, _ in legacy.values() if parts}
     drop_root = len(firsts) == 1 and all(parts for parts, _ in legacy.values())
-    children: dict[tuple[str, ...], dict[str, int]] = {}
+    # A tree of block names: each node maps a child's name to (its index among its siblings, its node).
+    # Walking it costs one step per name part, so many long names map in linear time (keying a table
+    # by every prefix tuple would cost the square of the depth per name).
+    root: dict[str, tuple[int, dict]] = {}
     out: dict[str, str] = {}
     for n in names:
         s = stripped[n]
@@ -215,9 +218,13 @@ def gluon_to_torch_names(names: Iterable[str]) -> dict[str, str]:
         if drop_root:
             parts = parts[1:]
         indices: list[str] = []
-        for depth, part in enumerate(parts):
-            siblings = children.setdefault(tuple(parts[:depth]), {})
-            indices.append(str(siblings.setdefault(part, len(siblings))))
+        node = root
+        for part in parts:
+            entry = node.get(part)
+            if entry is None:
+                entry = node[part] = (len(node), {})
+            indices.append(str(entry[0]))
+            node = entry[1]
         out[n] = ".".join([*indices, _GLUON_TO_TORCH_LEAF.get(leaf, leaf)])
     return _check_unique(out, "gluon-to-torch")
 

@@ -40,6 +40,7 @@ from .blocks import (
     num_parameters,
     squeezenet_student,
 )
+from .codebook import attach_codebooks, attached_codebooks, detach_codebooks
 from .convert import LoadReport, load_numpy, to_numpy, weight_names
 from .distill import distill_student, kd_loss
 from .masks import attach_masks, attached_masks, detach_masks, reapply_masks
@@ -57,6 +58,9 @@ __all__ = [
     "attached_masks",
     "reapply_masks",
     "detach_masks",
+    "attach_codebooks",
+    "attached_codebooks",
+    "detach_codebooks",
     "kd_loss",
     "distill_student",
     "Fire",

@@ -15,7 +15,10 @@ from .common import (
     _PROG,
     CliError,
     _bits,
+    _byte_count,
+    _float,
     _fraction,
+    _global_name,
     _group_size,
     _int,
     _one_line,
@@ -39,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar, summary or notes")
+    reading = common.add_argument_group("reading untrusted files (docs/security.md)")
+    reading.add_argument("--max-expansion", type=_byte_count, metavar="BYTES",
+                         help="bytes the input may expand to beyond what it stores (deflated members, "
+                              "sparse arrays, .cpz layouts, shared torch storages); default "
+                              "max(32 x the file size, 128 MiB); suffixes K, M, G, T")
+    reading.add_argument("--allow-global", action="append", type=_global_name, metavar="MODULE.NAME",
+                         help="let a torch checkpoint name this global outside the allowlist (read as an "
+                              "opaque record; nothing is imported or run); repeatable")
 
     picks = argparse.ArgumentParser(add_help=False)
     picks.add_argument("--include", action="append", metavar="GLOB",
@@ -72,7 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
         where = g.add_mutually_exclusive_group()
         where.add_argument("--axis", type=_int, metavar="K", help="one scale per index along axis K")
         where.add_argument("--group-size", type=_group_size, metavar="G",
-                           help="one scale per G consecutive weights along the last axis")
+                           help="one scale per G consecutive weights along the last axis (a shorter last "
+                                "group where G does not divide it)")
+        where.add_argument("--per-tensor", action="store_true",
+                           help="one scale per tensor (default: a layout per tensor, per output channel at "
+                                "8 bits and for small fan-ins, else groups of about 64 of each channel's "
+                                "flattened fan-in)")
+        g.add_argument("--flatten", action="store_true",
+                       help="with --group-size: groups along each output channel's flattened fan-in")
+        g.add_argument("--method", choices=("rtn", "clip", "hqq"), default="rtn",
+                       help="scales: round to nearest (default), clipping search, or half-quadratic")
+        g.add_argument("--full-range", action="store_true",
+                       help="symmetric codes use -2**(B-1) too, scale max|w| / (2**(B-1) - 1/2) "
+                            "(torch's int8)")
 
     parser = _Parser(
         prog=_PROG,
@@ -105,7 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", parents=[output, picks, common], help="n-bit quantization",
                        description="Quantize to B-bit integer codes. A .cpz output keeps the codes; other "
                        "formats get the dequantized values.")
-    quant_options(p, required=True)
+    quant_options(p, required=False)
+    p.add_argument("--budget", type=_float, metavar="X",
+                   help="instead of --bits: average bits per weight (codes, scales, zero points); "
+                        "each tensor gets 2, 3, 4, 6 or 8 bits by its reconstruction error "
+                        "(reads the input twice)")
     p.set_defaults(run=_cmd_quantize)
 
     p = sub.add_parser("compress", parents=[output, picks, common], help="prune and/or quantize into .cpz",
@@ -134,9 +161,14 @@ def _check_combinations(args: argparse.Namespace) -> None:
                        "touched)")
     if getattr(args, "global_", False) and args.sparsity is None:
         raise CliError(f"{args.command}: --global goes with --sparsity")
+    if args.command == "quantize" and (args.bits is None) == (args.budget is None):
+        raise CliError("quantize: give --bits B or --budget X (one of them)")
     if args.command == "compress" and args.bits is None:
         given = [f for f, v in (("--affine", args.affine), ("--axis", args.axis is not None),
-                                ("--group-size", args.group_size is not None)) if v]
+                                ("--group-size", args.group_size is not None),
+                                ("--per-tensor", args.per_tensor),
+                                ("--flatten", args.flatten), ("--method", args.method != "rtn"),
+                                ("--full-range", args.full_range)) if v]
         if given:
             raise CliError(f"compress: {', '.join(given)} needs --bits")
 
@@ -176,6 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as e:
         message = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+    except RecursionError:  # a last line of defence: the readers bound nesting, but never a traceback
+        message = "the input nests too deeply to be processed (corrupted or hostile?)"
+    except MemoryError:
+        message = "out of memory (the input declares more data than fits; see --max-expansion)"
     except KeyboardInterrupt:
         print(f"{_PROG}: interrupted", file=sys.stderr)
         return 130

@@ -108,8 +108,31 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def _printable(text: str) -> str:
+    """``text`` with every character a terminal would act on escaped as Python writes it.
+
+    Tensor names and values come from the file: control and escape sequences (``\\x1b[2J``), bidi
+    overrides and lone surrogates (which stdout cannot even encode) are shown as ``\\x1b``,
+    ``\\u202e``, ``\\udc80``; printable text, non-ASCII letters included, is unchanged.
+
+    Examples
+    --------
+    >>> _printable("fc.weight"), _printable("a\\x1b[31mb"), _printable("w\\udc80")
+    ('fc.weight', 'a\\\\x1b[31mb', 'w\\\\udc80')
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    return _printable(" ".join(str(text).split()))
+
+
+def _print(text: str, file: Any = None) -> None:
+    """Print one line of output (escaped: see :func:`_printable`)."""
+    print(_printable(text), file=file)
 
 
 def _note(args: argparse.Namespace, text: str) -> None:
@@ -119,23 +142,42 @@ def _note(args: argparse.Namespace, text: str) -> None:
 
 def _say(args: argparse.Namespace, text: str) -> None:
     if not args.quiet:
-        print(text)
+        _print(text)
 
 
-def _jsonable(value: Any, depth: int = 0) -> Any:
-    """A JSON-safe rendering of a non-tensor extra (checkpoint epoch, metadata, ...)."""
-    if value is None or isinstance(value, (bool, int, str)):
+#: Values a non-tensor extra may show in total (shared or nested containers otherwise multiply).
+_JSON_NODES = 2000
+
+
+def _jsonable(value: Any, depth: int = 0, budget: list[int] | None = None) -> Any:
+    """A JSON-safe rendering of a non-tensor extra (checkpoint epoch, metadata, ...).
+
+    At most 4 levels, 100 items a level and :data:`_JSON_NODES` values in all; what is left out is
+    a repr cut short, computed in bounded time however deep or shared the value is.
+    """
+    from ..io.pickle_vm import short_repr
+
+    budget = [_JSON_NODES] if budget is None else budget
+    budget[0] -= 1
+    if value is None or isinstance(value, (bool, str)):
         return value
+    if isinstance(value, int):  # huge ints (Python refuses to print > 4,300 digits) as a short form
+        return value if abs(value) < 10**300 else f"<int of {value.bit_length()} bits>"
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, np.generic):
-        return _jsonable(value.item(), depth)
-    if depth < 4 and isinstance(value, (list, tuple)):
-        return [_jsonable(v, depth + 1) for v in value[:100]]
-    if depth < 4 and isinstance(value, dict):
-        return {str(k): _jsonable(v, depth + 1) for k, v in list(value.items())[:100]}
-    text = repr(value)
-    return text if len(text) <= 200 else text[:197] + "..."
+        return _jsonable(value.item(), depth, budget)
+    if depth < 4 and budget[0] > 0 and isinstance(value, (list, tuple)):
+        return [_jsonable(v, depth + 1, budget) for v in value[:100]]
+    if depth < 4 and budget[0] > 0 and isinstance(value, dict):
+        return {_jsonable_key(k): _jsonable(v, depth + 1, budget) for k, v in list(value.items())[:100]}
+    return short_repr(value, 200)
+
+
+def _jsonable_key(key: Any) -> str:
+    from ..io.pickle_vm import short_repr
+
+    return key if isinstance(key, str) else short_repr(key, 80)
 
 
 # --------------------------------------------------------------------------------------------- progress
@@ -167,4 +209,33 @@ def _progress(total: int, desc: str, quiet: bool, *, delay: float = 1.0) -> Any:
 
 
 def _open_input(args: argparse.Namespace) -> WeightReader:
-    return open_weights(args.input)
+    """Open the input as untrusted: read (never memory-mapped, so a file changed underneath is an
+    error, not SIGBUS), with the expansion budget and the globals the user allowed."""
+    return open_weights(
+        args.input,
+        mmap=False,
+        max_expansion=getattr(args, "max_expansion", None),
+        allow_globals=getattr(args, "allow_global", None) or (),
+    )
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _byte_count(text: str) -> int:
+    """``"512M"`` -> 536870912: a number of bytes with an optional K/M/G/T (binary) suffix."""
+    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = raw[-1:] if raw[-1:] in _UNITS else ""
+    try:
+        value = float(raw[: len(raw) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a byte count (e.g. 4096, 512M, 8G)") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a byte count >= 0")
+    return int(value * _UNITS[unit])
+
+
+def _global_name(text: str) -> str:
+    if text.count(".") < 1 or not all(part.isidentifier() for part in text.split(".")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a global's 'module.Name'")
+    return text

@@ -11,6 +11,7 @@ from .common import (
     _progress,
 )
 from .streaming import (
+    _budget_widths,
     _chain,
     _Counts,
     _is_cpz,
@@ -55,10 +56,13 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     keep_codes = _is_cpz(args.output)
     with _open_input(args) as reader, _progress(len(reader), "quantize", args.quiet) as bar:
         selected = _selection(reader, args)
-        pipe = _Pipeline(reader, bar=bar, step=_quantize_step(args, counts, keep_codes), selected=selected)
+        widths = _budget_widths(reader, selected, args) if args.budget is not None else None
+        step = _quantize_step(args, counts, keep_codes, widths)
+        pipe = _Pipeline(reader, bar=bar, step=step, selected=selected)
         _write(args, reader, pipe, args.output)
     if not keep_codes:
-        _note(args, f"{args.output} cannot hold {args.bits}-bit codes: wrote the dequantized values in each "
+        width = args.bits or "n"
+        _note(args, f"{args.output} cannot hold {width}-bit codes: wrote the dequantized values in each "
                     "tensor's dtype (fake quantization); use -o NAME.cpz to keep the packed codes")
     _summary(args, args.output, counts, len(pipe))
     return 0

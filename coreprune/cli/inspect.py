@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from ..io import open_weights
 from ..io.base import atomic_write
 from ..io.cpz import CpzReader
 from ..selection import is_floating
@@ -24,7 +23,10 @@ from .common import (
     _jsonable,
     _num,
     _one_line,
+    _open_input,
     _pct,
+    _print,
+    _printable,
     _progress,
     _say,
 )
@@ -44,7 +46,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     stats: list[TensorStats] = []
     samples: list[tuple[np.ndarray, int]] = []
     storage: dict[str, dict[str, Any]] = {}
-    with open_weights(args.input) as reader, _progress(len(reader), "inspect", args.quiet) as bar:
+    with _open_input(args) as reader, _progress(len(reader), "inspect", args.quiet) as bar:
         fmt = reader.format
         for name in reader:
             array = np.asarray(reader[name])
@@ -83,10 +85,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     else:
         _print_table(args, fmt, stats, storage, summary, extras, file_size)
         if metadata:
-            print("metadata: " + ", ".join(f"{k} = {v!r}" for k, v in metadata.items()))
+            _print("metadata: " + ", ".join(f"{k} = {v!r}" for k, v in metadata.items()))
         if aliases:
-            print(f"aliases ({len(aliases)} tensor(s) stored once under two names; pruning counts them "
-                  "once): " + ", ".join(f"{a} = {b}" for a, b in aliases.items()))
+            _print(f"aliases ({len(aliases)} tensor(s) stored once under two names; pruning counts them "
+                   "once): " + ", ".join(f"{a} = {b}" for a, b in aliases.items()))
     if args.plot is not None:
         _plot(args, stats, samples)
         if not args.json:
@@ -108,7 +110,8 @@ def _print_table(
     rows = []
     for s in stats:
         row = [
-            s.name, "x".join(map(str, s.shape)) or "()", s.dtype, f"{s.parameters:,}", _pct(s.sparsity),
+            _printable(s.name), "x".join(map(str, s.shape)) or "()", s.dtype, f"{s.parameters:,}",
+            _pct(s.sparsity),
             _num(s.min), _num(s.max), _num(s.mean), _num(s.std), _pct(s.below_threshold),
             _human(s.bytes_8bit), _human(s.bytes_4bit),
             _db(s.sqnr_8bit_db),
@@ -127,21 +130,21 @@ def _print_table(
         padded = (c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
         return "  ".join(padded)
 
-    print(f"{args.input} ({fmt}, {_human(file_size)})")
-    print(line(header).rstrip())
-    print("  ".join("-" * w for w in widths))
+    _print(f"{args.input} ({fmt}, {_human(file_size)})")
+    _print(line(header).rstrip())
+    _print("  ".join("-" * w for w in widths))
     for row in rows:
-        print(line(row).rstrip())
-    print(
+        _print(line(row).rstrip())
+    _print(
         f"total: {summary['tensors']} tensors, {summary['parameters']:,} parameters, "
         f"{_human(summary['nbytes'])} dense; zeros {_pct(summary['sparsity'])}; "
         f"at 8 bits {_human(summary['bytes_8bit'])}, at 4 bits {_human(summary['bytes_4bit'])}"
     )
     if storage:
-        print(f"stored: {_human(sum(s['stored_nbytes'] for s in storage.values()))} of tensor data")
+        _print(f"stored: {_human(sum(s['stored_nbytes'] for s in storage.values()))} of tensor data")
     if extras:
         shown = ", ".join(f"{k} = {_one_line(repr(_jsonable(v)))[:60]}" for k, v in list(extras.items())[:20])
-        print(f"non-tensor values ({len(extras)}): {shown}")
+        _print(f"non-tensor values ({len(extras)}): {shown}")
 
 
 def _plot(args: argparse.Namespace, stats: list[TensorStats], samples: list[tuple[np.ndarray, int]]) -> None:
@@ -161,13 +164,15 @@ def _plot(args: argparse.Namespace, stats: list[TensorStats], samples: list[tupl
         hist_ax.hist(values, bins=121, weights=weights, log=True, color="tab:blue")
         for t in (-args.threshold, args.threshold):
             hist_ax.axvline(t, color="tab:red", linewidth=0.8, linestyle="--")
-    hist_ax.set_title(f"{Path(args.input).name}: weights of {len(samples)} floating tensors")
+    # Names and file names are text, never mathtext: a '$' in a tensor name must not be parsed.
+    hist_ax.set_title(f"{Path(args.input).name}: weights of {len(samples)} floating tensors",
+                      parse_math=False)
     hist_ax.set_xlabel("value")
     hist_ax.set_ylabel("count (log)")
     y = np.arange(len(shown))
     bar_ax.barh(y, [100 * (s.sparsity or 0.0) for s in shown], color="tab:orange")
     bar_ax.set_yticks(y)
-    bar_ax.set_yticklabels([s.name for s in shown], fontsize=7)
+    bar_ax.set_yticklabels([_printable(s.name) for s in shown], fontsize=7, parse_math=False)
     bar_ax.invert_yaxis()
     bar_ax.set_xlim(0, 100)
     bar_ax.set_xlabel("zeros (%)")

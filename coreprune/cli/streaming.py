@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..bit_budget import allocate_bits, noise_to_signal
 from ..io import save
 from ..io.base import TensorSpec, WeightReader
 from ..io.cpz import save_compressed
@@ -97,6 +98,7 @@ class _Counts:
 
     def __init__(self) -> None:
         self.pruned = self.zeros = self.size = self.quantized = 0
+        self.bits: list[int] = []
 
 
 def _prune_step(
@@ -129,15 +131,38 @@ def _prune_step(
     return step
 
 
+def _quantize_one(args: argparse.Namespace, name: str, w: np.ndarray, bits: int) -> Any:
+    group_size = args.group_size if args.group_size is not None else None if args.per_tensor else "auto"
+    return quantize(
+        {name: w}, bits, symmetric=not args.affine, axis=args.axis, group_size=group_size,
+        flatten=args.flatten, method=args.method, full_range=args.full_range, include=_EVERYTHING,
+    )[name]
+
+
+def _budget_widths(reader: WeightReader, selected: list[str], args: argparse.Namespace) -> dict[str, int]:
+    """``--budget``: a first pass, one tensor at a time, measuring every width; then the allocation."""
+    widths = (2, 3, 4, 6, 8)
+    sizes: dict[str, dict[int, int]] = {}
+    errors: dict[str, dict[int, float]] = {}
+    counts: dict[str, int] = {}
+    for name in selected:
+        w = reader[name]
+        sizes[name], errors[name], counts[name] = {}, {}, int(w.size)
+        for b in widths:
+            q = _quantize_one(args, name, w, b)
+            sizes[name][b] = q.nbytes
+            errors[name][b] = noise_to_signal(w, q.dequantize())
+    return allocate_bits(sizes, errors, counts, args.budget)
+
+
 def _quantize_step(
-    args: argparse.Namespace, counts: _Counts, keep_codes: bool
+    args: argparse.Namespace, counts: _Counts, keep_codes: bool, widths: dict[str, int] | None = None
 ) -> Callable[[str, np.ndarray], Any]:
     def step(name: str, w: np.ndarray) -> Any:
-        q = quantize(
-            {name: w}, args.bits, symmetric=not args.affine, axis=args.axis, group_size=args.group_size,
-            include=_EVERYTHING,
-        )[name]
+        bits = widths[name] if widths is not None else args.bits
+        q = _quantize_one(args, name, w, bits)
         counts.quantized += 1
+        counts.bits.append(bits)
         return q if keep_codes else q.dequantize()
 
     return step
@@ -201,9 +226,18 @@ def _summary(args: argparse.Namespace, output: str, counts: _Counts, tensors: in
     if counts.quantized:
         how = "affine" if args.affine else "symmetric"
         if args.group_size:
-            scope = f"groups of {args.group_size}"
+            scope = f"groups of {args.group_size}" + (" of the flattened fan-in" if args.flatten else "")
+        elif args.axis is not None:
+            scope = f"axis {args.axis}"
         else:
-            scope = "per tensor" if args.axis is None else f"axis {args.axis}"
-        parts.append(f"quantized {counts.quantized} to {args.bits} bits ({how}, {scope})")
+            scope = "per tensor" if args.per_tensor else "default layouts"
+        if args.method != "rtn" or args.full_range:
+            scope += f", {args.method}" + (", full range" if args.full_range else "")
+        if getattr(args, "budget", None) is not None:
+            spread = "/".join(str(b) for b in sorted(set(counts.bits)))
+            parts.append(f"quantized {counts.quantized} to {spread} bits for a budget of "
+                         f"{args.budget:g} bits per weight ({how}, {scope})")
+        else:
+            parts.append(f"quantized {counts.quantized} to {args.bits} bits ({how}, {scope})")
     size_in, size_out = os.path.getsize(args.input), os.path.getsize(output)
     _say(args, f"wrote {output}: {_human(size_out)} (input {_human(size_in)}); " + "; ".join(parts))

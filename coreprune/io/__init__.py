@@ -31,7 +31,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CompressionError, WeightFileError
-from .base import TensorSpec, WeightReader, atomic_write
+from .base import TensorSpec, WeightReader, atomic_write, check_names_encodable
 
 __all__ = ["load", "save", "open_weights", "detect_format", "FORMATS", "TensorSpec", "WeightReader"]
 
@@ -138,7 +138,15 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
-def open_weights(path: str | os.PathLike, *, format: str | None = None, **options: Any) -> WeightReader:
+def open_weights(
+    path: str | os.PathLike,
+    *,
+    format: str | None = None,
+    mmap: bool = True,
+    max_expansion: int | None = None,
+    allow_globals: Iterable[str] = (),
+    **options: Any,
+) -> WeightReader:
     """Open a weight file lazily: names and shapes now, each tensor when it is indexed.
 
     Parameters
@@ -146,6 +154,21 @@ def open_weights(path: str | os.PathLike, *, format: str | None = None, **option
     path : path-like
     format : str, optional
         Skip detection and read as this format.
+    mmap : bool
+        ``True`` (default): tensors stored contiguously are read-only memory maps, read from disk
+        as they are touched. Fast and frugal, but a file truncated or rewritten while it is mapped
+        kills the process with SIGBUS: use it on files nothing else writes. ``False``: each tensor
+        is read into memory when it is indexed (one at a time, so streaming stays frugal); a file
+        that changes underneath is a :class:`~coreprune.errors.WeightFileError`, never a signal.
+        The ``coreprune`` command reads with ``mmap=False``. See ``docs/security.md``.
+    max_expansion : int, optional
+        Bytes a reader may build beyond what the file stores -- decompressed npz members, expanded
+        MXNet sparse arrays, .cpz sparse layouts and packed codes, overlapping torch views -- all
+        tensors together. Default: ``max(32 x file size, 128 MiB)``
+        (:func:`coreprune.io.base.expansion_budget`).
+    allow_globals : iterable of str
+        torch files: ``"module.Name"`` globals outside the allowlist that the pickle may name,
+        read as opaque records (nothing is imported or called). Ignored by formats without pickles.
     **options
         Passed to the format's reader (e.g. ``sparse="scipy"`` for MXNet csr/row_sparse arrays).
 
@@ -162,9 +185,36 @@ def open_weights(path: str | os.PathLike, *, format: str | None = None, **option
     >>> with open_weights(p) as r:
     ...     print(r.spec("a").shape, r.spec("a").dtype)
     (2, 2) float32
+    >>> with open_weights(p, mmap=False) as r:
+    ...     print(type(r["a"]).__name__)
+    ndarray
     """
     fmt = format or detect_format(path)
+    options = {"mmap": mmap, "max_expansion": max_expansion, **options}
+    if fmt == "torch":
+        options["allow_globals"] = tuple(allow_globals)
     return _module(fmt).open_reader(Path(path), **options)
+
+
+def _own(value: Any, copies: dict[int, tuple[np.ndarray, np.ndarray]]) -> Any:
+    """``value`` in memory the result owns: a memory map is copied, its storage once for all its views.
+
+    Tensors that share a storage (torch views, tied weights) stay views of one copy, so loading a
+    file never materialises more than its storages hold.
+    """
+    if not isinstance(value, np.memmap):
+        return value
+    root = value
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if root is value:
+        return np.array(value)
+    key = id(root)
+    if key not in copies:
+        copies[key] = (root, np.array(root, copy=True))  # the root is kept so its id stays unique
+    copy = copies[key][1]
+    offset = value.ctypes.data - root.ctypes.data
+    return np.ndarray(value.shape, value.dtype, buffer=copy, offset=offset, strides=value.strides)
 
 
 def load(path: str | os.PathLike, *, format: str | None = None, **options: Any) -> dict[str, np.ndarray]:
@@ -178,7 +228,9 @@ def load(path: str | os.PathLike, *, format: str | None = None, **options: Any) 
     path : path-like
     format : str, optional
     **options
-        Passed to the format's reader.
+        Passed to :func:`open_weights` (``mmap``, ``max_expansion``, ``allow_globals``) and the
+        format's reader. Memory maps are copied into memory the result owns; tensors that share
+        a storage (torch views, tied weights) stay views of one copy.
 
     Returns
     -------
@@ -194,10 +246,10 @@ def load(path: str | os.PathLike, *, format: str | None = None, **options: Any) 
     """
     with open_weights(path, format=format, **options) as reader:
         out = {}
+        copies: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for name in reader:
-            value = reader[name]
-            # An eager load must outlive the file: copy memory maps into RAM.
-            out[name] = np.array(value) if isinstance(value, np.memmap) else value
+            # An eager load must outlive the file: memory maps are copied into RAM, shared storage once.
+            out[name] = _own(reader[name], copies)
         if reader.extras:
             names = ", ".join(list(reader.extras)[:10])
             warnings.warn(
@@ -258,6 +310,8 @@ def save(
         )
     if not isinstance(weights, WeightReader):
         check_weights(weights)
+    if fmt != "torch":  # pickle keeps lone surrogates; the other formats store UTF-8
+        check_names_encodable(weights, fmt)
     module = _module(fmt)
     # Some formats have several extensions that mean different layouts (.npy is one array, .npz many).
     options = {**getattr(module, "EXTENSION_OPTIONS", {}).get(path.suffix.lower(), {}), **options}

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,14 @@ __all__ = [
     "write_c_order",
     "declared_little_endian",
     "MAX_NDIM",
+    "EXPANSION_RATIO",
+    "EXPANSION_FLOOR",
+    "CPZ_EXPANSION_RATIO",
+    "expansion_budget",
+    "ExpansionMeter",
+    "file_region",
+    "strided_view",
+    "check_names_encodable",
 ]
 
 #: The most dimensions a stored tensor may declare (NumPy 1.x's limit); more is treated as corruption.
@@ -47,6 +57,221 @@ MAX_NDIM = 32
 
 # NumPy cannot create an array whose byte size (counting only the non-zero dims) exceeds intp.
 _MAX_ARRAY_BYTES = 2**62
+
+#: Default expansion budget, as a multiple of the file size: bytes a reader may build beyond the bytes
+#: the file stores for them (deflated npz members, MXNet sparse arrays expanded, .cpz sparse layouts
+#: and bit-packed codes, torch views that overlap). Pruned checkpoints expand 5-10x.
+EXPANSION_RATIO = 32
+#: ... and at least this many bytes, so that small files with a few zero-initialised buffers read.
+EXPANSION_FLOOR = 128 << 20
+
+
+#: The default ratio for ``.cpz`` files, whose whole point is to expand: Deep Compression files
+#: (pruned, shared-weight codes, entropy-coded) measure 46-51x smaller than float32
+#: (docs/deep-compression.md), and the paper reports up to 49x; 256x leaves room for sparser models.
+CPZ_EXPANSION_RATIO = 256
+
+
+def expansion_budget(
+    file_size: int, max_expansion: int | None = None, *, ratio: int = EXPANSION_RATIO
+) -> int:
+    """Bytes a reader of a ``file_size``-byte file may build beyond what the file stores.
+
+    ``max_expansion`` (bytes) replaces the default ``max(ratio * file_size, EXPANSION_FLOOR)``
+    (``ratio`` is :data:`EXPANSION_RATIO`, :data:`CPZ_EXPANSION_RATIO` for ``.cpz`` files).
+
+    Examples
+    --------
+    >>> expansion_budget(10 << 20) == 320 << 20, expansion_budget(1000) == 128 << 20
+    (True, True)
+    >>> expansion_budget(1000, max_expansion=2**40)
+    1099511627776
+    """
+    if max_expansion is not None:
+        if isinstance(max_expansion, bool) or not isinstance(max_expansion, (int, np.integer)) or (
+            max_expansion < 0
+        ):
+            raise WeightFileError(f"max_expansion must be a number of bytes >= 0, got {max_expansion!r}")
+        return int(max_expansion)
+    return max(ratio * file_size, EXPANSION_FLOOR)
+
+
+class ExpansionMeter:
+    """Counts the bytes a reader builds beyond what the file stores; refuses past the budget.
+
+    One meter per open reader, shared by all its tensors: each tensor is charged once (reading it
+    again costs nothing more), ``produced - stored`` bytes, so ``load`` of a whole file and a
+    command streaming it tensor by tensor are bounded alike.
+
+    Parameters
+    ----------
+    path : path-like
+        Named in the error.
+    file_size : int
+    max_expansion : int, optional
+        The budget in bytes (default :func:`expansion_budget`).
+    ratio : int
+        The default budget's multiple of the file size (:data:`CPZ_EXPANSION_RATIO` for ``.cpz``).
+    credit : int
+        Bytes that may be produced on top of the budget (the torch reader: the file size, which
+        non-overlapping views of its storages never exceed).
+
+    Examples
+    --------
+    >>> m = ExpansionMeter("a.npz", 1000, max_expansion=100)
+    >>> m.charge("w", 80, what="array 'w'")
+    >>> m.charge("w", 80, what="array 'w'")   # the same tensor again: no new charge
+    >>> m.charge("v", 30, what="array 'v'")
+    Traceback (most recent call last):
+    ...
+    coreprune.errors.WeightFileError: a.npz: array 'v' would build 30 bytes beyond what the file ...
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        file_size: int,
+        max_expansion: int | None = None,
+        *,
+        credit: int = 0,
+        ratio: int = EXPANSION_RATIO,
+    ) -> None:
+        self.path = path
+        self.ratio = ratio
+        self.budget = expansion_budget(file_size, max_expansion, ratio=ratio)
+        self.explicit = max_expansion is not None
+        self.used = -credit
+        self._charged: set[str] = set()
+
+    def charge(self, name: str, produced: int, stored: int = 0, *, what: str, hint: str = "") -> None:
+        """Charge ``produced - stored`` bytes for tensor ``name`` (once per name).
+
+        ``what`` names the tensor in the message; ``hint`` ends it.
+        """
+        if name in self._charged:
+            return
+        extra = max(int(produced) - int(stored), 0)
+        if self.used + extra > self.budget:
+            how = "it was set with max_expansion" if self.explicit else (
+                f"max({self.ratio} x the file size, {EXPANSION_FLOOR >> 20} MiB) by default"
+            )
+            raise WeightFileError(
+                f"{self.path}: {what} would build {extra} bytes beyond what the file stores, past the "
+                f"expansion budget of {self.budget} bytes ({how}; {max(self.used, 0)} already used); if the "
+                "file is trusted, raise it: max_expansion=BYTES in the library, --max-expansion in the CLI"
+                + (f"; {hint}" if hint else "")
+            )
+        self.used += extra
+        self._charged.add(name)
+
+
+def check_names_encodable(names: Any, fmt: str) -> None:
+    """Refuse a tensor name that UTF-8 cannot encode (a lone surrogate such as ``'\\udc80'``).
+
+    Such names come from decoding bytes with ``surrogateescape`` or from a pickle; npz, safetensors,
+    MXNet and .cpz files store names as UTF-8, so they are refused by name instead of failing inside
+    a writer (torch files keep them, as ``pickle`` does).
+
+    Examples
+    --------
+    >>> check_names_encodable(["fc.weight"], "npz")
+    >>> check_names_encodable(["a\\udc80"], "npz")
+    Traceback (most recent call last):
+    ...
+    coreprune.errors.WeightFileError: tensor 'a\\udc80': the name holds a lone surrogate (U+DC80 at ...
+    """
+    for name in names:
+        if not isinstance(name, str):
+            continue
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise WeightFileError(
+                f"tensor {name[:80]!r}: the name holds a lone surrogate (U+{ord(name[e.start]):04X} at "
+                f"character {e.start}), which {fmt} files cannot store as UTF-8; rename it"
+            ) from None
+
+
+def file_region(path: str | os.PathLike, offset: int, nbytes: int, *, mmap: bool, what: str) -> np.ndarray:
+    """``nbytes`` bytes of a file at ``offset``, as a read-only 1-D ``uint8`` array.
+
+    With ``mmap=True`` a memory map (no read now; pages are read when touched). A file truncated
+    or rewritten while it is mapped kills the process with SIGBUS when a page past its new end is
+    touched: use it only on files nothing else writes. With ``mmap=False`` the bytes are read now
+    into memory the array owns; a file that has become shorter is a
+    :class:`~coreprune.errors.WeightFileError`, never a signal.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "f.bin")
+    >>> _ = open(p, "wb").write(b"abcdef")
+    >>> file_region(p, 2, 3, mmap=False, what="field").tobytes()
+    b'cde'
+    """
+    if nbytes == 0:
+        return np.empty(0, np.uint8)
+    if mmap:
+        return np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(nbytes,))
+    out = np.empty(nbytes, np.uint8)
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            got = f.readinto(memoryview(out))
+    except OSError as e:
+        raise WeightFileError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    if got != nbytes:
+        raise WeightFileError(
+            f"{path}: {what} needs {nbytes} bytes at offset {offset} but the file ends after {got} "
+            "(it changed while it was being read?)"
+        )
+    out.flags.writeable = False
+    return out
+
+
+def strided_view(
+    path: str | os.PathLike,
+    what: str,
+    buf: np.ndarray,
+    dtype: np.dtype,
+    shape: tuple[int, ...],
+    offset: int,
+    strides: tuple[int, ...],
+) -> np.ndarray:
+    """A view of ``buf`` (1-D ``uint8``) as ``dtype`` elements, checked to lie inside ``buf``.
+
+    ``offset`` and ``strides`` are in bytes and must be non-negative. Every element the view can
+    reach -- ``offset + sum((d - 1) * s) + itemsize`` bytes -- must lie within ``buf``; the array is
+    built with :class:`numpy.ndarray`'s buffer constructor, which checks the extent again, so no
+    view can read outside its storage.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> b = np.arange(16, dtype=np.uint8)
+    >>> strided_view("f", "t", b, np.dtype(np.uint16), (2, 2), 0, (2, 4)).shape
+    (2, 2)
+    >>> strided_view("f", "t", b, np.dtype(np.uint32), (3,), 8, (4,))
+    Traceback (most recent call last):
+    ...
+    coreprune.errors.WeightFileError: f: t reaches byte 20 of a storage of 16 bytes (corrupted)
+    """
+    dtype = np.dtype(dtype)
+    if offset < 0 or any(s < 0 for s in strides) or len(shape) != len(strides):
+        raise WeightFileError(f"{path}: {what} has a negative offset or stride (corrupted)")
+    if element_count(shape) == 0:
+        return np.empty(shape, dtype)
+    end = offset + sum((d - 1) * s for d, s in zip(shape, strides)) + dtype.itemsize
+    if end > buf.size:
+        raise WeightFileError(
+            f"{path}: {what} reaches byte {end} of a storage of {buf.size} bytes (corrupted)"
+        )
+    try:
+        out = np.ndarray(shape, dtype, buffer=buf, offset=offset, strides=strides)
+    except (TypeError, ValueError) as e:  # numpy's own extent and alignment checks, as a second line
+        raise WeightFileError(f"{path}: {what} is not a valid view of its storage ({e})") from None
+    # A view of a mapping says so (coreprune.io.load copies memory maps so its result outlives the file).
+    return out.view(np.memmap) if isinstance(buf, np.memmap) else out
 
 
 @dataclass(frozen=True)
@@ -357,6 +582,60 @@ def write_c_order(f: BinaryIO, array: np.ndarray, *, chunk_bytes: int = 16 << 20
     return int(a.nbytes)
 
 
+#: Longest file name the temporary file may have, in bytes (NAME_MAX on Linux and macOS).
+_NAME_MAX = 255
+
+
+def _temp_prefix(name: str) -> str:
+    """``.<name>.`` cut so that mkstemp's name (prefix + 8 random characters + ``.tmp``) fits NAME_MAX.
+
+    The output name itself may be up to NAME_MAX bytes; its temporary sibling keeps as much of it as
+    fits, cut at a character boundary of its file-system encoding.
+
+    Examples
+    --------
+    >>> _temp_prefix("w.npz")
+    '.w.npz.'
+    >>> len(_temp_prefix("x" * 255).encode())
+    243
+    """
+    room = _NAME_MAX - 8 - len(".tmp") - 2
+    # File names are bytes: a cut inside a multi-byte character round-trips through surrogateescape.
+    return f".{os.fsdecode(os.fsencode(name)[:room])}."
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived during an atomic write: unwind (deleting the temporary file), then die of it."""
+
+
+@contextlib.contextmanager
+def _cleanup_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into an exception while the block runs, so ``finally`` clauses delete temp files.
+
+    Only in the main thread and only when SIGTERM has its default action (a program's own handler
+    is left alone); afterwards the default action is restored and, if the signal came, re-raised so
+    the process still ends as killed by SIGTERM.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise  # only reached where the signal cannot kill (it was blocked): still unwind
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def atomic_write(
     path: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = ()
@@ -364,7 +643,10 @@ def atomic_write(
     """Open a temporary file beside ``path``; on success rename it over ``path``, on error delete it.
 
     Readers of ``path`` see either the old file or the complete new one, never a partial
-    write. Refuses to write over any of ``inputs`` (the files being read).
+    write. Refuses to write over any of ``inputs`` (the files being read). The temporary file
+    is deleted on any exception, Ctrl-C, and SIGTERM (while SIGTERM has its default action, it
+    is caught for the duration of the write, the file deleted, and the signal delivered again).
+    Its name is at most NAME_MAX (255) bytes whatever the length of ``path``'s name.
 
     Parameters
     ----------
@@ -392,18 +674,19 @@ def atomic_write(
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise WeightFileError(f"{path}: the folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        # mkstemp creates 0600; the finished file gets the permissions a plain open() would give.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with _cleanup_on_sigterm():
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=parent)
+        try:
+            # mkstemp creates 0600; the finished file gets the permissions a plain open() would give.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise

@@ -35,7 +35,21 @@ from ..layout_planner import Value, _dtype_name, _fill_codes, _little, _param_sh
 from ..packing import pack_bits, unpack_bits
 from ..quant_layout import layout_problem
 from ..quantization import QuantizedArray
-from .base import TensorSpec, WeightReader, atomic_write, check_extent, element_count, read_exact
+from ..weight_sharing import CodebookArray
+from . import cpz_codebook
+from .base import (
+    CPZ_EXPANSION_RATIO,
+    MAX_NDIM,
+    ExpansionMeter,
+    TensorSpec,
+    WeightReader,
+    atomic_write,
+    check_extent,
+    check_names_encodable,
+    check_shape,
+    element_count,
+    read_exact,
+)
 
 __all__ = [
     "save_compressed",
@@ -154,7 +168,17 @@ class _CountingWriter:
         return entry
 
 
-def _write_tensor(out: _CountingWriter, name: str, value: Value) -> dict[str, Any]:
+def _write_codebook(out: _CountingWriter, name: str, value: CodebookArray, entropy: bool) -> dict[str, Any]:
+    meta, data = cpz_codebook.encode(value, entropy=entropy)
+    entry: dict[str, Any] = {"name": name, **meta, "shape": list(value.shape),
+                             "dtype": _dtype_name(value.dtype, name)}
+    entry["blobs"] = {role: out.blob(b) for role, b in data.items()}
+    return entry
+
+
+def _write_tensor(out: _CountingWriter, name: str, value: Value, entropy: bool = True) -> dict[str, Any]:
+    if isinstance(value, CodebookArray):
+        return _write_codebook(out, name, value, entropy)
     plan, stored, flat, positions, gaps = _plan_value(value, name)
     entry: dict[str, Any] = {"name": name, "layout": plan.layout}
     blobs: dict[str, list[int]] = {}
@@ -196,7 +220,11 @@ def _write_tensor(out: _CountingWriter, name: str, value: Value) -> dict[str, An
 
 
 def write(
-    weights: Mapping[str, Value], f: BinaryIO, *, metadata: Mapping[str, str] | None = None
+    weights: Mapping[str, Value],
+    f: BinaryIO,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    entropy: bool = True,
 ) -> None:
     """Write ``weights`` to the open binary file ``f`` in the ``.cpz`` format, one tensor at a time.
 
@@ -210,6 +238,9 @@ def write(
     f : binary file opened for writing
     metadata : Mapping[str, str], optional
         Free text stored in the manifest (provenance, settings).
+    entropy : bool, default True
+        Store :class:`~coreprune.weight_sharing.CodebookArray` values in the entropy-coded
+        ``"ans"`` codebook layout (else ``"packed"``); other values are unaffected.
 
     Raises
     ------
@@ -231,13 +262,14 @@ def write(
     for k, v in meta.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise CompressionError(f"metadata must map str to str; got {k!r}: {type(v).__name__}")
+    check_names_encodable(weights, ".cpz")
     out = _CountingWriter(f)
     out.write(_HEADER.pack(MAGIC, VERSION, 0))
     tensors = []
     for name in weights:
         if not isinstance(name, str):
             raise CompressionError(f"weights has a non-string key {name!r}; names must be str")
-        tensors.append(_write_tensor(out, name, weights[name]))
+        tensors.append(_write_tensor(out, name, weights[name], entropy))
     manifest = json.dumps(
         {"format": FORMAT, "version": VERSION, "metadata": meta, "tensors": tensors},
         separators=(",", ":"),
@@ -255,6 +287,7 @@ def save_compressed(
     *,
     metadata: Mapping[str, str] | None = None,
     inputs: tuple[str | os.PathLike, ...] = (),
+    entropy: bool = True,
 ) -> None:
     """Write arrays and QuantizedArrays to a ``.cpz`` file, atomically.
 
@@ -272,6 +305,10 @@ def save_compressed(
         Free text kept in the manifest; ``open_weights(path).metadata`` reads it back.
     inputs : tuple of path-like
         Files that must not be overwritten (the files being read).
+    entropy : bool, default True
+        Entropy-code the codes and index gaps of
+        :class:`~coreprune.weight_sharing.CodebookArray` values (the ``"ans"`` codebook layout,
+        :mod:`coreprune.io.cpz_codebook`); False bit-packs them (``"packed"``).
 
     Raises
     ------
@@ -292,7 +329,7 @@ def save_compressed(
     (True, 3)
     """
     with atomic_write(path, inputs=inputs) as f:
-        write(weights, f, metadata=metadata)
+        write(weights, f, metadata=metadata, entropy=entropy)
 
 
 # ----------------------------------------------------------------------------------------------- reader
@@ -350,6 +387,7 @@ class _Entry:
     group_size: int | None = None
     code_dtype: np.dtype | None = None
     flatten: bool = False
+    gap_width: int = 0
 
 
 def _validate_entry(raw: object, path: Path, data_end: int) -> _Entry:
@@ -359,21 +397,25 @@ def _validate_entry(raw: object, path: Path, data_end: int) -> _Entry:
     where = f"{path}: tensor {name!r}"
     kind = _field(raw, "kind", str, where)
     layout = _field(raw, "layout", str, where)
+    if kind == "codebook":
+        return _validate_codebook(raw, path, where, data_end)
     if kind not in ("dense", "quantized") or layout not in ("full", "bitmask", "csr"):
         raise _fail(where, f"unknown kind/layout {kind!r}/{layout!r}")
     shape_raw = _field(raw, "shape", list, where)
-    if not all(_is_int(d) and d >= 0 for d in shape_raw):
-        raise _fail(where, f"bad shape {shape_raw!r}")
-    shape = tuple(shape_raw)
-    n = element_count(shape)
     dtype = _parse_dtype(raw.get("dtype"), where)
+    if len(shape_raw) > MAX_NDIM or not all(_is_int(d) and d >= 0 for d in shape_raw):
+        shown = shape_raw if len(shape_raw) <= 8 else [*shape_raw[:8], "..."]
+        raise _fail(where, f"bad shape {shown!r:.200} ({len(shape_raw)} dims; at most {MAX_NDIM} "
+                           "non-negative integers)")
+    shape = check_shape(path, f"tensor {name!r:.80}", shape_raw, dtype.itemsize)
+    n = element_count(shape)
     if n * dtype.itemsize >= _MAX_NBYTES:
         raise _fail(where, f"declared shape {shape} is impossibly large")
     blobs_raw = _field(raw, "blobs", dict, where)
     blobs: dict[str, tuple[int, int, int]] = {}
     for role, b in blobs_raw.items():
         if not (isinstance(b, list) and len(b) == 3 and all(_is_int(x) and x >= 0 for x in b)):
-            raise _fail(where, f"bad blob record {role!r}: {b!r}")
+            raise _fail(where, f"bad blob record {role!r:.40}: {b!r:.80}")
         check_extent(path, f"tensor {name!r} blob {role!r}", b[0], b[1], data_end)
         if b[0] < _HEADER.size:
             raise _fail(where, f"blob {role!r} overlaps the header")
@@ -432,6 +474,36 @@ def _validate_entry(raw: object, path: Path, data_end: int) -> _Entry:
     return _Entry(name, kind, layout, shape, dtype, nnz, width, entries, blobs, **extra)
 
 
+def _validate_codebook(raw: dict, path: Path, where: str, data_end: int) -> _Entry:
+    name = raw["name"]
+    layout = _field(raw, "layout", str, where)
+    shape_raw = _field(raw, "shape", list, where)
+    if not all(_is_int(d) and d >= 0 for d in shape_raw):
+        raise _fail(where, f"bad shape {shape_raw!r}")
+    shape = tuple(shape_raw)
+    n = element_count(shape)
+    dtype = _parse_dtype(raw.get("dtype"), where)
+    if n * dtype.itemsize >= _MAX_NBYTES:
+        raise _fail(where, f"declared shape {shape} is impossibly large")
+    bits, nnz = _field(raw, "bits", int, where), _field(raw, "nnz", int, where)
+    width, entries = _field(raw, "gap_width", int, where), _field(raw, "entries", int, where)
+    expected = cpz_codebook.expected_blobs(layout, bits, nnz, width, entries, n, where)
+    blobs_raw = _field(raw, "blobs", dict, where)
+    if set(blobs_raw) != set(expected):
+        raise _fail(where, f"blobs {sorted(blobs_raw)} do not match the layout (want {sorted(expected)})")
+    blobs: dict[str, tuple[int, int, int]] = {}
+    for role, b in blobs_raw.items():
+        if not (isinstance(b, list) and len(b) == 3 and all(_is_int(x) and x >= 0 for x in b)):
+            raise _fail(where, f"bad blob record {role!r}: {b!r}")
+        check_extent(path, f"tensor {name!r} blob {role!r}", b[0], b[1], data_end)
+        if b[0] < _HEADER.size:
+            raise _fail(where, f"blob {role!r} overlaps the header")
+        if expected[role] >= 0 and b[1] != expected[role]:
+            raise _fail(where, f"blob {role!r} has {b[1]} bytes, the shape says {expected[role]}")
+        blobs[role] = (b[0], b[1], b[2])
+    return _Entry(name, "codebook", layout, shape, dtype, nnz, 0, entries, blobs, bits=bits, gap_width=width)
+
+
 class CpzReader(WeightReader):
     """Lazy reader of a ``.cpz`` file.
 
@@ -454,13 +526,16 @@ class CpzReader(WeightReader):
 
     format = FORMAT
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, max_expansion: int | None = None) -> None:
         super().__init__(path)
         try:
             self._f: BinaryIO | None = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         except OSError as e:
             raise WeightFileError(f"{self.path}: cannot open ({e.strerror or e})") from None
         try:
+            self._meter = ExpansionMeter(
+                self.path, os.fstat(self._f.fileno()).st_size, max_expansion, ratio=CPZ_EXPANSION_RATIO
+            )
             self._entries = self._read_manifest()
         except BaseException:
             self.close()
@@ -537,7 +612,7 @@ class CpzReader(WeightReader):
         return {
             "kind": e.kind,
             "layout": e.layout,
-            "bits": e.bits if e.kind == "quantized" else None,
+            "bits": e.bits if e.kind in ("quantized", "codebook") else None,
             "stored_nbytes": sum(b[1] for b in e.blobs.values()),
         }
 
@@ -584,7 +659,17 @@ class CpzReader(WeightReader):
             The tensor's bytes are corrupted (checksum, index or parameters).
         """
         e = self._entry(name)
+        if e.kind == "codebook":
+            return cpz_codebook.decode(
+                lambda role: self._blob(e, role, np.dtype(np.uint8)), layout=e.layout, shape=e.shape,
+                dtype=e.dtype, bits=e.bits, nnz=e.nnz, gap_width=e.gap_width, entries=e.entries,
+                where=f"{self.path}: tensor {name!r}",
+            )
         n = element_count(e.shape)
+        # Sparse layouts and bit-packed codes expand: charge the dense result before allocating it.
+        itemsize = max(e.dtype.itemsize, e.code_dtype.itemsize if e.code_dtype is not None else 0)
+        self._meter.charge(name, n * itemsize, sum(b[1] for b in e.blobs.values()),
+                           what=f"tensor {name!r:.80} ({e.kind}, {e.layout}, shape {e.shape})")
         positions = None if e.layout == "full" else self._positions(e)
         if e.kind == "dense":
             values = self._blob(e, "values", e.dtype)
@@ -624,7 +709,7 @@ class CpzReader(WeightReader):
 
     def _read(self, name: str) -> np.ndarray:
         value = self.raw(name)
-        return value.dequantize() if isinstance(value, QuantizedArray) else value
+        return value.dequantize() if isinstance(value, (QuantizedArray, CodebookArray)) else value
 
     def close(self) -> None:
         if self._f is not None:
@@ -632,13 +717,24 @@ class CpzReader(WeightReader):
             self._f = None
 
 
-def open_reader(path: str | os.PathLike, **options: Any) -> CpzReader:
+def open_reader(
+    path: str | os.PathLike, *, max_expansion: int | None = None, mmap: bool = True, **options: Any
+) -> CpzReader:
     """Open a ``.cpz`` file lazily (the :mod:`coreprune.io` reader interface).
+
+    Parameters
+    ----------
+    path : path-like
+    max_expansion : int, optional
+        Bytes that sparse layouts and packed codes may expand to beyond the bytes stored, all
+        tensors together (default :func:`coreprune.io.base.expansion_budget`).
+    mmap : bool
+        Accepted for the common reader interface; ``.cpz`` blobs are always read, never mapped.
 
     Raises
     ------
     WeightFileError
-        Any option (the format has none), or a file that cannot be opened or is not a valid ``.cpz``.
+        Any other option, or a file that cannot be opened or is not a valid ``.cpz``.
 
     Examples
     --------
@@ -651,15 +747,18 @@ def open_reader(path: str | os.PathLike, **options: Any) -> CpzReader:
     """
     if options:
         raise WeightFileError(f"{path}: the cpz reader takes no options, got {', '.join(sorted(options))}")
-    return CpzReader(path)
+    return CpzReader(path, max_expansion=max_expansion)
 
 
-def load_compressed(path: str | os.PathLike) -> dict[str, Value]:
+def load_compressed(path: str | os.PathLike, *, max_expansion: int | None = None) -> dict[str, Value]:
     """Read a ``.cpz`` file: arrays and QuantizedArrays exactly as :func:`save_compressed` wrote them.
 
     Parameters
     ----------
     path : path-like
+    max_expansion : int, optional
+        Bytes the sparse layouts and packed codes may expand to beyond the bytes stored
+        (default :func:`coreprune.io.base.expansion_budget`).
 
     Returns
     -------
@@ -681,5 +780,5 @@ def load_compressed(path: str | os.PathLike) -> dict[str, Value]:
     path = Path(path)
     if not path.is_file():
         raise WeightFileError(f"{path}: no such file")
-    with CpzReader(path) as reader:
+    with CpzReader(path, max_expansion=max_expansion) as reader:
         return {name: reader.raw(name) for name in reader}

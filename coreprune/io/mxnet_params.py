@@ -42,12 +42,14 @@ from ..dtypes import mxnet_type_flags, mxnet_writable_flags
 from ..errors import WeightFileError
 from .base import (
     MAX_NDIM,
+    ExpansionMeter,
     TensorSpec,
     WeightReader,
     check_extent,
     check_shape,
     declared_little_endian,
     element_count,
+    file_region,
     read_exact,
     spec_of,
     write_c_order,
@@ -56,7 +58,6 @@ from .base import (
 __all__ = [
     "FORMAT",
     "EXTENSIONS",
-    "DENSE_LIMIT",
     "TYPE_FLAGS",
     "WRITABLE_FLAGS",
     "sniff",
@@ -77,8 +78,6 @@ V3_MAGIC = 0xF993FACA
 TYPE_FLAGS: dict[int, np.dtype] = mxnet_type_flags()
 #: dtype name -> type flag, for the dtypes MXNet 1.9.1 can load
 WRITABLE_FLAGS: dict[str, int] = mxnet_writable_flags()
-#: default largest dense expansion of a sparse array, in bytes
-DENSE_LIMIT = 2**31
 
 _DEV_TYPES = {1: "cpu", 2: "gpu", 3: "cpu_pinned", 5: "cpu_shared"}
 _STYPES = {0: "default", 1: "row_sparse", 2: "csr"}
@@ -161,9 +160,11 @@ class MXNetParamsReader(WeightReader):
     path : path-like
     sparse : {"dense", "scipy"}
         How ``row_sparse``/``csr`` arrays are returned.
-    dense_limit : int or None
-        Refuse to expand a sparse array whose dense form exceeds this many bytes
-        (``None``: no limit).
+    mmap : bool
+        Serve dense arrays as memory maps (default) or read each into memory when it is indexed.
+    max_expansion : int, optional
+        Bytes that expanding sparse arrays may build beyond the bytes they store, all arrays
+        together (default :func:`coreprune.io.base.expansion_budget`).
 
     Attributes
     ----------
@@ -186,17 +187,23 @@ class MXNetParamsReader(WeightReader):
     format = FORMAT
 
     def __init__(
-        self, path: str | os.PathLike, *, sparse: str = "dense", dense_limit: int | None = DENSE_LIMIT
+        self,
+        path: str | os.PathLike,
+        *,
+        sparse: str = "dense",
+        mmap: bool = True,
+        max_expansion: int | None = None,
     ) -> None:
         super().__init__(path)
         if sparse not in ("dense", "scipy"):
             raise WeightFileError(f"{self.path}: sparse must be 'dense' or 'scipy', got {sparse!r}")
-        self._sparse, self._dense_limit = sparse, dense_limit
+        self._sparse, self._mmap, self._max_expansion = sparse, mmap, max_expansion
         self._records: dict[str, _Record] = {}
         self.storage_types: dict[str, str] = {}
         self.versions: dict[str, int] = {}
         try:
             size = os.path.getsize(self.path)
+            self._meter = ExpansionMeter(self.path, size, max_expansion)
             with open(self.path, "rb") as f:
                 self._scan(_Cursor(f, self.path, size))
         except OSError as e:
@@ -345,7 +352,9 @@ class MXNetParamsReader(WeightReader):
         if rec.stype == 0:
             if rec.data.nbytes == 0:
                 return np.empty(rec.shape, rec.data.dtype)
-            return np.memmap(self.path, rec.data.dtype, "r", rec.data.offset, rec.shape)
+            raw = file_region(self.path, rec.data.offset, rec.data.nbytes, mmap=self._mmap,
+                              what=f"array {name!r:.80}")
+            return raw.view(rec.data.dtype).reshape(rec.shape)
         values = self._block(rec.data)
         aux = [self._block(b).astype(np.int64) for b in rec.aux]
         if rec.stype == 1:
@@ -353,13 +362,13 @@ class MXNetParamsReader(WeightReader):
         return self._csr(name, rec, values, aux[0], aux[1])
 
     def _check_limit(self, name: str, rec: _Record, nbytes: int, what: str) -> None:
-        # A sparse header may declare any logical shape; only dense_limit bounds what that costs.
-        if self._dense_limit is not None and nbytes > self._dense_limit:
-            raise WeightFileError(
-                f"{self.path}: {_STYPES[rec.stype]} array {name!r} of shape {rec.shape} would take {nbytes} "
-                f"bytes {what} (limit dense_limit={self._dense_limit}); raise dense_limit if that is intended"
-                + (" or open it with sparse='scipy'" if what == "dense" else "")
-            )
+        # A sparse header may declare any logical shape; the expansion budget bounds what that costs.
+        stored = rec.data.nbytes + sum(b.nbytes for b in rec.aux)
+        self._meter.charge(
+            name, nbytes, stored,
+            what=f"{_STYPES[rec.stype]} array {name!r:.80} of shape {rec.shape} ({what})",
+            hint="or open it with sparse='scipy'" if what == "dense" else "",
+        )
 
     def _dense_out(self, name: str, rec: _Record) -> np.ndarray:
         self._check_limit(name, rec, element_count(rec.shape) * rec.data.dtype.itemsize, "dense")
@@ -416,7 +425,7 @@ class MXNetParamsReader(WeightReader):
 
 
 def open_reader(
-    path: str | os.PathLike, *, sparse: str = "dense", dense_limit: int | None = DENSE_LIMIT
+    path: str | os.PathLike, *, sparse: str = "dense", mmap: bool = True, max_expansion: int | None = None
 ) -> MXNetParamsReader:
     """Open an MXNet ``.params``/``.nd`` file lazily.
 
@@ -426,8 +435,12 @@ def open_reader(
     sparse : {"dense", "scipy"}
         ``"dense"`` (default) expands ``row_sparse``/``csr`` arrays to ``numpy.ndarray``;
         ``"scipy"`` returns ``scipy.sparse.csr_matrix`` for csr and 2-D row_sparse arrays.
-    dense_limit : int or None
-        Largest dense expansion of a sparse array, in bytes (default 2 GiB).
+    mmap : bool
+        Serve dense arrays as memory maps (default) or read each into memory when it is indexed
+        (safe against the file changing; see :func:`coreprune.io.base.file_region`).
+    max_expansion : int, optional
+        Bytes that expanding ``row_sparse``/``csr`` arrays may build beyond the bytes they store
+        (default :func:`coreprune.io.base.expansion_budget`).
 
     Returns
     -------
@@ -449,7 +462,7 @@ def open_reader(
     ...     print(r["aux:bn_running_mean"].tolist())
     [0.0, 0.0, 0.0, 0.0]
     """
-    return MXNetParamsReader(path, sparse=sparse, dense_limit=dense_limit)
+    return MXNetParamsReader(path, sparse=sparse, mmap=mmap, max_expansion=max_expansion)
 
 
 def _tshape(shape: tuple[int, ...]) -> bytes:

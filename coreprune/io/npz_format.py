@@ -42,7 +42,16 @@ import numpy as np
 
 from ..dtypes import ML_FLOAT_NAMES, ml_dtype
 from ..errors import WeightFileError
-from .base import TensorSpec, WeightReader, check_extent, check_shape, read_exact, spec_of
+from .base import (
+    ExpansionMeter,
+    TensorSpec,
+    WeightReader,
+    check_extent,
+    check_shape,
+    file_region,
+    read_exact,
+    spec_of,
+)
 from .zip_reader import LOCAL_HEADER_SIZE, ZIP_EMPTY_MAGIC, ZIP_LOCAL_MAGIC, ZipArchive, first_member_name
 
 __all__ = ["FORMAT", "EXTENSIONS", "EXTENSION_OPTIONS", "MAX_HEADER_SIZE", "sniff", "open_reader", "write"]
@@ -58,6 +67,7 @@ _NPY_MAGIC = b"\x93NUMPY"
 _ALIGN = 64  # writer: member data (after the .npy header, itself a multiple of 64) starts 64-aligned
 _PAD_ID = 0x5043  # zip extra-field id of the writer's alignment padding ("CP")
 _CHUNK = 1 << 20
+_MAX_MEMBER_NAME = 0xFFFF  # the zip format's 16-bit name length
 # ml_dtypes types with no .npy descriptor, stored as raw bits under "name@<type>".
 _BITS_DTYPES = tuple(sorted(ML_FLOAT_NAMES))
 _UINT_OF_SIZE = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16)}
@@ -188,12 +198,16 @@ class NpzReader(WeightReader):
 
     format = FORMAT
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, mmap: bool = True, max_expansion: int | None = None
+    ) -> None:
         super().__init__(path)
         self._entries: dict[str, _Entry] = {}
         self._zip: ZipArchive | None = None
+        self._mmap = mmap
         try:
             self._size = os.path.getsize(self.path)
+            self._meter = ExpansionMeter(self.path, self._size, max_expansion)
             with open(self.path, "rb") as f:
                 head = f.read(len(_NPY_MAGIC))
         except OSError as e:
@@ -266,9 +280,13 @@ class NpzReader(WeightReader):
             if spec.nbytes == 0:
                 return np.empty(spec.shape, spec.dtype, order=order)
             try:
-                return np.memmap(self.path, spec.dtype, "r", entry.data_offset, spec.shape, order)
+                raw = file_region(self.path, entry.data_offset, spec.nbytes, mmap=self._mmap,
+                                  what=f"array {name!r}")
             except (OSError, ValueError) as e:
                 raise WeightFileError(f"{self.path}: cannot map array {name!r} ({e})") from e
+            return raw.view(spec.dtype).reshape(spec.shape, order=order)
+        self._meter.charge(name, spec.nbytes, entry.zinfo.compress_size if entry.zinfo else 0,
+                           what=f"array {name!r} (compressed)")
         return self._decompress(name, spec, entry, order)
 
     def _decompress(self, name: str, spec: TensorSpec, entry: _Entry, order: str) -> np.ndarray:
@@ -300,12 +318,20 @@ class NpzReader(WeightReader):
             self._zip = None
 
 
-def open_reader(path: str | os.PathLike, **options: Any) -> NpzReader:
+def open_reader(
+    path: str | os.PathLike, *, mmap: bool = True, max_expansion: int | None = None, **options: Any
+) -> NpzReader:
     """Open an ``.npz`` archive or a ``.npy`` file lazily.
 
     Parameters
     ----------
     path : path-like
+    mmap : bool
+        Serve stored members as memory maps (default) or read each into memory when it is
+        indexed (safe against the file changing; see :func:`coreprune.io.base.file_region`).
+    max_expansion : int, optional
+        Bytes that decompressing members may build beyond their compressed size, all members
+        together (default :func:`coreprune.io.base.expansion_budget`).
     **options
         None are accepted.
 
@@ -331,7 +357,7 @@ def open_reader(path: str | os.PathLike, **options: Any) -> NpzReader:
     """
     if options:
         raise WeightFileError(f"{path}: the npz reader takes no options, got {', '.join(sorted(options))}")
-    return NpzReader(path)
+    return NpzReader(path, mmap=mmap, max_expansion=max_expansion)
 
 
 def _aligned_info(name: str, offset: int) -> zipfile.ZipInfo:
@@ -402,6 +428,14 @@ def write(
         return
     method = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
     seen: set[str] = set()
+    for name in names:  # before anything is written: a zip member name is at most 65,535 bytes
+        length = len(_stored_form(name, np.empty(0, spec_of(weights, name).dtype))[0].encode("utf-8",
+                                                                                          "surrogatepass"))
+        if length + len(".npy") > _MAX_MEMBER_NAME:
+            raise WeightFileError(
+                f"tensor {name[:60]!r}...: its name is {length} bytes; a zip member name (name + '.npy') "
+                f"holds at most {_MAX_MEMBER_NAME} bytes, so .npz cannot store it (use .safetensors or .pt)"
+            )
     with zipfile.ZipFile(f, "w", compression=method, allowZip64=True) as zf:
         for name in names:
             spec = spec_of(weights, name)

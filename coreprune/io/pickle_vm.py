@@ -35,6 +35,26 @@ buffers, and the text number/string/memo opcodes of protocol 0.
 The interpreter is a loop, not a recursion, so a deeply nested pickle cannot overflow the stack;
 every length is checked against the bytes left before anything is read.
 
+Budgets
+-------
+A pickle of a few hundred bytes can describe objects whose hashing, comparison or printing takes
+forever (a tuple that holds the same memoised tuple twice, sixty times over), whose nesting
+crashes the interpreter when hashed, or that copy a memoised value thousands of times. Every
+opcode reads at least one byte, so opcodes and objects are bounded by the pickle's length; the
+rest has explicit budgets, each refused with a :class:`~coreprune.errors.WeightFileError` that
+names it:
+
+* :data:`MAX_DEPTH` -- nesting of tuples and frozensets (built bottom-up, so their depth is exact;
+  hashing one recurses in C without a recursion check);
+* :data:`MAX_KEY_COST` -- the expanded size (shared members counted every time they are reached)
+  of anything used as a dict key or set member, which is what hashing and comparing it costs;
+* :data:`MAX_SAME_HASH` -- distinct keys of one dict or set with one hash value (crafted
+  collisions make every insertion a scan);
+* :data:`MAX_INT_BYTES` -- the size of one integer (Python refuses to print ints of more than
+  4,300 digits);
+* :data:`BUILT_PER_BYTE` -- bytes that stand-ins copy (``bytearray``, ``set``, ``OrderedDict``,
+  NumPy arrays) per byte of pickle read, plus 1 MiB.
+
 Examples
 --------
 A gzipped pickle of NumPy arrays, read with the three NumPy globals it needs:
@@ -64,6 +84,14 @@ import numpy as np
 from ..errors import CompressionError, UnsafePickleError, WeightFileError
 
 __all__ = [
+    "MAX_DEPTH",
+    "MAX_KEY_COST",
+    "MAX_SAME_HASH",
+    "MAX_INT_BYTES",
+    "BUILT_PER_BYTE",
+    "short_repr",
+    "PickledObject",
+    "opaque_global",
     "PickleGlobal",
     "PickleVM",
     "BUILTIN_GLOBALS",
@@ -77,6 +105,41 @@ _MAX_NDIM = 32
 #: A GLOBAL line is a dotted Python name; anything longer is not one.
 _MAX_LINE = 1024
 _DEFAULT_REFUSAL = "which is not in the allowlist; refused before anything ran"
+#: Deepest nesting of tuples / frozensets (real checkpoints nest a handful of levels).
+MAX_DEPTH = 200
+#: Largest expanded size (elements reached, shared ones counted each time) of a dict key or set member.
+MAX_KEY_COST = 10_000
+#: Most distinct keys with one hash value in one dict or set.
+MAX_SAME_HASH = 32
+#: Largest integer, in bytes (1,024 bytes is 2,467 decimal digits, below Python's 4,300-digit print limit).
+MAX_INT_BYTES = 1024
+#: Bytes that stand-ins may copy per byte of pickle read (plus 1 MiB).
+BUILT_PER_BYTE = 16
+_BUILT_SLACK = 1 << 20
+_HASHABLE_SCALARS = (str, int, float, bool, bytes, type(None), complex)
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, in time bounded whatever ``value`` holds.
+
+    ``f"{value!r:.80}"`` builds the whole repr first, which for a hostile value (sixty levels of a
+    tuple holding the same tuple twice) never ends; this stops after a few levels and items.
+
+    Examples
+    --------
+    >>> t = ()
+    >>> for _ in range(100):
+    ...     t = (t, t)
+    >>> short_repr(t, 30)
+    '(((((((...), (...)), ((...)...'
+    """
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxtuple, r.maxlist, r.maxdict, r.maxset, r.maxfrozenset = 6, 6, 6, 6, 6, 6
+    r.maxstring, r.maxother, r.maxlong = limit, limit, limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -116,6 +179,57 @@ class Buildable:
 
     def build(self, vm: PickleVM, state: Any) -> Any:  # pragma: no cover - every subclass overrides
         raise vm.refuse(f"sets the state of a {type(self).__name__}")
+
+
+class PickledObject(Buildable):
+    """An object of a global the caller allowed without a stand-in: a record, never an instance.
+
+    ``allow_globals=["argparse.Namespace"]`` (:func:`opaque_global`) lets a pickle name a harmless
+    class that is not in the allowlist. Nothing is imported or called: calling the global gives this
+    record of its name, its arguments and (after ``BUILD``) its state, as plain pickled values.
+
+    Attributes
+    ----------
+    name : str
+        ``"module.Name"``.
+    args : tuple
+        The arguments the pickle called it with (``REDUCE`` / ``NEWOBJ``).
+    state : object
+        What ``BUILD`` set (usually a dict of attributes), or None.
+
+    Examples
+    --------
+    >>> import argparse, io, pickle
+    >>> data = pickle.dumps({"args": argparse.Namespace(lr=0.1)}, protocol=2)
+    >>> restricted_load(io.BytesIO(data), [opaque_global("argparse.Namespace")])
+    {'args': PickledObject('argparse.Namespace', args=(), state={'lr': 0.1})}
+    """
+
+    def __init__(self, name: str, args: tuple = (), state: Any = None) -> None:
+        self.name, self.args, self.state = name, args, state
+
+    def build(self, vm: PickleVM, state: Any) -> PickledObject:
+        return PickledObject(self.name, self.args, state)
+
+    def __repr__(self) -> str:
+        return f"PickledObject({self.name!r}, args={short_repr(self.args)}, state={short_repr(self.state)})"
+
+
+def opaque_global(name: str) -> PickleGlobal:
+    """A stand-in for ``name`` that builds :class:`PickledObject` records (an explicit opt-in).
+
+    Examples
+    --------
+    >>> opaque_global("argparse.Namespace")
+    argparse.Namespace
+    """
+    if not isinstance(name, str) or name.count(".") < 1 or any(not p.isidentifier() for p in name.split(".")):
+        raise CompressionError(f"allow a global as 'module.Name', got {name!r:.80}")
+
+    def make(vm: PickleVM, *args: Any) -> PickledObject:
+        return PickledObject(name, args)
+
+    return PickleGlobal(name, "call", None, make)
 
 
 def _bad(source: str, message: str) -> WeightFileError:
@@ -178,6 +292,80 @@ class PickleVM:
         self.memo: dict[int, Any] = {}
         # id of a Buildable placeholder -> memo keys holding it, replaced when BUILD completes it
         self.placeholders: dict[int, list[int]] = {}
+        self.start = self.pos
+        # id of each tuple / frozenset built -> (nesting depth, expanded size); the objects are kept
+        # alive in ``_shaped`` so that an id is never reused for another object during the load.
+        self._shape: dict[int, tuple[int, int]] = {}
+        self._shaped: list[Any] = []
+        self._same_hash: dict[tuple[int, int], int] = {}
+        self.built = 0
+
+    # -- budgets ------------------------------------------------------------------------------------
+    def shape_of(self, value: Any) -> tuple[int, int]:
+        """(nesting depth, expanded size) of a value: scalars and unknown objects are (0, 1)."""
+        return self._shape.get(id(value), (0, 1))
+
+    def immutable(self, value: tuple | frozenset) -> tuple | frozenset:
+        """Record a new tuple / frozenset's depth and expanded size; refuse one nested too deeply."""
+        depth, cost = 0, 1
+        shape = self._shape
+        for item in value:
+            d, c = shape.get(id(item), (0, 1))
+            if d > depth:
+                depth = d
+            cost += c
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise self.fail(
+                f"pickle nests tuples or sets deeper than {MAX_DEPTH} levels (corrupted or hostile)"
+            )
+        if depth > 1 or cost > 1:
+            shape[id(value)] = (depth, min(cost, 1 << 62))
+            self._shaped.append(value)
+        return value
+
+    def key(self, key: Any, what: str) -> Any:
+        """``key`` if hashing and comparing it is cheap; refuse it otherwise."""
+        if type(key) in _HASHABLE_SCALARS:
+            return key
+        cost = self.shape_of(key)[1]
+        if cost > MAX_KEY_COST:
+            raise self.fail(
+                f"pickle uses a {type(key).__name__} of {cost} elements (shared ones counted each time) as "
+                f"a {what}; more than {MAX_KEY_COST} is refused, as hashing it could take forever (hostile?)"
+            )
+        return key
+
+    def insert(self, target: Any, key: Any, value: Any = None, *, is_set: bool = False) -> None:
+        """``target[key] = value`` (or ``target.add(key)``) with the key and collision budgets."""
+        key = self.key(key, "set member" if is_set else "dict key")
+        try:
+            h = hash(key)
+        except TypeError:
+            raise self.fail(f"pickle uses an unhashable {type(key).__name__} as a key (corrupted)") from None
+        if key not in target:
+            slot = (id(target), h)
+            n = self._same_hash.get(slot, 0) + 1
+            if n > MAX_SAME_HASH:
+                raise self.fail(
+                    f"pickle puts more than {MAX_SAME_HASH} keys with the same hash into one dict or set; "
+                    "crafted collisions make loading quadratic (hostile?)"
+                )
+            self._same_hash[slot] = n
+        if is_set:
+            target.add(key)
+        else:
+            target[key] = value
+
+    def charge(self, nbytes: int, what: str) -> None:
+        """Count ``nbytes`` copied by a stand-in against the budget for the bytes read so far."""
+        self.built += nbytes
+        allowed = BUILT_PER_BYTE * (self.pos - self.start) + _BUILT_SLACK
+        if self.built > allowed:
+            raise self.fail(
+                f"pickle builds {self.built} bytes ({what}) from {self.pos - self.start} bytes read; "
+                f"more than {BUILT_PER_BYTE} per byte read + 1 MiB is refused (amplification: hostile?)"
+            )
 
     # -- reading ------------------------------------------------------------------------------------
     def read(self, n: int) -> bytes:
@@ -275,6 +463,7 @@ class PickleVM:
             raise _bad(self.source, "pickle nests too deeply (corrupted or hostile)") from None
         finally:  # drop partial results now, not at the next garbage collection
             self.stack, self.metastack, self.memo, self.placeholders = [], [], {}, {}
+            self._shape, self._shaped, self._same_hash = {}, [], {}
 
 
 def _refused_opcode(u: PickleVM, op: int) -> WeightFileError:
@@ -338,7 +527,12 @@ def _push_new(factory: Callable[[], Any]) -> Callable[[PickleVM], None]:
 
 
 def _op_long(u: PickleVM, n: int) -> None:
-    u.stack.append(int.from_bytes(u.read(n), "little", signed=True))
+    raw = u.read(n)  # (a length past the data is reported as truncation first)
+    if n > MAX_INT_BYTES:
+        raise _bad(
+            u.source, f"pickle holds an integer of {n} bytes; at most {MAX_INT_BYTES} are read (hostile?)"
+        )
+    u.stack.append(int.from_bytes(raw, "little", signed=True))
 
 
 def _op_long4(u: PickleVM) -> None:
@@ -380,14 +574,14 @@ def _op_tuple_n(n: int) -> Callable[[PickleVM], None]:
             raise _bad(u.source, f"corrupted pickle: stack underflow at offset {u.pos}")
         items = tuple(u.stack[len(u.stack) - n :])
         del u.stack[len(u.stack) - n :]
-        u.stack.append(items)
+        u.stack.append(u.immutable(items))
 
     return handler
 
 
 def _op_tuple(u: PickleVM) -> None:
     items = tuple(u.pop_mark())  # pop first: it replaces u.stack
-    u.stack.append(items)
+    u.stack.append(u.immutable(items))
 
 
 def _op_list(u: PickleVM) -> None:
@@ -399,7 +593,10 @@ def _op_dict(u: PickleVM) -> None:
     items = u.pop_mark()
     if len(items) % 2:
         raise _bad(u.source, "corrupted pickle: DICT with an odd number of items")
-    u.stack.append({items[i]: items[i + 1] for i in range(0, len(items), 2)})
+    out: dict = {}
+    for i in range(0, len(items), 2):
+        u.insert(out, items[i], items[i + 1])
+    u.stack.append(out)
 
 
 def _target(u: PickleVM, types: tuple[type, ...], opname: str) -> Any:
@@ -422,7 +619,7 @@ def _op_appends(u: PickleVM) -> None:
 def _op_setitem(u: PickleVM) -> None:
     value = u.pop()
     key = u.pop()
-    _target(u, (dict, collections.OrderedDict), "SETITEM")[key] = value
+    u.insert(_target(u, (dict, collections.OrderedDict), "SETITEM"), key, value)
 
 
 def _op_setitems(u: PickleVM) -> None:
@@ -431,17 +628,26 @@ def _op_setitems(u: PickleVM) -> None:
         raise _bad(u.source, "corrupted pickle: SETITEMS with an odd number of items")
     target = _target(u, (dict, collections.OrderedDict), "SETITEMS")
     for i in range(0, len(items), 2):
-        target[items[i]] = items[i + 1]
+        u.insert(target, items[i], items[i + 1])
 
 
 def _op_additems(u: PickleVM) -> None:
     items = u.pop_mark()
-    _target(u, (set,), "ADDITEMS").update(items)
+    target = _target(u, (set,), "ADDITEMS")
+    for item in items:
+        u.insert(target, item, is_set=True)
 
 
 def _op_frozenset(u: PickleVM) -> None:
-    items = frozenset(u.pop_mark())
-    u.stack.append(items)
+    items = u.pop_mark()  # pop first: it replaces u.stack
+    u.stack.append(_frozen(u, items))
+
+
+def _frozen(u: PickleVM, items: Any) -> frozenset:
+    members: set = set()
+    for item in items:
+        u.insert(members, item, is_set=True)
+    return u.immutable(frozenset(members))
 
 
 def _op_get(u: PickleVM, index: int) -> None:
@@ -590,12 +796,22 @@ _DISPATCH = _make_dispatch()
 def _ordered_dict(u: PickleVM, *args: Any) -> collections.OrderedDict:
     if len(args) > 1 or (args and type(args[0]) not in (list, tuple, dict, collections.OrderedDict)):
         raise _bad(u.source, "collections.OrderedDict: expected no argument or one list of pairs")
-    return collections.OrderedDict(*args)
+    out: collections.OrderedDict = collections.OrderedDict()
+    if not args:
+        return out
+    pairs = args[0].items() if isinstance(args[0], dict) else args[0]
+    u.charge(16 * len(args[0]), "collections.OrderedDict")
+    for pair in pairs:
+        if type(pair) not in (tuple, list) or len(pair) != 2:
+            raise _bad(u.source, "collections.OrderedDict: expected (key, value) pairs")
+        u.insert(out, pair[0], pair[1])
+    return out
 
 
 def _codecs_encode(u: PickleVM, text: Any, encoding: Any = "utf-8") -> bytes:
     if type(text) is not str or encoding not in ("latin1", "latin-1"):
         raise _bad(u.source, "_codecs.encode: only (str, 'latin1') is accepted, as pickle writes bytes")
+    u.charge(len(text), "_codecs.encode")
     try:
         return text.encode("latin1")
     except UnicodeEncodeError:
@@ -605,11 +821,15 @@ def _codecs_encode(u: PickleVM, text: Any, encoding: Any = "utf-8") -> bytes:
 def _make_set(u: PickleVM, items: Any = ()) -> set:
     if type(items) not in (list, tuple, set, frozenset):
         raise _bad(u.source, "builtins.set: expected a list")
-    return set(items)
+    u.charge(16 * len(items), "builtins.set")
+    out: set = set()
+    for item in items:
+        u.insert(out, item, is_set=True)
+    return out
 
 
 def _make_frozenset(u: PickleVM, items: Any = ()) -> frozenset:
-    return frozenset(_make_set(u, items))
+    return u.immutable(frozenset(_make_set(u, items)))
 
 
 def _make_complex(u: PickleVM, real: Any = 0.0, imag: Any = 0.0) -> complex:
@@ -621,6 +841,7 @@ def _make_complex(u: PickleVM, real: Any = 0.0, imag: Any = 0.0) -> complex:
 def _make_bytearray(u: PickleVM, data: Any = b"", encoding: Any = None) -> bytearray:
     # bytearray(n) allocates n bytes: only the (bytes,) and (str, 'latin-1') forms pickle writes.
     if type(data) is bytes and encoding is None:
+        u.charge(len(data), "builtins.bytearray")
         return bytearray(data)
     if type(data) is str and encoding in ("latin1", "latin-1"):
         return bytearray(_codecs_encode(u, data, encoding))
@@ -669,7 +890,7 @@ def _numeric_dtype(u: PickleVM, what: str, dtype: Any) -> np.dtype:
     if isinstance(dtype, _PendingDtype):
         dtype = dtype.dtype
     if not isinstance(dtype, np.dtype) or dtype.kind not in "biufc" or dtype.fields is not None:
-        raise u.refuse(f"asks for a {what} of {dtype!r:.60}; only numeric NumPy dtypes are read")
+        raise u.refuse(f"asks for a {what} of {short_repr(dtype, 60)}; only numeric NumPy dtypes are read")
     return dtype
 
 
@@ -685,6 +906,7 @@ def _array_from(u: PickleVM, what: str, raw: bytes | bytearray, dtype: np.dtype,
     if count * dtype.itemsize != len(raw):
         raise _bad(u.source, f"{what}: {len(raw)} bytes of data for shape {dims} of {dtype} (corrupted)")
     # One copy into memory the array owns: writable, as pickle.load gives it.
+    u.charge(len(raw), what)
     flat = np.frombuffer(bytearray(raw), dtype=dtype)
     return flat.reshape(dims, order=order)
 
@@ -736,7 +958,9 @@ def _np_dtype(u: PickleVM, code: Any, align: Any = False, copy: Any = False) -> 
 
 def _np_reconstruct(u: PickleVM, cls: Any, shape: Any, typecode: Any) -> _PendingArray:
     if not (isinstance(cls, PickleGlobal) and cls.kind == "ndarray"):
-        raise u.refuse(f"reconstructs a {cls!r:.60} with numpy's _reconstruct; only ndarray is read")
+        raise u.refuse(
+            f"reconstructs a {short_repr(cls, 60)} with numpy's _reconstruct; only ndarray is read"
+        )
     if shape != (0,) or type(typecode) not in (bytes, str):
         raise _bad(u.source, "numpy _reconstruct: unexpected arguments (corrupted)")
     return _PendingArray()

@@ -37,6 +37,7 @@ from .base import (
     check_extent,
     check_shape,
     declared_little_endian,
+    file_region,
     read_exact,
     spec_of,
     write_c_order,
@@ -108,8 +109,9 @@ class SafetensorsReader(WeightReader):
 
     format = FORMAT
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, mmap: bool = True) -> None:
         super().__init__(path)
+        self._mmap = mmap
         try:
             size = os.path.getsize(self.path)
             with open(self.path, "rb") as f:
@@ -194,17 +196,26 @@ class SafetensorsReader(WeightReader):
         spec = self._specs[name]
         if spec.nbytes == 0:
             return np.empty(spec.shape, spec.dtype)
-        return np.memmap(self.path, spec.dtype, "r", self._data_start + self._offsets[name], spec.shape)
+        raw = file_region(self.path, self._data_start + self._offsets[name], spec.nbytes, mmap=self._mmap,
+                          what=f"tensor {name!r:.80}")
+        return raw.view(spec.dtype).reshape(spec.shape)
 
 
-def open_reader(path: str | os.PathLike, **options: Any) -> SafetensorsReader:
+def open_reader(
+    path: str | os.PathLike, *, mmap: bool = True, max_expansion: int | None = None, **options: Any
+) -> SafetensorsReader:
     """Open a safetensors file lazily.
 
     Parameters
     ----------
     path : path-like
+    mmap : bool
+        Serve tensors as memory maps (default) or read each into memory when it is indexed
+        (safe against the file changing; see :func:`coreprune.io.base.file_region`).
+    max_expansion : int, optional
+        Accepted for the common reader interface: safetensors data never expands.
     **options
-        None are accepted.
+        None other are accepted.
 
     Returns
     -------
@@ -230,7 +241,7 @@ def open_reader(path: str | os.PathLike, **options: Any) -> SafetensorsReader:
     if options:
         given = ", ".join(sorted(options))
         raise WeightFileError(f"{path}: the safetensors reader takes no options, got {given}")
-    return SafetensorsReader(path)
+    return SafetensorsReader(path, mmap=mmap)
 
 
 def write(

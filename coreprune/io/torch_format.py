@@ -48,15 +48,25 @@ import sys
 import weakref
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from ..errors import CompressionError, WeightFileError
-from .base import TensorSpec, WeightReader, check_extent, element_count, spec_of
-from .pickle_vm import PickleGlobal
+from .base import (
+    ExpansionMeter,
+    TensorSpec,
+    WeightReader,
+    check_extent,
+    element_count,
+    file_region,
+    spec_of,
+    strided_view,
+)
+from .pickle_vm import PickledObject, PickleGlobal
 from .torch_pickle import STORAGE_DTYPES, TORCH_DTYPES, StorageRef, TensorRef, load_torch_pickle
 from .zip_reader import ZIP_LOCAL_MAGIC, ZipArchive, first_member_name
 
@@ -146,6 +156,10 @@ class TorchReader(WeightReader):
         extras: dict[str, Any],
         spans: dict[str, tuple[int, int]],
         byteorder: str,
+        *,
+        size: int = 0,
+        mmap: bool = True,
+        max_expansion: int | None = None,
     ) -> None:
         super().__init__(path)
         self.layout = layout
@@ -153,10 +167,14 @@ class TorchReader(WeightReader):
         self.extras = extras
         self._refs = refs
         self._spans = spans
-        # One mapping per storage, alive while an array uses it: tensors that share a storage are
-        # views of one mapping, and a storage nobody holds is unmapped (a whole-file mapping would
+        self._mmap = mmap
+        # Views of distinct storages never add up to more than the file; overlapping views (one storage
+        # under many names) can, and that excess is charged to the expansion budget.
+        self._meter = ExpansionMeter(path, size, max_expansion, credit=size)
+        # One buffer per storage, alive while an array uses it: tensors that share a storage are
+        # views of one buffer, and a storage nobody holds is released (a whole-file mapping would
         # keep every page read so far resident, so compressing a 4 GiB file would need 4 GiB).
-        self._maps: weakref.WeakValueDictionary[str, np.memmap] = weakref.WeakValueDictionary()
+        self._maps: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
         self._specs = {name: TensorSpec(ref.shape, ref.dtype) for name, ref in refs.items()}
         self.parameters = frozenset(name for name, ref in refs.items() if ref.parameter)
         first: dict[tuple, str] = {}
@@ -170,10 +188,11 @@ class TorchReader(WeightReader):
             else:
                 first[key] = name
 
-    def _mapped(self, key: str, offset: int, nbytes: int) -> np.memmap:
+    def _storage(self, key: str) -> np.ndarray:
         buf = self._maps.get(key)
         if buf is None:
-            buf = np.memmap(self.path, dtype=np.uint8, mode="r", offset=offset, shape=(nbytes,))
+            offset, nbytes = self._spans[key]
+            buf = file_region(self.path, offset, nbytes, mmap=self._mmap, what=f"storage {key!r:.40}")
             self._maps[key] = buf
         return buf
 
@@ -182,29 +201,21 @@ class TorchReader(WeightReader):
         dtype = ref.dtype
         if element_count(ref.shape) == 0:
             return np.empty(ref.shape, dtype)
-        offset, nbytes = self._spans[ref.storage.key]
         itemsize = dtype.itemsize
-        usable = nbytes // itemsize * itemsize
-        buf = self._mapped(ref.storage.key, offset, usable)
+        self._meter.charge(name, element_count(ref.shape) * itemsize, what=f"tensor {name!r:.80}")
+        buf = self._storage(ref.storage.key)
         strides = tuple(s * itemsize for s in ref.stride)
+        what = f"tensor {name!r:.80} (storage {ref.storage.key!r:.40})"
         unit = itemsize // 2 if dtype.kind == "c" else itemsize
+        # Every view is checked against the bytes of its storage before it exists (strided_view): a
+        # storage read with two element sizes, or offsets and strides that reach past it, are errors.
         if self.byteorder == sys.byteorder or unit == 1:
-            # as_strided goes through __array_interface__, which cannot name the ml_dtypes types
-            # (bfloat16, float8): stride an unsigned carrier of the same width and view it back.
-            carrier = dtype if dtype.isbuiltin == 1 else np.dtype(f"u{itemsize}")
-            flat = buf.view(carrier)
-            out = np.lib.stride_tricks.as_strided(
-                flat[ref.offset :], ref.shape, strides, subok=True, writeable=False
-            )
-            if carrier != dtype:
-                out = out.view(dtype)
+            out = strided_view(self.path, what, buf, dtype, ref.shape, ref.offset * itemsize, strides)
         else:
             # Gather this tensor's raw elements, then swap each scalar (each half of a complex).
-            raw = buf.view(np.dtype((np.void, itemsize)))
-            picked = np.ascontiguousarray(
-                np.lib.stride_tricks.as_strided(raw[ref.offset :], ref.shape, strides)
-            )
-            words = picked.reshape(-1).view(np.dtype(f"u{unit}")).byteswap()
+            raw = strided_view(self.path, what, buf, np.dtype((np.void, itemsize)), ref.shape,
+                               ref.offset * itemsize, strides)
+            words = np.ascontiguousarray(raw).reshape(-1).view(np.dtype(f"u{unit}")).byteswap()
             out = words.view(dtype).reshape(ref.shape)
         if ref.conj:
             out = np.conj(out)
@@ -213,16 +224,35 @@ class TorchReader(WeightReader):
         return out
 
     def close(self) -> None:
-        # Arrays already returned hold their own reference to their mapping.
+        # Arrays already returned hold their own reference to their buffer.
         self._maps = weakref.WeakValueDictionary()
 
 
-def open_reader(path: str | os.PathLike, **options: Any) -> TorchReader:
+def open_reader(
+    path: str | os.PathLike,
+    *,
+    mmap: bool = True,
+    max_expansion: int | None = None,
+    allow_globals: Iterable[str] = (),
+    **options: Any,
+) -> TorchReader:
     """Open a ``torch.save`` file lazily (zip or legacy layout).
 
     Parameters
     ----------
     path : path-like
+    mmap : bool
+        Map each storage (default) or read it into memory when a tensor of it is first indexed
+        (safe against the file changing; see :func:`coreprune.io.base.file_region`). Either way,
+        tensors that share a storage are views of one buffer.
+    max_expansion : int, optional
+        Bytes that tensors may span beyond the file size, all together (views that overlap:
+        one storage under many names); default :func:`coreprune.io.base.expansion_budget`.
+    allow_globals : iterable of str
+        ``"module.Name"`` globals outside the allowlist that the pickle may name anyway, like
+        ``torch.serialization.add_safe_globals``. Nothing is imported or called: each becomes an
+        opaque :class:`~coreprune.io.pickle_vm.PickledObject` record (in ``extras``) holding its
+        arguments and state; tensors in its state are read like any other.
 
     Returns
     -------
@@ -250,6 +280,7 @@ def open_reader(path: str | os.PathLike, **options: Any) -> TorchReader:
     if options:
         raise WeightFileError(f"{path}: unknown option(s) for torch files: {', '.join(sorted(options))}")
     path = Path(path)
+    opts = _Options(mmap, max_expansion, tuple(allow_globals))
     try:
         size = path.stat().st_size
         f = open(path, "rb")
@@ -259,9 +290,9 @@ def open_reader(path: str | os.PathLike, **options: Any) -> TorchReader:
         head = f.read(64)
         f.seek(0)
         if head.startswith(ZIP_LOCAL_MAGIC):
-            return _open_zip(path, size)
+            return _open_zip(path, size, opts)
         if head[:1] == b"\x80" and head[2 : 2 + len(_LEGACY_HEAD)] == _LEGACY_HEAD:
-            return _open_legacy(path, f, size)
+            return _open_legacy(path, f, size, opts)
         if len(head) >= 2 and head[:2] == b"\x80\x02":
             raise WeightFileError(f"{path}: a bare pickle, not a torch.save file (no torch magic number)")
         raise WeightFileError(f"{path}: not a torch.save file (neither a zip archive nor the legacy layout)")
@@ -281,12 +312,22 @@ def _record_span(z: ZipArchive, info: zipfile.ZipInfo) -> tuple[int, int]:
     return z.stored_span(info, what)
 
 
-def _open_zip(path: Path, size: int) -> TorchReader:
+@dataclass(frozen=True)
+class _Options:
+    mmap: bool
+    max_expansion: int | None
+    allow_globals: tuple[str, ...]
+
+    def reader_kwargs(self, size: int) -> dict[str, Any]:
+        return {"size": size, "mmap": self.mmap, "max_expansion": self.max_expansion}
+
+
+def _open_zip(path: Path, size: int, opts: _Options) -> TorchReader:
     with ZipArchive(path) as z:
-        return _read_zip(z, path, size)
+        return _read_zip(z, path, size, opts)
 
 
-def _read_zip(z: ZipArchive, path: Path, size: int) -> TorchReader:
+def _read_zip(z: ZipArchive, path: Path, size: int, opts: _Options) -> TorchReader:
     infos = z.members
     if not infos:
         raise WeightFileError(f"{path}: an empty zip archive, not a torch.save file")
@@ -341,13 +382,14 @@ def _read_zip(z: ZipArchive, path: Path, size: int) -> TorchReader:
         source=f"{path} ({prefix}data.pkl)",
         storage_hook=storage_hook,
         max_tensor_nbytes=size,
+        allow_globals=opts.allow_globals,
     )
     tensors, extras = _flatten(path, obj, budget=length + 16)
-    return TorchReader(path, "zip", tensors, extras, spans, byteorder)
+    return TorchReader(path, "zip", tensors, extras, spans, byteorder, **opts.reader_kwargs(size))
 
 
 # -- legacy layout ------------------------------------------------------------------------------------
-def _open_legacy(path: Path, f: BinaryIO, size: int) -> TorchReader:
+def _open_legacy(path: Path, f: BinaryIO, size: int, opts: _Options) -> TorchReader:
     magic = load_torch_pickle(f, end=size, source=f"{path} (magic number)")
     if magic != LEGACY_MAGIC:
         raise WeightFileError(f"{path}: wrong torch magic number (corrupted)")
@@ -368,7 +410,8 @@ def _open_legacy(path: Path, f: BinaryIO, size: int) -> TorchReader:
             raise WeightFileError(f"{path}: storage {ref.key!r:.40} is declared twice with different sizes")
 
     start = f.tell()
-    obj = load_torch_pickle(f, end=size, source=str(path), storage_hook=storage_hook, max_tensor_nbytes=size)
+    obj = load_torch_pickle(f, end=size, source=str(path), storage_hook=storage_hook, max_tensor_nbytes=size,
+                            allow_globals=opts.allow_globals)
     pickle_len = f.tell() - start
     keys = load_torch_pickle(f, end=size, source=f"{path} (storage key list)")
     if type(keys) is not list or any(type(k) is not str for k in keys):
@@ -400,7 +443,7 @@ def _open_legacy(path: Path, f: BinaryIO, size: int) -> TorchReader:
         spans[key] = (pos + 8, nbytes)
         pos += 8 + nbytes
     tensors, extras = _flatten(path, obj, budget=pickle_len + 16)
-    return TorchReader(path, "legacy", tensors, extras, spans, byteorder)
+    return TorchReader(path, "legacy", tensors, extras, spans, byteorder, **opts.reader_kwargs(size))
 
 
 # -- names --------------------------------------------------------------------------------------------
@@ -453,6 +496,10 @@ def _flatten(path: Path, root: Any, budget: int) -> tuple[dict[str, TensorRef], 
             return (tensors, extras) if tensors else ([], [(name, obj)])
         if isinstance(obj, PickleGlobal):
             return [], [(name, obj.name)]
+        if isinstance(obj, PickledObject):  # an allowed global's record: its attributes are its contents
+            if type(obj.state) in (dict, collections.OrderedDict) and obj.state:
+                return walk(obj.state, name, depth + 1)
+            return [], [(name, obj)]
         return [], [(name, obj)]
 
     tensors, extras = walk(root, "", 0)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import collections
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
@@ -48,7 +48,7 @@ import numpy as np
 
 from ..dtypes import torch_dtypes, torch_storage_dtypes
 from . import pickle_vm
-from .pickle_vm import BUILTIN_GLOBALS, PickleGlobal, PickleVM, _bad, _check_int, _int_tuple
+from .pickle_vm import BUILTIN_GLOBALS, PickleGlobal, PickleVM, _bad, _check_int, _int_tuple, short_repr
 
 __all__ = [
     "StorageRef",
@@ -62,7 +62,9 @@ __all__ = [
 
 _REFUSAL = (
     "which is not a tensor, storage, dtype or plain container; refused before anything ran (only "
-    "weights-only checkpoints are read: save model.state_dict(), not the model or arbitrary objects)"
+    "weights-only checkpoints are read: save model.state_dict(), not the model or arbitrary objects; "
+    "if you trust this one, read it as an opaque record with allow_globals=['<that name>'], "
+    "or --allow-global <that name> on the command line: nothing is ever imported or called)"
 )
 
 
@@ -154,14 +156,14 @@ def _persistent_load(u: PickleVM, pid: Any) -> StorageRef:
         )
     tag = pid[0].decode("ascii", "replace") if isinstance(pid[0], bytes) else pid[0]
     if tag != "storage":
-        detail = f" of class {pid[1]!r:.80}" if tag == "module" and len(pid) > 1 else ""
-        raise u.refuse(f"has a persistent id tagged {tag!r:.40}{detail}; only storages are read")
+        detail = f" of class {short_repr(pid[1], 80)}" if tag == "module" and len(pid) > 1 else ""
+        raise u.refuse(f"has a persistent id tagged {short_repr(tag, 40)}{detail}; only storages are read")
     if len(pid) not in (5, 6):
         raise _bad(src, f"storage persistent id has {len(pid)} fields, expected 5 or 6")
     stype, key, location, numel = pid[1], pid[2], pid[3], pid[4]
     view = pid[5] if len(pid) == 6 else None
     if not isinstance(stype, PickleGlobal) or stype.kind != "storage":
-        raise _bad(src, f"storage persistent id names {stype!r}, not a storage type")
+        raise _bad(src, f"storage persistent id names {short_repr(stype, 60)}, not a storage type")
     if stype.dtype is None:
         raise _bad(src, f"{stype.name} has no NumPy dtype")
     if isinstance(location, bytes):
@@ -212,7 +214,7 @@ def _tensor(
     conj = neg = False
     if metadata is not None:
         if type(metadata) is not dict or not set(metadata) <= {"conj", "neg"}:
-            raise _bad(src, f"{func}: unknown tensor metadata {metadata!r:.80}")
+            raise _bad(src, f"{func}: unknown tensor metadata {short_repr(metadata, 80)}")
         conj, neg = bool(metadata.get("conj", False)), bool(metadata.get("neg", False))
         # torch sets these bits on views of complex tensors only (x.conj(), x.conj().imag).
         if (conj and dtype.kind != "c") or (neg and dtype.kind not in "fcV"):
@@ -352,6 +354,7 @@ def load_torch_pickle(
     source: str,
     storage_hook: Callable[[StorageRef], None] | None = None,
     max_tensor_nbytes: int | None = None,
+    allow_globals: Iterable[str] = (),
 ) -> Any:
     """Unpickle one PyTorch pickle from ``f`` with torch's allowlist; ``f`` is left after its STOP.
 
@@ -369,6 +372,10 @@ def load_torch_pickle(
     max_tensor_nbytes : int, optional
         Refuse any tensor whose dense size exceeds this (the file size): a stride-0 view
         over a small storage could otherwise ask for an allocation larger than the file.
+    allow_globals : iterable of str
+        More ``"module.Name"`` globals the pickle may name (an explicit opt-in, like
+        ``torch.serialization.add_safe_globals``); each builds an opaque
+        :class:`~coreprune.io.pickle_vm.PickledObject` record, nothing is imported or called.
 
     Returns
     -------
@@ -389,9 +396,13 @@ def load_torch_pickle(
     >>> load_torch_pickle(io.BytesIO(data), end=len(data), source="ckpt.pt")
     {'epoch': 3, 'lr': [0.1, 0.01]}
     """
+    table = _GLOBALS
+    extra = [name for name in allow_globals if name not in _GLOBALS]
+    if extra:
+        table = {**_GLOBALS, **{name: pickle_vm.opaque_global(name) for name in extra}}
     return pickle_vm.restricted_load(
         f,
-        _GLOBALS,
+        table,
         end=end,
         source=source,
         refusal=_REFUSAL,

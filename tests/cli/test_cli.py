@@ -279,7 +279,7 @@ def test_prune_to_cpz_stores_the_zeros_sparsely(run, npz, model, tmp_path):
 @pytest.mark.parametrize(
     "opts,kwargs",
     [
-        (["--bits", "8"], dict(bits=8, group_size=None)),
+        (["--bits", "8"], dict(bits=8)),
         (["--bits", "4", "--axis", "0", "--include", "features.3.weight", "--include", "classifier.*"],
          dict(bits=4, axis=0, include=["features.3.weight", "classifier.*"])),
         (["--bits", "3", "--affine", "--group-size", "2", "--include", "classifier.*"],

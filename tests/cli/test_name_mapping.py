@@ -70,3 +70,23 @@ def test_structural_names_survive_gluon_to_torch_to_gluon(entries):
     back = torch_to_gluon_names(list(to_torch.values()))
     assert [back[to_torch[n]] for n in names] == names
     assert set(MAPPINGS) == {"gluon-to-torch", "torch-to-gluon"}
+
+
+def test_many_long_legacy_names_map_without_a_hang():
+    """Issue 11, class 7: keying siblings by every prefix tuple made each name cost depth**2.
+
+    20,000-part names took minutes that way; walking a tree of block names takes well under a
+    second. Run in a child with a timeout so that a regression fails instead of hanging the suite.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "from coreprune.name_mapping import gluon_to_torch_names\n"
+        "names = ['net0_' + '_'.join(f'b{i}' for i in range(20000)) + f'_x{j}_weight' for j in range(5)]\n"
+        "out = gluon_to_torch_names(names)\n"
+        "print(out[names[4]].count('.'), out[names[4]][-12:])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["20001", "0.0.4.weight"]

@@ -149,14 +149,19 @@ def zip_file(
         pickle_bytes, storages = dumps(obj)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression) as z:
-        z.writestr(f"{folder}/data.pkl", pickle_bytes)
+
+        def put(name: str, data: bytes) -> None:  # a fixed time stamp: the same object, the same bytes
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            z.writestr(info, data, compress_type=compression)
+
+        put(f"{folder}/data.pkl", pickle_bytes)
         if byteorder is not None:
-            z.writestr(f"{folder}/byteorder", byteorder)
+            put(f"{folder}/byteorder", byteorder)
         for key, s in (storages or {}).items():
-            z.writestr(f"{folder}/data/{key}", s.data)
+            put(f"{folder}/data/{key}", s.data)
         for name, data in (extra or {}).items():
-            z.writestr(f"{folder}/{name}", data)
-        z.writestr(f"{folder}/version", b"3\n")
+            put(f"{folder}/{name}", data)
+        put(f"{folder}/version", b"3\n")
     return buf.getvalue()
 
 

@@ -119,8 +119,8 @@ def _check_load(path, fmt: str, options: dict) -> dict[str, np.ndarray] | None:
     "fmt, bases, options",
     [
         ("npz", _npz_bases, {}),
-        ("mxnet", _mxnet_bases, {"dense_limit": 1 << 24}),
-        ("mxnet", _mxnet_bases, {"sparse": "scipy", "dense_limit": 1 << 24}),
+        ("mxnet", _mxnet_bases, {"max_expansion": 1 << 24}),
+        ("mxnet", _mxnet_bases, {"sparse": "scipy", "max_expansion": 1 << 24}),
         ("safetensors", _safetensors_bases, {}),
     ],
 )

@@ -263,14 +263,18 @@ def test_row_sparse_of_rank_3_and_all_zero_sparse_arrays(tmp_path):
             np.testing.assert_array_equal(value, empty)
 
 
-def test_sparse_dense_limit(tmp_path):
-    path = _write(tmp_path / "s.params", params_file([csr_record(_sparse_dense())], ["c"]))
-    with pytest.raises(WeightFileError, match="would take 80 bytes dense.*sparse='scipy'"):
-        cio.load(path, dense_limit=64)
-    assert cio.load(path, dense_limit=80)["c"].shape == (5, 4)
+def test_sparse_expansion_budget(tmp_path):
+    # 2 of 5,000 float32 stored: 832 bytes (values, indptr, indices) become 20,000 dense, 19,168 more.
+    dense = np.zeros((100, 50), np.float32)
+    dense[3, 4], dense[99, 49] = 1.5, -2
+    path = _write(tmp_path / "s.params", params_file([csr_record(dense)], ["c"]))
+    with pytest.raises(WeightFileError, match="build 19168 bytes beyond.*max_expansion.*sparse='scipy'"):
+        cio.load(path, max_expansion=19167)
+    np.testing.assert_array_equal(cio.load(path, max_expansion=19168)["c"], dense)
+    np.testing.assert_array_equal(cio.load(path)["c"], dense)  # the default budget: 128 MiB at least
 
 
-def test_huge_logical_shapes_of_sparse_arrays_are_bounded_by_dense_limit(tmp_path):
+def test_huge_logical_shapes_of_sparse_arrays_are_bounded_by_the_expansion_budget(tmp_path):
     # One stored row of a (2**40, 3) row_sparse array: a tiny file whose dense form is 12 TiB.
     record = (
         struct.pack("<Ii", MAGIC[2], 1)
@@ -287,10 +291,10 @@ def test_huge_logical_shapes_of_sparse_arrays_are_bounded_by_dense_limit(tmp_pat
     try:
         with cio.open_weights(path) as r:
             assert r.spec("r").shape == (2**40, 3)
-            with pytest.raises(WeightFileError, match="would take 13194139533312 bytes dense"):
+            with pytest.raises(WeightFileError, match="build 13194139533292 bytes beyond what the file"):
                 r["r"]
         with cio.open_weights(path, sparse="scipy") as r:
-            with pytest.raises(WeightFileError, match="bytes of csr row pointers"):
+            with pytest.raises(WeightFileError, match="of csr row pointers"):
                 r["r"]
         _, peak = tracemalloc.get_traced_memory()
     finally:
