@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import CompressionError
 from ..io import open_weights
 from ..structured import Group, coupling_groups, graph_from_mxnet_json, group_importance
-from .common import CliError
+from .common import CliError, _print
 
 # a symbol JSON is a few MB even for very large models; more is not a symbol
 _MAX_JSON_BYTES = 256 << 20
@@ -156,8 +156,9 @@ def _print_groups(args: argparse.Namespace) -> int:
              "l2": [float(x) for x in group_importance(g, weights, "l2")]} for g in groups]}
         print(json.dumps(doc, indent=1))
         return 0
-    print(f"{path} + {args.input}: {len(groups)} coupling group(s), {sum(map(len, groups))} prunable "
-          f"channels, {len(graph)} nodes")
+    # node and tensor names come from the files: _print escapes what a terminal would act on
+    _print(f"{path} + {args.input}: {len(groups)} coupling group(s), {sum(map(len, groups))} prunable "
+           f"channels, {len(graph)} nodes")
     for line in lines:
-        print(line)
+        _print(line)
     return 0

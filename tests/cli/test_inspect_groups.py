@@ -163,3 +163,13 @@ def test_the_example_in_docs_cli_md_is_this_output(tmp_path, capsys):
     assert main(["inspect", str(params), "--groups", str(sym_path)]) == 0
     out = capsys.readouterr().out.replace(f"{tmp_path}/", "")
     assert out == block
+
+
+def test_names_from_the_files_are_printed_escaped(tmp_path, capsys):
+    sym_path, params, sym, arrays = _residual_checkpoint(tmp_path)
+    sym["nodes"][3]["name"] = "c0\x1b[2J\u202e"  # a terminal escape and a bidi override in a layer name
+    sym_path.write_text(json.dumps(sym))
+    assert main(["inspect", str(params), "--groups", str(sym_path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out
+    assert "group c0\\x1b[2J\\u202e: 6 channels" in out
