@@ -27,6 +27,7 @@ from .common import (
 )
 from .compress import _cmd_compress, _cmd_prune, _cmd_quantize
 from .convert import _cmd_convert, _cmd_decompress
+from .groups import _input_shape
 from .inspect import _cmd_inspect
 from .sharded import add_shard_options
 
@@ -116,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(needs matplotlib: pip install \"coreprune[plot]\")")
     p.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD, metavar="T",
                    help=f"report the share of weights with |w| <= T (default {DEFAULT_THRESHOLD:g})")
+    p.add_argument("--groups", metavar="SYMBOL.json",
+                   help="FILE is an MXNet checkpoint's .params: print the structured-pruning coupling groups "
+                        "of its symbol (channels, coupled tensors, L2 importance) instead of the table")
+    p.add_argument("--input-shape", type=_input_shape, action="append", metavar="NAME=1x3x224x224",
+                   help="with --groups: shape of a data input, when the first layer reading it cannot tell")
     p.set_defaults(run=_cmd_inspect)
 
     p = sub.add_parser("prune", parents=[output, picks, common], help="zero small weights",

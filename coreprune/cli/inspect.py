@@ -31,9 +31,12 @@ from .common import (
     _progress,
     _say,
 )
+from .groups import _print_groups
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    if getattr(args, "groups", None) is not None:
+        return _print_groups(args)
     if args.plot is not None:
         if Path(args.plot).suffix.lower() not in _PLOT_SUFFIXES:
             raise CliError(f"{args.plot}: the plot must be a {', '.join(_PLOT_SUFFIXES)} file")

@@ -204,6 +204,9 @@ def coupling_groups(graph: Graph, weights: Mapping[str, np.ndarray]) -> list[Gro
     base: dict[str, int] = {}
     total = 0
     for node in graph:
+        # shapes first: the channel counts of a hostile graph are then bounded by real arrays
+        # before anything is allocated per channel
+        _check_params(graph, node, weights)
         base[node.name] = total
         total += node.channels
     uf = _UnionFind(total)
@@ -218,7 +221,6 @@ def coupling_groups(graph: Graph, weights: Mapping[str, np.ndarray]) -> list[Gro
         locked[b : b + graph.nodes[name].channels] = True
 
     for node in graph:
-        _check_params(graph, node, weights)
         n, c = node.name, node.channels
         ins = node.inputs
         op = node.op

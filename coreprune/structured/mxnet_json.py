@@ -99,8 +99,8 @@ def _load(symbol_json: str | Mapping[str, Any]) -> dict[str, Any]:
         return dict(symbol_json)
     try:
         data = json.loads(symbol_json)
-    except (TypeError, ValueError) as exc:
-        raise CompressionError(f"not an MXNet symbol JSON: {exc}") from exc
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise CompressionError(f"not an MXNet symbol JSON: {type(exc).__name__}: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), list) or "heads" not in data:
         raise CompressionError("not an MXNet symbol JSON: no 'nodes' list and 'heads'")
     return data
@@ -434,7 +434,14 @@ def graph_from_mxnet_json(
      ('fc', 'linear', 2)]
     """
     data = _load(symbol_json)
-    return _Builder(data, weights, input_shapes).run()
+    try:
+        return _Builder(data, weights, input_shapes).run()
+    except CompressionError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:  # noqa: E501
+        # a hand-made or damaged JSON (a node without "op", an input index out of range, an
+        # attribute that is not a number): one error of the project's family, not a traceback
+        raise CompressionError(f"malformed MXNet symbol JSON: {type(exc).__name__}: {exc}") from exc
 
 
 def rewrite_mxnet_json(symbol_json: str | Mapping[str, Any], shrunk: Shrunk) -> str:
