@@ -596,7 +596,9 @@ def quantize(
         Average bits per weight (codes, scales and zero points over the selected tensors'
         weights): the width of each tensor is chosen from ``bit_choices`` by
         :func:`coreprune.bit_budget.allocate_bits` from each tensor's noise-to-signal ratio at
-        each width. Exclusive with ``bits``.
+        each width; with the default layout, fan-ins of at most
+        :data:`coreprune.quant_layout.SMALL_FAN_IN` only get widths of 8 and more (or the widest
+        choice) unless that floor alone exceeds the budget. Exclusive with ``bits``.
     bit_choices : sequence of int
         Candidate widths for ``budget`` (2 to 16).
     importance : Mapping[str, float] or None
