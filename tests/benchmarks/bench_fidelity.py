@@ -312,8 +312,14 @@ def reconstruction_table(w: dict[str, np.ndarray], bits: int) -> list[tuple[str,
     rows = []
     for label, kw in (("RTN affine", dict(method="rtn")), ("clip affine", dict(method="clip")),
                       ("hqq-style affine", dict(method="hqq"))):
-        dq = cp.dequantize(cp.quantize(w, bits, symmetric=False, **kw))
-        rows.append((f"coreprune {label}", sum(noise_to_signal(w[n], dq[n]) for n in w if w[n].ndim >= 2)))
+        err = 0.0
+        for n in w:  # every tensor at `bits` in its default_layout, as the hqq package gets it
+            if w[n].ndim >= 2 and w[n].dtype.kind == "f":
+                axis, g, flat = default_layout(w[n].shape, bits)
+                lay = dict(axis=axis) if g is None else dict(group_size=g, flatten=flat)
+                dq = cp.dequantize(cp.quantize({n: w[n]}, bits, symmetric=False, **lay, **kw))[n]
+                err += noise_to_signal(w[n], dq)
+        rows.append((f"coreprune {label}", err))
     ref = hqq_package(w, bits)
     if ref is not None:
         rows.append(("hqq package (float zero)", sum(noise_to_signal(w[n], ref[0][n]) for n in w
