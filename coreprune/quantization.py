@@ -580,8 +580,8 @@ def quantize(
         flattened fan-in), and below 8 bits, 8 bits per output channel for a fan-in of at most
         :data:`coreprune.quant_layout.SMALL_FAN_IN` (depthwise kernels, a 3-channel stem; see
         :func:`coreprune.quant_layout.default_bits`); with ``axis``, one scale per index.
-        None: no groups (per tensor without ``axis``). An int: groups of that many consecutive values; a run it does not divide ends
-        with a shorter group.
+        None: no groups (per tensor without ``axis``). An int: groups of that many consecutive
+        values; a run it does not divide ends with a shorter group.
     flatten : bool
         Groups along each output channel's flattened fan-in ``w.reshape(shape[0], -1)`` (the usual
         conv-kernel layout); needs an int ``group_size`` and no ``axis``.
