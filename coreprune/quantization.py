@@ -595,8 +595,9 @@ def quantize(
         Average bits per weight (codes, scales and zero points over the selected tensors'
         weights): the width of each tensor is chosen from ``bit_choices`` by
         :func:`coreprune.bit_budget.allocate_bits` from each tensor's noise-to-signal ratio at
-        each width (no 8-bit floor for small fan-ins: the allocation decides). Exclusive with
-        ``bits``.
+        each width; with the default layout, fan-ins of at most
+        :data:`coreprune.quant_layout.SMALL_FAN_IN` only get widths of 8 and more (or the widest
+        choice) unless that floor alone exceeds the budget. Exclusive with ``bits``.
     bit_choices : sequence of int
         Candidate widths for ``budget`` (2 to 16).
     importance : Mapping[str, float] or None
@@ -755,6 +756,15 @@ def _quantize_budget(
         return result[name]  # type: ignore[return-value]
 
     sizes, errors, counts, arrays = bit_budget.measure(names, weights, widths, one)
+    # With the default layout a small fan-in (default_bits) only gets the widths of 8 bits and more
+    # (or the widest choice), as in quantize(w, bits): the weight error alone underrates those
+    # tensors. Unless even that floor does not fit the budget: then any width.
+    wide = tuple(b for b in widths if b >= 8) or (widths[-1],)
+    small = [n for n in names if group_size == "auto" and axis is None
+             and default_bits(np.shape(weights[n]), 2) == 8]
+    floored = {n: ({b: sizes[n][b] for b in wide} if n in small else sizes[n]) for n in names}
+    if 8 * sum(min(v.values()) for v in floored.values()) <= float(budget) * sum(counts.values()):
+        sizes = floored
     chosen = bit_budget.allocate_bits(sizes, errors, counts, float(budget), importance)
     out: dict[str, QuantizedArray | np.ndarray] = dict(weights)
     for name, b in chosen.items():

@@ -191,6 +191,13 @@ def test_budget_meets_the_size_and_orders_the_widths():
         total = sum(q[n].nbytes for n in w)
         assert 8 * total / sum(v.size for v in w.values()) <= budget
         assert all(q[n].bits in (2, 3, 4, 6, 8) for n in w)
+        assert q["small.weight"].bits == 8  # a depthwise kernel is never below 8 bits by default
+    # without a width of 8 or more, the widest choice; an explicit layout: any width
+    # (importance 0: nothing but the floor keeps it above the narrowest width)
+    careless = {"small.weight": 0.0}
+    assert quantize(w, budget=3.0, bit_choices=[2, 3, 4], importance=careless)["small.weight"].bits == 4
+    assert quantize(w, budget=3.0, bit_choices=[2, 3, 4], importance=careless,
+                    axis=0)["small.weight"].bits == 2
     uniform = quantize(w, bits=4)
     size = 8 * sum(uniform[n].nbytes for n in w) / sum(v.size for v in w.values())  # 4.5 and a bit
     mixed = quantize(w, budget=size)
