@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="needs PyTorch")
