@@ -27,6 +27,8 @@ Integer keys (optimizer state) become decimal parts (``"optimizer.state.0.exp_av
 A list or tuple that holds tensors is indexed (``"layers.0"``); one that holds none
 is one value in ``extras`` (``"optimizer.param_groups"``). A bare saved tensor is
 named ``"tensor"``; a bare non-tensor value is ``extras["value"]``.
+``reader.structure`` records the nesting itself (:mod:`coreprune.io.structure`; None for a
+flat state dict), so that :func:`write` can rebuild the checkpoint around processed tensors.
 
 Writing
 -------
@@ -34,7 +36,9 @@ Writing
 ``model.state_dict()`` holds) in the zip layout, which ``torch.load(path,
 weights_only=True)`` reads with ``mmap`` on or off: every record stored
 (uncompressed) and 64-byte aligned, CRCs set, zip64 end records as torch writes
-them. Tensors are written one at a time, C-contiguous, each in its own storage.
+them. Tensors are written one at a time, C-contiguous, each in its own storage. Given a
+``structure``, it writes that nested checkpoint instead (dicts, ``OrderedDict``, lists, tuples,
+strings, numbers, booleans, None and the tensors).
 """
 
 from __future__ import annotations
