@@ -176,7 +176,7 @@ def encode_nm_index(positions: np.ndarray, n: int, m: int, index: str) -> np.nda
 
 
 def decode_nm_index(packed: np.ndarray, n: int, m: int, index: str, groups: int) -> np.ndarray:
-    """Positions ``(groups, n)`` from a packed index, validated (strictly increasing, below ``m``).
+    """Positions ``(groups, n)``, uint8, from a packed index, validated (strictly increasing, below ``m``).
 
     Raises
     ------
@@ -184,16 +184,16 @@ def decode_nm_index(packed: np.ndarray, n: int, m: int, index: str, groups: int)
         An offset or rank that names no valid position set (the message starts with ``where``).
     """
     if index == "offset":
-        pos = unpack_bits(packed, _offset_bits(m), groups * n, np.dtype(np.uint16)).astype(np.int64)
-        pos = pos.reshape(groups, n)
-        if pos.size and (int(pos.max()) >= m or (n > 1 and not (np.diff(pos, axis=1) > 0).all())):
+        # uint8 positions (m <= 16): the decoded index stays small next to the values it places
+        pos = unpack_bits(packed, _offset_bits(m), groups * n, np.dtype(np.uint8)).reshape(groups, n)
+        if pos.size and (int(pos.max()) >= m or (n > 1 and not (pos[:, 1:] > pos[:, :-1]).all())):
             raise CompressionError(f"an N:M offset group is not {n} increasing positions below {m}")
         return pos
     ranks = unpack_bits(packed, _rank_bits(n, m), groups, np.dtype(np.uint16)).astype(np.int64)
     if ranks.size and int(ranks.max()) >= math.comb(m, n):
         raise CompressionError(f"an N:M rank is not below C({m}, {n})")
     table = np.array([[math.comb(c, k) for c in range(m)] for k in range(n + 1)], np.int64)
-    pos = np.empty((groups, n), np.int64)
+    pos = np.empty((groups, n), np.uint8)
     for i in range(n - 1, -1, -1):  # greedy colex unranking: the largest c with C(c, i+1) <= rank
         row = table[i + 1]
         c = np.searchsorted(row, ranks, side="right") - 1
