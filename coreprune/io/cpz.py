@@ -641,8 +641,9 @@ class CpzReader(WeightReader):
         -------
         dict
             ``kind`` (``"dense"`` or ``"quantized"``), ``layout`` (``"full"``, ``"bitmask"``,
-            ``"csr"``, ``"nm"``), ``bits`` (None for dense) and ``stored_nbytes`` (its blobs' bytes,
-            which is its :func:`coreprune.encoded_nbytes`).
+            ``"csr"``, ``"nm"``), ``bits`` (None for dense), ``stored_nbytes`` (its blobs' bytes,
+            which is its :func:`coreprune.encoded_nbytes`) and ``blob_nbytes`` (role -> bytes:
+            ``values``, ``codes``, ``index``, ``mask``, ``scale``, ``codebook`` ...).
         """
         e = self._entry(name)
         return {
@@ -650,6 +651,7 @@ class CpzReader(WeightReader):
             "layout": e.layout,
             "bits": e.bits if e.kind in ("quantized", "codebook") else None,
             "stored_nbytes": sum(b[1] for b in e.blobs.values()),
+            "blob_nbytes": {role: b[1] for role, b in e.blobs.items()},
         }
 
     def _entry(self, name: str) -> _Entry:
@@ -707,17 +709,18 @@ class CpzReader(WeightReader):
         self._meter.charge(name, n * itemsize, sum(b[1] for b in e.blobs.values()),
                            what=f"tensor {name!r:.80} ({e.kind}, {e.layout}, shape {e.shape})")
         where = f"{self.path}: tensor {name!r}"
-        nm_pos = None
+        nm_pos, run = None, 1
         if e.nm is not None:
+            run = e.nm[1]
             try:
-                nm_pos = decode_nm_index(self._blob(e, "index", np.dtype(np.uint8)), *e.nm, n // e.nm[1])
+                nm_pos = decode_nm_index(self._blob(e, "index", np.dtype(np.uint8)), *e.nm, n // run)
             except CompressionError as err:
                 raise _fail(where, str(err)) from None
         positions = None if e.layout in ("full", "nm") else self._positions(e)
         if e.kind == "dense":
             values = self._blob(e, "values", e.dtype)
             if nm_pos is not None:
-                out = scatter_nm(values, nm_pos, np.zeros((), values.dtype), e.shape, e.nm[1])
+                out = scatter_nm(values, nm_pos, np.zeros((), values.dtype), e.shape, run)
                 return _native(np.ascontiguousarray(out))
             if positions is None:
                 return _native(values).reshape(e.shape)
@@ -741,7 +744,7 @@ class CpzReader(WeightReader):
                 fill = _fill_codes(e.bits, e.symmetric, zero_point, e.axis, e.group_size, e.shape, e.flatten)
                 assert fill is not None  # bits == 1 has no sparse layout (validated)
                 codes = np.ascontiguousarray(scatter_nm(codes, nm_pos, np.asarray(fill, e.code_dtype),
-                                                        e.shape, e.nm[1]))
+                                                        e.shape, run))
             elif positions is not None:
                 fill = _fill_codes(e.bits, e.symmetric, zero_point, e.axis, e.group_size, e.shape, e.flatten)
                 assert fill is not None  # bits == 1 has no sparse layout (validated)
