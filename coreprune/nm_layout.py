@@ -107,14 +107,22 @@ def plan_nm(stored: np.ndarray, *, itemsize: int, bits: int | None) -> NMPlan | 
         return None
     width = stored.shape[1]
     best: NMPlan | None = None
-    counts = np.moveaxis(stored, 1, -1).reshape(-1, width).astype(np.uint8)
-    m = 1
-    for size in GROUP_SIZES:
-        # Counts per run of `size` from the counts per run of size/2: one cheap pass per size.
-        if width % size:
+    # One byte (0 or 1) per element, runs consecutive; a run of m <= 8 bytes read as one unsigned
+    # word and multiplied by 0x0101...01 has the run's count in its top byte (no carries: counts <= 8).
+    flags = np.ascontiguousarray(np.moveaxis(stored, 1, -1)).reshape(-1).view(np.uint8)
+    by8 = None
+    for m in GROUP_SIZES:
+        if width % m:
             break
-        counts = counts.reshape(counts.shape[0], -1, 2).sum(axis=-1, dtype=np.uint8)
-        m = size
+        if m == 16:
+            assert by8 is not None
+            counts = by8[0::2] + by8[1::2]
+        else:
+            word = np.dtype(f"u{m}")
+            magic = word.type(int.from_bytes(b"\x01" * m, "little"))
+            counts = (flags.view(word) * magic) >> word.type(8 * (m - 1))
+            if m == 8:
+                by8 = counts
         groups = stored.size // m
         n = max(1, int(counts.max()))
         if n >= m:

@@ -203,3 +203,36 @@ def test_expansion_budget_applies_to_nm(tmp_path):
     save_compressed({"w": pruned((64, 64), 1, 16)}, p)
     with pytest.raises(WeightFileError, match="expan"):
         load_compressed(p, max_expansion=1000)
+
+
+def reference_plan_nm(stored: np.ndarray, itemsize: int, bits: int | None):
+    """plan_nm the simple way: each group's count by a reshape and sum, every (m, index) sized."""
+    best = None
+    for m in (2, 4, 8, 16):
+        if stored.shape[1] % m:
+            break
+        counts = np.moveaxis(stored, 1, -1).reshape(-1, m).sum(axis=1)
+        n, groups = max(1, int(counts.max())), stored.size // m
+        if n >= m:
+            continue
+        values = math.ceil(groups * n * bits / 8) if bits is not None else groups * n * itemsize
+        rank = math.ceil(groups * max(1, (math.comb(m, n) - 1).bit_length()) / 8)
+        offset = math.ceil(groups * n * math.ceil(math.log2(m)) / 8)
+        for index, size in (("offset", offset), ("rank", rank)):
+            if best is None or values + size < best[3]:
+                best = (n, m, index, values + size)
+    return best
+
+
+@pytest.mark.parametrize("shape", [(3, 16), (5, 32, 3), (2, 48, 2, 2), (7, 8), (4, 6), (3, 2), (9, 64)])
+@pytest.mark.parametrize("density", [0.05, 0.3, 0.6])
+def test_plan_matches_the_simple_reference(shape, density):
+    rng = np.random.default_rng(int(density * 100) + len(shape))
+    patterns = [rng.random(shape) < density]
+    if shape[1] % 2 == 0:  # and an exact 1:2 pattern
+        patterns.append(nm_masks({"w": rng.standard_normal(shape)}, 1, 2)["w"])
+    for stored in patterns:
+        for itemsize, bits in ((4, None), (1, 4), (2, 3)):
+            got = plan_nm(stored, itemsize=itemsize, bits=bits)
+            want = reference_plan_nm(stored, itemsize, bits)
+            assert (None if got is None else (got.n, got.m, got.index, got.nbytes)) == want
