@@ -40,7 +40,7 @@ from .errors import CompressionError
 from .packing import pack_bits, unpack_bits
 
 __all__ = ["GROUP_SIZES", "MAX_GROUP", "NM_INDEXES", "NMPlan", "plan_nm", "nm_index_nbytes", "nm_positions",
-           "gather_nm", "scatter_nm", "encode_nm_index", "decode_nm_index"]
+           "nm_select", "gather_nm", "scatter_nm", "encode_nm_index", "decode_nm_index"]
 
 #: Group sizes ``m`` the planner tries.
 GROUP_SIZES = (2, 4, 8, 16)
@@ -118,9 +118,7 @@ def plan_nm(stored: np.ndarray, *, itemsize: int, bits: int | None) -> NMPlan | 
             assert by8 is not None
             counts = by8[0::2] + by8[1::2]
         else:
-            word = np.dtype(f"u{m}")
-            magic = word.type(int.from_bytes(b"\x01" * m, "little"))
-            counts = (flags.view(word) * magic) >> word.type(8 * (m - 1))
+            counts = _run_counts(flags.reshape(-1, m), m)
             if m == 8:
                 by8 = counts
         groups = stored.size // m
@@ -135,21 +133,59 @@ def plan_nm(stored: np.ndarray, *, itemsize: int, bits: int | None) -> NMPlan | 
     return best
 
 
-def nm_positions(stored: np.ndarray, n: int, m: int) -> np.ndarray:
-    """Positions (in each group, ascending) of the ``n`` values stored per group: ``(groups, n)`` int64.
+def nm_select(stored: np.ndarray, n: int, m: int) -> np.ndarray:
+    """The elements the ``nm`` layout stores: bool ``(groups, m)``, exactly ``n`` True per run.
 
-    The non-fill elements first, then the group's first fill positions, so every group has ``n``.
+    The non-fill elements, then each short run's first fill positions.
+
+    Raises
+    ------
+    CompressionError
+        A run holds more than ``n`` non-fill elements.
     """
     g = _grouped(stored, m)
-    order = np.argsort(~g, axis=1, kind="stable")[:, :n]  # stored first, each part in position order
-    if int(np.take_along_axis(g, order, axis=1).sum()) != int(g.sum()):
+    counts = g.sum(axis=1, dtype=np.int64) if m > 8 else _run_counts(g, m)
+    if counts.size and int(counts.max()) > n:
         raise CompressionError(f"a group holds more than {n} of {m} stored elements")
-    return np.sort(order, axis=1)
+    short = np.flatnonzero(counts < n)
+    if short.size:  # usually few runs (all-zero ones): pad those with their first fill positions
+        g = g.copy()
+        sub = g[short]
+        order = np.argsort(~sub, axis=1, kind="stable")[:, :n]  # stored first, then fill, by position
+        sub[:] = False
+        np.put_along_axis(sub, order, True, axis=1)
+        g[short] = sub
+    return g
 
 
-def gather_nm(a: np.ndarray, positions: np.ndarray, m: int) -> np.ndarray:
-    """The stored values of ``a`` (same shape as the mask), group by group: 1-D, ``groups * n``."""
-    return np.take_along_axis(_grouped(a, m), positions, axis=1).reshape(-1)
+def nm_positions(stored: np.ndarray, n: int, m: int, selected: np.ndarray | None = None) -> np.ndarray:
+    """Positions (in each group, ascending) of the ``n`` values stored per group: ``(groups, n)`` uint8.
+
+    ``selected``: :func:`nm_select`'s result, when the caller has it.
+    """
+    sel = nm_select(stored, n, m) if selected is None else selected
+    # exactly n per run: the flat positions, in order, are each run's positions ascending
+    return (np.flatnonzero(sel.reshape(-1)) % m).astype(np.uint8).reshape(-1, n)
+
+
+def _run_counts(g: np.ndarray, m: int) -> np.ndarray:
+    """Count of True in each row of the C-contiguous bool ``(groups, m)``, ``m`` in 2, 4, 8."""
+    word = np.dtype(f"u{m}")
+    magic = word.type(int.from_bytes(b"\x01" * m, "little"))
+    flags = np.ascontiguousarray(g).reshape(-1).view(np.uint8)
+    return (flags.view(word) * magic) >> word.type(8 * (m - 1))
+
+
+def _flat_index(positions: np.ndarray, m: int) -> np.ndarray:
+    return (np.arange(positions.shape[0], dtype=np.int64) * m)[:, None] + positions
+
+
+def gather_nm(a: np.ndarray, selected: np.ndarray, m: int) -> np.ndarray:
+    """The stored values of ``a`` (the mask's shape), run by run: 1-D, ``groups * n``.
+
+    ``selected`` is :func:`nm_select`'s ``(groups, m)`` result.
+    """
+    return np.compress(selected.reshape(-1), _grouped(a, m).reshape(-1))
 
 
 def scatter_nm(values: np.ndarray, positions: np.ndarray, fill: np.ndarray, shape: tuple[int, ...],
@@ -161,8 +197,7 @@ def scatter_nm(values: np.ndarray, positions: np.ndarray, fill: np.ndarray, shap
     moved = (shape[0], *shape[2:], shape[1])
     out = np.empty(moved, values.dtype)
     out[...] = np.moveaxis(fill.reshape(shape), 1, -1) if fill.ndim else fill
-    grouped = out.reshape(-1, m)
-    np.put_along_axis(grouped, positions, values.reshape(positions.shape), axis=1)
+    out.reshape(-1)[_flat_index(positions, m).reshape(-1)] = values.reshape(-1)
     return np.moveaxis(out, -1, 1)
 
 
@@ -178,9 +213,11 @@ def encode_nm_index(positions: np.ndarray, n: int, m: int, index: str) -> np.nda
     """
     if index == "offset":
         return pack_bits(positions.reshape(-1).astype(np.uint16), _offset_bits(m))
-    table = np.array([[math.comb(c, k) for k in range(n + 1)] for c in range(m)], np.int64)
-    ranks = table[positions, np.arange(1, n + 1)].sum(axis=1)
-    return pack_bits(ranks.astype(np.uint16), _rank_bits(n, m))
+    ranks = np.zeros(positions.shape[0], np.uint16)  # C(16, 8) = 12870: ranks fit in 16 bits
+    for i in range(n):  # one small-table lookup per column, not a 2-D fancy index
+        column = np.array([math.comb(c, i + 1) for c in range(m)], np.uint16)
+        ranks += column.take(positions[:, i])
+    return pack_bits(ranks, _rank_bits(n, m))
 
 
 def decode_nm_index(packed: np.ndarray, n: int, m: int, index: str, groups: int) -> np.ndarray:

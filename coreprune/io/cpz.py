@@ -48,6 +48,7 @@ from ..nm_layout import (
     gather_nm,
     nm_index_nbytes,
     nm_positions,
+    nm_select,
     scatter_nm,
 )
 from ..packing import pack_bits, unpack_bits
@@ -204,9 +205,10 @@ def _write_tensor(out: _CountingWriter, name: str, value: Value, entropy: bool =
     if plan.layout == "nm":
         assert stored is not None
         entry.update(n=plan.n, m=plan.m, index=plan.index)
-        positions = nm_positions(stored.reshape(value.shape), plan.n, plan.m)
+        selected = nm_select(stored.reshape(value.shape), plan.n, plan.m)
+        positions = nm_positions(stored, plan.n, plan.m, selected)
         blobs["index"] = out.blob(encode_nm_index(positions, plan.n, plan.m, plan.index))
-        kept = gather_nm(flat.reshape(value.shape), positions, plan.m)
+        kept = gather_nm(flat.reshape(value.shape), selected, plan.m)
     elif plan.layout != "full":
         assert stored is not None
         entry["nnz"] = plan.nnz
