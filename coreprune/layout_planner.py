@@ -1,7 +1,7 @@
 """Layout planner: the bytes a tensor takes when the zeros are not stored, and the layout that wins.
 
 This module only counts; :mod:`coreprune.io.cpz` writes the bytes it plans. Each tensor is stored
-in the smallest of three layouts:
+in the smallest of four layouts:
 
 * ``full``: every element. Arrays as raw little-endian bytes (``n * itemsize``),
   quantized codes bit-packed at their bit width (``ceil(n * bits / 8)``).
@@ -12,6 +12,9 @@ in the smallest of three layouts:
   skipped elements takes ``g // M`` escape entries of value ``M = 2**width - 1``
   (each skips ``M`` elements and stores nothing) and one entry ``g % M``;
   ``entries = nnz + sum(g // M)``. Elements after the last stored one are implicit.
+* ``nm`` (tensors with ``ndim >= 2``): at most ``n`` stored elements in every run of ``m`` along
+  axis 1 (an N:M-pruned weight), stored as exactly ``n`` values per run plus a per-run index of their
+  positions (:mod:`coreprune.nm_layout`); taken only when strictly smaller than the other three.
 
 An element is *not stored* when it is the fill value: for arrays an all-zero bit
 pattern (``+0.0``; ``-0.0`` has a sign bit, so it is stored), for quantized codes
@@ -38,6 +41,7 @@ import numpy as np
 
 from .dtypes import by_name, cpz_dtype_names
 from .errors import CompressionError, WeightFileError
+from .nm_layout import plan_nm
 from .quant_layout import expand_params, param_shape
 from .quantization import QuantizedArray
 
@@ -119,11 +123,26 @@ def _fill_of(q: QuantizedArray) -> np.ndarray | None:
 
 @dataclass(frozen=True)
 class _Plan:
-    layout: str  # "full" | "bitmask" | "csr"
+    layout: str  # "full" | "bitmask" | "csr" | "nm"
     nbytes: int  # payload bytes of the layout (values/codes + index)
     nnz: int
     width: int = 0  # csr index width in bits
     entries: int = 0  # csr index entries
+    n: int = 0  # nm: values stored per group
+    m: int = 0  # nm: group size along axis 1
+    index: str = ""  # nm: "rank" or "offset"
+
+
+def _with_nm(plan: _Plan, stored: np.ndarray | None, shape: tuple[int, ...], itemsize: int,
+             bits: int | None) -> _Plan:
+    """``plan``, or the ``nm`` layout (:mod:`coreprune.nm_layout`) where it is strictly smaller."""
+    if stored is None or len(shape) < 2 or int(np.count_nonzero(stored)) == stored.size:
+        return plan  # a tensor with every element stored has no run of m with fewer than m
+    nm = plan_nm(stored.reshape(shape), itemsize=itemsize, bits=bits)
+    if nm is None or nm.nbytes >= plan.nbytes:
+        return plan
+    groups = int(np.prod(shape, dtype=np.int64)) // nm.m
+    return _Plan("nm", nm.nbytes, groups * nm.n, n=nm.n, m=nm.m, index=nm.index)
 
 
 def _value_bytes(count: int, itemsize: int, bits: int | None) -> int:
@@ -168,7 +187,7 @@ def _plan(
 
 
 def layout_of(value: Value) -> str:
-    """The layout :func:`coreprune.save_compressed` picks: ``"full"``, ``"bitmask"`` or ``"csr"``.
+    """The layout :func:`coreprune.save_compressed` picks: ``"full"``, ``"bitmask"``, ``"csr"`` or ``"nm"``.
 
     Parameters
     ----------
@@ -180,6 +199,9 @@ def layout_of(value: Value) -> str:
     >>> w = np.zeros(1000, np.float32); w[::2] = 1.0
     >>> layout_of(w), layout_of(np.ones(1000, np.float32)), layout_of(np.eye(100, dtype=np.float32))
     ('bitmask', 'full', 'csr')
+    >>> layout_of(np.tile(np.float32([1, 0, 0, 2]), (8, 4)))    # 2:4 along the input axis
+    'nm'
+
     """
     return _plan_value(value, "value")[0].layout
 
@@ -195,11 +217,13 @@ def _plan_value(
         flat = value.codes.reshape(-1)
         stored = None if fill is None else flat != fill
         plan, positions, gaps = _plan(stored, flat.size, flat.dtype.itemsize, value.bits)
+        plan = _with_nm(plan, stored, value.shape, flat.dtype.itemsize, value.bits)
     elif isinstance(value, np.ndarray):
         _dtype_name(value.dtype, name)
         flat = _little(value).reshape(-1)
         stored = _stored_mask(flat)
         plan, positions, gaps = _plan(stored, flat.size, flat.dtype.itemsize, None)
+        plan = _with_nm(plan, stored, value.shape, flat.dtype.itemsize, None)
     else:
         raise CompressionError(
             f"tensor {name!r} is a {type(value).__name__}; .cpz stores numpy arrays and QuantizedArray"
@@ -210,7 +234,7 @@ def _plan_value(
 def encoded_nbytes(value: Value) -> int:
     """Bytes of ``value``'s data in a ``.cpz`` file, before alignment and manifest.
 
-    The honest size of a compressed tensor: the smallest of the full, bitmask and csr
+    The honest size of a compressed tensor: the smallest of the full, bitmask, csr and nm
     layouts (module docstring), plus ``scale.nbytes`` and ``zero_point.nbytes`` for a
     :class:`~coreprune.quantization.QuantizedArray`. Never more than ``value.nbytes``.
 

@@ -11,6 +11,7 @@ from .. import __version__
 from ..errors import CompressionError
 from ..name_mapping import MAPPINGS
 from ..stats import DEFAULT_THRESHOLD
+from .codebook import parse_codebook_bits
 from .common import (
     _PROG,
     CliError,
@@ -145,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Prune and/or quantize, then store in the compressed .cpz format.")
     prune_options(p, required=False)
     quant_options(p, required=False)
+    g = p.add_argument_group("weight sharing and entropy coding (Deep Compression)")
+    g.add_argument("--codebook-bits", type=parse_codebook_bits, metavar="RULES",
+                   help="instead of --bits: a k-means codebook of 2**B shared values per tensor, B by layer "
+                        "kind or name glob, e.g. conv=8,fc=5 or 'features.*=6,fc=4' or one width 6 "
+                        "(kinds by shape: conv >= 3 axes, fc 2 axes, all; globs win over kinds)")
+    g.add_argument("--entropy", choices=("ans", "none"), default="ans",
+                   help="codebook tensors: ANS-code their codes and index gaps (ans, the default) or "
+                        "bit-pack them (none)")
     add_shard_options(p)
     p.set_defaults(run=_cmd_compress)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..shardwise import ShardSettings
+from .codebook import check_rules, codebook_step
 from .common import (
     CliError,
     _note,
@@ -78,9 +79,13 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
+    if args.codebook_bits is not None:
+        check_rules(args.codebook_bits, args)
     if args.dry_run:
         return _dry_run(args)
     if wants_shards(args, args.output):
+        if args.codebook_bits is not None:
+            raise CliError(f"{args.output}: --codebook-bits writes one .cpz file, not shards")
         if output_ext(args.output) != ".cpz":
             raise CliError(f"{args.output}: compress writes .cpz shards; name the output NAME.cpz.index.json")
         quant = quant_settings(args) if args.bits is not None else {}
@@ -95,7 +100,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         if args.threshold is not None or args.sparsity is not None:
             prune = _prune_step(reader, selected, args, counts)
         quant = _quantize_step(args, counts, True) if args.bits is not None else None
-        pipe = _Pipeline(reader, bar=bar, step=_chain(prune, quant), selected=selected)
+        shared = codebook_step(args.codebook_bits, counts) if args.codebook_bits is not None else None
+        pipe = _Pipeline(reader, bar=bar, step=_chain(prune, quant, shared), selected=selected)
         _write(args, reader, pipe, args.output)
     _summary(args, args.output, counts, len(pipe))
     return 0

@@ -16,6 +16,8 @@ from ..io.cpz import CpzReader
 from ..io.sharded import is_sharded_reader
 from ..selection import is_floating
 from ..stats import TensorStats, tensor_stats, totals
+from ..weight_sharing import CodebookArray
+from .codebook import codebook_row
 from .common import (
     _PLOT_SUFFIXES,
     CliError,
@@ -47,6 +49,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     stats: list[TensorStats] = []
     samples: list[tuple[np.ndarray, int]] = []
     storage: dict[str, dict[str, Any]] = {}
+    codebooks: dict[str, dict[str, Any]] = {}
     shards: dict[str, str] = {}
     with _open_input(args) as reader, _progress(len(reader), "inspect", args.quiet) as bar:
         fmt = reader.format
@@ -63,10 +66,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             if args.plot is not None and is_floating(array.dtype) and array.size and array.ndim >= 1:
                 stride = max(1, math.ceil(array.size / 20_000))
                 samples.append((array.reshape(-1)[::stride].astype(np.float32), stride))
-            if isinstance(reader, CpzReader):
-                storage[name] = reader.storage(name)
-            elif is_sharded_reader(reader) and isinstance(shard := reader.reader_of(name), CpzReader):
-                storage[name] = shard.storage(name)
+            cpz = reader if isinstance(reader, CpzReader) else None
+            if cpz is None and is_sharded_reader(reader):
+                shard = reader.reader_of(name)
+                cpz = shard if isinstance(shard, CpzReader) else None
+            if cpz is not None:
+                storage[name] = cpz.storage(name)
+                shared = cpz.raw(name) if storage[name]["kind"] == "codebook" else None
+                if isinstance(shared, CodebookArray):
+                    codebooks[name] = codebook_row(shared, storage[name]["stored_nbytes"],
+                                                  storage[name]["blob_nbytes"]["codes"])
             del array
             bar.update(1)
         extras = dict(reader.extras)
@@ -79,6 +88,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             row = s.as_dict()
             if s.name in storage:
                 row["storage"] = storage[s.name]
+            if s.name in codebooks:
+                row["codebook"] = codebooks[s.name]
             if shards:
                 row["shard"] = shards[s.name]
             tensors.append(row)
@@ -96,6 +107,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=1))
     else:
         _print_table(args, fmt, stats, storage, summary, extras, file_size, shards)
+        if codebooks:
+            _print_codebooks(codebooks)
         if metadata:
             _print("metadata: " + ", ".join(f"{k} = {v!r}" for k, v in metadata.items()))
         if aliases:
@@ -131,7 +144,7 @@ def _print_table(
         ]
         if storage:
             st = storage[s.name]
-            kind = f"q{st['bits']}" if st["kind"] == "quantized" else "dense"
+            kind = {"quantized": f"q{st['bits']}", "codebook": f"cb{st['bits']}"}.get(st["kind"], "dense")
             row.append(f"{kind} {st['layout']} {_human(st['stored_nbytes'])}")
         if shards:
             row.append(shards[s.name])
@@ -163,6 +176,25 @@ def _print_table(
     if extras:
         shown = ", ".join(f"{k} = {_one_line(repr(_jsonable(v)))[:60]}" for k, v in list(extras.items())[:20])
         _print(f"non-tensor values ({len(extras)}): {shown}")
+
+
+def _print_codebooks(codebooks: dict[str, dict[str, Any]]) -> None:
+    """The per-layer table of codebook tensors: kept weights, bits, bytes, and how close the stored
+    bits per surviving weight come to the empirical entropy of its codes."""
+    header = ["codebook tensor", "kept", "bits", "bytes", "bits/weight", "code bits", "code entropy"]
+
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    rows = [[_printable(name), _pct(r["kept"]), str(r["bits"]), _human(r["nbytes"]),
+             num(r["bits_per_weight"]), num(r["code_bits"]), num(r["code_entropy"])]
+            for name, r in codebooks.items()]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    _print("")
+    for cells in [header, ["-" * w for w in widths], *rows]:
+        _print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))))
+    _print("bits/weight: stored bits (codebook, index, codes) per surviving weight; code bits: the codes "
+           "alone; code entropy: their order-0 bound")
 
 
 def _plot(args: argparse.Namespace, stats: list[TensorStats], samples: list[tuple[np.ndarray, int]]) -> None:

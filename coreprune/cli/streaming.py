@@ -211,7 +211,8 @@ def _write(args: argparse.Namespace, source: WeightReader, pipeline: _Pipeline, 
         provenance = {"coreprune": __version__, "source": Path(args.input).name,
                       "command": " ".join([_PROG, *args.argv])}
         save_compressed(pipeline, output, inputs=_inputs(args, source),
-                        metadata={**(meta or {}), **provenance}, structure=tree)
+                        metadata={**(meta or {}), **provenance}, structure=tree,
+                        entropy=getattr(args, "entropy", "ans") == "ans")
     elif suffix == ".safetensors" and meta:
         save(pipeline, output, inputs=_inputs(args, source), metadata=meta)
     else:
@@ -266,5 +267,9 @@ def _summary(args: argparse.Namespace, output: str, counts: _Counts, tensors: in
                          f"{args.budget:g} bits per weight ({how}, {scope})")
         else:
             parts.append(f"quantized {counts.quantized} to {args.bits} bits ({how}, {scope})")
+    if getattr(counts, "shared", 0):
+        coding = "ANS-coded" if args.entropy == "ans" else "bit-packed"
+        rules = ",".join(f"{k}={b}" for k, b in args.codebook_bits)
+        parts.append(f"shared {counts.shared} with k-means codebooks ({rules}; {coding})")
     size_in, size_out = _input_size(args.input), os.path.getsize(output)
     _say(args, f"wrote {output}: {_human(size_out)} (input {_human(size_in)}); " + "; ".join(parts))

@@ -6,7 +6,7 @@ the same values: QuantizedArrays with identical codes, scales, zero points and
 parameters, arrays bit for bit (``-0.0``, NaN payloads, bfloat16, 0-d and empty
 arrays included).
 
-Each tensor is stored in the layout :mod:`coreprune.layout_planner` picks (full, bitmask or csr);
+Each tensor is stored in the layout :mod:`coreprune.layout_planner` picks (full, bitmask, csr or nm);
 :func:`~coreprune.layout_planner.encoded_nbytes` is its honest size. A file adds 40 bytes of header and
 footer, at most 7 bytes of alignment per blob and a JSON manifest of roughly 200 bytes per tensor. The
 byte layout is documented in ``docs/compressed-format.md``.
@@ -31,7 +31,26 @@ import numpy as np
 
 from .._fast.blocked import block_ranges, run_parallel
 from ..errors import CompressionError, WeightFileError
-from ..layout_planner import Value, _dtype_name, _fill_codes, _little, _param_shape, _parse_dtype, _plan_value
+from ..layout_planner import (
+    Value,
+    _dtype_name,
+    _fill_codes,
+    _little,
+    _param_shape,
+    _parse_dtype,
+    _plan_value,
+)
+from ..nm_layout import (
+    MAX_GROUP,
+    NM_INDEXES,
+    decode_nm_index,
+    encode_nm_index,
+    gather_nm,
+    nm_index_nbytes,
+    nm_positions,
+    nm_select,
+    scatter_nm,
+)
 from ..packing import pack_bits, unpack_bits
 from ..quant_layout import layout_problem
 from ..quantization import QuantizedArray
@@ -184,7 +203,14 @@ def _write_tensor(out: _CountingWriter, name: str, value: Value, entropy: bool =
     entry: dict[str, Any] = {"name": name, "layout": plan.layout}
     blobs: dict[str, list[int]] = {}
     kept = flat
-    if plan.layout != "full":
+    if plan.layout == "nm":
+        assert stored is not None
+        entry.update(n=plan.n, m=plan.m, index=plan.index)
+        selected = nm_select(stored.reshape(value.shape), plan.n, plan.m)
+        positions = nm_positions(stored, plan.n, plan.m, selected)
+        blobs["index"] = out.blob(encode_nm_index(positions, plan.n, plan.m, plan.index))
+        kept = gather_nm(flat.reshape(value.shape), selected, plan.m)
+    elif plan.layout != "full":
         assert stored is not None
         entry["nnz"] = plan.nnz
         if plan.layout == "bitmask":
@@ -402,6 +428,7 @@ class _Entry:
     code_dtype: np.dtype | None = None
     flatten: bool = False
     gap_width: int = 0
+    nm: tuple[int, int, str] | None = None  # layout "nm": (n, m, index encoding)
 
 
 def _validate_entry(raw: object, path: Path, data_end: int) -> _Entry:
@@ -413,7 +440,7 @@ def _validate_entry(raw: object, path: Path, data_end: int) -> _Entry:
     layout = _field(raw, "layout", str, where)
     if kind == "codebook":
         return _validate_codebook(raw, path, where, data_end)
-    if kind not in ("dense", "quantized") or layout not in ("full", "bitmask", "csr"):
+    if kind not in ("dense", "quantized") or layout not in ("full", "bitmask", "csr", "nm"):
         raise _fail(where, f"unknown kind/layout {kind!r}/{layout!r}")
     shape_raw = _field(raw, "shape", list, where)
     dtype = _parse_dtype(raw.get("dtype"), where)
@@ -436,7 +463,15 @@ def _validate_entry(raw: object, path: Path, data_end: int) -> _Entry:
         blobs[role] = (b[0], b[1], b[2])
 
     nnz, width, entries = n, 0, 0
-    if layout != "full":
+    nm: tuple[int, int, str] | None = None
+    if layout == "nm":
+        nm_n, nm_m = _field(raw, "n", int, where), _field(raw, "m", int, where)
+        index = _field(raw, "index", str, where)
+        if len(shape) < 2 or not 1 <= nm_n < nm_m <= MAX_GROUP or shape[1] % nm_m or index not in NM_INDEXES:
+            raise _fail(where, f"bad N:M layout ({nm_n!r}:{nm_m!r}, index {index!r:.20}) for shape {shape}")
+        nm = (nm_n, nm_m, index)
+        nnz = n // nm_m * nm_n
+    elif layout != "full":
         nnz = _field(raw, "nnz", int, where)
         if not 0 <= nnz <= n:
             raise _fail(where, f"nnz {nnz} is not in [0, {n}]")
@@ -480,6 +515,9 @@ def _validate_entry(raw: object, path: Path, data_end: int) -> _Entry:
         expected["mask"] = math.ceil(n / 8)
     elif layout == "csr":
         expected["index"] = entries * width // 8
+    elif nm is not None:
+        expected["index"] = nm_index_nbytes(nm[2], nm[0], nm[1], n // nm[1])
+        extra["nm"] = nm
     if set(blobs) != set(expected):
         raise _fail(where, f"blobs {sorted(blobs)} do not match the layout (want {sorted(expected)})")
     for role, length in expected.items():
@@ -623,8 +661,9 @@ class CpzReader(WeightReader):
         -------
         dict
             ``kind`` (``"dense"`` or ``"quantized"``), ``layout`` (``"full"``, ``"bitmask"``,
-            ``"csr"``), ``bits`` (None for dense) and ``stored_nbytes`` (its blobs' bytes,
-            which is its :func:`coreprune.encoded_nbytes`).
+            ``"csr"``, ``"nm"``), ``bits`` (None for dense), ``stored_nbytes`` (its blobs' bytes,
+            which is its :func:`coreprune.encoded_nbytes`) and ``blob_nbytes`` (role -> bytes:
+            ``values``, ``codes``, ``index``, ``mask``, ``scale``, ``codebook`` ...).
         """
         e = self._entry(name)
         return {
@@ -632,6 +671,7 @@ class CpzReader(WeightReader):
             "layout": e.layout,
             "bits": e.bits if e.kind in ("quantized", "codebook") else None,
             "stored_nbytes": sum(b[1] for b in e.blobs.values()),
+            "blob_nbytes": {role: b[1] for role, b in e.blobs.items()},
         }
 
     def _entry(self, name: str) -> _Entry:
@@ -688,9 +728,20 @@ class CpzReader(WeightReader):
         itemsize = max(e.dtype.itemsize, e.code_dtype.itemsize if e.code_dtype is not None else 0)
         self._meter.charge(name, n * itemsize, sum(b[1] for b in e.blobs.values()),
                            what=f"tensor {name!r:.80} ({e.kind}, {e.layout}, shape {e.shape})")
-        positions = None if e.layout == "full" else self._positions(e)
+        where = f"{self.path}: tensor {name!r}"
+        nm_pos, run = None, 1
+        if e.nm is not None:
+            run = e.nm[1]
+            try:
+                nm_pos = decode_nm_index(self._blob(e, "index", np.dtype(np.uint8)), *e.nm, n // run)
+            except CompressionError as err:
+                raise _fail(where, str(err)) from None
+        positions = None if e.layout in ("full", "nm") else self._positions(e)
         if e.kind == "dense":
             values = self._blob(e, "values", e.dtype)
+            if nm_pos is not None:
+                out = scatter_nm(values, nm_pos, np.zeros((), values.dtype), e.shape, run)
+                return _native(np.ascontiguousarray(out))
             if positions is None:
                 return _native(values).reshape(e.shape)
             out = np.zeros(n, dtype=e.dtype)
@@ -698,7 +749,6 @@ class CpzReader(WeightReader):
             return _native(out).reshape(e.shape)
 
         assert e.code_dtype is not None
-        where = f"{self.path}: tensor {name!r}"
         packed = self._blob(e, "codes", np.dtype(np.uint8))
         try:
             codes = unpack_bits(packed, e.bits, e.nnz, e.code_dtype)
@@ -710,7 +760,12 @@ class CpzReader(WeightReader):
         if not e.symmetric:
             zero_point = _native(self._blob(e, "zero_point", e.code_dtype)).reshape(pshape)
         try:
-            if positions is not None:
+            if nm_pos is not None:
+                fill = _fill_codes(e.bits, e.symmetric, zero_point, e.axis, e.group_size, e.shape, e.flatten)
+                assert fill is not None  # bits == 1 has no sparse layout (validated)
+                codes = np.ascontiguousarray(scatter_nm(codes, nm_pos, np.asarray(fill, e.code_dtype),
+                                                        e.shape, run))
+            elif positions is not None:
                 fill = _fill_codes(e.bits, e.symmetric, zero_point, e.axis, e.group_size, e.shape, e.flatten)
                 assert fill is not None  # bits == 1 has no sparse layout (validated)
                 full = np.empty(n, e.code_dtype)

@@ -203,7 +203,7 @@ def test_inspect_of_a_cpz_shows_how_each_tensor_is_stored_and_lists_extras(run, 
     assert storage["features.3.weight"]["kind"] == "quantized" and storage["features.3.weight"]["bits"] == 4
     assert storage["features.3.weight"]["layout"] in ("bitmask", "csr")
     assert storage["features.1.num_batches_tracked"] == {"kind": "dense", "layout": "full", "bits": None,
-                                                           "stored_nbytes": 8}
+                                                           "stored_nbytes": 8, "blob_nbytes": {"values": 8}}
     assert doc["extras"] == {} and doc["metadata"] == {"trained": "yes"}
     table = run("inspect", path).out
     assert "stored" in table.splitlines()[1] and "q4 " in table

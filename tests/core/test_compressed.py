@@ -387,7 +387,8 @@ def test_open_weights_reads_cpz_dequantized_and_load_compressed_exactly(tmp_path
         assert isinstance(r, CpzReader) and r.spec("a").shape == (6, 5) and r.spec("a").dtype == np.float32
         assert r.metadata == {"source": "unit test"} and r.extras == {}
         assert r.storage("a") == {"kind": "quantized", "layout": "full", "bits": 4,
-                                  "stored_nbytes": encoded_nbytes(q["a"])}
+                                  "stored_nbytes": encoded_nbytes(q["a"]),
+                                  "blob_nbytes": {"codes": 15, "scale": 24}}
         assert r.storage("n")["kind"] == "dense" and r.storage("n")["bits"] is None
     dense = cio.load(path)
     np.testing.assert_array_equal(dense["a"], q["a"].dequantize())

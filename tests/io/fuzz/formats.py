@@ -331,6 +331,12 @@ def cpz_case(draw: Any) -> Case:
     from coreprune.io.cpz import _FOOTER
 
     w = draw(weights(dtypes=[np.float32, np.float16, np.int8]))
+    if draw(st.booleans()):  # an N:M-pruned tensor: the "nm" layout and its fields
+        from coreprune.structured import nm_masks
+
+        n, m = draw(st.sampled_from([(2, 4), (1, 4), (4, 8)]))
+        dense = np.random.default_rng(draw(st.integers(0, 9))).standard_normal((4, 16)).astype(np.float32)
+        w["nm.weight"] = np.where(nm_masks({"w": dense}, n, m)["w"], dense, np.float32(0))
     if draw(st.booleans()):
         floats = {k: v for k, v in w.items() if v.dtype.kind == "f" and v.ndim >= 1}
         if floats:
