@@ -281,6 +281,7 @@ def quantize_job(
             if symmetric:
                 scale[r0:r1] = scale_of(np.maximum(first, 0.0))
             else:
+                assert second is not None  # stats gives affine tiles both reductions
                 lo, hi = np.minimum(first, 0.0), np.maximum(second, 0.0)
                 with np.errstate(over="ignore"):  # an infinite span is refused by scale_of; the
                     span = hi - lo  # reference path then warns and raises, as without this path
