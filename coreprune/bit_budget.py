@@ -116,9 +116,11 @@ def allocate_bits(
                 best = filled
             break
     # every uniform width that fits, filled greedily: never worse than the best uniform choice
+    # (a tensor without that width, e.g. one held at 8 bits, takes its nearest, the wider on a tie)
     for b in sorted({b for widths in sizes.values() for b in widths}):
-        if all(b in sizes[n] for n in sizes) and sum(sizes[n][b] for n in sizes) <= limit + 1e-9:
-            filled = _fill(sizes, errors, factor, {n: b for n in sizes}, limit)
+        pick = {n: min(sizes[n], key=lambda a, b=b: (abs(a - b), -a)) for n in sizes}
+        if sum(sizes[n][a] for n, a in pick.items()) <= limit + 1e-9:
+            filled = _fill(sizes, errors, factor, pick, limit)
             if cost(filled) < cost(best):
                 best = filled
     return {n: best[n] for n in sizes}

