@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 import numpy as np
 
@@ -99,6 +100,12 @@ def allocate_bits(
     def cost(c: Mapping[str, int]) -> float:
         return sum(factor[n] * errors[n][b] for n, b in c.items())
 
+    def lagrangian(n: str, lam: float, b: int) -> tuple[float, int]:
+        return (factor[n] * errors[n][b] + lam * sizes[n][b], b)
+
+    def nearest(b: int, a: int) -> tuple[int, int]:
+        return (abs(a - b), -a)
+
     best = _fill(sizes, errors, factor, dict(choice), limit)
     # Lagrangian: each tensor on its own minimises factor * error + lam * bytes; the largest lam
     # whose choice fits, then filled greedily, avoids the greedy's trap of cheap large upgrades
@@ -108,8 +115,7 @@ def allocate_bits(
         for n in sizes for a in sizes[n] for b in sizes[n] if sizes[n][b] > sizes[n][a]
     } | {0.0})
     for lam in slopes:
-        pick = {n: min(sizes[n], key=lambda b, n=n: (factor[n] * errors[n][b] + lam * sizes[n][b], b))
-                for n in sizes}
+        pick = {n: min(sizes[n], key=partial(lagrangian, n, lam)) for n in sizes}
         if sum(sizes[n][b] for n, b in pick.items()) <= limit + 1e-9:
             filled = _fill(sizes, errors, factor, pick, limit)
             if cost(filled) < cost(best):
@@ -118,7 +124,7 @@ def allocate_bits(
     # every uniform width that fits, filled greedily: never worse than the best uniform choice
     # (a tensor without that width, e.g. one held at 8 bits, takes its nearest, the wider on a tie)
     for b in sorted({b for widths in sizes.values() for b in widths}):
-        pick = {n: min(sizes[n], key=lambda a, b=b: (abs(a - b), -a)) for n in sizes}
+        pick = {n: min(sizes[n], key=partial(nearest, b)) for n in sizes}
         if sum(sizes[n][a] for n, a in pick.items()) <= limit + 1e-9:
             filled = _fill(sizes, errors, factor, pick, limit)
             if cost(filled) < cost(best):
