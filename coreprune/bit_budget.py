@@ -21,10 +21,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import CompressionError
+
+if TYPE_CHECKING:  # quantization imports this module
+    from .quantization import QuantizedArray
 
 __all__ = ["allocate_bits", "noise_to_signal", "measure", "widths_checked"]
 
@@ -175,18 +179,18 @@ def measure(
     names: Sequence[str],
     weights: Mapping[str, np.ndarray],
     widths: Sequence[int],
-    quantize_one: Callable[[str, int], object],
+    quantize_one: Callable[[str, int], QuantizedArray],
 ) -> tuple[dict, dict, dict, dict]:
     """Quantize each tensor at each width: sizes, errors, counts, and the quantized arrays themselves."""
     sizes: dict[str, dict[int, int]] = {}
     errors: dict[str, dict[int, float]] = {}
-    arrays: dict[str, dict[int, object]] = {}
+    arrays: dict[str, dict[int, QuantizedArray]] = {}
     for name in names:
         sizes[name], errors[name], arrays[name] = {}, {}, {}
         for b in widths:
             q = quantize_one(name, b)
             arrays[name][b] = q
-            sizes[name][b] = q.nbytes  # type: ignore[attr-defined]
-            errors[name][b] = noise_to_signal(weights[name], q.dequantize())  # type: ignore[attr-defined]
+            sizes[name][b] = q.nbytes
+            errors[name][b] = noise_to_signal(weights[name], q.dequantize())
     counts = {n: int(weights[n].size) for n in names}
     return sizes, errors, counts, arrays

@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import ml_dtypes
 import numpy as np
@@ -274,7 +275,8 @@ class QuantizedArray:
             values *= 2
             values -= 1
         elif not self.symmetric:
-            values -= params_to_rows(self.zero_point, *layout).astype(work)[:, None]  # type: ignore[arg-type]
+            assert self.zero_point is not None  # __post_init__: an affine array carries its zero points
+            values -= params_to_rows(self.zero_point, *layout).astype(work)[:, None]
         with np.errstate(over="ignore"):  # an overshoot past the float32 range is clipped just below
             values *= scale
         # rounding can put an extreme value up to scale/2 beyond the dtype's largest finite value;
@@ -753,7 +755,7 @@ def _quantize_budget(
     def one(name: str, b: int) -> QuantizedArray:
         result = _quantize_selected(weights, [name], {name: b}, symmetric, axis, group_size, flatten, method,
                                     full_range, rounding)
-        return result[name]  # type: ignore[return-value]
+        return cast(QuantizedArray, result[name])  # selected by name, so quantized
 
     sizes, errors, counts, arrays = bit_budget.measure(names, weights, widths, one)
     # With the default layout a small fan-in (default_bits) only gets the widths of 8 bits and more

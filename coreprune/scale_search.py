@@ -228,5 +228,6 @@ def hqq_params(
         best_err = np.where(better, err, best_err)
         best_s = np.where(better, cand_s, best_s)
         if cand_z is not None:
-            best_z = np.where(better, cand_z, best_z)  # type: ignore[arg-type]
+            assert best_z is not None  # affine: the best and the candidate both have zero points
+            best_z = np.where(better, cand_z, best_z)
     return best_s, best_z
