@@ -27,7 +27,6 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
-from scipy import stats
 
 from .errors import CompressionError
 from .selection import Pattern, check_weights, is_floating, require_finite, select
@@ -383,6 +382,8 @@ def nf4_codebook() -> np.ndarray:
     >>> [round(float(x), 4) for x in v[[0, 7, 8, 15]]]
     [-1.0, 0.0, 0.0796, 1.0]
     """
+    from scipy import stats  # lazily: scipy.stats is slow to import and rarely needed
+
     offset = 0.5 * (1 / 32 + 1 / 30)  # 0.9677 from the top, as bitsandbytes' create_normal_map
     pos = stats.norm.ppf(np.linspace(1 - offset, 0.5, 9)[:-1])
     neg = -stats.norm.ppf(np.linspace(1 - offset, 0.5, 8)[:-1])
@@ -414,6 +415,8 @@ def lloyd_max_gaussian(bits: int, *, iters: int = 200) -> np.ndarray:
     >>> [round(float(v), 3) for v in lloyd_max_gaussian(2)]
     [-1.51, -0.453, 0.453, 1.51]
     """
+    from scipy import stats  # lazily: scipy.stats is slow to import and rarely needed
+
     bits = _check_bits(bits)
     if bits > 8:
         raise CompressionError(f"lloyd_max_gaussian supports 1..8 bits, got {bits}")

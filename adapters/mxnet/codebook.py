@@ -94,12 +94,12 @@ def _pre_forward(block: gluon.Block, _inputs: Any) -> None:
                     arr._fresh_grad = True
 
 
-def attach_codebooks(block: gluon.Block, shared: Mapping[str, CodebookArray]) -> gluon.Block:
-    """Make the named weights of ``block`` shared-weight tensors whose centroids train.
+def attach_codebooks(target: gluon.Block, shared: Mapping[str, CodebookArray]) -> gluon.Block:
+    """Make the named weights of ``target`` shared-weight tensors whose centroids train.
 
     Parameters
     ----------
-    block : gluon.Block
+    target : gluon.Block
         The Block you call (its forward pre-hook writes the weights); initialised.
     shared : Mapping[str, CodebookArray]
         Structural name (``"fc1.weight"``, as :func:`~coreprune.mxnet.to_numpy` names it) to the
@@ -108,7 +108,7 @@ def attach_codebooks(block: gluon.Block, shared: Mapping[str, CodebookArray]) ->
     Returns
     -------
     gluon.Block
-        ``block``; :func:`centroid_params` lists the new trainable centroids.
+        ``target``; :func:`centroid_params` lists the new trainable centroids.
 
     Raises
     ------
@@ -130,9 +130,9 @@ def attach_codebooks(block: gluon.Block, shared: Mapping[str, CodebookArray]) ->
     >>> centroid_params(fc)["weight"].list_grad()[0].asnumpy().tolist()
     [2.0, 2.0]
     """
-    if not isinstance(block, gluon.Block):
-        raise CompressionError(f"attach_codebooks expects a gluon Block, got {type(block).__name__}")
-    params = _slots(block, verb="attach_codebooks")
+    if not isinstance(target, gluon.Block):
+        raise CompressionError(f"attach_codebooks expects a gluon Block, got {type(target).__name__}")
+    params = _slots(target, verb="attach_codebooks")
     plan = []
     for name, value in shared.items():
         if not isinstance(value, CodebookArray):
@@ -148,10 +148,10 @@ def attach_codebooks(block: gluon.Block, shared: Mapping[str, CodebookArray]) ->
         if tuple(param.shape) != value.shape:
             raise CompressionError(f"attach_codebooks: {name!r} has shape {tuple(param.shape)}, "
                                    f"the codebook {value.shape}")
-    entry = _BLOCKS.get(block)
+    entry = _BLOCKS.get(target)
     if entry is None:
-        entry = (block.register_forward_pre_hook(_pre_forward), {})
-        _BLOCKS[block] = entry
+        entry = (target.register_forward_pre_hook(_pre_forward), {})
+        _BLOCKS[target] = entry
     for name, param, value in plan:
         ctx = param.list_ctx()[0]
         centroids = gluon.Parameter(f"{name.replace('.', '_')}_centroids", shape=(value.codebook.size,),
@@ -169,7 +169,7 @@ def attach_codebooks(block: gluon.Block, shared: Mapping[str, CodebookArray]) ->
             param.grad_req = "write"
         state.write()
         entry[1][name] = state
-    return block
+    return target
 
 
 def centroid_params(block: gluon.Block) -> dict[str, gluon.Parameter]:
@@ -178,7 +178,7 @@ def centroid_params(block: gluon.Block) -> dict[str, gluon.Parameter]:
     return {} if entry is None else {name: s.centroids for name, s in entry[1].items()}
 
 
-def attached_codebooks(block: gluon.Block) -> dict[str, CodebookArray]:
+def attached_codebooks(target: gluon.Block) -> dict[str, CodebookArray]:
     """The current codebooks of every weight set up by :func:`attach_codebooks`, by weight name.
 
     Examples
@@ -191,11 +191,11 @@ def attached_codebooks(block: gluon.Block) -> dict[str, CodebookArray]:
     >>> attached_codebooks(fc)["weight"].codebook.shape
     (4,)
     """
-    entry = _BLOCKS.get(block)
+    entry = _BLOCKS.get(target)
     return {} if entry is None else {name: s.book() for name, s in entry[1].items()}
 
 
-def detach_codebooks(block: gluon.Block) -> gluon.Block:
+def detach_codebooks(target: gluon.Block) -> gluon.Block:
     """Write the shared values into the weights one last time and forget the codebooks.
 
     Examples
@@ -208,9 +208,9 @@ def detach_codebooks(block: gluon.Block) -> gluon.Block:
     >>> len(np.unique(detach_codebooks(fc).weight.data().asnumpy()))
     2
     """
-    entry = _BLOCKS.pop(block, None)
+    entry = _BLOCKS.pop(target, None)
     if entry is not None:
         entry[0].detach()
         for s in entry[1].values():
             s.write()
-    return block
+    return target

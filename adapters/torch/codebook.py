@@ -50,12 +50,12 @@ def _hooks(module: nn.Module) -> dict[str, tuple[int, _SharedWeight]]:
     return {hook.attr: (key, hook) for key, hook in hooks if isinstance(hook, _SharedWeight)}
 
 
-def attach_codebooks(module: nn.Module, shared: Mapping[str, CodebookArray]) -> nn.Module:
-    """Make the named weights of ``module`` shared-weight tensors whose centroids train.
+def attach_codebooks(target: nn.Module, shared: Mapping[str, CodebookArray]) -> nn.Module:
+    """Make the named weights of ``target`` shared-weight tensors whose centroids train.
 
     Parameters
     ----------
-    module : torch.nn.Module
+    target : torch.nn.Module
         Modified in place and returned. Each named weight must be a plain parameter (call
         ``torch.nn.utils.prune.remove`` first on a pruned one: the codebook's mask replaces it).
     shared : Mapping[str, CodebookArray]
@@ -65,7 +65,7 @@ def attach_codebooks(module: nn.Module, shared: Mapping[str, CodebookArray]) -> 
     Returns
     -------
     torch.nn.Module
-        ``module``; its ``parameters()`` now list ``<name>_centroids`` instead of the weights, so
+        ``target``; its ``parameters()`` now list ``<name>_centroids`` instead of the weights, so
         an optimizer built afterwards trains the centroids (and the other parameters).
 
     Raises
@@ -86,8 +86,8 @@ def attach_codebooks(module: nn.Module, shared: Mapping[str, CodebookArray]) -> 
     >>> layer.weight_centroids.grad.tolist()   # two weights in each cluster, dL/dw = 1 each
     [2.0, 2.0]
     """
-    if not isinstance(module, nn.Module):
-        raise CompressionError(f"attach_codebooks expects a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(target, nn.Module):
+        raise CompressionError(f"attach_codebooks expects a torch.nn.Module, got {type(target).__name__}")
     plan = []
     for name, value in shared.items():
         if not isinstance(value, CodebookArray):
@@ -95,13 +95,13 @@ def attach_codebooks(module: nn.Module, shared: Mapping[str, CodebookArray]) -> 
             raise CompressionError(f"attach_codebooks: {name!r} is a {kind}, not a CodebookArray")
         path, _, attr = name.rpartition(".")
         try:
-            sub = module.get_submodule(path)
+            sub = target.get_submodule(path)
         except AttributeError:
             raise CompressionError(f"attach_codebooks: no submodule {path!r} for {name!r}") from None
         param = sub._parameters.get(attr)
         if param is None:
             hint = " (pruned: call torch.nn.utils.prune.remove first)" if hasattr(sub, attr + "_orig") else ""
-            raise CompressionError(f"attach_codebooks: {name!r} is not a parameter of the module{hint}")
+            raise CompressionError(f"attach_codebooks: {name!r} is not a parameter of the target{hint}")
         if tuple(param.shape) != value.shape:
             raise CompressionError(f"attach_codebooks: {name!r} has shape {tuple(param.shape)}, "
                                    f"the codebook {value.shape}")
@@ -117,7 +117,7 @@ def attach_codebooks(module: nn.Module, shared: Mapping[str, CodebookArray]) -> 
         hook = _SharedWeight(attr, value.bits, value.dtype)
         setattr(sub, attr, hook.compute(sub))
         sub.register_forward_pre_hook(hook)
-    return module
+    return target
 
 
 def _shared_modules(module: nn.Module):
@@ -126,7 +126,7 @@ def _shared_modules(module: nn.Module):
             yield (f"{path}.{attr}" if path else attr), sub, key, hook
 
 
-def attached_codebooks(module: nn.Module) -> dict[str, CodebookArray]:
+def attached_codebooks(target: nn.Module) -> dict[str, CodebookArray]:
     """The current codebooks of every weight set up by :func:`attach_codebooks`.
 
     Returns
@@ -145,7 +145,7 @@ def attached_codebooks(module: nn.Module) -> dict[str, CodebookArray]:
     (4,)
     """
     out = {}
-    for name, sub, _, hook in _shared_modules(module):
+    for name, sub, _, hook in _shared_modules(target):
         mask = getattr(sub, hook.attr + "_mask").detach().cpu().numpy() != 0
         codes = getattr(sub, hook.attr + "_codes").detach().cpu().numpy()
         centroids = getattr(sub, hook.attr + "_centroids").detach().cpu().numpy().astype(np.float32)
@@ -155,7 +155,7 @@ def attached_codebooks(module: nn.Module) -> dict[str, CodebookArray]:
     return out
 
 
-def detach_codebooks(module: nn.Module) -> nn.Module:
+def detach_codebooks(target: nn.Module) -> nn.Module:
     """Undo :func:`attach_codebooks`: each weight becomes a plain parameter holding its shared values.
 
     Examples
@@ -169,7 +169,7 @@ def detach_codebooks(module: nn.Module) -> nn.Module:
     >>> len(torch.unique(layer.weight))
     2
     """
-    for _name, sub, key, hook in list(_shared_modules(module)):
+    for _name, sub, key, hook in list(_shared_modules(target)):
         with torch.no_grad():
             value = hook.compute(sub).detach().clone()
         del sub._forward_pre_hooks[key]
@@ -178,4 +178,4 @@ def detach_codebooks(module: nn.Module) -> nn.Module:
         if hook.attr in sub.__dict__:
             del sub.__dict__[hook.attr]
         sub.register_parameter(hook.attr, nn.Parameter(value))
-    return module
+    return target

@@ -16,6 +16,7 @@ from ..bit_budget import allocate_bits, noise_to_signal
 from ..io import save
 from ..io.base import TensorSpec, WeightReader
 from ..io.cpz import save_compressed
+from ..io.torch_format import EXTENSIONS as _TORCH_SUFFIXES
 from ..pruning import (
     GlobalThreshold,
     _spec_view,
@@ -71,6 +72,9 @@ class _Pipeline(WeightReader):
             for extra in after.get(new, []):
                 self._specs[extra] = TensorSpec(tuple(self._added[extra].shape), self._added[extra].dtype)
         self.extras = source.extras
+        # The nesting names the source's tensors: it holds while no tensor is renamed or added.
+        if rename is None and not added:
+            self.structure = source.structure
         self._step = step
         self._selected = set(selected)
         self._bar = bar
@@ -187,7 +191,8 @@ def _write(args: argparse.Namespace, source: WeightReader, pipeline: _Pipeline, 
     """Write ``pipeline`` to ``output`` (never over the input) and say what was not written.
 
     String metadata (safetensors ``__metadata__``, a ``.cpz`` manifest's metadata) is carried
-    over to the formats that hold it; a ``.cpz`` output also records its provenance.
+    over to the formats that hold it; a ``.cpz`` output also records its provenance. A nested
+    checkpoint's structure and non-tensor values are kept by ``.cpz`` and torch outputs.
     """
     meta = dict(source.metadata) or None
     suffix = Path(output).suffix.lower()
@@ -200,21 +205,26 @@ def _write(args: argparse.Namespace, source: WeightReader, pipeline: _Pipeline, 
                 f"{output}: tensor {scalars[0]!r} is 0-d ({len(scalars)} in all), which MXNet .params "
                 "files (legacy-shape records) cannot hold; write .npz, .safetensors or .pt instead"
             )
+    tree = pipeline.structure
+    kept = tree is not None and (suffix == ".cpz" or suffix in _TORCH_SUFFIXES)
     if suffix == ".cpz":
         provenance = {"coreprune": __version__, "source": Path(args.input).name,
                       "command": " ".join([_PROG, *args.argv])}
         save_compressed(pipeline, output, inputs=_inputs(args, source),
-                        metadata={**(meta or {}), **provenance})
+                        metadata={**(meta or {}), **provenance}, structure=tree)
     elif suffix == ".safetensors" and meta:
         save(pipeline, output, inputs=_inputs(args, source), metadata=meta)
     else:
-        save(pipeline, output, inputs=_inputs(args, source))
+        save(pipeline, output, inputs=_inputs(args, source), **({"structure": tree} if kept else {}))
         if meta:
             _note(args, f"the metadata of {args.input} ({', '.join(meta)}) is not written: "
                   f"{Path(output).suffix or 'that format'} has no place for it")
-    lost = list(source.extras)
+    lost = [] if kept else list(source.extras)
     if lost:
         _note(args, f"{len(lost)} non-tensor value(s) of {args.input} not written: {', '.join(lost[:8])}")
+    if tree is not None and not kept:
+        _note(args, f"the nesting of {args.input} is not written: {output} holds its tensors under flat "
+                    "dotted names (.pt and .cpz outputs keep it)")
 
 
 def _inputs(args: argparse.Namespace, source: WeightReader) -> tuple[str | os.PathLike, ...]:

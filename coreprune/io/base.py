@@ -452,6 +452,11 @@ class WeightReader(Mapping[str, np.ndarray]):
         Tensors stored once under several names (tied weights in a ``torch.save`` file): each
         later name -> the first name viewing the same elements. Empty for formats that store
         every name separately.
+    structure : object or None
+        How a nested checkpoint holds its tensors and other values (a ``torch.save`` file of
+        ``{"state_dict": ..., "epoch": ...}``, or a ``.cpz`` file written from one), as
+        JSON-ready nodes (:mod:`coreprune.io.structure`); None for a flat mapping of tensors.
+        The torch and ``.cpz`` writers take it back (``structure=``) to rebuild the nesting.
 
     Examples
     --------
@@ -471,6 +476,7 @@ class WeightReader(Mapping[str, np.ndarray]):
         self.extras: dict[str, Any] = {}
         self.metadata: dict[str, str] = {}
         self.aliases: dict[str, str] = {}
+        self.structure: Any = None
 
     def spec(self, name: str) -> TensorSpec:
         """Shape and dtype of ``name`` without reading its data."""

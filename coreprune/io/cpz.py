@@ -38,6 +38,7 @@ from ..quant_layout import layout_problem
 from ..quantization import QuantizedArray
 from ..weight_sharing import CodebookArray
 from . import cpz_codebook
+from . import structure as _st
 from .base import (
     CPZ_EXPANSION_RATIO,
     MAX_NDIM,
@@ -227,6 +228,7 @@ def write(
     *,
     metadata: Mapping[str, str] | None = None,
     entropy: bool = True,
+    structure: Any = None,
 ) -> None:
     """Write ``weights`` to the open binary file ``f`` in the ``.cpz`` format, one tensor at a time.
 
@@ -243,12 +245,16 @@ def write(
     entropy : bool, default True
         Store :class:`~coreprune.weight_sharing.CodebookArray` values in the entropy-coded
         ``"ans"`` codebook layout (else ``"packed"``); other values are unaffected.
+    structure : object, optional
+        A checkpoint's nesting (``reader.structure``, :mod:`coreprune.io.structure`), stored in
+        the manifest so that ``open_weights(path).structure`` and ``.extras`` give it back.
 
     Raises
     ------
     CompressionError
         A name that is not a string, a value that is neither an array nor a QuantizedArray,
-        a dtype the format cannot store, or metadata that is not ``str -> str``.
+        a dtype the format cannot store, metadata that is not ``str -> str``, or a structure
+        holding a value JSON cannot (see :func:`coreprune.io.structure.check_writable`).
 
     Examples
     --------
@@ -265,6 +271,8 @@ def write(
         if not isinstance(k, str) or not isinstance(v, str):
             raise CompressionError(f"metadata must map str to str; got {k!r}: {type(v).__name__}")
     check_names_encodable(weights, ".cpz")
+    if structure is not None:
+        _st.check_writable(structure, list(weights), ".cpz")
     out = _CountingWriter(f)
     out.write(_HEADER.pack(MAGIC, VERSION, 0))
     tensors = []
@@ -272,8 +280,11 @@ def write(
         if not isinstance(name, str):
             raise CompressionError(f"weights has a non-string key {name!r}; names must be str")
         tensors.append(_write_tensor(out, name, weights[name], entropy))
+    doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "metadata": meta, "tensors": tensors}
+    if structure is not None:  # an optional key: readers that predate it ignore it
+        doc["structure"] = structure
     manifest = json.dumps(
-        {"format": FORMAT, "version": VERSION, "metadata": meta, "tensors": tensors},
+        doc,
         separators=(",", ":"),
         ensure_ascii=False,
         allow_nan=False,
@@ -290,6 +301,7 @@ def save_compressed(
     metadata: Mapping[str, str] | None = None,
     inputs: tuple[str | os.PathLike, ...] = (),
     entropy: bool = True,
+    structure: Any = None,
 ) -> None:
     """Write arrays and QuantizedArrays to a ``.cpz`` file, atomically.
 
@@ -311,6 +323,8 @@ def save_compressed(
         Entropy-code the codes and index gaps of
         :class:`~coreprune.weight_sharing.CodebookArray` values (the ``"ans"`` codebook layout,
         :mod:`coreprune.io.cpz_codebook`); False bit-packs them (``"packed"``).
+    structure : object, optional
+        A nested checkpoint's structure to keep (see :func:`write`).
 
     Raises
     ------
@@ -331,7 +345,7 @@ def save_compressed(
     (True, 3)
     """
     with atomic_write(path, inputs=inputs) as f:
-        write(weights, f, metadata=metadata, entropy=entropy)
+        write(weights, f, metadata=metadata, entropy=entropy, structure=structure)
 
 
 # ----------------------------------------------------------------------------------------------- reader
@@ -514,7 +528,8 @@ class CpzReader(WeightReader):
     :meth:`raw` gives exactly the stored value (a QuantizedArray for quantized tensors).
     The manifest is validated completely when the reader opens; each blob's CRC-32 is
     checked when it is read. ``metadata`` holds the manifest's free-text metadata
-    (``dict[str, str]``, empty if none); ``extras`` is always empty.
+    (``dict[str, str]``, empty if none); ``structure`` the nesting of the checkpoint the file was
+    written from (None if flat), and ``extras`` that checkpoint's non-tensor values by dotted name.
 
     Examples
     --------
@@ -592,6 +607,9 @@ class CpzReader(WeightReader):
             if entry.name in entries:
                 raise _fail(where, f"tensor {entry.name!r} appears twice")
             entries[entry.name] = entry
+        if "structure" in manifest:
+            self.structure = _st.validate(manifest["structure"], entries, where)
+            self.extras = _st.extras_of(self.structure)
         return entries
 
     @property

@@ -27,6 +27,8 @@ Integer keys (optimizer state) become decimal parts (``"optimizer.state.0.exp_av
 A list or tuple that holds tensors is indexed (``"layers.0"``); one that holds none
 is one value in ``extras`` (``"optimizer.param_groups"``). A bare saved tensor is
 named ``"tensor"``; a bare non-tensor value is ``extras["value"]``.
+``reader.structure`` records the nesting itself (:mod:`coreprune.io.structure`; None for a
+flat state dict), so that :func:`write` can rebuild the checkpoint around processed tensors.
 
 Writing
 -------
@@ -34,13 +36,16 @@ Writing
 ``model.state_dict()`` holds) in the zip layout, which ``torch.load(path,
 weights_only=True)`` reads with ``mmap`` on or off: every record stored
 (uncompressed) and 64-byte aligned, CRCs set, zip64 end records as torch writes
-them. Tensors are written one at a time, C-contiguous, each in its own storage.
+them. Tensors are written one at a time, C-contiguous, each in its own storage. Given a
+``structure``, it writes that nested checkpoint instead (dicts, ``OrderedDict``, lists, tuples,
+strings, numbers, booleans, None and the tensors).
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import re
 import struct
@@ -56,6 +61,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..errors import CompressionError, WeightFileError
+from . import structure as _st
 from .base import (
     ExpansionMeter,
     TensorSpec,
@@ -384,8 +390,10 @@ def _read_zip(z: ZipArchive, path: Path, size: int, opts: _Options) -> TorchRead
         max_tensor_nbytes=size,
         allow_globals=opts.allow_globals,
     )
-    tensors, extras = _flatten(path, obj, budget=length + 16)
-    return TorchReader(path, "zip", tensors, extras, spans, byteorder, **opts.reader_kwargs(size))
+    tensors, extras, tree = _flatten(path, obj, budget=length + 16)
+    reader = TorchReader(path, "zip", tensors, extras, spans, byteorder, **opts.reader_kwargs(size))
+    reader.structure = tree
+    return reader
 
 
 # -- legacy layout ------------------------------------------------------------------------------------
@@ -442,16 +450,22 @@ def _open_legacy(path: Path, f: BinaryIO, size: int, opts: _Options) -> TorchRea
         check_extent(path, f"storage {key!r:.40}", pos + 8, nbytes, size)
         spans[key] = (pos + 8, nbytes)
         pos += 8 + nbytes
-    tensors, extras = _flatten(path, obj, budget=pickle_len + 16)
-    return TorchReader(path, "legacy", tensors, extras, spans, byteorder, **opts.reader_kwargs(size))
+    tensors, extras, tree = _flatten(path, obj, budget=pickle_len + 16)
+    reader = TorchReader(path, "legacy", tensors, extras, spans, byteorder, **opts.reader_kwargs(size))
+    reader.structure = tree
+    return reader
 
 
 # -- names --------------------------------------------------------------------------------------------
-def _flatten(path: Path, root: Any, budget: int) -> tuple[dict[str, TensorRef], dict[str, Any]]:
-    """Tensors and other values of a checkpoint by dotted name.
+def _flatten(
+    path: Path, root: Any, budget: int
+) -> tuple[dict[str, TensorRef], dict[str, Any], _st.Node | None]:
+    """Tensors and other values of a checkpoint by dotted name, and its structure.
 
     ``budget`` bounds the values visited: a tree cannot have more nodes than its pickle
-    has bytes, so visiting more means containers shared or nested in a cycle.
+    has bytes, so visiting more means containers shared or nested in a cycle. The structure
+    (:mod:`coreprune.io.structure`) is None for a flat state dict (string keys, tensor values),
+    which is what :func:`write` writes by default.
     """
     visits = 0
 
@@ -462,7 +476,9 @@ def _flatten(path: Path, root: Any, budget: int) -> tuple[dict[str, TensorRef], 
             return str(key)
         raise WeightFileError(f"{path}: a dict at {where or 'the top'!r:.60} has a {type(key).__name__} key")
 
-    def walk(obj: Any, name: str, depth: int) -> tuple[list[tuple[str, TensorRef]], list[tuple[str, Any]]]:
+    Walked = tuple[list[tuple[str, TensorRef]], list[tuple[str, Any]], _st.Node]
+
+    def walk(obj: Any, name: str, depth: int) -> Walked:
         nonlocal visits
         visits += 1
         if visits > budget or depth > _MAX_DEPTH:
@@ -470,39 +486,46 @@ def _flatten(path: Path, root: Any, budget: int) -> tuple[dict[str, TensorRef], 
                 f"{path}: containers nest deeper than {_MAX_DEPTH} levels or refer to themselves near "
                 f"{name!r:.60} (corrupted or hostile)"
             )
+        tensor_name = name or ROOT_TENSOR
         if isinstance(obj, TensorRef):
-            return [(name, obj)], []
+            return [(name, obj)], [], {"tensor": tensor_name}
         if isinstance(obj, StorageRef):  # a bare storage reads as the 1-D tensor of its elements
             return [
                 (name, TensorRef(obj, obj.dtype, obj.byte_offset // obj.dtype.itemsize, (obj.numel,), (1,)))
-            ], []
+            ], [], {"unsupported": "a bare storage (not a tensor)"}
         if type(obj) in (dict, collections.OrderedDict):
             if not obj:
-                return [], [(name, {})]
+                return [], [(name, {})], {"dict" if type(obj) is dict else "odict": []}
             tensors: list[tuple[str, TensorRef]] = []
             extras: list[tuple[str, Any]] = []
+            pairs: list[list[Any]] = []
             for k, v in obj.items():
                 part = key_text(k, name)
-                t, e = walk(v, f"{name}.{part}" if name else part, depth + 1)
+                t, e, node = walk(v, f"{name}.{part}" if name else part, depth + 1)
                 tensors += t
                 extras += e
-            return tensors, extras
+                pairs.append([k, node] if type(k) is not float or math.isfinite(k)
+                             else [part, {"unsupported": f"a dict with the key {part}"}])
+            return tensors, extras, {"dict" if type(obj) is dict else "odict": pairs}
         if type(obj) in (list, tuple):
-            tensors, extras = [], []
+            tensors, extras, nodes = [], [], []
             for i, v in enumerate(obj):
-                t, e = walk(v, f"{name}.{i}" if name else str(i), depth + 1)
+                t, e, node = walk(v, f"{name}.{i}" if name else str(i), depth + 1)
                 tensors += t
                 extras += e
-            return (tensors, extras) if tensors else ([], [(name, obj)])
+                nodes.append(node)
+            kind = "list" if type(obj) is list else "tuple"
+            return (tensors, extras, {kind: nodes}) if tensors else ([], [(name, obj)], {kind: nodes})
         if isinstance(obj, PickleGlobal):
-            return [], [(name, obj.name)]
+            return [], [(name, obj.name)], {"unsupported": f"the global {obj.name}"}
         if isinstance(obj, PickledObject):  # an allowed global's record: its attributes are its contents
+            opaque = {"unsupported": f"an opaque {obj.name} record"}
             if type(obj.state) in (dict, collections.OrderedDict) and obj.state:
-                return walk(obj.state, name, depth + 1)
-            return [], [(name, obj)]
-        return [], [(name, obj)]
+                return (*walk(obj.state, name, depth + 1)[:2], opaque)
+            return [], [(name, obj)], opaque
+        return [], [(name, obj)], _st.leaf(obj)
 
-    tensors, extras = walk(root, "", 0)
+    tensors, extras, tree = walk(root, "", 0)
     out_t: dict[str, TensorRef] = {}
     out_e: dict[str, Any] = {}
     for name, ref in tensors:
@@ -518,7 +541,10 @@ def _flatten(path: Path, root: Any, budget: int) -> tuple[dict[str, TensorRef], 
         if name in out_t or name in out_e:
             raise WeightFileError(f"{path}: two values map to the name {name!r:.80}")
         out_e[name] = value
-    return out_t, out_e
+    flat = type(root) in (dict, collections.OrderedDict) and all(
+        type(k) is str and isinstance(v, TensorRef) for k, v in root.items()
+    )
+    return out_t, out_e, None if flat else tree
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -640,6 +666,65 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
         strides.append(step)
         step *= max(d, 1)
     return tuple(reversed(strides))
+
+
+def _structure_pickle(tree: _st.Node, items: list[tuple[str, TensorSpec, str, str]]) -> bytes:
+    """The pickle of a nested checkpoint: ``tree``'s containers and values around the tensors.
+
+    Only opcodes and globals that ``torch.load(weights_only=True)`` accepts: dicts, lists,
+    tuples, ``OrderedDict``, str, int, float, bool, None and the tensors.
+    """
+    index = {name: i for i, (name, *_rest) in enumerate(items)}
+    p = _Pickle()
+
+    def emit(node: _st.Node) -> None:
+        if node is None:
+            p.out += b"N"
+        elif node is True or node is False:
+            p.out += b"\x88" if node else b"\x89"
+        elif type(node) is int:
+            p.int_(node)
+        elif type(node) is float:
+            p.out += b"G" + struct.pack(">d", node)
+        elif type(node) is str:
+            p.str_(node)
+        else:
+            (kind, body), = node.items()
+            if kind == "tensor":
+                i = index[body]
+                _, spec, version, torch_name = items[i]
+                p.tensor(str(i), spec, version, torch_name)
+            elif kind == "float":
+                p.out += b"G" + struct.pack(">d", float(body))
+            elif kind in ("dict", "odict"):
+                if kind == "dict":
+                    p.out += b"}"
+                else:
+                    p.empty_ordered_dict()
+                for start in range(0, len(body), 1000):  # SETITEMS in batches, as pickle does
+                    p.out += b"("
+                    for k, v in body[start : start + 1000]:
+                        emit(k)
+                        emit(v)
+                    p.out += b"u"
+            elif kind == "list":
+                p.out += b"]"
+                for start in range(0, len(body), 1000):
+                    p.out += b"("
+                    for v in body[start : start + 1000]:
+                        emit(v)
+                    p.out += b"e"
+            elif kind == "tuple":
+                p.out += b"("
+                for v in body:
+                    emit(v)
+                p.out += b"t"
+            else:  # check_writable refused "unsupported" nodes before
+                raise CompressionError(f"a checkpoint structure node of kind {kind!r} cannot be written")
+
+    emit(tree)
+    p.out += b"."
+    return bytes(p.out)
 
 
 def _state_dict_pickle(items: list[tuple[str, TensorSpec, str, str]]) -> bytes:
@@ -779,8 +864,14 @@ def _tensor_chunks(name: str, value: Any, spec: TensorSpec) -> Iterator[memoryvi
         yield memoryview(raw[start : start + _CHUNK])  # type: ignore[arg-type]
 
 
-def write(weights: Mapping[str, np.ndarray], f: BinaryIO, *, archive_name: str = "archive") -> None:
-    """Write ``weights`` as a ``torch.save`` zip file holding a flat state dict.
+def write(
+    weights: Mapping[str, np.ndarray],
+    f: BinaryIO,
+    *,
+    archive_name: str = "archive",
+    structure: _st.Node | None = None,
+) -> None:
+    """Write ``weights`` as a ``torch.save`` zip file: a flat state dict, or a nested checkpoint.
 
     The pickle (names, shapes, dtypes) is built from the specs first; then each tensor
     is read, made C-contiguous and streamed into its own ``data/<i>`` record, so a lazy
@@ -797,11 +888,19 @@ def write(weights: Mapping[str, np.ndarray], f: BinaryIO, *, archive_name: str =
         Written sequentially from its current position.
     archive_name : str
         Name of the zip's top-level folder (torch ignores it; ``[A-Za-z0-9_.-]+``).
+    structure : object, optional
+        A checkpoint's nesting (``reader.structure`` of a nested ``torch.save`` or ``.cpz``
+        file, :mod:`coreprune.io.structure`): the file then holds that object -- its dicts,
+        ``OrderedDict``s, lists, tuples, strings, numbers, booleans and ``None`` -- with
+        ``weights[name]`` wherever the structure places the tensor ``name``. Default: an
+        ``OrderedDict`` of ``weights``.
 
     Raises
     ------
     CompressionError
-        A name that is not a string, a dtype torch cannot hold, or a bad ``archive_name``.
+        A name that is not a string, a dtype torch cannot hold, a bad ``archive_name``, or a
+        structure that holds a value this writer cannot rebuild or does not place exactly
+        the tensors of ``weights``.
 
     Examples
     --------
@@ -820,7 +919,11 @@ def write(weights: Mapping[str, np.ndarray], f: BinaryIO, *, archive_name: str =
         spec = spec_of(weights, name)
         version, torch_name = _torch_name(name, spec.dtype)
         items.append((name, TensorSpec(spec.shape, np.dtype(spec.dtype)), version, torch_name))
-    pickle_bytes = _state_dict_pickle(items)
+    if structure is None:
+        pickle_bytes = _state_dict_pickle(items)
+    else:
+        _st.check_writable(structure, [name for name, *_ in items], "torch")
+        pickle_bytes = _structure_pickle(structure, items)
     z = _ZipWriter(f, archive_name)
     z.record("data.pkl", len(pickle_bytes), iter([pickle_bytes]))
     z.record("byteorder", 6, iter([b"little"]))

@@ -167,7 +167,9 @@ def test_checkpoint_loads_into_rebuilt_model_in_a_fresh_process(tmp_path):
         print("ok", model.layer1[0].conv1.out_channels)
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    # cwd outside the source tree: `python -c` puts the cwd first on sys.path.
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["ok", "8"]
 

@@ -63,3 +63,35 @@ def test_tied_lm_global_masks_equal_torch_global_unstructured(sparsity):
     untied = {k: np.array(v) for k, v in state.items()}
     twice = prune_magnitude(untied, sparsity, scope="global", include=names)
     assert not np.array_equal(twice.masks["embed.weight"], result.masks["embed.weight"])
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_tied_checkpoint_loaded_from_a_file_stays_tied_and_is_counted_once(tmp_path, mmap):
+    """torch.save keeps the tie (one storage under two names); coreprune.io.load must too."""
+    import coreprune.io as cio
+
+    torch.manual_seed(2)
+    model = TinyLM()
+    path = tmp_path / "tied.pt"
+    torch.save(model.state_dict(), path)
+    state = cio.load(path, mmap=mmap)
+    emb, head = state["embed.weight"], state["head.weight"]
+    assert not isinstance(emb, np.memmap) and emb.flags.owndata is False  # a view of one in-memory copy
+    assert np.shares_memory(emb, head)
+    assert emb.__array_interface__ == head.__array_interface__  # the same elements, not an overlap
+    # the unique storages, not the names: loading duplicates nothing
+    bases = {id(a.base) for a in (emb, head)}
+    assert len(bases) == 1
+    targets = _weights(model)
+    names = [t[2] for t in targets] + ["head.weight"]
+    result = prune_magnitude(state, 0.6, scope="global", include=names)
+    assert result.aliases == {"head.weight": "embed.weight"}
+    np.testing.assert_array_equal(result.masks["head.weight"], result.masks["embed.weight"])
+    np.testing.assert_array_equal(result.pruned["head.weight"], result.pruned["embed.weight"])
+    kept = sum(int(result.masks[n].sum()) for n in names[:-1])  # each Parameter once
+    total = sum(state[n].size for n in names[:-1])
+    assert kept == total - round(0.6 * total)
+    prune.global_unstructured([(m, a) for m, a, _ in targets], prune.L1Unstructured, amount=0.6)
+    for module, attr, name in targets:
+        expected = getattr(module, f"{attr}_mask").numpy().astype(bool)
+        np.testing.assert_array_equal(result.masks[name], expected, err_msg=name)
