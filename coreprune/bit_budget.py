@@ -20,10 +20,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import CompressionError
+
+if TYPE_CHECKING:  # quantization imports this module
+    from .quantization import QuantizedArray
 
 __all__ = ["allocate_bits", "noise_to_signal", "measure", "widths_checked"]
 
@@ -99,6 +104,12 @@ def allocate_bits(
     def cost(c: Mapping[str, int]) -> float:
         return sum(factor[n] * errors[n][b] for n, b in c.items())
 
+    def lagrangian(n: str, lam: float, b: int) -> tuple[float, int]:
+        return (factor[n] * errors[n][b] + lam * sizes[n][b], b)
+
+    def nearest(b: int, a: int) -> tuple[int, int]:
+        return (abs(a - b), -a)
+
     best = _fill(sizes, errors, factor, dict(choice), limit)
     # Lagrangian: each tensor on its own minimises factor * error + lam * bytes; the largest lam
     # whose choice fits, then filled greedily, avoids the greedy's trap of cheap large upgrades
@@ -108,8 +119,7 @@ def allocate_bits(
         for n in sizes for a in sizes[n] for b in sizes[n] if sizes[n][b] > sizes[n][a]
     } | {0.0})
     for lam in slopes:
-        pick = {n: min(sizes[n], key=lambda b, n=n: (factor[n] * errors[n][b] + lam * sizes[n][b], b))
-                for n in sizes}
+        pick = {n: min(sizes[n], key=partial(lagrangian, n, lam)) for n in sizes}
         if sum(sizes[n][b] for n, b in pick.items()) <= limit + 1e-9:
             filled = _fill(sizes, errors, factor, pick, limit)
             if cost(filled) < cost(best):
@@ -118,7 +128,7 @@ def allocate_bits(
     # every uniform width that fits, filled greedily: never worse than the best uniform choice
     # (a tensor without that width, e.g. one held at 8 bits, takes its nearest, the wider on a tie)
     for b in sorted({b for widths in sizes.values() for b in widths}):
-        pick = {n: min(sizes[n], key=lambda a, b=b: (abs(a - b), -a)) for n in sizes}
+        pick = {n: min(sizes[n], key=partial(nearest, b)) for n in sizes}
         if sum(sizes[n][a] for n, a in pick.items()) <= limit + 1e-9:
             filled = _fill(sizes, errors, factor, pick, limit)
             if cost(filled) < cost(best):
@@ -169,18 +179,18 @@ def measure(
     names: Sequence[str],
     weights: Mapping[str, np.ndarray],
     widths: Sequence[int],
-    quantize_one: Callable[[str, int], object],
+    quantize_one: Callable[[str, int], QuantizedArray],
 ) -> tuple[dict, dict, dict, dict]:
     """Quantize each tensor at each width: sizes, errors, counts, and the quantized arrays themselves."""
     sizes: dict[str, dict[int, int]] = {}
     errors: dict[str, dict[int, float]] = {}
-    arrays: dict[str, dict[int, object]] = {}
+    arrays: dict[str, dict[int, QuantizedArray]] = {}
     for name in names:
         sizes[name], errors[name], arrays[name] = {}, {}, {}
         for b in widths:
             q = quantize_one(name, b)
             arrays[name][b] = q
-            sizes[name][b] = q.nbytes  # type: ignore[attr-defined]
-            errors[name][b] = noise_to_signal(weights[name], q.dequantize())  # type: ignore[attr-defined]
+            sizes[name][b] = q.nbytes
+            errors[name][b] = noise_to_signal(weights[name], q.dequantize())
     counts = {n: int(weights[n].size) for n in names}
     return sizes, errors, counts, arrays

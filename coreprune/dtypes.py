@@ -190,10 +190,10 @@ def safetensors_dtypes() -> dict[str, np.dtype]:
     >>> list(safetensors_dtypes())[:3]
     ['BOOL', 'U8', 'I8']
     """
-    out = {}
+    out: dict[str, np.dtype] = {}
     for info in DTYPES:
         dt = info.dtype if info.safetensors else None
-        if dt is not None:
+        if dt is not None and info.safetensors is not None:
             out[info.safetensors] = dt if info.ml else dt.newbyteorder("<")
     return out
 
@@ -232,10 +232,10 @@ def mxnet_type_flags() -> dict[int, np.dtype]:
     >>> {k: v.name for k, v in sorted(mxnet_type_flags().items())[:3]}
     {0: 'float32', 1: 'float64', 2: 'float16'}
     """
-    out = {}
+    out: dict[int, np.dtype] = {}
     for info in DTYPES:
         dt = info.dtype if info.mxnet_flag is not None else None
-        if dt is not None:
+        if dt is not None and info.mxnet_flag is not None:
             out[info.mxnet_flag] = dt if info.ml else dt.newbyteorder("<")
     return dict(sorted(out.items()))
 

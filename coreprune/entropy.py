@@ -28,6 +28,7 @@ import struct
 
 import constriction
 import numpy as np
+import numpy.typing as npt
 
 from .errors import CompressionError
 
@@ -135,12 +136,14 @@ def encode_symbols(symbols: np.ndarray, alphabet: int) -> bytes:
     return _HEAD.pack(_ANS, n, k) + scaled.tobytes() + words.tobytes()
 
 
-def decode_symbols(blob: bytes | memoryview, *, max_count: int | None = None) -> np.ndarray:
+def decode_symbols(
+    blob: bytes | memoryview | npt.NDArray[np.uint8], *, max_count: int | None = None
+) -> np.ndarray:
     """Decode a blob of :func:`encode_symbols` back into its symbols, exactly.
 
     Parameters
     ----------
-    blob : bytes
+    blob : bytes, memoryview or numpy.ndarray of uint8, shape ``(nbytes,)``
     max_count : int, optional
         Refuse blobs that declare more symbols (a caller that knows the tensor's size passes it, so
         a corrupted count cannot ask for a huge allocation).

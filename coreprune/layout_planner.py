@@ -88,7 +88,7 @@ def _stored_mask(flat: np.ndarray) -> np.ndarray:
     size = flat.dtype.itemsize
     if size in (1, 2, 4, 8):
         return flat.view(f"u{size}") != 0
-    return flat.view(np.uint8).reshape(flat.size, size).any(axis=1)
+    return np.asarray(flat.view(np.uint8).reshape(flat.size, size).any(axis=1))
 
 
 def _param_shape(

@@ -54,6 +54,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
+from typing import cast
 
 import numpy as np
 
@@ -466,7 +467,7 @@ def global_magnitude_threshold(
     s = _check_sparsity(sparsity)
     floor = _check_sparsity(min_keep, "min_keep")
     lazy = isinstance(weights, WeightReader)
-    view: Mapping[str, np.ndarray] = _spec_view(weights) if lazy else weights
+    view: Mapping[str, np.ndarray] = _spec_view(weights) if isinstance(weights, WeightReader) else weights
     selected = select(view, include, exclude)
     if lazy:  # tied tensors of the file, as its reader found them (one storage, two names)
         chosen = set(selected)
@@ -521,7 +522,8 @@ def _global_cut(
         v, ties, equal = _stream_select(weights, names, total, k, work)
     else:
         tensors = [weights[n] for n in names]
-        v, ties, equal = work.type(-np.inf), 0, [0] * len(names)
+        # work is float32/float64, so work.type is a NumPy scalar type (the stubs say object)
+        v, ties, equal = cast(np.generic, work.type(-np.inf)), 0, [0] * len(names)
         if k > 0 and total >= _blocked.MIN_FAST_ELEMENTS:
             sel = _blocked.run_job(_kth.select_job(tensors, k, work))
             if sel.nonfinite is not None:
@@ -596,7 +598,7 @@ def _stream_select(
     found = _blocked.run_job(_kth.radix_job(load, len(names), total, k, work, check=True))
     if isinstance(found, int):  # the index of the first tensor holding NaN/Inf: this raises for it
         require_finite(names[found], weights[names[found]])
-    return found  # type: ignore[return-value]
+    return found
 
 
 def prune_threshold(

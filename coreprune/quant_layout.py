@@ -145,7 +145,7 @@ def param_shape(shape: tuple, axis: int | None, group_size: int | None, flatten:
     """
     if flatten:
         fan_in = math.prod(shape[1:])
-        return (shape[0], -(-fan_in // group_size)) if fan_in else (shape[0], 0)  # type: ignore[operator]
+        return (shape[0], -(-fan_in // group_size)) if fan_in else (shape[0], 0)
     if group_size is not None:
         k = _group_axis(len(shape), axis)
         return tuple(shape[:k]) + (-(-shape[k] // group_size),) + tuple(shape[k + 1 :])

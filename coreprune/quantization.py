@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import ml_dtypes
 import numpy as np
@@ -167,9 +168,9 @@ class QuantizedArray:
         def fail(problem: str) -> CompressionError:
             return CompressionError(f"inconsistent QuantizedArray: {problem}")
 
-        if not _is_int(self.bits) or not 1 <= int(self.bits) <= 16:  # type: ignore[call-overload]
+        if not _is_int(self.bits) or not 1 <= int(self.bits) <= 16:
             raise fail(f"bits must be an int in 1..16, got {self.bits!r}")
-        bits = int(self.bits)  # type: ignore[call-overload]
+        bits = int(self.bits)
         if not isinstance(self.symmetric, (bool, np.bool_)):
             raise fail(f"symmetric must be a bool, got {self.symmetric!r}")
         symmetric = bool(self.symmetric)
@@ -274,7 +275,8 @@ class QuantizedArray:
             values *= 2
             values -= 1
         elif not self.symmetric:
-            values -= params_to_rows(self.zero_point, *layout).astype(work)[:, None]  # type: ignore[arg-type]
+            assert self.zero_point is not None  # __post_init__: an affine array carries its zero points
+            values -= params_to_rows(self.zero_point, *layout).astype(work)[:, None]
         with np.errstate(over="ignore"):  # an overshoot past the float32 range is clipped just below
             values *= scale
         # rounding can put an extreme value up to scale/2 beyond the dtype's largest finite value;
@@ -673,7 +675,7 @@ def quantize(
     if rounding not in ROUNDINGS:
         raise CompressionError(f"rounding must be one of {', '.join(ROUNDINGS)}; got {rounding!r}")
     axis = None if axis is None else int(axis)
-    group_size = group_size if group_size in (None, "auto") else int(group_size)  # type: ignore[arg-type]
+    group_size = group_size if group_size in (None, "auto") else int(group_size)
     names = select(weights, include, exclude)
     if budget is not None:
         return _quantize_budget(weights, names, budget, bit_choices, importance, symmetric, axis,
@@ -753,7 +755,7 @@ def _quantize_budget(
     def one(name: str, b: int) -> QuantizedArray:
         result = _quantize_selected(weights, [name], {name: b}, symmetric, axis, group_size, flatten, method,
                                     full_range, rounding)
-        return result[name]  # type: ignore[return-value]
+        return cast(QuantizedArray, result[name])  # selected by name, so quantized
 
     sizes, errors, counts, arrays = bit_budget.measure(names, weights, widths, one)
     # With the default layout a small fan-in (default_bits) only gets the widths of 8 bits and more
@@ -768,7 +770,7 @@ def _quantize_budget(
     chosen = bit_budget.allocate_bits(sizes, errors, counts, float(budget), importance)
     out: dict[str, QuantizedArray | np.ndarray] = dict(weights)
     for name, b in chosen.items():
-        out[name] = arrays[name][b]  # type: ignore[assignment]
+        out[name] = arrays[name][b]
     return out
 
 
@@ -802,8 +804,8 @@ def dequantize(qweights: Mapping[str, QuantizedArray | np.ndarray]) -> dict[str,
     if not isinstance(qweights, Mapping):
         raise CompressionError(f"qweights must be a mapping, got {type(qweights).__name__}")
     check_weights({k: v for k, v in qweights.items() if not isinstance(v, QuantizedArray)}, what="qweights")
-    jobs = {k: v._fast_job() for k, v in qweights.items() if isinstance(v, QuantizedArray)}
-    jobs = {k: job for k, job in jobs.items() if job is not None}
+    maybe = {k: v._fast_job() for k, v in qweights.items() if isinstance(v, QuantizedArray)}
+    jobs = {k: job for k, job in maybe.items() if job is not None}
     done = dict(zip(jobs, _blocked.run_jobs(list(jobs.values()))))
     return {
         k: done[k] if k in done else v.dequantize() if isinstance(v, QuantizedArray) else v

@@ -135,7 +135,7 @@ def clip_params(
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_scale = np.where(better, scale, best_scale)
-        if zero is not None:
+        if zero is not None and best_zero is not None:  # affine: both are arrays; symmetric: both None
             best_zero = np.where(better, zero, best_zero)
     return best_scale, best_zero
 
@@ -213,7 +213,8 @@ def hqq_params(
         good = np.isfinite(s_new) & (s_new > 0)
         if z_new is not None:
             good &= np.isfinite(z_new)
-            zf = np.where(good, np.clip(z_new, lo, hi), zf)  # type: ignore[arg-type]
+            assert zf is not None  # _lsq fits a zero point only when there is one (affine)
+            zf = np.where(good, np.clip(z_new, lo, hi), zf)
         s = np.where(good, s_new, s)
         beta *= kappa
         cand_s = s * unit
@@ -227,5 +228,6 @@ def hqq_params(
         best_err = np.where(better, err, best_err)
         best_s = np.where(better, cand_s, best_s)
         if cand_z is not None:
-            best_z = np.where(better, cand_z, best_z)  # type: ignore[arg-type]
+            assert best_z is not None  # affine: the best and the candidate both have zero points
+            best_z = np.where(better, cand_z, best_z)
     return best_s, best_z

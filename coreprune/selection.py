@@ -238,6 +238,7 @@ def select(
     """
     check_weights(weights)
     names = list(weights)
+    keep: Callable[[str, np.ndarray], bool]
     if include is None:
         keep = is_default_weight
     else:

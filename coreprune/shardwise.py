@@ -28,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -49,7 +49,7 @@ from .io.sharded import (
     write_shard_part,
 )
 from .pruning import GlobalThreshold, _cut, _spec_view, prune_magnitude, prune_threshold
-from .quantization import quantize
+from .quantization import QuantizedArray, quantize
 from .selection import require_finite, select
 
 __all__ = [
@@ -174,8 +174,9 @@ def quantize_one(name: str, w: np.ndarray, settings: ShardSettings, keep_codes: 
     >>> q.dtype.name
     'float32'
     """
-    q = quantize({name: w}, settings.bits, symmetric=settings.symmetric, axis=settings.axis,
-                 group_size=settings.group_size, include=_ALL)[name]
+    # include=_ALL selects it, so quantize returns it quantized
+    q = cast(QuantizedArray, quantize({name: w}, settings.bits, symmetric=settings.symmetric,
+                                      axis=settings.axis, group_size=settings.group_size, include=_ALL)[name])
     return q if keep_codes else q.dequantize()
 
 
@@ -406,7 +407,8 @@ def sharded_global_threshold(
         check = False
         prefix, known, remaining, bucket = _kth.next_digit(sum(hists), prefix, known, remaining)
     if known == nbits:  # the bucket is one value
-        v = np.array(prefix, dtype=np.dtype(f"u{work.itemsize}")).view(work)[()]
+        # indexing a 0-d array by () gives a scalar; NumPy's stubs say ndarray
+        v = cast(np.generic, np.array(prefix, dtype=np.dtype(f"u{work.itemsize}")).view(work)[()])
         equal = [c for counts in run(shard_count_equal, files, lists, each, [work.name] * n, [float(v)] * n)
                  for c in counts]
         return _cut(names, v, remaining, equal, k, total, work)
@@ -574,8 +576,8 @@ def process_shards(
             cut = sharded_global_threshold(chosen, specs, settings.sparsity,
                                            reader_options=settings.reader_options, mapper=run)
         try:
-            n = len(job_list)
-            for result in run(run_shard, job_list, [settings] * n, [cut] * n, [inputs] * n):
+            jobs_n = len(job_list)
+            for result in run(run_shard, job_list, [settings] * jobs_n, [cut] * jobs_n, [inputs] * jobs_n):
                 results.append(result)
                 if on_done is not None:
                     on_done(result)

@@ -30,12 +30,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from .errors import CompressionError
-from .quantization import quantize
+from .quantization import QuantizedArray, quantize
 from .selection import Pattern, is_floating, select
 
 __all__ = [
@@ -240,7 +240,9 @@ def tensor_stats(name: str, array: np.ndarray, *, threshold: float = DEFAULT_THR
     quantizable = floating and n > 0 and nonfinite == 0
     bytes_8bit = bytes_4bit = sqnr = None
     if quantizable:
-        q = quantize({name: array}, 8, axis=0 if array.ndim >= 2 else None, include=lambda _n, _a: True)[name]
+        # include= selects it, so quantize returns it quantized
+        q = cast(QuantizedArray, quantize({name: array}, 8, axis=0 if array.ndim >= 2 else None,
+                                          include=lambda _n, _a: True)[name])
         bytes_8bit = q.nbytes
         bytes_4bit = quantized_nbytes(tuple(array.shape), 4)
         sqnr = sqnr_db(array, q.dequantize())
@@ -281,7 +283,8 @@ def totals(stats: Iterable[TensorStats]) -> dict[str, Any]:
     >>> t["parameters"], t["nbytes"], t["bytes_8bit"]
     (19, 88, 56)
     """
-    out = {"tensors": 0, "parameters": 0, "zeros": 0, "nbytes": 0, "bytes_8bit": 0, "bytes_4bit": 0}
+    out: dict[str, Any] = {"tensors": 0, "parameters": 0, "zeros": 0, "nbytes": 0, "bytes_8bit": 0,
+                           "bytes_4bit": 0}
     for s in stats:
         out["tensors"] += 1
         out["parameters"] += s.parameters

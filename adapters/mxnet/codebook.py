@@ -62,7 +62,8 @@ class _Shared:
                              bits=self.bits, dtype=self.dtype)
 
 
-_BLOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # block -> (hook handle, {name: _Shared})
+# block -> (hook handle, {name: _Shared})
+_BLOCKS: weakref.WeakKeyDictionary[Any, tuple[Any, dict[str, _Shared]]] = weakref.WeakKeyDictionary()
 
 
 def _centroid_list_grad(shared: _Shared):

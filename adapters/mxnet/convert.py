@@ -40,10 +40,10 @@ import json
 from collections.abc import Mapping
 from typing import Any, Union
 
+import ml_dtypes
 import numpy as np
 
 import mxnet as mx
-from coreprune import dtypes
 from coreprune.errors import CompressionError
 from coreprune.load_report import LoadReport, match_names
 from coreprune.selection import check_weights, is_floating
@@ -61,7 +61,7 @@ _WEIGHT_OPS = {"FullyConnected", "Convolution", "Deconvolution", "Embedding"}
 #: How MXNet 1.9.1's Python front end spells bfloat16 (``NDArray.dtype`` of a bf16 array).
 MX_BFLOAT16 = np.dtype([("bfloat16", "<u2")])
 #: The same 16 bits as NumPy knows them (the dtype registry's bfloat16, an ml_dtypes type).
-_BFLOAT16 = dtypes.by_name("bfloat16").dtype  # type: ignore[union-attr]
+_BFLOAT16: np.dtype = np.dtype(ml_dtypes.bfloat16)
 
 #: A collection :func:`to_numpy` and :func:`load_numpy` accept.
 Collection = Union[

@@ -138,7 +138,8 @@ def _batches(data: Batches, batch_size: int, rng: np.random.Generator) -> Iterab
         and len(data) == 2
         and all(isinstance(d, (np.ndarray, mx.nd.NDArray)) for d in data)
     ):
-        inputs, labels = (d.asnumpy() if isinstance(d, mx.nd.NDArray) else d for d in data)
+        # np.asarray: the same arrays (checked above), typed as arrays
+        inputs, labels = (d.asnumpy() if isinstance(d, mx.nd.NDArray) else np.asarray(d) for d in data)
         if inputs.shape[0] != labels.shape[0] or inputs.shape[0] == 0:
             raise CompressionError(
                 f"inputs ({inputs.shape[0]} samples) and labels ({labels.shape[0]}) must be non-empty "

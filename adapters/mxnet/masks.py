@@ -43,7 +43,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import numpy as np
 
@@ -195,7 +195,10 @@ def attach_masks(target: MaskTarget, masks: Mapping[str, np.ndarray], *, freeze:
     params = _parameters(target, verb="attach_masks")
     if isinstance(masks, Mapping):
         _check_initialised({n: params[n] for n in masks if n in params}, verb="attach_masks")
-    checked = check_masks(masks, {n: _shape(p) for n, p in params.items()}, verb="attach_masks")
+    # a masked parameter is initialised (checked above), so its shape is known; the others' shapes
+    # only name them in an error message
+    shapes = cast(dict[str, tuple[int, ...]], {n: _shape(p) for n, p in params.items()})
+    checked = check_masks(masks, shapes, verb="attach_masks")
 
     chosen: dict[gluon.Parameter, tuple[str, np.ndarray]] = {}
     for name, mask in checked.items():

@@ -74,7 +74,7 @@ def _bit_twins() -> dict[torch.dtype, tuple[np.dtype, torch.dtype]]:
 
 _TORCH_TO_ML = _bit_twins()
 _ML_TO_TORCH = {ndtype: (tdtype, carrier) for tdtype, (ndtype, carrier) in _TORCH_TO_ML.items()}
-_CARRIER_NP = {torch.int16: np.dtype(np.int16), torch.uint8: np.dtype(np.uint8)}
+_CARRIER_NP: dict[torch.dtype, np.dtype] = {torch.int16: np.dtype(np.int16), torch.uint8: np.dtype(np.uint8)}
 
 
 def _pruned(module: nn.Module) -> Iterator[tuple[str, nn.Module, prune.BasePruningMethod]]:
@@ -231,6 +231,7 @@ def to_numpy(obj: nn.Module | Mapping[str, torch.Tensor], *, copy: bool = True) 
     """
     if not isinstance(copy, bool):
         raise CompressionError(f"to_numpy: copy must be True or False, got {copy!r}")
+    tensors: Mapping[str, object]  # a user's mapping may hold anything: checked below
     if isinstance(obj, nn.Module):
         tensors, what = _effective_state(obj), "state_dict"
     elif isinstance(obj, Mapping):

@@ -190,8 +190,8 @@ def attach_masks(target: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: 
     for name, mask in checked.items():
         path, _, attr = name.rpartition(".")
         sub = target.get_submodule(path)
-        param = sub._parameters.get(attr + "_orig", sub._parameters.get(attr))
-        seen = first.setdefault(id(param), (name, mask))
+        stored = sub._parameters.get(attr + "_orig", sub._parameters.get(attr))
+        seen = first.setdefault(id(stored), (name, mask))
         if not np.array_equal(seen[1], mask):
             raise CompressionError(
                 f"attach_masks: {seen[0]!r} and {name!r} are the same (shared) parameter "
@@ -203,12 +203,13 @@ def attach_masks(target: nn.Module, masks: Mapping[str, np.ndarray], *, freeze: 
             # Replace, not combine: PyTorch would keep only the entries both masks keep.
             _zero_pruned_(sub, attr)
             prune.remove(sub, attr)
-        param = sub._parameters[attr]
-        trainable = _remember_requires_grad(param)
+        masked = sub._parameters[attr]
+        assert masked is not None  # check_masks kept only the names of parameters
+        trainable = _remember_requires_grad(masked)
         # torch.tensor copies, so the hook never aliases the caller's array.
-        prune.custom_from_mask(sub, attr, mask=torch.tensor(mask, device=param.device))
+        prune.custom_from_mask(sub, attr, mask=torch.tensor(mask, device=masked.device))
         _zero_pruned_(sub, attr)
-        param.requires_grad_(False if freeze else trainable)
+        masked.requires_grad_(False if freeze else trainable)
     if checked and target not in _REFRESH:
         _REFRESH[target] = target.register_forward_pre_hook(_refresh_masked)
     return target
@@ -349,5 +350,6 @@ def detach_masks(target: nn.Module) -> nn.Module:
         _zero_pruned_(sub, attr)
         prune.remove(sub, attr)
         param = sub._parameters[attr]
+        assert param is not None  # prune.remove has just put the pruned parameter back
         param.requires_grad_(_forget_requires_grad(param))
     return target

@@ -182,9 +182,16 @@ class _Translator:
         self.names: dict[fx.Node, str] = {}
 
     @staticmethod
-    def shape(node: fx.Node) -> tuple[int, ...] | None:
+    def shape_or_none(node: fx.Node) -> tuple[int, ...] | None:
         meta = node.meta.get("tensor_meta")
         return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+    @staticmethod
+    def shape(node: fx.Node) -> tuple[int, ...]:
+        """The shape of a node known to be a traced tensor (one in ``axis``)."""
+        shape = _Translator.shape_or_none(node)
+        assert shape is not None, node
+        return shape
 
     def tensor_args(self, node: fx.Node) -> list[fx.Node]:
         return [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node) and a in self.axis]
@@ -327,8 +334,10 @@ class _Translator:
             raise _refuse(node, "no operand has the output's channels")
 
     def cat(self, node: fx.Node) -> None:
-        tensors = node.args[0] if node.args else node.kwargs["tensors"]
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        args: tuple[Any, ...] = node.args  # as in call()
+        kwargs: Mapping[str, Any] = node.kwargs
+        tensors = args[0] if args else kwargs["tensors"]
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
         srcs = list(tensors)
         ax = self.axis[srcs[0]]
         ndim = len(self.shape(srcs[0]))
@@ -348,7 +357,8 @@ class _Translator:
         self.splits[node] = (dim % ndim == ax, [s[dim % ndim] for s in sizes])
 
     def getitem(self, node: fx.Node) -> None:
-        src, index = node.args
+        args: tuple[Any, ...] = node.args  # as in call()
+        src, index = args
         if src not in self.splits and src not in self.axis:
             return  # indexing a size or a shape: no tensor, nothing to prune
         if src not in self.splits or not isinstance(index, int):
@@ -369,10 +379,10 @@ class _Translator:
 
     def translate(self, node: fx.Node) -> None:
         if node.op == "placeholder":
-            shape = self.shape(node)
-            if shape is None:
+            placeholder_shape = self.shape_or_none(node)
+            if placeholder_shape is None:
                 return
-            self.emit(node, "input", [], 1 if len(shape) >= 2 else 0)
+            self.emit(node, "input", [], 1 if len(placeholder_shape) >= 2 else 0)
         elif node.op == "output":
             outs: list[fx.Node] = []
             fx.node.map_arg(node.args[0], outs.append)
@@ -388,13 +398,21 @@ class _Translator:
             self.call(node)
 
     def call(self, node: fx.Node) -> None:
-        fn = node.target
+        # The arguments are whatever the traced code passed (fx's Argument union): read as Any, each
+        # op checks the ones it uses. The target is a callable, or a method's name for call_method.
+        fn: Any = node.target
         is_method = node.op == "call_method"
-        args = node.args
+        args: tuple[Any, ...] = node.args
+        kwargs: Mapping[str, Any] = node.kwargs
         src = args[0] if args and isinstance(args[0], fx.Node) and args[0] in self.axis else None
+
+        def source() -> fx.Node:
+            if src is None:
+                raise _refuse(node, "its input is not a traced tensor")
+            return src
         if fn is operator.getitem:
             self.getitem(node)
-        elif self.shape(node) is None and not isinstance(node.meta.get("tensor_meta"), (tuple, list)):
+        elif self.shape_or_none(node) is None and not isinstance(node.meta.get("tensor_meta"), (tuple, list)):
             # Sizes and shapes (x.size(0), x.shape): not tensors, nothing to prune. A later use of such
             # a value as a tensor is refused, since it is not in self.axis.
             return
@@ -403,23 +421,23 @@ class _Translator:
         elif fn in (torch.cat, torch.concat):
             self.cat(node)
         elif (fn in (torch.split, torch.chunk)) or (is_method and fn in ("split", "chunk")):
-            dim = args[2] if len(args) > 2 else node.kwargs.get("dim", 0)
-            self.split(node, src, dim)
+            dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+            self.split(node, source(), dim)
         elif fn is torch.flatten or (is_method and fn == "flatten"):
-            start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
-            end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
-            self.flatten(node, src, start, end)
+            start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
+            end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
+            self.flatten(node, source(), start, end)
         elif (is_method and fn in ("view", "reshape")) or fn is torch.reshape:
-            self.reshape(node, src)
+            self.reshape(node, source())
         elif (not is_method and fn in _REDUCE_FUNCTIONS) or (is_method and fn in _REDUCE_METHODS):
-            dims = args[1] if len(args) > 1 else node.kwargs.get("dim")
-            keepdim = args[2] if len(args) > 2 else node.kwargs.get("keepdim", False)
-            self.reduce(node, src, dims, keepdim)
+            dims = args[1] if len(args) > 1 else kwargs.get("dim")
+            keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+            self.reduce(node, source(), dims, keepdim)
         elif fn in (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax) or (
             is_method and fn in ("softmax", "log_softmax")
         ):
-            dim = args[1] if len(args) > 1 else node.kwargs.get("dim")
-            self.softmax(node, src, dim)
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            self.softmax(node, source(), dim)
         elif (not is_method and fn in _ELEMENTWISE_FUNCTIONS) or (is_method and fn in _ELEMENTWISE_METHODS):
             if src is None:
                 raise _refuse(node, "its input is not a traced tensor")
@@ -476,26 +494,33 @@ def trace_graph(model: nn.Module, example_inputs: Any) -> tuple[Graph, dict[str,
 def _new_module(old: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module | None:
     """A module like ``old`` with the shapes of ``state`` (its own keys), or None if unchanged."""
     w = state.get("weight")
-    ref = old.weight if getattr(old, "weight", None) is not None else None
+    ref: torch.Tensor | None = getattr(old, "weight", None)
     if isinstance(old, _BN):
-        n = state["running_mean"].shape[0] if "running_mean" in state else w.shape[0]
+        if "running_mean" in state:
+            n = state["running_mean"].shape[0]
+        elif w is not None:
+            n = w.shape[0]
+        else:
+            return None  # neither running statistics nor an affine weight: nothing to resize
         if n == old.num_features:
             return None
         return type(old)(n, old.eps, old.momentum, old.affine, old.track_running_stats)
     if w is None or ref is None or tuple(w.shape) == tuple(ref.shape):
         return None
-    kw = {"device": ref.device, "dtype": ref.dtype}
+    kw: dict[str, Any] = {"device": ref.device, "dtype": ref.dtype}
     if isinstance(old, _CONV):
         out = w.shape[0]
         depthwise = old.groups > 1 and old.groups == old.in_channels == old.out_channels
         groups = out if depthwise else old.groups
+        # torch's stubs type ConvNd.kernel_size/stride/padding/dilation as tuple[int, ...] while each
+        # of Conv1d/2d/3d wants its own arity: the values come from a module of that same class
         return type(old)(
             w.shape[1] * groups,
             out,
-            old.kernel_size,
-            old.stride,
-            old.padding,
-            old.dilation,
+            old.kernel_size,  # type: ignore[arg-type]
+            old.stride,  # type: ignore[arg-type]
+            old.padding,  # type: ignore[arg-type]
+            old.dilation,  # type: ignore[arg-type]
             groups,
             old.bias is not None,
             old.padding_mode,

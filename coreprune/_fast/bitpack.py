@@ -82,7 +82,7 @@ def _pack_bytes(u: np.ndarray, bits: int) -> np.ndarray:
         if offset < 64:
             lo |= value << np.uint64(offset)  # bits beyond 64 fall off; `hi` takes them
         if offset + bits > 64:
-            hi |= (value >> np.uint64(64 - offset)) if offset < 64 else (value << np.uint64(offset - 64))  # type: ignore[operator]
+            hi |= (value >> np.uint64(64 - offset)) if offset < 64 else (value << np.uint64(offset - 64))
     out = np.empty((groups, bits), _U8)
     out[:, : min(bits, 8)] = lo.view(_U8).reshape(groups, 8)[:, : min(bits, 8)]
     if hi is not None:
@@ -119,11 +119,11 @@ def _unpack_values(b: np.ndarray, bits: int, n8: int) -> np.ndarray:
     for i in range(8):
         offset = i * bits
         if offset >= 64:
-            value = hi >> np.uint64(offset - 64)  # type: ignore[operator]
+            value = hi >> np.uint64(offset - 64)
         else:
             value = lo >> np.uint64(offset)
             if offset + bits > 64:
-                value |= hi << np.uint64(64 - offset)  # type: ignore[operator]
+                value |= hi << np.uint64(64 - offset)
         np.bitwise_and(value, mask, out=value)
         u[:, i] = value
     return u.reshape(-1)

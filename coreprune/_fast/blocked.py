@@ -199,9 +199,9 @@ def run_parallel(tasks: Sequence[T], fn: Callable[[T], Any]) -> list[Any]:
     except BaseException as exc:  # re-raised once the other workers are done
         error = exc
     for future in futures:
-        exc = future.exception()
-        if exc is not None and error is None:
-            error = exc
+        raised = future.exception()
+        if raised is not None and error is None:
+            error = raised
     if error is not None:
         raise error
     return results

@@ -281,12 +281,13 @@ def quantize_job(
             if symmetric:
                 scale[r0:r1] = scale_of(np.maximum(first, 0.0))
             else:
+                assert second is not None and zero_point is not None  # affine: both exist
                 lo, hi = np.minimum(first, 0.0), np.maximum(second, 0.0)
                 with np.errstate(over="ignore"):  # an infinite span is refused by scale_of; the
                     span = hi - lo  # reference path then warns and raises, as without this path
                 s = scale_of(span)
                 scale[r0:r1] = s
-                zero_point[r0:r1] = np.clip(np.rint(-lo / s.astype(np.float64)), 0, qmax)  # type: ignore[index]
+                zero_point[r0:r1] = np.clip(np.rint(-lo / s.astype(np.float64)), 0, qmax)
         except failure:
             failed.set()
             return False
@@ -304,7 +305,8 @@ def quantize_job(
             np.rint(q, out=codes[r0:r1, c0:c1], casting="unsafe")
         else:  # the zero point is added after rounding, as in the reference: keep that order
             np.rint(q, out=q)
-            np.add(q, zero_point[r0:r1, None].astype(work), out=q)  # type: ignore[index]
+            assert zero_point is not None  # affine
+            np.add(q, zero_point[r0:r1, None].astype(work), out=q)
             np.clip(q, 0, qmax, out=q)
             np.copyto(codes[r0:r1, c0:c1], q, casting="unsafe")
 

@@ -38,6 +38,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import cast
 
 import numpy as np
 
@@ -141,12 +142,13 @@ def _sample_step(n: int) -> int:
     return step
 
 
-def _sample_tasks(flats: Sequence[np.ndarray], work: np.dtype) -> list[partial]:
+def _sample_tasks(flats: Sequence[np.ndarray], work: np.dtype) -> list[Callable[[], np.ndarray]]:
     """Tasks that each return part of the sample: every ``step``-th magnitude of the tensors taken
     as one sequence, as ``work``, one task per block."""
     total = sum(f.size for f in flats)
     step = _sample_step(total)
-    tasks, start = [], 0
+    tasks: list[Callable[[], np.ndarray]] = []
+    start = 0
     for f in flats:
         first = (-start) % step  # the first sampled index of this tensor
         for s, e in block_ranges(f.size):
@@ -206,6 +208,7 @@ def select_job(tensors: Sequence[np.ndarray], k: int, work: np.dtype) -> Job:
         if below is None and upto is None:
             return n_below, n_upto, a.copy()
         if below is None:
+            assert upto is not None  # both None returned above
             inside = upto
         elif upto is None:
             inside = np.logical_not(below, out=below)
@@ -364,7 +367,8 @@ def radix_job(
         prefix, known, remaining, bucket = next_digit(hist, prefix, known, remaining)
     uint = np.dtype(f"u{work.itemsize}")
     if known == nbits:  # the bucket is one value: count it per tensor
-        v = np.array(prefix, dtype=uint).view(work)[()]
+        # indexing a 0-d array by () gives a scalar; NumPy's stubs say ndarray
+        v = cast(np.generic, np.array(prefix, dtype=uint).view(work)[()])
         equal = []
         for i in range(count):
             flat = load(i)

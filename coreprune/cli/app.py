@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     >>> args.command, args.sparsity, args.global_
     ('prune', 0.5, False)
     """
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar, summary or notes")
     reading = common.add_argument_group("reading untrusted files (docs/security.md)")
     reading.add_argument("--max-expansion", type=_byte_count, metavar="BYTES",
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="let a torch checkpoint name this global outside the allowlist (read as an "
                               "opaque record; nothing is imported or run); repeatable")
 
-    picks = argparse.ArgumentParser(add_help=False)
+    picks = _Parser(add_help=False)
     picks.add_argument("--include", action="append", metavar="GLOB",
                        help="work on the floating tensors whose name matches GLOB (repeatable; default: "
                             "the weights: floating, ndim >= 2, not a bias, mask, token, position "
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     picks.add_argument("--exclude", action="append", metavar="GLOB",
                        help="leave the tensors matching GLOB as they are (repeatable)")
 
-    output = argparse.ArgumentParser(add_help=False)
+    output = _Parser(add_help=False)
     output.add_argument("input", metavar="FILE", help="weight file (.params, .pt, .npz, .safetensors, .cpz), "
                         "or a sharded checkpoint: its *.index.json or its folder")
     output.add_argument("-o", "--output", metavar="OUT",

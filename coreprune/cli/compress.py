@@ -88,8 +88,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
             raise CliError(f"{args.output}: --codebook-bits writes one .cpz file, not shards")
         if output_ext(args.output) != ".cpz":
             raise CliError(f"{args.output}: compress writes .cpz shards; name the output NAME.cpz.index.json")
-        quant = quant_settings(args) if args.bits is not None else {}
-        return run_sharded(args, ShardSettings(**prune_settings(args), **quant, **picks(args)), args.output)
+        quant_fields = quant_settings(args) if args.bits is not None else {}
+        return run_sharded(args, ShardSettings(**prune_settings(args), **quant_fields, **picks(args)),
+                           args.output)
     if not _is_cpz(args.output):
         raise CliError(f"{args.output}: compress writes .cpz files; name the output *.cpz "
                        "(prune and quantize write other formats)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -119,18 +120,18 @@ def _without_execution(argv: list[str]) -> list[str]:
     return out
 
 
-def prune_settings(args: argparse.Namespace) -> dict[str, object]:
+def prune_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The pruning fields of :class:`ShardSettings` from the command line."""
     return {"threshold": args.threshold, "sparsity": args.sparsity,
             "scope": "global" if args.global_ else "layer"}
 
 
-def quant_settings(args: argparse.Namespace) -> dict[str, object]:
+def quant_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The quantization fields of :class:`ShardSettings` from the command line."""
     return {"bits": args.bits, "symmetric": not args.affine, "axis": args.axis, "group_size": args.group_size}
 
 
-def picks(args: argparse.Namespace) -> dict[str, object]:
+def picks(args: argparse.Namespace) -> dict[str, Any]:
     """``--include`` / ``--exclude``."""
     return {"include": args.include or None, "exclude": args.exclude or None}
 

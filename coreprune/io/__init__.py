@@ -216,7 +216,7 @@ def _own(value: Any, copies: dict[int, tuple[np.ndarray, np.ndarray]]) -> Any:
     """
     if not isinstance(value, np.memmap):
         return value
-    root = value
+    root: np.ndarray = value
     while isinstance(root.base, np.ndarray):
         root = root.base
     if root is value:

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO, TypeVar
 
 import numpy as np
 
@@ -217,7 +217,8 @@ def file_region(path: str | os.PathLike, offset: int, nbytes: int, *, mmap: bool
     try:
         with open(path, "rb") as f:
             f.seek(offset)
-            got = f.readinto(memoryview(out))
+            # NumPy's stubs give ndarray the buffer protocol (__buffer__) only for Python >= 3.12
+            got = f.readinto(memoryview(out))  # type: ignore[arg-type]
     except OSError as e:
         raise WeightFileError(f"{path}: cannot read {what} ({e.strerror or e})") from None
     if got != nbytes:
@@ -409,7 +410,7 @@ non-negative integers)
     return tuple(dims)
 
 
-def read_exact(f: BinaryIO, n: int, path: str | os.PathLike, what: str) -> bytes:
+def read_exact(f: IO[bytes], n: int, path: str | os.PathLike, what: str) -> bytes:
     """Read exactly ``n`` bytes or raise :class:`WeightFileError` naming the file and the field.
 
     Examples
@@ -422,6 +423,9 @@ def read_exact(f: BinaryIO, n: int, path: str | os.PathLike, what: str) -> bytes
     if len(data) != n:
         raise WeightFileError(f"{path}: file ends inside {what} (wanted {n} bytes, got {len(data)})")
     return data
+
+
+_Reader = TypeVar("_Reader", bound="WeightReader")
 
 
 class WeightReader(Mapping[str, np.ndarray]):
@@ -506,7 +510,7 @@ class WeightReader(Mapping[str, np.ndarray]):
     def close(self) -> None:
         """Release the file. Arrays already returned stay valid."""
 
-    def __enter__(self) -> WeightReader:
+    def __enter__(self: _Reader) -> _Reader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -579,12 +583,14 @@ def write_c_order(f: BinaryIO, array: np.ndarray, *, chunk_bytes: int = 16 << 20
     if a.flags.c_contiguous:
         flat = a.reshape(-1).view(np.uint8)
         for start in range(0, flat.size, chunk_bytes):
-            f.write(flat[start : start + chunk_bytes])
+            # NumPy's stubs give ndarray the buffer protocol (__buffer__) only for Python >= 3.12
+            f.write(flat[start : start + chunk_bytes])  # type: ignore[call-overload]
         return int(flat.size)
     row_bytes = max(a[0].nbytes, 1)
     step = max(1, chunk_bytes // row_bytes)
     for start in range(0, a.shape[0], step):
-        f.write(np.ascontiguousarray(a[start : start + step]).reshape(-1).view(np.uint8))
+        # NumPy's stubs give ndarray the buffer protocol (__buffer__) only for Python >= 3.12
+        f.write(np.ascontiguousarray(a[start : start + step]).reshape(-1).view(np.uint8))  # type: ignore[call-overload]
     return int(a.nbytes)
 
 

@@ -17,6 +17,7 @@ file reads as plain dense arrays: quantized tensors come back dequantized.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -111,7 +112,8 @@ def _native(a: np.ndarray) -> np.ndarray:
 
 def _bytes_of(a: np.ndarray) -> memoryview:
     """The raw bytes of a contiguous array, without a copy (works for ml_dtypes too)."""
-    return memoryview(a.reshape(-1).view(np.uint8))
+    # NumPy's stubs give ndarray the buffer protocol (__buffer__) only for Python >= 3.12
+    return memoryview(a.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------ csr index
@@ -582,7 +584,7 @@ class CpzReader(WeightReader):
     def __init__(self, path: str | os.PathLike, *, max_expansion: int | None = None) -> None:
         super().__init__(path)
         try:
-            self._f: BinaryIO | None = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+            self._f: io.BufferedReader | None = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         except OSError as e:
             raise WeightFileError(f"{self.path}: cannot open ({e.strerror or e})") from None
         try:
@@ -639,17 +641,17 @@ class CpzReader(WeightReader):
             raise _fail(where, "manifest has no tensor list")
         entries: dict[str, _Entry] = {}
         for raw in tensors:
-            e = _validate_entry(raw, self.path, offset)
-            if e.name in entries:
-                raise _fail(where, f"tensor {e.name!r} appears twice")
-            entries[e.name] = e
+            entry = _validate_entry(raw, self.path, offset)
+            if entry.name in entries:
+                raise _fail(where, f"tensor {entry.name!r} appears twice")
+            entries[entry.name] = entry
         if "structure" in manifest:
             self.structure = _st.validate(manifest["structure"], entries, where)
             self.extras = _st.extras_of(self.structure)
         return entries
 
     @property
-    def _file(self) -> BinaryIO:
+    def _file(self) -> io.BufferedReader:
         if self._f is None:
             raise WeightFileError(f"{self.path}: the reader is closed")
         return self._f
@@ -706,7 +708,7 @@ class CpzReader(WeightReader):
         index = self._blob(e, "index", np.dtype(f"<u{e.width // 8}"))
         return _decode_gaps(index, e.width, n, e.nnz, where)
 
-    def raw(self, name: str) -> Value:
+    def raw(self, name: str) -> Value | CodebookArray:
         """The value exactly as saved: an array, or a QuantizedArray for quantized tensors.
 
         Raises
@@ -823,7 +825,9 @@ def open_reader(
     return CpzReader(path, max_expansion=max_expansion)
 
 
-def load_compressed(path: str | os.PathLike, *, max_expansion: int | None = None) -> dict[str, Value]:
+def load_compressed(
+    path: str | os.PathLike, *, max_expansion: int | None = None
+) -> dict[str, Value | CodebookArray]:
     """Read a ``.cpz`` file: arrays and QuantizedArrays exactly as :func:`save_compressed` wrote them.
 
     Parameters

@@ -127,7 +127,7 @@ def decode(
             raise CompressionError(f"a code is outside [0, {(1 << bits) - 1}]")
         full = np.zeros(n, dtype=np.uint8 if bits <= 8 else np.uint16)
         full[positions] = codes
-        mask = None
+        mask: np.ndarray | None = None
         if nnz != n:
             mask = np.zeros(n, dtype=bool)
             mask[positions] = True

@@ -36,7 +36,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -70,7 +70,7 @@ _CHUNK = 1 << 20
 _MAX_MEMBER_NAME = 0xFFFF  # the zip format's 16-bit name length
 # ml_dtypes types with no .npy descriptor, stored as raw bits under "name@<type>".
 _BITS_DTYPES = tuple(sorted(ML_FLOAT_NAMES))
-_UINT_OF_SIZE = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16)}
+_UINT_OF_SIZE: dict[int, np.dtype] = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16)}
 
 
 def sniff(head: bytes) -> bool:
@@ -275,7 +275,7 @@ class NpzReader(WeightReader):
 
     def _read(self, name: str) -> np.ndarray:
         spec, entry = self._specs[name], self._entries[name]
-        order = "F" if entry.fortran else "C"
+        order: Literal["C", "F"] = "F" if entry.fortran else "C"
         if entry.data_offset >= 0:
             if spec.nbytes == 0:
                 return np.empty(spec.shape, spec.dtype, order=order)
@@ -289,7 +289,7 @@ class NpzReader(WeightReader):
                            what=f"array {name!r} (compressed)")
         return self._decompress(name, spec, entry, order)
 
-    def _decompress(self, name: str, spec: TensorSpec, entry: _Entry, order: str) -> np.ndarray:
+    def _decompress(self, name: str, spec: TensorSpec, entry: _Entry, order: Literal["C", "F"]) -> np.ndarray:
         if self._zip is None:
             raise WeightFileError(f"{self.path}: the reader is closed")
         assert entry.zinfo is not None

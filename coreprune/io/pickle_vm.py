@@ -77,7 +77,7 @@ import struct
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal, TypeVar
 
 import numpy as np
 
@@ -102,6 +102,8 @@ __all__ = [
 
 #: Numpy has no 128-dimensional arrays; numpy 1.x stops at 32 dimensions.
 _MAX_NDIM = 32
+
+_Immutable = TypeVar("_Immutable", tuple, frozenset)
 #: A GLOBAL line is a dotted Python name; anything longer is not one.
 _MAX_LINE = 1024
 _DEFAULT_REFUSAL = "which is not in the allowlist; refused before anything ran"
@@ -305,7 +307,7 @@ class PickleVM:
         """(nesting depth, expanded size) of a value: scalars and unknown objects are (0, 1)."""
         return self._shape.get(id(value), (0, 1))
 
-    def immutable(self, value: tuple | frozenset) -> tuple | frozenset:
+    def immutable(self, value: _Immutable) -> _Immutable:
         """Record a new tuple / frozenset's depth and expanded size; refuse one nested too deeply."""
         depth, cost = 0, 1
         shape = self._shape
@@ -467,7 +469,8 @@ class PickleVM:
 
 
 def _refused_opcode(u: PickleVM, op: int) -> WeightFileError:
-    info = pickletools.code2op.get(chr(op))
+    # pickletools.code2op exists (the module's opcode table) but typeshed does not list it
+    info = pickletools.code2op.get(chr(op))  # type: ignore[attr-defined]
     if info is None:
         return _bad(u.source, f"byte 0x{op:02x} at offset {u.pos - 1} is not a pickle opcode (corrupted)")
     if info.name == "INST":
@@ -728,8 +731,9 @@ def _op_memoize(u: PickleVM) -> None:
     _op_put(u, len(u.memo))
 
 
-def _make_dispatch() -> dict[int, Callable[[PickleVM], None]]:
-    ops: dict[str, Callable[[PickleVM], None]] = {
+def _make_dispatch() -> dict[int, Callable[[PickleVM], object]]:
+    # handlers return nothing the VM reads (POP_MARK's lambda returns its list or None)
+    ops: dict[str, Callable[[PickleVM], object]] = {
         "PROTO": _op_proto,
         "FRAME": _op_frame,
         "STOP": _op_stop,
@@ -898,7 +902,8 @@ def _shape(u: PickleVM, what: str, shape: Any) -> tuple[int, ...]:
     return _int_tuple(u.source, f"{what} shape", shape)
 
 
-def _array_from(u: PickleVM, what: str, raw: bytes | bytearray, dtype: np.dtype, shape: Any, order: str):
+def _array_from(u: PickleVM, what: str, raw: bytes | bytearray, dtype: np.dtype, shape: Any,
+                order: Literal["C", "F"]) -> np.ndarray:
     dims = _shape(u, what, shape)
     count = 1
     for d in dims:

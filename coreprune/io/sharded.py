@@ -32,12 +32,15 @@ import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import CompressionError, WeightFileError
 from .base import TensorSpec, WeightReader, atomic_write, spec_of
+
+if TYPE_CHECKING:  # typing.TypeGuard is 3.10+; the package supports 3.9
+    from typing import TypeGuard
 
 __all__ = [
     "INDEX_SUFFIX",
@@ -415,7 +418,7 @@ class ShardedReader(WeightReader):
         return f"<ShardedReader {str(self.path)!r}: {len(self)} tensors in {len(self.shards)} shards>"
 
 
-def is_sharded_reader(reader: object) -> bool:
+def is_sharded_reader(reader: object) -> TypeGuard[ShardedReader]:
     """Whether ``reader`` reads a sharded checkpoint (has ``shards`` and ``names_in``).
 
     Checked by its interface rather than ``isinstance``, so that the answer holds even where a
@@ -672,8 +675,8 @@ def save_sharded(
     parts: list[Path] = []
     try:
         for group, final in zip(groups, finals):
-            lazy = isinstance(weights, WeightReader)
-            view = _SubsetReader(weights, group) if lazy else _Subset(weights, group)
+            view = (_SubsetReader(weights, group) if isinstance(weights, WeightReader)
+                    else _Subset(weights, group))
             parts.append(write_shard_part(view, final, inputs=inputs, **options))
     except BaseException:
         discard_parts(parts)

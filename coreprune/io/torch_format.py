@@ -860,7 +860,8 @@ def _tensor_chunks(name: str, value: Any, spec: TensorSpec) -> Iterator[memoryvi
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     raw = arr.reshape(-1).view(np.uint8)
     for start in range(0, raw.size, _CHUNK):
-        yield memoryview(raw[start : start + _CHUNK])
+        # NumPy's stubs give ndarray the buffer protocol (__buffer__) only for Python >= 3.12
+        yield memoryview(raw[start : start + _CHUNK])  # type: ignore[arg-type]
 
 
 def write(

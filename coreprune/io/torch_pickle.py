@@ -337,8 +337,8 @@ def _allowed_globals() -> dict[str, PickleGlobal]:
     table["torch.storage.UntypedStorage"] = PickleGlobal(
         "torch.storage.UntypedStorage", "storage", np.dtype("u1")
     )
-    for name, dt in TORCH_DTYPES.items():
-        table[f"torch.{name}"] = PickleGlobal(f"torch.{name}", "dtype", dt)
+    for name, torch_dt in TORCH_DTYPES.items():
+        table[f"torch.{name}"] = PickleGlobal(f"torch.{name}", "dtype", torch_dt)
     return table
 
 

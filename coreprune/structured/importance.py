@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Union
+from typing import Literal, Union, overload
 
 import numpy as np
 
@@ -48,6 +48,23 @@ def _per_index(weights: Mapping[str, np.ndarray], key: str, axis: int, p: int, c
     return hit
 
 
+# Only "bn_scale" can give None (a group without a batch norm); the other criteria always score.
+@overload
+def group_importance(
+    group: Group,
+    weights: Mapping[str, np.ndarray],
+    importance: Literal["l2", "l1"] | Callable[[Group, Mapping[str, np.ndarray]], np.ndarray] = "l2",
+    *,
+    _cache: dict | None = None,
+) -> np.ndarray: ...
+@overload
+def group_importance(
+    group: Group,
+    weights: Mapping[str, np.ndarray],
+    importance: Importance = "l2",
+    *,
+    _cache: dict | None = None,
+) -> np.ndarray | None: ...
 def group_importance(
     group: Group,
     weights: Mapping[str, np.ndarray],

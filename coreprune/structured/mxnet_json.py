@@ -85,7 +85,7 @@ def _attrs(node: Mapping[str, Any]) -> dict[str, str]:
     return dict(node.get("attrs") or node.get("attr") or node.get("param") or {})
 
 
-def _literal(text: str, default: Any = None) -> Any:
+def _literal(text: str | None, default: Any = None) -> Any:
     if text is None:
         return default
     try:
@@ -198,8 +198,9 @@ class _Builder:
     def node(self, i: int, n: Mapping[str, Any]) -> None:
         op, name, a = n["op"], n["name"], _attrs(n)
         if i in self.shuffles:  # the swap and the closing reshape of a channel shuffle
-            if self.shuffles[i] is not None:
-                src, groups = self.shuffles[i]
+            shuffle = self.shuffles[i]
+            if shuffle is not None:
+                src, groups = shuffle
                 self.emit(
                     i, "shuffle", [src], self.channels[src], 1, self.rank[src], attrs={"groups": groups}
                 )

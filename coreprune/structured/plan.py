@@ -116,6 +116,7 @@ def select_units(
         normed = []
         for gi, g in enumerate(ranked):
             s = scores[g.name]
+            assert s is not None  # ranked holds the groups with scores
             mean = s.mean()
             normed.append((s / mean if mean > 0 else s, np.full(len(g), gi), np.arange(len(g))))
         flat = np.concatenate([x[0] for x in normed]) if normed else np.zeros(0)
