@@ -105,7 +105,7 @@ def codebook_step(
         if bits is None or w.size == 0:
             return w
         shared = share_weights({name: w}, {name: bits})[name]
-        counts.shared = getattr(counts, "shared", 0) + 1
+        counts.shared += 1
         return shared
 
     return step

@@ -101,7 +101,7 @@ class _Counts:
     """What the steps did, for the one-line summary."""
 
     def __init__(self) -> None:
-        self.pruned = self.zeros = self.size = self.quantized = 0
+        self.pruned = self.zeros = self.size = self.quantized = self.shared = 0
         self.bits: list[int] = []
 
 
@@ -267,7 +267,7 @@ def _summary(args: argparse.Namespace, output: str, counts: _Counts, tensors: in
                          f"{args.budget:g} bits per weight ({how}, {scope})")
         else:
             parts.append(f"quantized {counts.quantized} to {args.bits} bits ({how}, {scope})")
-    if getattr(counts, "shared", 0):
+    if counts.shared:
         coding = "ANS-coded" if args.entropy == "ans" else "bit-packed"
         rules = ",".join(f"{k}={b}" for k, b in args.codebook_bits)
         parts.append(f"shared {counts.shared} with k-means codebooks ({rules}; {coding})")
