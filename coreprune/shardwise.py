@@ -75,8 +75,8 @@ class ShardSettings:
     bits : int, optional
         Quantize the selected tensors to ``bits``-bit codes (kept packed in ``.cpz`` shards,
         dequantized in other formats).
-    symmetric, axis, group_size
-        As :func:`coreprune.quantize`.
+    symmetric, axis, group_size, flatten, method, full_range
+        As :func:`coreprune.quantize` (the same defaults: a layout per tensor).
     include, exclude : glob or list of globs, optional
         Which tensors; default every floating tensor with ``ndim >= 2``.
     rename : Mapping[str, str], optional
@@ -96,7 +96,10 @@ class ShardSettings:
     bits: int | None = None
     symmetric: bool = True
     axis: int | None = None
-    group_size: int | None = None
+    group_size: int | str | None = "auto"
+    flatten: bool = False
+    method: str = "rtn"
+    full_range: bool = False
     include: str | Sequence[str] | None = None
     exclude: str | Sequence[str] | None = None
     rename: Mapping[str, str] | None = None
@@ -175,8 +178,11 @@ def quantize_one(name: str, w: np.ndarray, settings: ShardSettings, keep_codes: 
     'float32'
     """
     # include=_ALL selects it, so quantize returns it quantized
-    q = cast(QuantizedArray, quantize({name: w}, settings.bits, symmetric=settings.symmetric,
-                                      axis=settings.axis, group_size=settings.group_size, include=_ALL)[name])
+    q = cast(QuantizedArray, quantize(
+        {name: w}, settings.bits, symmetric=settings.symmetric, axis=settings.axis,
+        group_size=settings.group_size, flatten=settings.flatten, method=settings.method,
+        full_range=settings.full_range, include=_ALL,
+    )[name])
     return q if keep_codes else q.dequantize()
 
 

@@ -16,6 +16,7 @@ from ..io.sharded import INDEX_SUFFIX, is_sharded_reader, parse_size
 from ..name_mapping import MAPPINGS, torch_batch_norm_counters
 from ..shardwise import ShardResult, ShardSettings, process_shards
 from .common import _PROG, CliError, _human, _note, _open_input, _pct, _progress, _reader_options, _say
+from .streaming import quant_kwargs
 
 
 def add_shard_options(p: argparse.ArgumentParser) -> None:
@@ -128,7 +129,9 @@ def prune_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def quant_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The quantization fields of :class:`ShardSettings` from the command line."""
-    return {"bits": args.bits, "symmetric": not args.affine, "axis": args.axis, "group_size": args.group_size}
+    if getattr(args, "budget", None) is not None:
+        raise CliError("--budget is not supported with sharded output yet: write one file, or give --bits")
+    return {"bits": args.bits, **quant_kwargs(args)}
 
 
 def picks(args: argparse.Namespace) -> dict[str, Any]:

@@ -135,12 +135,17 @@ def _prune_step(
     return step
 
 
-def _quantize_one(args: argparse.Namespace, name: str, w: np.ndarray, bits: int) -> Any:
+def quant_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The layout and method arguments of :func:`coreprune.quantize` that the command line asks for
+    (the default layouts unless ``--group-size`` or ``--per-tensor``); one-file and sharded outputs
+    both use it."""
     group_size = args.group_size if args.group_size is not None else None if args.per_tensor else "auto"
-    return quantize(
-        {name: w}, bits, symmetric=not args.affine, axis=args.axis, group_size=group_size,
-        flatten=args.flatten, method=args.method, full_range=args.full_range, include=_EVERYTHING,
-    )[name]
+    return {"symmetric": not args.affine, "axis": args.axis, "group_size": group_size,
+            "flatten": args.flatten, "method": args.method, "full_range": args.full_range}
+
+
+def _quantize_one(args: argparse.Namespace, name: str, w: np.ndarray, bits: int) -> Any:
+    return quantize({name: w}, bits, include=_EVERYTHING, **quant_kwargs(args))[name]
 
 
 def _budget_widths(reader: WeightReader, selected: list[str], args: argparse.Namespace) -> dict[str, int]:

@@ -59,6 +59,8 @@ def test_inspect_one_table_with_shards(sharded, capsys):
     ["prune", "--sparsity", "0.6", "--global"],
     ["prune", "--threshold", "0.3"],
     ["quantize", "--bits", "4", "--axis", "0"],
+    ["quantize", "--bits", "4"],  # the default layouts, as a one-file output and the library
+    ["compress", "--sparsity", "0.5", "--bits", "8"],
     ["compress", "--sparsity", "0.5", "--global", "--bits", "4", "--group-size", "16"],
 ])
 def test_commands_shard_by_shard_equal_the_library_and_jobs_2(tmp_path, sharded, command):
@@ -84,11 +86,15 @@ def test_commands_shard_by_shard_equal_the_library_and_jobs_2(tmp_path, sharded,
     if "--threshold" in opts:
         ref, _ = coreprune.prune_threshold(ref, float(opts["--threshold"]))
     elif "--sparsity" in opts:
-        ref, _ = coreprune.prune_magnitude(ref, float(opts["--sparsity"]), scope="global")
+        scope = "global" if "--global" in command else "layer"
+        ref, _ = coreprune.prune_magnitude(ref, float(opts["--sparsity"]), scope=scope)
     if "--bits" in opts:
-        axis = int(opts["--axis"]) if "--axis" in opts else None
-        group = int(opts["--group-size"]) if "--group-size" in opts else None
-        q = coreprune.quantize(ref, int(opts["--bits"]), axis=axis, group_size=group)
+        layout: dict = {}  # what the command line gives is passed; the rest are the library's defaults
+        if "--axis" in opts:
+            layout["axis"] = int(opts["--axis"])
+        if "--group-size" in opts:
+            layout["group_size"] = int(opts["--group-size"])
+        q = coreprune.quantize(ref, int(opts["--bits"]), **layout)
         ref = {n: v.dequantize() if hasattr(v, "dequantize") else v for n, v in q.items()}
     got = ordered(outs[0] / f"m{ext}.index.json")
     assert list(got) == list(ref)
