@@ -75,6 +75,11 @@ class MXNetBackend:
 
     name = "mxnet"
 
+    def __init__(self, threads: int | None = None) -> None:
+        # OpenMP threads are fixed when libmxnet loads (OMP_NUM_THREADS, which the recipe sets before
+        # importing this module); the engine's CPU workers default to one per device already
+        self.threads = threads
+
     def build(self, model: str, seed: int) -> gluon.HybridBlock:
         mx.random.seed(int(seed))
         net = LeNet300100() if model == "lenet-300-100" else LeNet5()
@@ -98,11 +103,16 @@ class MXNetBackend:
         lr: float,
         batch_size: int,
         seed: int,
+        weight_decay: float = 0.0,
         masks: Mapping[str, np.ndarray] | None = None,
         codebooks: Mapping[str, CodebookArray] | None = None,
         on_batch: Callable[[], object] | None = None,
     ) -> dict[str, CodebookArray]:
-        """Adam with cosine decay; masks keep pruned weights at zero, codebooks train only centroids."""
+        """Adam with cosine decay; masks keep pruned weights at zero, codebooks train only centroids.
+
+        ``weight_decay`` is Adam's ``wd``: an L2 penalty added to the gradients, as in
+        :mod:`.torch_backend`.
+        """
         if masks:
             attach_masks(net, masks)
         params = dict(net._collect_params_with_prefix())
@@ -115,7 +125,7 @@ class MXNetBackend:
         n = len(y)
         steps = max(1, epochs * -(-n // batch_size))
         sched = mx.lr_scheduler.CosineScheduler(max_update=steps, base_lr=lr, final_lr=0.0)
-        options = {"learning_rate": lr, "lr_scheduler": sched}
+        options = {"learning_rate": lr, "lr_scheduler": sched, "wd": weight_decay}
         trainer = gluon.Trainer(list(trainable.values()), "adam", options)
         loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
         rng = np.random.default_rng(int(seed))

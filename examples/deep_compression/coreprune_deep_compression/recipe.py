@@ -76,39 +76,81 @@ class RecipeConfig:
 
     Attributes
     ----------
-    dense_epochs, prune_epochs : dict[str, int]
-        Per model: epochs of dense training, and fine-tuning epochs after each pruning step.
+    dense_epochs : dict[str, int]
+        Per model: epochs of dense training.
+    prune_steps : dict[str, int]
+        Per model: pruning steps (a cubic schedule to the targets).
+    prune_epochs, final_epochs : dict[str, int]
+        Per model: fine-tuning epochs after each pruning step but the last, and after the last
+        (the one that reaches the targets).
     prune_lr : dict[str, float]
-        Per model: Adam's initial learning rate while pruning.
-    prune_steps, codebook_epochs : int
-        Pruning steps (a cubic schedule to the targets); centroid fine-tuning epochs.
+        Per model: Adam's initial learning rate while pruning (each step's cosine decay restarts there).
+    codebook_epochs : int
+        Centroid fine-tuning epochs.
     lr, codebook_lr : float
-        Adam's initial learning rates (cosine decay to 0 within each stage).
+        Adam's initial learning rates of the dense and the centroid stages (cosine decay to 0).
+    weight_decay : dict[str, float]
+        Per model: L2 penalty of the dense and pruning stages (none on the centroids).
     batch_size : int
+    eval_split : {"test", "validation"}
+        ``"test"``: train on the standard 60,000 training digits (the pickle's train and validation
+        splits) and report errors on the 10,000 test digits. ``"validation"``: train on the 50,000
+        train digits only and report errors on the 10,000 validation digits -- the set the budget
+        was chosen on, so that the test set is never used for a choice.
     train_size : int or None
-        Use only the first ``train_size`` training images (None: all 50,000).
+        Use only the first ``train_size`` training images (None: all).
     seed : int
     """
 
     dense_epochs: dict[str, int] = dataclasses.field(
-        default_factory=lambda: {"lenet-300-100": 20, "lenet-5": 6})
-    prune_steps: int = 3
+        default_factory=lambda: {"lenet-300-100": 20, "lenet-5": 8})
+    prune_steps: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"lenet-300-100": 6, "lenet-5": 4})
     prune_epochs: dict[str, int] = dataclasses.field(
-        default_factory=lambda: {"lenet-300-100": 4, "lenet-5": 2})
-    codebook_epochs: int = 1
-    lr: float = 1e-3
+        default_factory=lambda: {"lenet-300-100": 3, "lenet-5": 1})
+    final_epochs: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"lenet-300-100": 10, "lenet-5": 4})
     prune_lr: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"lenet-300-100": 1e-3, "lenet-5": 1e-3})
+    weight_decay: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"lenet-300-100": 3e-4, "lenet-5": 1e-4})
+    codebook_epochs: int = 1
+    lr: float = 1e-3
     codebook_lr: float = 1e-4
     batch_size: int = 128
+    eval_split: str = "test"
     train_size: int | None = None
     seed: int = 0
 
 
 #: The test suite's budget: a few hundred images, one epoch per stage; checks invariants, not accuracy.
-QUICK = RecipeConfig(dense_epochs={"lenet-300-100": 1, "lenet-5": 1}, prune_steps=2,
-                     prune_epochs={"lenet-300-100": 1, "lenet-5": 1}, codebook_epochs=1, train_size=512,
+QUICK = RecipeConfig(dense_epochs={"lenet-300-100": 1, "lenet-5": 1},
+                     prune_steps={"lenet-300-100": 2, "lenet-5": 2},
+                     prune_epochs={"lenet-300-100": 1, "lenet-5": 1},
+                     final_epochs={"lenet-300-100": 1, "lenet-5": 1},
+                     weight_decay={"lenet-300-100": 1e-4, "lenet-5": 1e-4}, codebook_epochs=1, train_size=512,
                      batch_size=64)
+
+
+def split_data(data: Mnist, eval_split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, y_train, x_eval, y_eval)`` for :attr:`RecipeConfig.eval_split`.
+
+    ``"test"``: the 60,000 training digits (train then validation) and the 10,000 test digits;
+    ``"validation"``: the 50,000 train digits and the 10,000 validation digits.
+
+    Examples
+    --------
+    >>> z = np.zeros((2, 784), np.float32)
+    >>> d = Mnist(z, np.zeros(2, np.int64), z, np.ones(2, np.int64), z[:1], np.zeros(1, np.int64))
+    >>> [a.shape[0] for a in split_data(d, "test")], [a.shape[0] for a in split_data(d, "validation")]
+    ([4, 4, 1, 1], [2, 2, 2, 2])
+    """
+    if eval_split == "test":
+        return (np.concatenate([data.x_train, data.x_val]), np.concatenate([data.y_train, data.y_val]),
+                data.x_test, data.y_test)
+    if eval_split == "validation":
+        return data.x_train, data.y_train, data.x_val, data.y_val
+    raise CompressionError(f"eval_split must be 'test' or 'validation', got {eval_split!r}")
 
 
 class _Bar:
@@ -138,11 +180,14 @@ class _Bar:
             self.bar.close()
 
 
-def _backend(framework: str) -> Any:
+def _backend(framework: str, threads: int | None = None) -> Any:
     module, cls = {"torch": (".torch_backend", "TorchBackend"), "mxnet": (".mxnet_backend", "MXNetBackend")}[
         framework]
+    if threads and "mxnet" not in sys.modules:
+        # MXNet reads its OpenMP thread count when the library loads, not later
+        os.environ["OMP_NUM_THREADS"] = str(int(threads))
     try:
-        return getattr(importlib.import_module(module, __package__), cls)()
+        return getattr(importlib.import_module(module, __package__), cls)(threads=threads)
     except ImportError as exc:
         raise CompressionError(f"--framework {framework} needs {framework} installed ({exc})") from exc
 
@@ -180,40 +225,40 @@ def run_model(
 ) -> dict[str, Any]:
     """The whole recipe on one model; returns its report entry and writes ``<out>/<model>-<fw>.cpz``."""
     plan = MODELS[model]
-    n = data.x_train.shape[0] if config.train_size is None else min(config.train_size, data.x_train.shape[0])
-    x, y = data.x_train[:n], data.y_train[:n]
+    x_all, y_all, x_eval, y_eval = split_data(data, config.eval_split)
+    n = x_all.shape[0] if config.train_size is None else min(config.train_size, x_all.shape[0])
+    x, y = x_all[:n], y_all[:n]
     batches = -(-n // config.batch_size)
-    dense_epochs = config.dense_epochs[model]
-    prune_epochs = config.prune_epochs[model]
-    total = batches * (dense_epochs + config.prune_steps * prune_epochs + config.codebook_epochs)
+    dense_epochs, steps = config.dense_epochs[model], config.prune_steps[model]
+    epochs_per_step = [config.prune_epochs[model]] * (steps - 1) + [config.final_epochs[model]]
+    total = batches * (dense_epochs + sum(epochs_per_step) + config.codebook_epochs)
     bar = _Bar(total, quiet, f"{model} [{backend.name}]")
+    train = dict(batch_size=config.batch_size, on_batch=bar.tick)
     start = time.perf_counter()
     try:
         net = backend.build(model, config.seed)
         bar.stage("dense")
-        backend.fit(net, x, y, epochs=dense_epochs, lr=config.lr, batch_size=config.batch_size,
-                    seed=config.seed, on_batch=bar.tick)
+        backend.fit(net, x, y, epochs=dense_epochs, lr=config.lr, seed=config.seed,
+                    weight_decay=config.weight_decay[model], **train)
         dense = backend.weights(net)
-        dense_error = backend.error(net, data.x_test, data.y_test)
+        dense_error = backend.error(net, x_eval, y_eval)
 
-        schedules = {name: sparsity_schedule(s, config.prune_steps) for name, s in plan.sparsity.items()}
+        schedules = {name: sparsity_schedule(s, steps) for name, s in plan.sparsity.items()}
         weights, masks = dense, None
-        for step in range(config.prune_steps):
-            bar.stage(f"prune {step + 1}/{config.prune_steps}")
+        for step, epochs in enumerate(epochs_per_step):
+            bar.stage(f"prune {step + 1}/{steps}")
             weights, masks = prune_iterative(weights, {k: v[step] for k, v in schedules.items()}, masks=masks)
             backend.load(net, weights)
-            backend.fit(net, x, y, epochs=prune_epochs, lr=config.prune_lr[model],
-                        batch_size=config.batch_size, seed=config.seed + 1 + step, masks=masks,
-                        on_batch=bar.tick)
+            backend.fit(net, x, y, epochs=epochs, lr=config.prune_lr[model], seed=config.seed + 1 + step,
+                        weight_decay=config.weight_decay[model], masks=masks, **train)
             weights = backend.weights(net)
-        pruned_error = backend.error(net, data.x_test, data.y_test)
+        pruned_error = backend.error(net, x_eval, y_eval)
 
         bar.stage("codebooks")
         shared = share_weights(weights, plan.bits, masks=masks)
         codebooks = {k: v for k, v in shared.items() if isinstance(v, CodebookArray)}
         books = backend.fit(net, x, y, epochs=config.codebook_epochs, lr=config.codebook_lr,
-                            batch_size=config.batch_size, seed=config.seed + 100, codebooks=codebooks,
-                            on_batch=bar.tick)
+                            seed=config.seed + 100, codebooks=codebooks, **train)
         final = backend.weights(net)
         values: dict[str, Any] = {k: books.get(k, np.ascontiguousarray(final[k])) for k in final}
     finally:
@@ -239,7 +284,7 @@ def run_model(
         if not same:
             raise CompressionError(f"{path}: tensor {name!r} does not decode to what was saved")
     backend.load(net, decoded)
-    compressed_error = backend.error(net, data.x_test, data.y_test)
+    compressed_error = backend.error(net, x_eval, y_eval)
     seconds = time.perf_counter() - start  # training, compression, the file's round trip, evaluation
 
     dense_bytes = sum(int(a.size) * 4 for a in dense.values())
@@ -257,6 +302,7 @@ def run_model(
                                       / sum(int(m.size) for m in masks.values()), 2),
         "seconds": round(seconds, 1),
         "train_images": int(n),
+        "eval_split": config.eval_split,
         "layers": _layer_table(values, path),
         "file": path.name,
     }
@@ -321,15 +367,16 @@ def run_recipe(
     cache_dir: str | os.PathLike | None = None,
     data: Mnist | None = None,
     quiet: bool = False,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Run the recipe for ``models`` in ``framework`` and write ``report.json`` and ``report.png``.
 
-    Returns the merged report.
+    ``threads``: the framework's CPU threads (None: its default). Returns the merged report.
     """
     config = config or RecipeConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    backend = _backend(framework)
+    backend = _backend(framework, threads)
     data = data if data is not None else load_mnist(fetch_wheel(cache_dir))
     entries = [run_model(m, backend, data, config, out, quiet=quiet) for m in models]
     report = _merge_report(out / "report.json", entries)
@@ -361,9 +408,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="MNIST wheel cache (default: ~/.cache/coreprune)")
     p.add_argument("--quick", action="store_true", help="the test suite's tiny budget (checks, not accuracy)")
     p.add_argument("--dense-epochs", type=int, default=None, help="override both models' dense epochs")
-    p.add_argument("--prune-steps", type=int, default=None)
-    p.add_argument("--prune-epochs", type=int, default=None, help="epochs per pruning step (both models)")
+    p.add_argument("--prune-steps", type=int, default=None, help="pruning steps (both models)")
+    p.add_argument("--prune-epochs", type=int, default=None,
+                   help="fine-tuning epochs after each pruning step but the last (both models)")
+    p.add_argument("--final-epochs", type=int, default=None,
+                   help="fine-tuning epochs after the last pruning step (both models)")
     p.add_argument("--prune-lr", type=float, default=None, help="Adam's learning rate while pruning")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="L2 penalty of the dense and pruning stages (both models)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--eval-split", choices=("test", "validation"), default=None,
+                   help="test: train on 60,000 digits, report on the test set (default); validation: train "
+                        "on 50,000, report on the 10,000 validation digits (for choosing a budget)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="the framework's CPU threads (default %(default)s: fastest on the shared machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -377,15 +435,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dense_epochs is not None:
         changes["dense_epochs"] = {m: args.dense_epochs for m in MODELS}
     if args.prune_steps is not None:
-        changes["prune_steps"] = args.prune_steps
+        changes["prune_steps"] = {m: args.prune_steps for m in MODELS}
     if args.prune_epochs is not None:
         changes["prune_epochs"] = {m: args.prune_epochs for m in MODELS}
+    if args.final_epochs is not None:
+        changes["final_epochs"] = {m: args.final_epochs for m in MODELS}
     if args.prune_lr is not None:
         changes["prune_lr"] = {m: args.prune_lr for m in MODELS}
+    if args.weight_decay is not None:
+        changes["weight_decay"] = {m: args.weight_decay for m in MODELS}
+    for name in ("batch_size", "eval_split"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
     config = dataclasses.replace(config, **changes)
     try:
+        if args.threads < 1:
+            raise CompressionError(f"--threads must be at least 1, got {args.threads}")
         report = run_recipe(args.framework, args.out, config=config, models=args.models,
-                            cache_dir=args.cache_dir, quiet=args.quiet)
+                            cache_dir=args.cache_dir, quiet=args.quiet, threads=args.threads)
     except CompressionError as exc:
         print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return 2

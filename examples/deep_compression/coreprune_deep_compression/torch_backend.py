@@ -100,11 +100,15 @@ class TorchBackend:
         lr: float,
         batch_size: int,
         seed: int,
+        weight_decay: float = 0.0,
         masks: Mapping[str, np.ndarray] | None = None,
         codebooks: Mapping[str, CodebookArray] | None = None,
         on_batch: Callable[[], object] | None = None,
     ) -> dict[str, CodebookArray]:
         """Adam with cosine decay; masks keep pruned weights at zero, codebooks train only centroids.
+
+        ``weight_decay`` is an L2 penalty added to the gradients (Adam's coupled form, the same as
+        MXNet's ``wd``), applied to the weights and biases being trained.
 
         Returns the fine-tuned codebooks (empty without ``codebooks``); the net is left with plain
         parameters either way.
@@ -114,7 +118,7 @@ class TorchBackend:
         if codebooks:
             attach_codebooks(net, codebooks)
         inputs, labels = torch.from_numpy(x), torch.from_numpy(y)
-        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
         steps = max(1, epochs * -(-len(labels) // batch_size))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         gen = torch.Generator().manual_seed(int(seed))
