@@ -10,11 +10,18 @@ histogram itself is the overhead. ``tests/benchmarks/entropy_coders.py`` measure
 
 Stream layout (:func:`encode_symbols`), little-endian::
 
-    u8  kind        0 = empty, 1 = one distinct symbol, 2 = ANS
+    u8  kind        0 = empty, 1 = one distinct symbol, 2 = ANS, 3 = bit-packed
     u64 count       number of symbols n
     u32 alphabet    k; every symbol is in [0, k)
     kind 1: u32 symbol
     kind 2: u8 scaled counts[k] (0 only for symbols that never occur), then u32 ANS words
+    kind 3: the n symbols bit-packed at max(1, bit_length(k - 1)) bits each
+            (:func:`coreprune.packing.pack_bits`, ceil(n * bits / 8) bytes)
+
+Kind 3 is written only when it is smaller than kind 2: on short streams over a large alphabet the
+histogram's byte per alphabet symbol costs more than the entropy coding saves. Streams written
+before kind 3 existed decode as before; a reader older than kind 3 refuses a kind-3 stream with
+its "unknown entropy-coded stream kind" error.
 
 The model's probabilities are the stored counts divided by their sum (float64): the counts are
 the histogram scaled so that its peak is 255, with every symbol that occurs kept at >= 1. That
@@ -31,11 +38,12 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import CompressionError
+from .packing import pack_bits, unpack_bits
 
 __all__ = ["encode_symbols", "decode_symbols", "empirical_entropy"]
 
 _HEAD = struct.Struct("<BQI")
-_EMPTY, _CONSTANT, _ANS = 0, 1, 2
+_EMPTY, _CONSTANT, _ANS, _PACKED = 0, 1, 2, 3
 _MAX_ALPHABET = 1 << 16
 
 
@@ -87,6 +95,10 @@ def _scaled_counts(flat: np.ndarray, k: int) -> np.ndarray:
     return np.where(counts > 0, np.maximum(scaled, 1), 0).astype(np.uint8)
 
 
+def _packed_bits(k: int) -> int:
+    return max(1, (k - 1).bit_length())
+
+
 def _model(scaled: np.ndarray) -> constriction.stream.model.Categorical:
     p = scaled.astype(np.float64) / float(scaled.sum(dtype=np.int64))
     return constriction.stream.model.Categorical(p, perfect=False)
@@ -106,7 +118,8 @@ def encode_symbols(symbols: np.ndarray, alphabet: int) -> bytes:
     -------
     bytes
         The layout of the module docstring: 13 bytes of header, then nothing (empty stream), one
-        symbol (a constant stream), or ``alphabet`` count bytes and the ANS words.
+        symbol (a constant stream), ``alphabet`` count bytes and the ANS words, or the symbols
+        bit-packed, whichever of the last two is smaller (ANS on a tie).
 
     Raises
     ------
@@ -120,6 +133,9 @@ def encode_symbols(symbols: np.ndarray, alphabet: int) -> bytes:
     >>> blob = encode_symbols(codes, 4)
     >>> len(blob) < 1000 * 2 / 8 + 13 + 4 + 8, np.array_equal(decode_symbols(blob), codes)
     (True, True)
+    >>> short = encode_symbols(np.arange(10), 256)  # 256 histogram bytes: packing (10 bytes) is smaller
+    >>> short[0], len(short), decode_symbols(short).tolist() == list(range(10))
+    (3, 23, True)
     """
     k = _check_alphabet(alphabet)
     flat = _check_symbols(symbols, k)
@@ -133,6 +149,9 @@ def encode_symbols(symbols: np.ndarray, alphabet: int) -> bytes:
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(flat.astype(np.int32), _model(scaled))
     words = coder.get_compressed().astype("<u4")
+    bits = _packed_bits(k)
+    if k + 4 * words.size > -(-n * bits // 8):
+        return _HEAD.pack(_PACKED, n, k) + pack_bits(flat.astype(np.uint16), bits).tobytes()
     return _HEAD.pack(_ANS, n, k) + scaled.tobytes() + words.tobytes()
 
 
@@ -184,6 +203,14 @@ def decode_symbols(
         if value >= k or n == 0:
             raise CompressionError(f"constant stream symbol {value} outside [0, {k}) or no symbols")
         return np.full(n, value, dtype=np.int64)
+    if kind == _PACKED:
+        bits = _packed_bits(k)
+        if n == 0 or len(body) != -(-n * bits // 8):
+            raise CompressionError(f"bit-packed stream of {n} symbols at {bits} bits has {len(body)} bytes")
+        out = unpack_bits(np.frombuffer(body, dtype=np.uint8), bits, int(n), np.dtype(np.uint16))
+        if int(out.max()) >= k:
+            raise CompressionError(f"bit-packed stream holds a symbol outside [0, {k})")
+        return out.astype(np.int64)
     if kind != _ANS:
         raise CompressionError(f"unknown entropy-coded stream kind {kind}")
     if len(body) < k or (len(body) - k) % 4:

@@ -93,8 +93,10 @@ def test_entropy_none_bit_packs_and_decodes_the_same(capsys, tmp_path, lenet):
     for k in values["ans"]:
         assert values["ans"][k].tobytes() == values["none"][k].tobytes()
     assert sizes["ans"] < sizes["none"]  # 400,000 weights: the coded streams win
-    # 40 surviving weights: the coder's per-stream histogram costs more than it saves (docs/cli.md)
-    assert sizes["ans", "conv1"] > sizes["none", "conv1"]
+    # 40 surviving weights: an ANS histogram would cost more than it saves, so both streams fall back
+    # to bit-packing (coreprune.entropy's kind 3); what is left is their two 13-byte stream headers and
+    # a gap width chosen for the coded stream, not for packing (docs/cli.md)
+    assert 0 < sizes["ans", "conv1"] - sizes["none", "conv1"] <= 2 * 13 + 8
 
 
 def test_globs_win_over_kinds_and_unmatched_tensors_stay(capsys, tmp_path, lenet):

@@ -40,8 +40,52 @@ def test_size_is_close_to_the_empirical_entropy(k, scale):
     blob = encode_symbols(x, k)
     bound_bytes = empirical_entropy(x, k) * x.size / 8
     payload = len(blob) - 13 - k
+    assert blob[0] == 2  # ANS: far below the bit-packed size here
     assert bound_bytes <= payload < 1.01 * bound_bytes + 8
     np.testing.assert_array_equal(decode_symbols(blob), x)
+
+
+def _kind2_blob(x, k):
+    """A kind-2 (ANS) stream built by hand, as encode_symbols wrote every non-constant one before kind 3."""
+    import struct
+
+    import constriction
+
+    counts = np.bincount(x, minlength=k).astype(np.float64)
+    scaled = np.where(counts > 0, np.maximum(np.rint(counts * 255.0 / counts.max()), 1), 0).astype(np.uint8)
+    coder = constriction.stream.stack.AnsCoder()
+    model = constriction.stream.model.Categorical(scaled / float(scaled.sum()), perfect=False)
+    coder.encode_reverse(x.astype(np.int32), model)
+    words = coder.get_compressed().astype("<u4")
+    return struct.pack("<BQI", 2, x.size, k) + scaled.tobytes() + words.tobytes()
+
+
+@pytest.mark.parametrize("n, k", [(10, 256), (250, 32), (3, 65536), (40, 5)])
+def test_short_streams_fall_back_to_bit_packing_when_smaller(n, k):
+    x = np.random.default_rng(n).integers(0, k, n)
+    x[0], x[1] = 0, k - 1  # not constant, and the largest symbol
+    blob = encode_symbols(x, k)
+    ans = _kind2_blob(x, k)
+    bits = max(1, (k - 1).bit_length())
+    packed_size = 13 + -(-n * bits // 8)
+    assert len(blob) == min(len(ans), packed_size)
+    assert blob[0] == (3 if packed_size < len(ans) else 2)
+    np.testing.assert_array_equal(decode_symbols(blob, max_count=n), x)
+    # streams written before kind 3 existed (always ANS) still decode
+    np.testing.assert_array_equal(decode_symbols(ans), x)
+
+
+def test_hostile_bit_packed_streams_raise():
+    import struct
+
+    blob = encode_symbols(np.array([0, 4, 2, 1, 3]), 5)  # 3 bits each: 2 bytes
+    assert blob[0] == 3 and len(blob) == 13 + 2
+    for bad in (blob[:-1], blob + b"\0", struct.pack("<BQI", 3, 0, 5),
+                struct.pack("<BQI", 3, 5, 5) + bytes([0xFF, 0x7F])):  # symbols 7 >= 5
+        with pytest.raises(CompressionError):
+            decode_symbols(bad)
+    with pytest.raises(CompressionError):
+        decode_symbols(blob, max_count=4)
 
 
 def test_entropy_reference():
@@ -60,8 +104,9 @@ def test_invalid_input_raises():
 
 def test_corrupted_blobs_raise_one_project_error():
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 16, 5000)
+    x = np.minimum(rng.geometric(0.3, 5000) - 1, 15)  # skewed: ANS beats 4-bit packing
     blob = encode_symbols(x, 16)
+    assert blob[0] == 2
     for bad in (blob[:5], blob[:-3], blob[:-4], b"\x07" + blob[1:], blob[:13] + b"\0" * 16 + blob[29:]):
         with pytest.raises(CompressionError):
             decode_symbols(bad)
