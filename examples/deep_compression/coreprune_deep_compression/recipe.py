@@ -234,6 +234,7 @@ def run_model(
     total = batches * (dense_epochs + sum(epochs_per_step) + config.codebook_epochs)
     bar = _Bar(total, quiet, f"{model} [{backend.name}]")
     train = dict(batch_size=config.batch_size, on_batch=bar.tick)
+    load_start = os.getloadavg()[0]
     start = time.perf_counter()
     try:
         net = backend.build(model, config.seed)
@@ -301,6 +302,9 @@ def run_model(
         "weights_kept_percent": round(100.0 * sum(int(m.sum()) for m in masks.values())
                                       / sum(int(m.size) for m in masks.values()), 2),
         "seconds": round(seconds, 1),
+        # the machine's 1-minute load average when the model started and ended: timings on a shared
+        # machine mean little without it
+        "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "train_images": int(n),
         "eval_split": config.eval_split,
         "layers": _layer_table(values, path),
@@ -323,11 +327,19 @@ def _merge_report(path: Path, entries: Sequence[dict[str, Any]]) -> dict[str, An
     return {"models": models}
 
 
+def _publish(tmp: str, path: Path) -> None:
+    """Rename ``tmp`` onto ``path`` with the permissions of a newly created file (mkstemp makes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def _atomic_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    os.replace(tmp, path)
+    _publish(tmp, path)
 
 
 def _plot(report: dict[str, Any], path: Path) -> bool:
@@ -354,7 +366,7 @@ def _plot(report: dict[str, Any], path: Path) -> bool:
     os.close(fd)
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    _publish(tmp, path)
     return True
 
 
