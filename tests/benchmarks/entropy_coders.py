@@ -8,7 +8,7 @@ For every codebook tensor of the file it takes the surviving weights' codes and 
 fields (the width the file chose), and codes each stream with
 
 * ``ans``: :func:`coreprune.entropy.encode_symbols` (the stream's own histogram, one byte per symbol
-  of header);
+  of header; marked ``bit-packed`` where the stream is packed instead because that is smaller);
 * ``zstd-3`` / ``zstd-19``: ``zstandard`` at levels 3 and 19 on the stream as one byte (or two,
   for wider alphabets) per symbol;
 
@@ -81,8 +81,9 @@ def main(argv=None) -> int:
                     _, t_dec = _timed(lambda b=blob, d=dec: d(b), args.repeat)
                     totals[coder] = totals.get(coder, 0) + len(blob)
                     rate = 8 * len(blob) / max(1, symbols.size)
+                    packed = " (bit-packed)" if coder == "ans" and blob[0] == 3 else ""
                     print(f"  {coder:8s} {len(blob):7d} bytes {rate:6.3f} bits/sym"
-                          f"  encode {_fmt(t_enc)}  decode {_fmt(t_dec)}")
+                          f"  encode {_fmt(t_enc)}  decode {_fmt(t_dec)}{packed}")
     print("total bytes: " + ", ".join(f"{c} {n}" for c, n in totals.items()))
     return 0
 
