@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("coreprune_deep_compression", reason="examples/deep_compression is not installed")
 
 from coreprune_deep_compression import data as mnist  # noqa: E402
-from coreprune_deep_compression.recipe import MODELS, QUICK, run_recipe  # noqa: E402
+from coreprune_deep_compression.recipe import MODELS, QUICK, main, run_recipe, split_data  # noqa: E402
 
 from coreprune import UnsafePickleError, WeightFileError  # noqa: E402
 from coreprune.io.cpz import load_compressed  # noqa: E402
@@ -112,10 +112,30 @@ def _check_report(report, out, framework):
             dense = book.dequantize()
             assert np.count_nonzero(dense) <= book.nnz
             assert len(np.unique(dense[book.mask])) <= 2**bits
+        assert e["eval_split"] == "test" and e["train_images"] == QUICK.train_size
+        assert len(e["load_average"]) == 2 and all(v >= 0 for v in e["load_average"])
         rows = {r["tensor"]: r for r in e["layers"]}
         assert set(rows) == set(values)
         assert all(r["bits_per_weight"] > 0 for n, r in rows.items() if n in plan.bits)
     assert json.loads((out / "report.json").read_text()) == report
+
+
+def test_the_recipe_trains_on_train_and_validation_and_never_on_the_evaluation_digits():
+    d = _small_data()
+    x, y, xe, ye = split_data(d, "test")  # the standard 60,000-digit training set, the test set
+    np.testing.assert_array_equal(x, np.concatenate([d.x_train, d.x_val]))
+    np.testing.assert_array_equal(y, np.concatenate([d.y_train, d.y_val]))
+    assert xe is d.x_test and ye is d.y_test
+    x, y, xe, ye = split_data(d, "validation")  # choosing a budget: the test set is not touched
+    assert x is d.x_train and xe is d.x_val and ye is d.y_val
+    with pytest.raises(mnist.CompressionError, match="eval_split"):
+        split_data(d, "train")
+
+
+def test_cli_refuses_a_bad_thread_count_in_one_line(capsys, tmp_path):
+    assert main(["--threads", "0", "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--threads" in err
 
 
 @pytest.mark.torch

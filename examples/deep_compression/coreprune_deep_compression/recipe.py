@@ -2,7 +2,8 @@
 
 For each model (LeNet-300-100, LeNet-5) in the chosen framework:
 
-1. train the dense model (Adam, cosine decay) and measure its test error;
+1. train the dense model (Adam with an L2 weight decay, cosine decay) on the 60,000 training digits
+   (the pickle's train and validation splits) and measure its test error;
 2. prune iteratively: per-layer targets reached along a cubic schedule
    (:func:`coreprune.gradual.sparsity_schedule`, :func:`coreprune.gradual.prune_iterative`), each
    step followed by fine-tuning with the masks attached (pruned weights stay exactly zero);
@@ -10,8 +11,8 @@ For each model (LeNet-300-100, LeNet-5) in the chosen framework:
    (:func:`coreprune.weight_sharing.share_weights`), then fine-tune the centroids only (the
    gradients of each cluster summed onto its centroid);
 4. save the compressed model as an entropy-coded ``.cpz`` (codebook layout, ANS-coded codes and
-   relative index gaps), load it back, check it decodes to exactly the fine-tuned shared weights,
-   and measure the test error of the decoded weights.
+   relative index gaps, bit-packed where that is smaller), load it back, check it decodes to exactly
+   the fine-tuned shared weights, and measure the test error of the decoded weights.
 
 The results go to ``<out>/report.json`` (``{"models": [...]}``, one entry per model and
 framework, merged with entries already there from the other framework) and ``<out>/report.png``.
