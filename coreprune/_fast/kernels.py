@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from functools import partial
+from functools import lru_cache, partial
 
 import ml_dtypes
 import numpy as np
@@ -203,8 +203,14 @@ def _row_reduce(ufunc: np.ufunc, a: np.ndarray) -> np.ndarray:
     rows, cols = a.shape
     if cols >= 1024 or rows == 1:
         return ufunc.reduce(a, axis=1)
-    flat = a.reshape(-1)
-    return ufunc.reduceat(flat, np.arange(0, flat.size, cols))
+    return ufunc.reduceat(a.reshape(-1), _row_starts(rows, cols))
+
+
+@lru_cache(maxsize=64)
+def _row_starts(rows: int, cols: int) -> np.ndarray:
+    starts = np.arange(0, rows * cols, cols)
+    starts.flags.writeable = False  # shared by every thread and call
+    return starts
 
 
 #: Per work dtype, ``1.5 * 2**p`` for ``p`` mantissa bits: for ``|q| < 2**(p - 1)`` the float sum
@@ -325,14 +331,17 @@ def quantize_job(
         return _row_reduce(np.minimum, x), _row_reduce(np.maximum, x)
 
     def set_scales(r0: int, r1: int, first: np.ndarray, second: np.ndarray | None) -> bool:
-        # first/second (float64): per-row max|w| (symmetric) or min and max (affine); the
-        # reference reduces with `initial=0`, hence the maximum/minimum with 0
-        if not (np.isfinite(first).all() and (second is None or np.isfinite(second).all())):
+        # first/second (float64): per-row max|w| (symmetric, >= +0 from row_peaks) or min and max
+        # (affine); the reference reduces with `initial=0`, hence the affine minimum/maximum with 0.
+        # All finite <=> these reductions are: NaN propagates through max and min, a row minimum
+        # of +inf means a row maximum of +inf, a row maximum of -inf a row minimum of -inf.
+        if not (np.isfinite(first.max() if symmetric else first.min())
+                and (second is None or np.isfinite(second.max()))):
             failed.set()
             return False
         try:
             if symmetric:
-                scale[r0:r1] = scale_of(np.maximum(first, 0.0))
+                scale[r0:r1] = scale_of(first)
             else:
                 assert second is not None and zero_point is not None  # affine: both exist
                 lo, hi = np.minimum(first, 0.0), np.maximum(second, 0.0)
@@ -351,7 +360,7 @@ def quantize_job(
     def encode(r0: int, r1: int, c0: int, c1: int) -> None:
         x = _as_work(x2[r0:r1, c0:c1], work)
         q = scratch("q", x.size, work).reshape(x.shape)
-        np.divide(x, scale[r0:r1, None].astype(work), out=q)
+        np.divide(x, scale[r0:r1, None] if work == scale.dtype else scale[r0:r1, None].astype(work), out=q)
         # |x| <= peak (symmetric) or |x| <= hi - lo (affine) and the stored scale is at least
         # (peak or span / qmax)(1 - 2**-24) (a float64 quotient rounded to float32, or raised to the
         # floor), so |q| <= qmax (1 + 2**-22) after the division's own rounding: far below 2**21,
