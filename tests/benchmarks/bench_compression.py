@@ -309,6 +309,77 @@ def torch_refs(w: dict, slow: bool) -> dict[str, Callable[[], Any]]:
 # ------------------------------------------------------------------------------------------ driver
 
 
+def pass_costs(rounds: int = 7) -> dict[str, float]:
+    """Nanoseconds per value of each NumPy step of the kernels, on one thread, CPU time.
+
+    Each step runs over one block (``BLOCK_ELEMENTS`` float32 values, as in the kernels) that
+    stays in the cache, repeated; the least of ``rounds`` runs is kept. Then memcpy of 256 MiB
+    (from RAM, into warm memory), and the same copy into fresh memory (new pages from the kernel,
+    which zeroes them first), one thread each.
+    """
+    n = _blocked.BLOCK_ELEMENTS
+    group = GROUP
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(n, dtype=np.float32)
+    bits = x.view(np.uint32)
+    mag, keep, out = np.empty(n, np.uint32), np.empty(n, np.bool_), np.empty(n, np.uint32)
+    absx, q = np.empty(n, np.float32), np.empty(n, np.float32)
+    np.abs(x, out=absx)
+    np.greater(absx, np.float32(THRESHOLD), out=keep)
+    scale = np.abs(x).reshape(-1, group).max(axis=1, keepdims=True) / 7
+    codes = np.clip(np.rint(x.reshape(-1, group) / scale), -7, 7).astype(np.int8).reshape(-1)
+    starts = np.arange(0, n, group)
+    quotients = (x.reshape(-1, group) / scale).reshape(-1)  # what the rounding steps start from
+    pairs, word, packed = np.empty(n // 2, np.uint16), np.empty(n // 2, np.uint16), np.empty(n // 2, np.uint8)
+    steps: dict[str, Callable[[], Any]] = {
+        "memcpy of the block (in cache)": lambda: np.copyto(out, bits),
+        "prune: abs (float32)": lambda: np.abs(x, out=absx),
+        "prune: |w| > t into bool": lambda: np.greater(absx, np.float32(THRESHOLD), out=keep),
+        "prune: bits * keep (uint32 x bool)": lambda: np.multiply(bits, keep, out=out),
+        "prune: max |w| (finiteness)": lambda: np.maximum.reduce(absx),
+        "prune: np.where(keep, bits, 0) instead": lambda: np.where(keep, bits, np.uint32(0)),
+        "prune: copyto(out, bits, where=keep) instead": lambda: np.copyto(out, bits, where=keep),
+        "quant: bits & 0x7fffffff": lambda: np.bitwise_and(bits, np.uint32(0x7FFFFFFF), out=mag),
+        "quant: max per group of 128 (uint32 reduceat)": lambda: np.maximum.reduceat(mag, starts),
+        "quant: max per group of 128 (float32 reduceat)": lambda: np.maximum.reduceat(absx, starts),
+        "quant: w / scale (broadcast per group)": lambda: np.divide(x.reshape(-1, group), scale,
+                                                                     out=q.reshape(-1, group)),
+        "quant: w / scale (same-shape arrays)": lambda: np.divide(x, absx, out=q),
+        "quant: + 1.5 * 2**23 (rounding)": lambda: np.add(quotients, np.float32(1.5 * 2**23), out=q),
+        "quant: low byte of the bits (uint32 -> int8)": lambda: np.copyto(
+            codes.view(np.uint8), q.view(np.uint32), casting="unsafe"),
+        "quant: np.rint into int8 instead": lambda: np.rint(quotients, out=codes, casting="unsafe"),
+        "pack: pairs & 0x0f0f": lambda: np.bitwise_and(codes.view("<u2"), np.uint16(0x0F0F), out=pairs),
+        "pack: >> 4, |": lambda: (np.right_shift(pairs, np.uint16(4), out=word), np.bitwise_or(word, pairs,
+                                                                                                 out=word)),
+        "pack: low bytes (uint16 -> uint8)": lambda: np.copyto(packed, word, casting="unsafe"),
+        "pack: min and max of the codes": lambda: (codes.min(), codes.max()),
+    }
+    reps = max(1, (64 << 20) // (4 * n))  # 64 MiB of float32 per run
+    result = {}
+    for name, step in steps.items():
+        best = float("inf")
+        for _ in range(rounds):
+            t0 = time.thread_time()
+            for _ in range(reps):
+                step()
+            best = min(best, time.thread_time() - t0)
+        result[name] = best / (reps * n) * 1e9
+    big = np.ones(64 << 20, np.float32)  # 256 MiB, beyond any cache
+    warm = np.zeros_like(big)
+    for name, make in (("memcpy 256 MiB from RAM into warm memory", lambda: warm),
+                       ("copy 256 MiB into fresh memory (np.empty)", lambda: np.empty_like(big))):
+        best = float("inf")
+        for _ in range(3):
+            dst = make()
+            t0 = time.thread_time()
+            np.copyto(dst, big)
+            best = min(best, time.thread_time() - t0)
+            del dst
+        result[name] = best / big.size * 1e9
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=parse_size, default=parse_size("1GiB"), help="weights (default 1GiB)")
@@ -322,7 +393,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="leave torch out even if installed")
     parser.add_argument("--pairs", type=int, default=7,
                         help="rounds of memcpy, coreprune and the fastest other, back to back, per target")
+    parser.add_argument("--passes", action="store_true",
+                        help="only time each NumPy step of the kernels on one thread (ns per value)")
     args = parser.parse_args(argv)
+    if args.passes:
+        print(f"ns per value, one thread, CPU time; load average {os.getloadavg()[0]:.2f}")
+        for name, ns in pass_costs().items():
+            print(f"  {name:50s} {ns:6.3f}")
+        return 0
     if args.threads:
         cp.set_num_threads(args.threads)
     use_torch = torch is not None and not args.no_torch
