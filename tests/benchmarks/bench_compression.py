@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import inspect
 import json
 import os
 import platform
@@ -384,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=parse_size, default=parse_size("1GiB"), help="weights (default 1GiB)")
     parser.add_argument("--repeats", type=int, default=5, help="runs per measurement, best is kept")
-    parser.add_argument("--threads", type=int, default=None, help="coreprune threads (default: cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of coreprune and of torch (default: their own, the number of cores)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--with-slow-torch", action="store_true",
                         help="run torch global_unstructured on the whole size (about a minute per GiB)")
@@ -401,9 +403,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, ns in pass_costs().items():
             print(f"  {name:50s} {ns:6.3f}")
         return 0
+    use_torch = torch is not None and not args.no_torch
     if args.threads:
         cp.set_num_threads(args.threads)
-    use_torch = torch is not None and not args.no_torch
+        if use_torch:  # the same number for both, so that the speed-up compares like with like
+            torch.set_num_threads(args.threads)
 
     print(f"building {args.size / 2**30:.3f} GiB of float32 weights ...", flush=True)
     w = make_weights(args.size)
@@ -435,8 +439,6 @@ def main(argv: list[str] | None = None) -> int:
         ("copy into new arrays", "np.copy", lambda: {n: v.copy() for n, v in w.items()}, weights_bytes),
         ("threshold pruning", "coreprune", lambda: cp.prune_threshold(w, THRESHOLD), weights_bytes),
         ("threshold pruning", "numpy w * (abs(w) > t)", lambda: numpy_threshold(w, THRESHOLD), weights_bytes),
-        ("threshold pruning", FLOOR + "kernel, warm outputs",
-         lambda: pruning_kernel_warm(w, warm_outputs), weights_bytes),
         ("threshold pruning", FLOOR + "fresh outputs, no compute", lambda: pruning_outputs_floor(w),
          weights_bytes),
         ("layer magnitude pruning 90%", "coreprune", lambda: cp.prune_magnitude(w, SPARSITY), weights_bytes),
@@ -455,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
         ("int8 dequantization", "coreprune", lambda: cp.dequantize(q8), weights_bytes),
         ("int8 dequantization", "numpy", lambda: numpy_dequant(q8_plain), weights_bytes),
     ]
+    if "out" in inspect.signature(_kernels.prune_job).parameters:  # absent in builds before 2026-12-03
+        cases.insert(4, ("threshold pruning", FLOOR + "kernel, warm outputs",
+                         lambda: pruning_kernel_warm(w, warm_outputs), weights_bytes))
     if use_torch:
         cases += [
             ("threshold pruning", "torch.where", torch_ref["threshold"], weights_bytes),
@@ -544,7 +549,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"memcpy: {memcpy_gbs:.2f} GB/s; load average {load_start[0]:.2f} at start, {load_end[0]:.2f} "
-          f"at end; coreprune threads: {_blocked.num_threads()}")
+          f"at end; coreprune threads: {_blocked.num_threads()}"
+          + (f", torch threads: {torch.get_num_threads()}" if use_torch else ""))
     print(f"{'operation':40s} {'implementation':32s} {'best s':>8s} {'GB/s':>7s} {'ratio':>6s} "
           f"{'extra MiB (np/rss)':>19s}")
     for r in rows:
@@ -580,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "size_bytes": weights_bytes, "tensors": len(w), "repeats": args.repeats,
             "coreprune_threads": _blocked.num_threads(), "block_elements": _blocked.BLOCK_ELEMENTS,
+            "torch_threads": torch.get_num_threads() if use_torch else None,
             "load_average_start": load_start, "load_average_end": load_end,
             "memcpy_gb_per_s": memcpy_gbs, "results": rows, "targets": targets, "verification": verification,
         }
