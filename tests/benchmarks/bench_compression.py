@@ -229,15 +229,16 @@ def pruning_kernel_warm(w: dict, outputs: dict) -> list:
     return _blocked.run_jobs(jobs)
 
 
-def paired(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+def paired(fns: dict[str, Callable[[], Any]], rounds: int,
+           clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """Seconds per call of each function, the functions run back to back in every round."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             gc.collect()
-            t0 = time.perf_counter()
+            t0 = clock()
             result = fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
             del result
     return times
 
@@ -395,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="leave torch out even if installed")
     parser.add_argument("--pairs", type=int, default=7,
                         help="rounds of memcpy, coreprune and the fastest other, back to back, per target")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="what the paired rounds measure: wall time, or the process's CPU time (with "
+                             "--threads 1, the work per thread, less disturbed by other jobs)")
     parser.add_argument("--passes", action="store_true",
                         help="only time each NumPy step of the kernels on one thread (ns per value)")
     args = parser.parse_args(argv)
@@ -526,13 +530,15 @@ def main(argv: list[str] | None = None) -> int:
     for op in TARGETS if args.pairs > 0 else ():
         impls = [impl for o, impl, _, _ in cases if o == op]
         print(f"pairs: {op} ({args.pairs} rounds of memcpy, {', '.join(impls)}) ...", flush=True)
-        times = paired({"memcpy": memcpy, **{impl: by_case[(op, impl)] for impl in impls}}, args.pairs)
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        times = paired({"memcpy": memcpy, **{impl: by_case[(op, impl)] for impl in impls}}, args.pairs, clock)
         ratios = {impl: [m / c for m, c in zip(times["memcpy"], times[impl])] for impl in impls}
         speedups = {impl: [o / c for o, c in zip(times[impl], times[CP])]
                     for impl in impls if impl != CP and not impl.startswith(FLOOR)}
         slowest_speedup = min(statistics.median(v) for v in speedups.values())
         targets[op]["paired"] = {
             "rounds": args.pairs,
+            "clock": args.clock,
             "ratio_to_memcpy": {impl: spread(v) for impl, v in ratios.items()},
             "speedup_over": {impl: spread(v) for impl, v in speedups.items()},
             "seconds": {impl: spread(v) for impl, v in times.items()},
@@ -566,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, t in targets.items():
         if "paired" in t:
             p = t["paired"]
-            print(f"paired, {p['rounds']} rounds: {name}")
+            print(f"paired, {p['rounds']} rounds, {p['clock']} time: {name}")
             for impl, r in p["ratio_to_memcpy"].items():
                 x = p["speedup_over"].get(impl)
                 gain = f"; coreprune {x['median']:.2f}x faster ({x['min']:.2f}-{x['max']:.2f})" if x else ""
