@@ -24,7 +24,9 @@ array, 1.25x the weights) allocated and written on every core with no computatio
 fresh memory, which every function returning new arrays pays). Then ``--pairs`` rounds run, for
 each target operation, memcpy, coreprune and the fastest other implementation back to back, and
 give the ratio and the speed-up per round (median and range): on a shared machine a busy moment
-then hits both sides of a ratio alike.
+then hits both sides of a ratio alike. ``--clock cpu`` times those rounds in CPU time (with
+``--threads 1``: the work per thread), and ``--baseline DIR`` adds another checkout's coreprune
+(an older commit) to the threshold-pruning and 4-bit rounds, for a before/after in one process.
 
 Each timing is the best of ``--repeats`` consecutive runs (the machine is shared: the median and
 the load average are recorded too). GB/s is bytes of float32 weights (read, or written for
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import importlib
 import inspect
 import json
 import os
@@ -81,6 +84,7 @@ TARGETS = {  # operation: minimum ratio to memcpy (the issue's targets)
 SLOW_TORCH_BYTES = 64 << 20
 CP = "coreprune"
 FLOOR = "floor: "  # rows that split an operation's time; not competitors
+BASELINE = "baseline coreprune"  # --baseline: another build of this library; not a competitor either
 
 
 def parse_size(text: str) -> int:
@@ -229,6 +233,22 @@ def pruning_kernel_warm(w: dict, outputs: dict) -> list:
     return _blocked.run_jobs(jobs)
 
 
+def load_baseline(root: Path) -> Any:
+    """The ``coreprune`` package of another checkout (``root``), imported as ``coreprune_baseline``
+    next to this one, so that both builds run in the same process, round after round."""
+    import importlib.util
+
+    package = root / "coreprune"
+    spec = importlib.util.spec_from_file_location(
+        "coreprune_baseline", package / "__init__.py", submodule_search_locations=[str(package)])
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"no coreprune package under {root}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["coreprune_baseline"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def paired(fns: dict[str, Callable[[], Any]], rounds: int,
            clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """Seconds per call of each function, the functions run back to back in every round."""
@@ -347,6 +367,7 @@ def pass_costs(rounds: int = 7) -> dict[str, float]:
         "quant: w / scale (broadcast per group)": lambda: np.divide(x.reshape(-1, group), scale,
                                                                      out=q.reshape(-1, group)),
         "quant: w / scale (same-shape arrays)": lambda: np.divide(x, absx, out=q),
+        "quant: the scales expanded to one per value": lambda: np.repeat(scale.reshape(-1), group),
         "quant: + 1.5 * 2**23 (rounding)": lambda: np.add(quotients, np.float32(1.5 * 2**23), out=q),
         "quant: low byte of the bits (uint32 -> int8)": lambda: np.copyto(
             codes.view(np.uint8), q.view(np.uint32), casting="unsafe"),
@@ -399,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="what the paired rounds measure: wall time, or the process's CPU time (with "
                              "--threads 1, the work per thread, less disturbed by other jobs)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout (e.g. a git worktree of an older commit) whose coreprune "
+                             "joins the threshold-pruning and 4-bit rows as 'baseline coreprune'")
     parser.add_argument("--passes", action="store_true",
                         help="only time each NumPy step of the kernels on one thread (ns per value)")
     args = parser.parse_args(argv)
@@ -461,6 +485,19 @@ def main(argv: list[str] | None = None) -> int:
         ("int8 dequantization", "coreprune", lambda: cp.dequantize(q8), weights_bytes),
         ("int8 dequantization", "numpy", lambda: numpy_dequant(q8_plain), weights_bytes),
     ]
+    if args.baseline is not None:
+        base = load_baseline(args.baseline)
+        base.set_num_threads(_blocked.num_threads())
+        base_pack = importlib.import_module("coreprune_baseline.packing").pack_bits
+
+        def baseline_4bit_pack() -> dict:
+            return {n: base_pack(q.codes, 4) for n, q in base.quantize(w, 4, group_size=GROUP).items()}
+
+        mine, theirs = coreprune_4bit_pack(), baseline_4bit_pack()
+        if any(mine[n].tobytes() != theirs[n].tobytes() for n in w):
+            raise SystemExit("the baseline's 4-bit codes differ from this build's")
+        cases += [("threshold pruning", BASELINE, lambda: base.prune_threshold(w, THRESHOLD), weights_bytes),
+                  ("4-bit group-128 quantization + packing", BASELINE, baseline_4bit_pack, weights_bytes)]
     if "out" in inspect.signature(_kernels.prune_job).parameters:  # absent in builds before 2026-12-03
         cases.insert(4, ("threshold pruning", FLOOR + "kernel, warm outputs",
                          lambda: pruning_kernel_warm(w, warm_outputs), weights_bytes))
@@ -514,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     targets: dict[str, Any] = {}
     for op, minimum in TARGETS.items():
         mine = next(r for r in rows if r["operation"] == op and r["implementation"] == "coreprune")
-        others = [r for r in rows if r["operation"] == op and r["implementation"] != CP
+        others = [r for r in rows if r["operation"] == op and r["implementation"] not in (CP, BASELINE)
                   and not r["implementation"].startswith(FLOOR)]
         fastest = min(others, key=lambda r: r["best_s"])
         speedup = fastest["best_s"] / mine["best_s"]
@@ -535,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         ratios = {impl: [m / c for m, c in zip(times["memcpy"], times[impl])] for impl in impls}
         speedups = {impl: [o / c for o, c in zip(times[impl], times[CP])]
                     for impl in impls if impl != CP and not impl.startswith(FLOOR)}
-        slowest_speedup = min(statistics.median(v) for v in speedups.values())
+        slowest_speedup = min(statistics.median(v) for k, v in speedups.items() if k != BASELINE)
         targets[op]["paired"] = {
             "rounds": args.pairs,
             "clock": args.clock,
