@@ -143,8 +143,8 @@ def prune_job(
     """
     flat = w.reshape(-1)
     u = _uint(w.dtype.itemsize)
-    out, keep = (np.empty(w.shape, w.dtype), np.empty(w.shape, np.bool_)) if out is None else out
-    src, dst, kf = flat.view(u), out.reshape(-1).view(u), keep.reshape(-1)
+    pruned, keep = (np.empty(w.shape, w.dtype), np.empty(w.shape, np.bool_)) if out is None else out
+    src, dst, kf = flat.view(u), pruned.reshape(-1).view(u), keep.reshape(-1)
 
     def block(b: int, s: int, e: int) -> bool:
         a = work_abs(flat[s:e], work)
@@ -160,7 +160,7 @@ def prune_job(
         return bool(np.isfinite(np.maximum.reduce(a))) if a.size else True  # NaN propagates through max
 
     finite = yield [partial(block, b, s, e) for b, (s, e) in enumerate(block_ranges(flat.size))]
-    return out, keep, all(finite)
+    return pruned, keep, all(finite)
 
 
 def count_equal_job(w: np.ndarray, value: np.generic, work: np.dtype) -> Job:
