@@ -251,10 +251,16 @@ def load_baseline(root: Path) -> Any:
 
 def paired(fns: dict[str, Callable[[], Any]], rounds: int,
            clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
-    """Seconds per call of each function, the functions run back to back in every round."""
+    """Seconds per call of each function, the functions run back to back in every round.
+
+    The order rotates from round to round: a call that follows another one's freed result may reuse
+    its memory instead of faulting in new pages, and no function should always be the one after.
+    """
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            fn = fns[name]
             gc.collect()
             t0 = clock()
             result = fn()
