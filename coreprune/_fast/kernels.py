@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from functools import partial
+from functools import lru_cache, partial
 
 import ml_dtypes
 import numpy as np
@@ -44,6 +44,8 @@ __all__ = [
     "count_equal_job",
     "minmax_job",
     "minmax",
+    "row_peaks",
+    "round_to_codes",
     "quantize_job",
     "dequantize_job",
 ]
@@ -66,8 +68,11 @@ def eligible(a: np.ndarray, dtypes: frozenset | None = FAST_FLOATS) -> bool:
     return a.dtype in dtypes
 
 
+_UINTS = {n: np.dtype(f"u{n}") for n in (1, 2, 4, 8)}
+
+
 def _uint(itemsize: int) -> np.dtype:
-    return np.dtype(f"u{itemsize}")
+    return _UINTS[itemsize]
 
 
 def work_abs(x: np.ndarray, work: np.dtype, slot: str = "abs") -> np.ndarray:
@@ -116,12 +121,16 @@ def prune_job(
     work: np.dtype,
     skips: Sequence[int] | None = None,
     ties: Sequence[int] | None = None,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Job:
     """Job: ``keep = |w| > cut`` (compared in ``work``) and ``pruned = where(keep, w, +0)`` in one pass.
 
     With ``skips`` and ``ties`` (one entry per block of :func:`~coreprune.blocked.block_ranges`):
     block ``b`` holds ``ties[b]`` entries equal to ``cut``, of which the first ``skips[b]`` (in C
     order) are removed and the rest kept. Without them every entry equal to ``cut`` is removed.
+    ``out``: C-contiguous ``(pruned, keep)`` arrays to write into instead of new ones (the public
+    functions always return new arrays; ``tests/benchmarks/bench_compression.py`` uses this to time
+    the kernel apart from the cost of fresh memory).
 
     Returns
     -------
@@ -134,9 +143,8 @@ def prune_job(
     """
     flat = w.reshape(-1)
     u = _uint(w.dtype.itemsize)
-    out = np.empty(w.shape, w.dtype)
-    keep = np.empty(w.shape, np.bool_)
-    src, dst, kf = flat.view(u), out.reshape(-1).view(u), keep.reshape(-1)
+    pruned, keep = (np.empty(w.shape, w.dtype), np.empty(w.shape, np.bool_)) if out is None else out
+    src, dst, kf = flat.view(u), pruned.reshape(-1).view(u), keep.reshape(-1)
 
     def block(b: int, s: int, e: int) -> bool:
         a = work_abs(flat[s:e], work)
@@ -152,7 +160,7 @@ def prune_job(
         return bool(np.isfinite(np.maximum.reduce(a))) if a.size else True  # NaN propagates through max
 
     finite = yield [partial(block, b, s, e) for b, (s, e) in enumerate(block_ranges(flat.size))]
-    return out, keep, all(finite)
+    return pruned, keep, all(finite)
 
 
 def count_equal_job(w: np.ndarray, value: np.generic, work: np.dtype) -> Job:
@@ -195,8 +203,61 @@ def _row_reduce(ufunc: np.ufunc, a: np.ndarray) -> np.ndarray:
     rows, cols = a.shape
     if cols >= 1024 or rows == 1:
         return ufunc.reduce(a, axis=1)
-    flat = a.reshape(-1)
-    return ufunc.reduceat(flat, np.arange(0, flat.size, cols))
+    return ufunc.reduceat(a.reshape(-1), _row_starts(rows, cols))
+
+
+@lru_cache(maxsize=64)
+def _row_starts(rows: int, cols: int) -> np.ndarray:
+    starts = np.arange(0, rows * cols, cols)
+    starts.flags.writeable = False  # shared by every thread and call
+    return starts
+
+
+#: Per work dtype, ``1.5 * 2**p`` for ``p`` mantissa bits: for ``|q| < 2**(p - 1)`` the float sum
+#: ``q + magic`` lies in ``[2**p, 2**(p + 1))``, where the spacing is 1, so the addition rounds ``q`` to
+#: the nearest integer ``r``, ties to even (``magic`` is even), exactly as ``np.rint``; and the sum's
+#: bit pattern is ``exponent | (2**(p - 1) + r)``, whose low 16 bits are ``r`` in two's complement.
+_ROUNDING_MAGIC = {np.dtype(np.float32): 1.5 * 2.0**23, np.dtype(np.float64): 1.5 * 2.0**52}
+
+
+def round_to_codes(q: np.ndarray, codes: np.ndarray) -> None:
+    """``codes[...] = np.rint(q)`` for float32/float64 ``q`` with ``|q| < 2**21``, integer ``codes``
+    of 1 or 2 bytes (values taken modulo ``2**(8 * itemsize)``). Overwrites ``q``.
+
+    One addition and one integer truncation instead of ``rint`` and a float-to-integer cast, a
+    buffered conversion that costs more than both (see :data:`_ROUNDING_MAGIC`, and the per-step
+    times in docs/performance.md).
+
+    Examples
+    --------
+    >>> q = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 7.49, -0.0], np.float32)
+    >>> codes = np.empty(7, np.int8)
+    >>> round_to_codes(q, codes)
+    >>> codes.tolist()  # half to even, as np.rint
+    [-2, -2, 0, 0, 2, 7, 0]
+    """
+    np.add(q, q.dtype.type(_ROUNDING_MAGIC[q.dtype]), out=q)
+    np.copyto(codes.view(_uint(codes.dtype.itemsize)), q.view(_uint(q.dtype.itemsize)), casting="unsafe")
+
+
+def row_peaks(x: np.ndarray) -> np.ndarray:
+    """``np.max(np.abs(x), axis=1)`` for a 2-D float array of a :data:`FAST_FLOATS` dtype, exactly,
+    as an array of ``x``'s dtype; NaN where a row holds a NaN.
+
+    Computed on the bit patterns: with the sign bit cleared, the patterns of non-negative floats
+    (subnormals and infinity included) order as the values do, and every NaN's pattern is above
+    infinity's. One integer ``and`` and an integer reduction, no float ``abs`` (nor a cast of
+    float16/bfloat16 to float32); NumPy's integer maximum is also the faster ``reduceat``.
+
+    Examples
+    --------
+    >>> row_peaks(np.array([[-3.0, 2.0], [0.5, -0.0], [np.nan, 1.0]], np.float32)).tolist()
+    [3.0, 0.5, nan]
+    """
+    u = _uint(x.dtype.itemsize)
+    mag = scratch("peaks", x.size, u).reshape(x.shape)
+    np.bitwise_and(x.view(u), u.type((1 << (8 * u.itemsize - 1)) - 1), out=mag)
+    return _row_reduce(np.maximum, mag).view(x.dtype)
 
 
 def _as_work(x: np.ndarray, work: np.dtype) -> np.ndarray:
@@ -264,22 +325,23 @@ def quantize_job(
     failed = threading.Event()
 
     def stats(r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray | None]:
-        x = _as_work(x2[r0:r1, c0:c1], work)
         if symmetric:
-            a = scratch("q", x.size, work).reshape(x.shape)
-            np.abs(x, out=a)
-            return _row_reduce(np.maximum, a), None
+            return row_peaks(x2[r0:r1, c0:c1]), None
+        x = _as_work(x2[r0:r1, c0:c1], work)
         return _row_reduce(np.minimum, x), _row_reduce(np.maximum, x)
 
     def set_scales(r0: int, r1: int, first: np.ndarray, second: np.ndarray | None) -> bool:
-        # first/second (float64): per-row max|w| (symmetric) or min and max (affine); the
-        # reference reduces with `initial=0`, hence the maximum/minimum with 0
-        if not (np.isfinite(first).all() and (second is None or np.isfinite(second).all())):
+        # first/second (float64): per-row max|w| (symmetric, >= +0 from row_peaks) or min and max
+        # (affine); the reference reduces with `initial=0`, hence the affine minimum/maximum with 0.
+        # All finite <=> these reductions are: NaN propagates through max and min, a row minimum
+        # of +inf means a row maximum of +inf, a row maximum of -inf a row minimum of -inf.
+        if not (np.isfinite(first.max() if symmetric else first.min())
+                and (second is None or np.isfinite(second.max()))):
             failed.set()
             return False
         try:
             if symmetric:
-                scale[r0:r1] = scale_of(np.maximum(first, 0.0))
+                scale[r0:r1] = scale_of(first)
             else:
                 assert second is not None and zero_point is not None  # affine: both exist
                 lo, hi = np.minimum(first, 0.0), np.maximum(second, 0.0)
@@ -293,29 +355,38 @@ def quantize_job(
             return False
         return True
 
+    magic = work.type(_ROUNDING_MAGIC[work])
+
     def encode(r0: int, r1: int, c0: int, c1: int) -> None:
         x = _as_work(x2[r0:r1, c0:c1], work)
         q = scratch("q", x.size, work).reshape(x.shape)
-        np.divide(x, scale[r0:r1, None].astype(work), out=q)
+        np.divide(x, scale[r0:r1, None] if work == scale.dtype else scale[r0:r1, None].astype(work), out=q)
+        # |x| <= peak (symmetric) or |x| <= hi - lo (affine) and the stored scale is at least
+        # (peak or span / qmax)(1 - 2**-24) (a float64 quotient rounded to float32, or raised to the
+        # floor), so |q| <= qmax (1 + 2**-22) after the division's own rounding: far below 2**21,
+        # where round_to_codes is rint. For symmetric codes that bound is below qmax + 0.008 (qmax
+        # <= 32767): rint gives at most qmax, what the reference's clip(rint(q), -qmax, qmax)
+        # gives, so there is no clip.
         if symmetric:
-            # No clip needed: |x| <= peak and the stored scale is >= (peak / qmax)(1 - 2**-24) (a float64
-            # quotient rounded to float32, or raised to the floor), so |x / scale| <= qmax (1 + 2**-22)
-            # after the division's own rounding, less than qmax + 0.008 for qmax <= 32767: rint gives
-            # at most qmax, exactly what the reference's clip(rint(...), -qmax, qmax) gives.
-            np.rint(q, out=codes[r0:r1, c0:c1], casting="unsafe")
-        else:  # the zero point is added after rounding, as in the reference: keep that order
-            np.rint(q, out=q)
-            assert zero_point is not None  # affine
-            np.add(q, zero_point[r0:r1, None].astype(work), out=q)
-            np.clip(q, 0, qmax, out=q)
-            np.copyto(codes[r0:r1, c0:c1], q, casting="unsafe")
+            round_to_codes(q, codes[r0:r1, c0:c1])
+            return
+        # affine: rint, then the zero point, then the clip, as in the reference. With the rounding
+        # magic added first the three steps are exact on integers offset by the magic constant.
+        assert zero_point is not None  # affine
+        np.add(q, magic, out=q)
+        np.add(q, zero_point[r0:r1, None].astype(work), out=q)
+        np.clip(q, magic, magic + qmax, out=q)
+        np.copyto(codes[r0:r1, c0:c1].view(_uint(code_dtype.itemsize)), q.view(_uint(work.itemsize)),
+                  casting="unsafe")
 
     def tile(r0: int, r1: int, c0: int, c1: int) -> None:
         if failed.is_set():
             return
         first, second = stats(r0, r1, c0, c1)
-        second64 = None if second is None else second.astype(np.float64)
-        if set_scales(r0, r1, first.astype(np.float64), second64):
+        with np.errstate(invalid="ignore"):  # a signalling NaN's cast warns; set_scales reports it
+            first64 = first.astype(np.float64)
+            second64 = None if second is None else second.astype(np.float64)
+        if set_scales(r0, r1, first64, second64):
             encode(r0, r1, c0, c1)
 
     if whole_rows:
