@@ -141,7 +141,8 @@ def quant_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     both use it."""
     group_size = args.group_size if args.group_size is not None else None if args.per_tensor else "auto"
     return {"symmetric": not args.affine, "axis": args.axis, "group_size": group_size,
-            "flatten": args.flatten, "method": args.method, "full_range": args.full_range}
+            "flatten": args.flatten, "method": args.method, "full_range": args.full_range,
+            "rounding": args.rounding}
 
 
 def _quantize_one(args: argparse.Namespace, name: str, w: np.ndarray, bits: int) -> Any:
@@ -266,6 +267,8 @@ def _summary(args: argparse.Namespace, output: str, counts: _Counts, tensors: in
             scope = "per tensor" if args.per_tensor else "default layouts"
         if args.method != "rtn" or args.full_range:
             scope += f", {args.method}" + (", full range" if args.full_range else "")
+        if args.rounding != "auto":
+            scope += f", {args.rounding} rounding"
         if getattr(args, "budget", None) is not None:
             spread = "/".join(str(b) for b in sorted(set(counts.bits)))
             parts.append(f"quantized {counts.quantized} to {spread} bits for a budget of "
