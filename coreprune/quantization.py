@@ -47,7 +47,6 @@ from ._fast import blocked as _blocked
 from ._fast import kernels as _kernels
 from .errors import CompressionError
 from .packing import _check_bits
-from .rounding import balance_codes
 from .quant_layout import (
     default_bits,
     default_layout,
@@ -60,6 +59,7 @@ from .quant_layout import (
     params_to_rows,
     to_rows,
 )
+from .rounding import balance_codes
 from .scale_search import METHODS, clip_params, hqq_params
 from .selection import Pattern, check_weights, is_floating, require_finite, select
 

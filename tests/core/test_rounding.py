@@ -1,4 +1,4 @@
-"""Balanced rounding (coreprune.rounding.balance_codes and quantize(rounding=...)) against a loop reference."""
+"""Balanced rounding (balance_codes, quantize(rounding=...)) against a loop reference."""
 
 from __future__ import annotations
 
@@ -75,8 +75,11 @@ def test_edge_cases():
     np.testing.assert_array_equal(codes, before)  # input not modified
 
 
-@pytest.mark.parametrize("layout", [dict(), dict(axis=0), dict(group_size=16), dict(group_size=10, flatten=True),
-                                    dict(symmetric=False), dict(method="clip"), dict(full_range=True)])
+LAYOUTS = [dict(), dict(axis=0), dict(group_size=16), dict(group_size=10, flatten=True),
+           dict(symmetric=False), dict(method="clip"), dict(full_range=True)]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("bits", [3, 4, 8])
 def test_quantize_balanced_is_nearest_then_balanced(layout, bits):
     rng = np.random.default_rng(bits)
@@ -99,8 +102,8 @@ def test_quantize_balanced_is_nearest_then_balanced(layout, bits):
         exact = w[name].astype(np.float64).reshape(rows, -1) / step
         if q.zero_point is not None:
             exact += q.expand(q.zero_point).astype(np.float64).reshape(rows, -1)
-        lo, hi = (0, 2**bits - 1) if not q.symmetric else (-(2 ** (bits - 1)) + 1 - int("full_range" in layout),
-                                                         2 ** (bits - 1) - 1)
+        qmax = 2 ** (bits - 1) - 1
+        lo, hi = (0, 2**bits - 1) if not q.symmetric else (-qmax - int("full_range" in layout), qmax)
         expected = balance_reference(n.codes.reshape(rows, -1), exact, step, lo, hi)
         np.testing.assert_array_equal(q.codes.reshape(rows, -1), expected)
         assert np.all(np.abs(q.codes.astype(int) - n.codes) <= 1)
@@ -136,3 +139,31 @@ def test_balanced_cancels_the_mean_shift_of_a_depthwise_kernel():
         steps = q.scale.astype(np.float64)
     assert np.all(shift["balanced"] <= 0.5 * steps * x + 1e-9)
     assert shift["balanced"].mean() < 0.5 * shift["half_even"].mean()
+
+
+def test_measured_importance_follows_the_loss_and_refuses_bad_losses():
+    from coreprune import CompressionError, measured_importance
+
+    rng = np.random.default_rng(3)
+    w = {"a.weight": rng.normal(size=(8, 32)).astype(np.float32),
+         "b.weight": rng.normal(size=(8, 32)).astype(np.float32),
+         "b.bias": np.zeros(8, np.float32)}
+    calls = []
+
+    def loss(v):
+        calls.append(sorted(n for n in v if not np.array_equal(v[n], w[n])))
+        d = v["a.weight"] - w["a.weight"]
+        return 1.0 + 3.0 * float(np.sum(d**2)) / float(np.sum(w["a.weight"] ** 2))
+
+    imp = measured_importance(w, loss, bits=3)
+    assert list(imp) == ["a.weight", "b.weight"]        # the default selection: no bias
+    assert calls == [[], ["a.weight"], ["b.weight"]]      # the float weights, then one tensor each
+    assert imp["a.weight"] == pytest.approx(3.0)          # loss - baseline = 3 * NSR
+    assert imp["b.weight"] == 0.0
+    assert list(measured_importance(w, loss, include="b.weight")) == ["b.weight"]
+    for bad in (lambda v: float("nan"), lambda v: "x", lambda v: None):
+        with pytest.raises(CompressionError, match="finite number"):
+            measured_importance(w, bad)
+    with pytest.raises(CompressionError, match="not budget"):
+        measured_importance(w, loss, budget=4)
+    assert set(w) == {"a.weight", "b.weight", "b.bias"}
