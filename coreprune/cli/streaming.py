@@ -172,7 +172,7 @@ def _quantize_step(
         bits = widths[name] if widths is not None else args.bits
         q = _quantize_one(args, name, w, bits)
         counts.quantized += 1
-        counts.bits.append(bits)
+        counts.bits.append(q.bits)  # what was applied: the default keeps small fan-ins at 8 bits
         return q if keep_codes else q.dequantize()
 
     return step
@@ -274,7 +274,8 @@ def _summary(args: argparse.Namespace, output: str, counts: _Counts, tensors: in
             parts.append(f"quantized {counts.quantized} to {spread} bits for a budget of "
                          f"{args.budget:g} bits per weight ({how}, {scope})")
         else:
-            parts.append(f"quantized {counts.quantized} to {args.bits} bits ({how}, {scope})")
+            spread = "/".join(str(b) for b in sorted(set(counts.bits)))
+            parts.append(f"quantized {counts.quantized} to {spread} bits ({how}, {scope})")
     if counts.shared:
         coding = "ANS-coded" if args.entropy == "ans" else "bit-packed"
         rules = ",".join(f"{k}={b}" for k, b in args.codebook_bits)
