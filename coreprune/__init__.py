@@ -7,7 +7,8 @@ imports torch or mxnet on its own; the converters are the subpackages :mod:`core
 * pruning: :func:`prune_threshold`, :func:`prune_magnitude`, :func:`apply_masks`,
   :func:`global_magnitude_threshold` (the global cut, streamed over a lazy reader)
 * quantization: :func:`quantize`, :func:`dequantize`, :class:`QuantizedArray`, :func:`pack_bits`,
-  :func:`unpack_bits` (n-bit codes to bytes and back)
+  :func:`unpack_bits` (n-bit codes to bytes and back), :func:`measured_importance` (per-tensor
+  sensitivities for ``quantize(..., budget=)`` from a loss on a few real inputs)
 * statistics: :func:`sparsity`, :func:`tensor_stats` (what ``coreprune inspect`` prints)
 * files: :mod:`coreprune.io` (``load``, ``save``, ``open_weights``), :func:`save_compressed`,
   :func:`load_compressed`
@@ -34,6 +35,7 @@ from __future__ import annotations
 from . import arch, distill, io, structured
 from ._fast.blocked import num_threads, set_num_threads
 from .arch import channel_shuffle
+from .bit_budget import measured_importance
 from .distill import kd_loss, kd_loss_and_grad
 from .errors import CompressionError, EmptyLayerWarning, UnsafePickleError, WeightFileError
 from .io.cpz import load_compressed, save_compressed
@@ -72,6 +74,7 @@ __all__ = [
     "QuantizedArray",
     "quantize",
     "dequantize",
+    "measured_importance",
     "arch",
     "structured",
     "io",

@@ -9,7 +9,8 @@ The proxy of how much a tensor's quantization hurts is its noise-to-signal ratio
 weights' relative error, and the relative errors of the layers of a deep network add up roughly,
 whatever the layers' sizes -- so a small depthwise or first layer matters as much as a large one.
 Optional per-tensor ``importance`` factors (for instance measured on a few real inputs) multiply
-it. The allocation minimises ``sum_t importance_t * NSR_t(b_t)`` under the byte budget: the best
+it; :func:`measured_importance` measures them with a loss on real inputs that the user supplies.
+The allocation minimises ``sum_t importance_t * NSR_t(b_t)`` under the byte budget: the best
 of (a) greedy upgrades from the smallest widths, each time the upgrade of largest decrease of the
 objective per extra byte that fits, and (b) the Lagrangian choice (each tensor minimising
 ``importance * NSR + lambda * bytes``) for the smallest ``lambda`` that fits, and (c) each uniform
@@ -21,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from .errors import CompressionError
 if TYPE_CHECKING:  # quantization imports this module
     from .quantization import QuantizedArray
 
-__all__ = ["allocate_bits", "noise_to_signal", "measure", "widths_checked"]
+__all__ = ["allocate_bits", "noise_to_signal", "measure", "measured_importance", "widths_checked"]
 
 
 def noise_to_signal(w: np.ndarray, approx: np.ndarray) -> float:
@@ -194,3 +195,99 @@ def measure(
             errors[name][b] = noise_to_signal(weights[name], q.dequantize())
     counts = {n: int(weights[n].size) for n in names}
     return sizes, errors, counts, arrays
+
+
+def _everything(name: str, value: np.ndarray) -> bool:
+    return True
+
+
+def measured_importance(
+    weights: Mapping[str, np.ndarray],
+    loss: Callable[[dict[str, np.ndarray]], float],
+    bits: int = 4,
+    **quantize_kwargs: object,
+) -> dict[str, float]:
+    """Per-tensor ``importance`` for :func:`coreprune.quantize` (``budget=``) from a loss on real inputs.
+
+    For each tensor ``t`` that :func:`coreprune.quantize` selects, only ``t`` is quantized at
+    ``bits`` (the others stay float) and ``loss`` is called on those weights::
+
+        importance_t = max(loss(w with t quantized) - loss(w), 0) / NSR_t(bits)
+
+    so that ``importance_t * NSR_t(b)``, the allocation's objective, is the loss that ``t`` alone
+    would cost at any width ``b`` (the loss growing with the weights' noise energy). The weights
+    alone cannot tell a layer whose error the rest of the network amplifies (a depthwise kernel,
+    a linear bottleneck before a residual sum) from one whose error it damps; a few real inputs
+    can. One call of ``loss`` per selected tensor, plus one.
+
+    Parameters
+    ----------
+    weights : Mapping[str, numpy.ndarray]
+        Name to array. Not modified.
+    loss : callable
+        ``loss(weights) -> float``: a finite divergence of the model with these weights from the
+        float model on a few real inputs (e.g. the mean KL of the class probabilities, ``1 -``
+        the mean cosine of embeddings), written with the user's framework; it receives a new
+        dict of NumPy arrays with the original names, shapes and dtypes.
+    bits : int
+        The width at which each tensor is measured (default 4).
+    **quantize_kwargs
+        Passed to :func:`coreprune.quantize` (``include``, ``exclude``, the layout, ``method``):
+        give the same as to the later ``quantize(..., budget=...)``.
+
+    Returns
+    -------
+    dict[str, float]
+        Tensor name to importance (>= 0), in selection order.
+
+    Raises
+    ------
+    CompressionError
+        ``loss`` returned something that is not a finite number; the errors of
+        :func:`coreprune.quantize`.
+
+    Examples
+    --------
+    >>> import numpy as np, coreprune as cp
+    >>> rng = np.random.default_rng(0)
+    >>> w = {"a.weight": rng.normal(size=(16, 64)).astype(np.float32),
+    ...      "b.weight": rng.normal(size=(16, 64)).astype(np.float32)}
+    >>> x = rng.normal(size=(64, 8)).astype(np.float32)
+    >>> def loss(v):  # "b" feeds an output ten times as large as "a"'s
+    ...     return float(np.mean(((v["a.weight"] - w["a.weight"]) @ x) ** 2)
+    ...                  + 100 * np.mean(((v["b.weight"] - w["b.weight"]) @ x) ** 2))
+    >>> imp = measured_importance(w, loss, bits=4)
+    >>> 50 < imp["b.weight"] / imp["a.weight"] < 200
+    True
+    >>> q = cp.quantize(w, budget=5.0, importance=imp)
+    >>> q["a.weight"].bits < q["b.weight"].bits
+    True
+    """
+    from .quantization import QuantizedArray, quantize
+    from .selection import select
+
+    if "budget" in quantize_kwargs:
+        raise CompressionError("measured_importance measures at one width: give bits, not budget")
+    include = cast(Any, quantize_kwargs.pop("include", None))
+    exclude = cast(Any, quantize_kwargs.pop("exclude", None))
+    names = select(weights, include, exclude)
+
+    def checked(value: object, what: str) -> float:
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number):
+            raise CompressionError(f"loss returned {value!r} for {what}; it must return a finite number")
+        return number
+
+    plain = {n: np.asarray(v) for n, v in weights.items()}
+    base = checked(loss(dict(plain)), "the float weights")
+    out: dict[str, float] = {}
+    for name in names:
+        q = quantize({name: plain[name]}, bits, include=_everything, **quantize_kwargs)[name]  # type: ignore[arg-type]
+        approx = cast(QuantizedArray, q).dequantize()
+        nsr = noise_to_signal(plain[name], approx)
+        cost = max(checked(loss({**plain, name: approx}), f"tensor {name!r}") - base, 0.0)
+        out[name] = cost / nsr if nsr > 0 else 0.0
+    return out

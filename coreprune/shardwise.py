@@ -75,7 +75,7 @@ class ShardSettings:
     bits : int, optional
         Quantize the selected tensors to ``bits``-bit codes (kept packed in ``.cpz`` shards,
         dequantized in other formats).
-    symmetric, axis, group_size, flatten, method, full_range
+    symmetric, axis, group_size, flatten, method, full_range, rounding
         As :func:`coreprune.quantize` (the same defaults: a layout per tensor).
     include, exclude : glob or list of globs, optional
         Which tensors; default every floating tensor with ``ndim >= 2``.
@@ -100,6 +100,7 @@ class ShardSettings:
     flatten: bool = False
     method: str = "rtn"
     full_range: bool = False
+    rounding: str = "auto"
     include: str | Sequence[str] | None = None
     exclude: str | Sequence[str] | None = None
     rename: Mapping[str, str] | None = None
@@ -181,7 +182,7 @@ def quantize_one(name: str, w: np.ndarray, settings: ShardSettings, keep_codes: 
     q = cast(QuantizedArray, quantize(
         {name: w}, settings.bits, symmetric=settings.symmetric, axis=settings.axis,
         group_size=settings.group_size, flatten=settings.flatten, method=settings.method,
-        full_range=settings.full_range, include=_ALL,
+        full_range=settings.full_range, rounding=settings.rounding, include=_ALL,
     )[name])
     return q if keep_codes else q.dequantize()
 

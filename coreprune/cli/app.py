@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--full-range", action="store_true",
                        help="symmetric codes use -2**(B-1) too, scale max|w| / (2**(B-1) - 1/2) "
                             "(torch's int8)")
+        g.add_argument("--rounding", choices=("auto", "half_even", "balanced", "torch"), default="auto",
+                       help="codes: balanced (errors of each output channel cancel) with the default "
+                            "layouts, else half-even (auto, the default); or one of them everywhere; "
+                            "or torch's own rounding")
 
     parser = _Parser(
         prog=_PROG,
@@ -186,7 +190,8 @@ def _check_combinations(args: argparse.Namespace) -> None:
                                 ("--group-size", args.group_size is not None),
                                 ("--per-tensor", args.per_tensor),
                                 ("--flatten", args.flatten), ("--method", args.method != "rtn"),
-                                ("--full-range", args.full_range)) if v]
+                                ("--full-range", args.full_range),
+                                ("--rounding", args.rounding != "auto")) if v]
         if given:
             raise CliError(f"compress: {', '.join(given)} needs --bits")
 

@@ -141,7 +141,8 @@ def quant_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     both use it."""
     group_size = args.group_size if args.group_size is not None else None if args.per_tensor else "auto"
     return {"symmetric": not args.affine, "axis": args.axis, "group_size": group_size,
-            "flatten": args.flatten, "method": args.method, "full_range": args.full_range}
+            "flatten": args.flatten, "method": args.method, "full_range": args.full_range,
+            "rounding": args.rounding}
 
 
 def _quantize_one(args: argparse.Namespace, name: str, w: np.ndarray, bits: int) -> Any:
@@ -171,7 +172,7 @@ def _quantize_step(
         bits = widths[name] if widths is not None else args.bits
         q = _quantize_one(args, name, w, bits)
         counts.quantized += 1
-        counts.bits.append(bits)
+        counts.bits.append(q.bits)  # what was applied: the default keeps small fan-ins at 8 bits
         return q if keep_codes else q.dequantize()
 
     return step
@@ -266,12 +267,15 @@ def _summary(args: argparse.Namespace, output: str, counts: _Counts, tensors: in
             scope = "per tensor" if args.per_tensor else "default layouts"
         if args.method != "rtn" or args.full_range:
             scope += f", {args.method}" + (", full range" if args.full_range else "")
+        if args.rounding != "auto":
+            scope += f", {args.rounding} rounding"
         if getattr(args, "budget", None) is not None:
             spread = "/".join(str(b) for b in sorted(set(counts.bits)))
             parts.append(f"quantized {counts.quantized} to {spread} bits for a budget of "
                          f"{args.budget:g} bits per weight ({how}, {scope})")
         else:
-            parts.append(f"quantized {counts.quantized} to {args.bits} bits ({how}, {scope})")
+            spread = "/".join(str(b) for b in sorted(set(counts.bits)))
+            parts.append(f"quantized {counts.quantized} to {spread} bits ({how}, {scope})")
     if counts.shared:
         coding = "ANS-coded" if args.entropy == "ans" else "bit-packed"
         rules = ",".join(f"{k}={b}" for k, b in args.codebook_bits)

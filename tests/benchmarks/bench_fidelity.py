@@ -294,8 +294,11 @@ METHODS = [
     ("int8 per-channel", coreprune_method(bits=8, axis=0)),
     ("int8 per-channel full range", coreprune_method(bits=8, axis=0, full_range=True)),
     ("RTN 8 default", coreprune_method(bits=8)),
+    ("RTN 8 default, half-even rounding", coreprune_method(bits=8, rounding="half_even")),
     ("RTN 4 per-channel (old)", coreprune_method(bits=4, axis=0)),
     ("RTN 4 default", coreprune_method(bits=4)),
+    ("RTN 4 default, half-even rounding", coreprune_method(bits=4, rounding="half_even")),
+    ("RTN 4 default affine", coreprune_method(bits=4, symmetric=False)),
     ("RTN 4 default full range", coreprune_method(bits=4, full_range=True)),
     ("clip 4 default", coreprune_method(bits=4, method="clip")),
     ("hqq-style 4 default", coreprune_method(bits=4, method="hqq")),
@@ -303,7 +306,10 @@ METHODS = [
     ("RTN 3 default", coreprune_method(bits=3)),
     ("clip 3 default", coreprune_method(bits=3, method="clip")),
     ("mixed budget 4.5 (clip)", coreprune_method(budget=4.5, method="clip")),
+    ("mixed budget 4.5, measured importance", "importance 4.5"),
+    ("mixed budget 4.5 affine, measured importance", "importance 4.5 affine"),
     ("mixed budget 3.5 (clip)", coreprune_method(budget=3.5, method="clip")),
+    ("mixed budget 3.5, measured importance", "importance 3.5"),
 ]
 
 
@@ -330,8 +336,12 @@ def reconstruction_table(w: dict[str, np.ndarray], bits: int) -> list[tuple[str,
 # --------------------------------------------------------------------------------------------- run
 
 
-def evaluate(name: str, weights: dict[str, np.ndarray], forward, metric) -> None:
+def evaluate(name: str, weights: dict[str, np.ndarray], forward, metric, calibration_loss) -> None:
+    """One table row per method. ``calibration_loss(w)`` is the model's divergence from its float
+    outputs on calibration inputs that are not the evaluation inputs (for
+    :func:`coreprune.measured_importance`, measured once per model at 4 bits)."""
     float_out = forward(weights)
+    importance: dict[str, dict[str, float]] = {}
     n_weights = sum(v.size for v in weights.values() if v.ndim >= 2 and v.dtype.kind == "f")
     float_bytes = sum(v.nbytes for v in weights.values())
     print(f"\n## {name}: {n_weights} weights in tensors of ndim >= 2, "
@@ -344,6 +354,17 @@ def evaluate(name: str, weights: dict[str, np.ndarray], forward, metric) -> None
         if method is None:
             dq, size = torch_int8(weights)
             bits = "8"
+        elif isinstance(method, str) and method.startswith("importance"):
+            _, budget, *affine = method.split()
+            kw = dict(symmetric=False) if affine else {}
+            key = "affine" if affine else "symmetric"
+            if key not in importance:
+                t1 = time.perf_counter()
+                importance[key] = cp.measured_importance(weights, calibration_loss, bits=4, **kw)
+                print(f"  measured importance ({key}): {time.perf_counter() - t1:.1f} s, "
+                      f"{len(importance[key]) + 1} calls of the loss")
+                t0 = time.perf_counter()
+            dq, size, bits = coreprune_method(budget=float(budget), importance=importance[key], **kw)(weights)
         elif method == "hqq":
             got = hqq_package(weights, 4)
             if got is None:
@@ -431,6 +452,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--crops", type=int, default=240)
     ap.add_argument("--sentences", type=int, default=200)
+    ap.add_argument("--calibration-crops", type=int, default=16,
+                    help="crops (another seed) for coreprune.measured_importance")
+    ap.add_argument("--calibration-sentences", type=int, default=40,
+                    help="sentences (after the evaluation's) for coreprune.measured_importance")
     ap.add_argument("--models", default="cnn,text")
     ap.add_argument("--sweep", type=int, default=0, metavar="CROPS",
                     help="only the CNN's per-tensor 4-bit sensitivity sweep, on this many crops")
@@ -443,23 +468,39 @@ def main() -> None:
     if "cnn" in args.models:
         model, weights = load_cnn()
         x = image_crops(args.crops)
+        calibration = image_crops(args.calibration_crops, seed=1)  # other crops than the evaluation's
 
         @torch.no_grad()
-        def forward(w: dict[str, np.ndarray]) -> np.ndarray:
+        def forward(w: dict[str, np.ndarray], inputs: torch.Tensor = x) -> np.ndarray:
             model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in w.items()})
-            return torch.cat([model(x[i : i + 40]) for i in range(0, len(x), 40)]).numpy()
+            return torch.cat([model(inputs[i : i + 40]) for i in range(0, len(inputs), 40)]).numpy()
 
-        evaluate(f"EfficientNet-Lite0, {len(x)} real image crops", weights, forward, Agreement())
+        cal_ref = torch.log_softmax(torch.from_numpy(forward(weights, calibration)), 1)
+
+        def mean_kl(w: dict[str, np.ndarray]) -> float:
+            lq = torch.log_softmax(torch.from_numpy(forward(w, calibration)), 1)
+            return float((cal_ref.exp() * (cal_ref - lq)).sum(1).mean())
+
+        evaluate(f"EfficientNet-Lite0, {len(x)} real image crops (importance: {len(calibration)} other "
+                 "crops)", weights, forward, Agreement(), mean_kl)
     if "text" in args.models:
         encoder, weights = load_text()
-        texts = sentences(args.sentences)
+        every = sentences(args.sentences + args.calibration_sentences)
+        texts, calibration_texts = every[: args.sentences], every[args.sentences :]
 
         @torch.no_grad()
-        def embed(w: dict[str, np.ndarray]) -> np.ndarray:
-            return encoder.embed(w, texts)
+        def embed(w: dict[str, np.ndarray], inputs: list[str] = texts) -> np.ndarray:
+            return encoder.embed(w, inputs)
 
         weights = {k: v for k, v in weights.items() if k != "embeddings.position_ids"}
-        evaluate(f"all-MiniLM-L6-v2, {len(texts)} real sentences", weights, embed, Cosine())
+        cal_float = embed(weights, calibration_texts)
+
+        def one_minus_cosine(w: dict[str, np.ndarray]) -> float:
+            got = embed(w, calibration_texts)
+            return float(1 - np.mean(np.sum(cal_float * got, 1) / np.linalg.norm(got, axis=1)))
+
+        evaluate(f"all-MiniLM-L6-v2, {len(texts)} real sentences (importance: {len(calibration_texts)} "
+                 "other sentences)", weights, embed, Cosine(), one_minus_cosine)
 
 
 if __name__ == "__main__":
