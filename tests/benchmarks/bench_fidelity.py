@@ -16,7 +16,9 @@ Methods: torch's own per-channel symmetric int8 (``torch.quantize_per_channel`` 
 its ``PerChannelMinMaxObserver``) as the baseline; coreprune RTN at 8/4/3 bits with its default
 layouts; int8 per channel with the restricted and the full (torch-like) range; clipped and
 half-quadratic ("hqq") scales; the ``hqq`` package's own optimiser where it is installed; mixed
-precision at 4.5 and 3.5 bits per weight. Size: bytes of the whole state dict (quantized tensors as
+precision at 4.5 and 3.5 bits per weight, data-free and with ``coreprune.measured_importance`` on
+calibration inputs that are not the evaluation inputs (16 crops of another seed, 40 other
+sentences); the default (balanced) rounding next to half-even. Size: bytes of the whole state dict (quantized tensors as
 stored: packed codes + float32 scales (+ zero points); the rest float32), and bits per quantized
 weight. A second table compares the weight reconstruction error (sum over tensors of
 ||w - q(w)||^2 / ||w||^2) of RTN, coreprune's searches and the hqq package on the same tensors.
