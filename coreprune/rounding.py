@@ -65,23 +65,63 @@ def balance_codes(
     [[0, 1, 3, 0]]
     """
     codes = np.asarray(codes)
-    exact = np.asarray(exact, np.float64)
-    step = np.asarray(step, np.float64)
     out = codes.copy()
     if codes.size == 0:
         return out
+    rows_per_block = max(1, _BLOCK // max(codes.shape[1], 1))  # bounded float64 temporaries
+    for r0 in range(0, codes.shape[0], rows_per_block):
+        r1 = min(r0 + rows_per_block, codes.shape[0])
+        _balance_block(out[r0:r1], codes[r0:r1], np.asarray(exact[r0:r1], np.float64),
+                       np.asarray(step[r0:r1], np.float64), lo, hi)
+    return out
+
+
+#: Values per block of rows: the float64 temporaries stay near 2**20 * 8 bytes each.
+_BLOCK = 1 << 20
+
+
+def _balance_block(
+    out: np.ndarray, codes: np.ndarray, exact: np.ndarray, step: np.ndarray, lo: int, hi: int
+) -> None:
+    """:func:`balance_codes` on a block of rows, written into ``out``.
+
+    Row ``r`` moves at most ``ceil(|e_r| / min(step_r))`` codes (each move takes at least the row's
+    smallest step off ``|e_r|``) and looks at one candidate more, so only its ``K`` best candidates
+    need sorting: those are found with a partition (every candidate tied with the ``K``-th
+    included, so that the order is exactly the full sort's), then sorted.
+    """
     residual = codes.astype(np.float64) - exact
     error = np.sum(residual * step, axis=1)
     sign = np.sign(error)[:, None]  # the codes move by -sign
     moved = codes.astype(np.int64) - sign.astype(np.int64)
     candidate = (np.sign(residual) == sign) & (sign != 0) & (moved >= lo) & (moved <= hi)
-    order = np.argsort(np.where(candidate, -np.abs(residual), np.inf), axis=1, kind="stable")
-    step_sorted = np.take_along_axis(step, order, axis=1)
+    key = np.where(candidate, -np.abs(residual), np.inf)
+    n = codes.shape[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need = np.ceil(np.abs(error) / np.min(step, axis=1)) + 1
+    k = int(min(n, np.max(np.nan_to_num(need, nan=n, posinf=n))))
+    if 4 * k < n:
+        kth = np.partition(key, k - 1, axis=1)[:, k - 1 : k]
+        keep = (key <= kth) & candidate
+        width = int(keep.sum(axis=1).max())
+        rows, cols = np.nonzero(keep)  # row-major: each row's columns in increasing order
+        starts = np.searchsorted(rows, np.arange(codes.shape[0]))
+        slot = np.arange(rows.size) - starts[rows]
+        index = np.full((codes.shape[0], max(width, 1)), n, np.int64)
+        index[rows, slot] = cols
+    else:
+        index = np.broadcast_to(np.arange(n), codes.shape)
+    pad = np.concatenate  # one padding column (never a candidate) for the rows with fewer picks
+    key_p = pad([key, np.full((key.shape[0], 1), np.inf)], axis=1)
+    step_p = pad([step, np.ones((step.shape[0], 1))], axis=1)
+    cand_p = pad([candidate, np.zeros((candidate.shape[0], 1), np.bool_)], axis=1)
+    sub = np.take_along_axis(key_p, index, axis=1)
+    order = np.take_along_axis(index, np.argsort(sub, axis=1, kind="stable"), axis=1)
+    step_sorted = np.take_along_axis(step_p, order, axis=1)
     before = np.cumsum(step_sorted, axis=1) - step_sorted
-    ok = np.take_along_axis(candidate, order, axis=1)
+    ok = np.take_along_axis(cand_p, order, axis=1)
     ok &= step_sorted < 2 * (np.abs(error)[:, None] - before)
     ok = np.logical_and.accumulate(ok, axis=1)
     rows = np.nonzero(ok)[0]
     cols = order[ok]
     out[rows, cols] = moved[rows, cols].astype(codes.dtype)
-    return out

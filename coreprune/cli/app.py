@@ -102,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="symmetric codes use -2**(B-1) too, scale max|w| / (2**(B-1) - 1/2) "
                             "(torch's int8)")
         g.add_argument("--rounding", choices=("auto", "half_even", "balanced", "torch"), default="auto",
-                       help="codes: balanced (errors of each output channel cancel) with the default "
-                            "layouts, else half-even (auto, the default); or one of them everywhere; "
-                            "or torch's own rounding")
+                       help="codes: balanced (errors of each output channel cancel) for conv kernels "
+                            "with the default layouts, else half-even (auto, the default); or one "
+                            "of them everywhere; or torch's own rounding")
 
     parser = _Parser(
         prog=_PROG,

@@ -112,8 +112,14 @@ def test_quantize_balanced_is_nearest_then_balanced(layout, bits):
             assert np.all(err <= q.expand(q.scale) * (1 + 1e-6) + 1e-12)
 
 
-def test_default_rounding_is_balanced_with_the_default_layout_only():
+def test_default_rounding_is_balanced_for_conv_kernels_with_the_default_layout_only():
     rng = np.random.default_rng(0)
+    fc = {"fc.weight": rng.normal(0, 0.1, (16, 300)).astype(np.float32)}
+    for bits in (4, 8):  # linear layers keep round to nearest
+        assert np.array_equal(quantize(fc, bits)["fc.weight"].codes,
+                              quantize(fc, bits, rounding="half_even")["fc.weight"].codes)
+        assert not np.array_equal(quantize(fc, bits)["fc.weight"].codes,
+                                  quantize(fc, bits, rounding="balanced")["fc.weight"].codes)
     w = {"conv.weight": rng.normal(0, 0.1, (16, 8, 3, 3)).astype(np.float32)}
     for bits in (4, 8):
         assert np.array_equal(quantize(w, bits)["conv.weight"].codes,
@@ -167,3 +173,17 @@ def test_measured_importance_follows_the_loss_and_refuses_bad_losses():
     with pytest.raises(CompressionError, match="not budget"):
         measured_importance(w, loss, budget=4)
     assert set(w) == {"a.weight", "b.weight", "b.bias"}
+
+
+@pytest.mark.parametrize("block", [1 << 20, 7, 300])
+def test_partition_path_ties_and_row_blocks_equal_the_reference(block, monkeypatch):
+    import coreprune.rounding as rounding
+
+    monkeypatch.setattr(rounding, "_BLOCK", block)
+    rng = np.random.default_rng(5)
+    # quarter-step residuals: many exact ties in |r|, so the partition's cut falls inside a tie
+    exact = rng.integers(-24, 25, (40, 500)) / 4.0
+    codes = np.clip(np.rint(exact), -7, 7).astype(np.int8)
+    for step in (np.ones(exact.shape), rng.choice([0.5, 1.0, 2.0], exact.shape)):
+        got = balance_codes(codes, exact, step, -7, 7)
+        np.testing.assert_array_equal(got, balance_reference(codes, exact, step, -7, 7))
