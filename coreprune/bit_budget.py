@@ -197,10 +197,6 @@ def measure(
     return sizes, errors, counts, arrays
 
 
-def _everything(name: str, value: np.ndarray) -> bool:
-    return True
-
-
 def measured_importance(
     weights: Mapping[str, np.ndarray],
     loss: Callable[[dict[str, np.ndarray]], float],
@@ -264,7 +260,7 @@ def measured_importance(
     True
     """
     from .quantization import QuantizedArray, quantize
-    from .selection import select
+    from .selection import _everything, select
 
     if "budget" in quantize_kwargs:
         raise CompressionError("measured_importance measures at one width: give bits, not budget")

@@ -249,3 +249,9 @@ def select(
         for n in names
         if is_floating(weights[n].dtype) and keep(n, weights[n]) and not drop(n, weights[n])
     ]
+
+
+def _everything(name: str, value: np.ndarray) -> bool:
+    """An ``include`` predicate that selects every tensor: for callers that have chosen the names
+    themselves and pass one tensor at a time (the CLI, shard workers, per-tensor measurements)."""
+    return True

@@ -50,14 +50,14 @@ from .io.sharded import (
 )
 from .pruning import GlobalThreshold, _cut, _spec_view, prune_magnitude, prune_threshold
 from .quantization import QuantizedArray, quantize
-from .selection import require_finite, select
+from .selection import _everything, require_finite, select
 
 __all__ = [
     "ShardSettings", "ShardJob", "ShardResult", "ShardRun", "process_shards", "sharded_global_threshold",
     "run_shard", "prune_one", "quantize_one", "shard_pass", "shard_count_equal", "shard_check_finite",
 ]
 
-_ALL = lambda _name, _array: True  # noqa: E731 - names are selected once, by the driver
+_ALL = _everything  # names are selected once, by the driver
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ import numpy as np
 
 from ..io import open_weights
 from ..io.base import WeightReader
+from ..selection import _everything
 
 _PROG = "coreprune"
 _PLOT_SUFFIXES = (".png", ".svg", ".pdf")
-_EVERYTHING = lambda _name, _array: True  # noqa: E731 - the CLI selects names itself, then works per tensor
+_EVERYTHING = _everything  # the CLI selects names itself, then works per tensor
 
 
 class CliError(Exception):
