@@ -17,6 +17,7 @@ The supported operators are listed in :mod:`coreprune.structured.mxnet_json`; an
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Mapping
@@ -26,10 +27,10 @@ import numpy as np
 
 import mxnet as mx
 from coreprune.errors import CompressionError
-from coreprune.structured import Importance, graph_from_mxnet_json, prune_graph, rewrite_mxnet_json
+from coreprune.structured import Graph, Importance, graph_from_mxnet_json, prune_graph, rewrite_mxnet_json
 from mxnet import gluon
 
-__all__ = ["prune_symbol", "prune_checkpoint", "prune_channels", "block_symbol"]
+__all__ = ["prune_symbol", "prune_checkpoint", "prune_channels", "block_symbol", "trace_graph"]
 
 
 def _numpy(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -173,6 +174,59 @@ def block_symbol(block: gluon.HybridBlock) -> tuple[str, dict[str, np.ndarray], 
     arg = {k: v for k, v in params.items() if k not in aux_names}
     aux = {k: v for k, v in params.items() if k in aux_names}
     return sym.tojson(), arg, aux
+
+
+def trace_graph(
+    model: gluon.HybridBlock, example_inputs: Any
+) -> tuple[Graph, dict[str, np.ndarray]]:
+    """The core graph of a Gluon block and its weights as ``dict[str, numpy.ndarray]`` (copies).
+
+    The MXNet twin of :func:`coreprune.torch.trace_graph`: the block is called on a symbol (neither
+    hybridized nor run), :func:`coreprune.structured.graph_from_mxnet_json` reads the graph, and
+    parameter keys are renamed to the block's structural names, the keys of
+    :func:`coreprune.mxnet.to_numpy` (``features.0.weight``, ``features.1.running_mean``).
+
+    Parameters
+    ----------
+    model : mxnet.gluon.HybridBlock
+        Initialised; not modified. One data input.
+    example_inputs : mxnet.nd.NDArray or a 1-tuple of it
+        An input batch; only its shape is read.
+
+    Returns
+    -------
+    (Graph, dict of str to numpy.ndarray)
+        Nodes named as the symbol's nodes (``mobilenetstudent0_conv0_fwd``); parameter keys and the
+        weight dict's keys are structural names.
+
+    Raises
+    ------
+    CompressionError
+        On an unsupported operator (named) or more than one data input.
+
+    Examples
+    --------
+    >>> import mxnet as mx
+    >>> net = mx.gluon.nn.HybridSequential()
+    >>> net.add(mx.gluon.nn.Conv2D(8, 3, in_channels=3), mx.gluon.nn.BatchNorm(in_channels=8))
+    >>> net.initialize()
+    >>> graph, weights = trace_graph(net, mx.nd.zeros((1, 3, 8, 8)))
+    >>> [(n.op, dict(n.params)) for n in graph][1]
+    ('conv', {'weight': '0.weight', 'bias': '0.bias'})
+    """
+    if isinstance(example_inputs, (tuple, list)):
+        if len(example_inputs) != 1:
+            raise CompressionError(f"one data input is supported, got {len(example_inputs)}")
+        example_inputs = example_inputs[0]
+    js, arg, aux = block_symbol(model)
+    graph = graph_from_mxnet_json(js, {**arg, **aux}, {"data": tuple(example_inputs.shape)})
+    structural = {p.name: key for key, p in model._collect_params_with_prefix().items()}
+    nodes = [
+        dataclasses.replace(n, params={role: structural.get(k, k) for role, k in n.params.items()})
+        for n in graph
+    ]
+    weights = {structural.get(k, k): v for k, v in {**arg, **aux}.items()}
+    return Graph(nodes, graph.outputs), weights
 
 
 def prune_channels(

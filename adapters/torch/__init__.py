@@ -44,7 +44,7 @@ from .codebook import attach_codebooks, attached_codebooks, detach_codebooks
 from .convert import LoadReport, load_numpy, to_numpy, weight_names
 from .distill import distill_student, kd_loss
 from .masks import attach_masks, attached_masks, detach_masks, reapply_masks
-from .structured import prune_channels
+from .structured import prune_channels, trace_graph
 
 # The same names, in the same order, as coreprune.mxnet.__all__ (tests/interop checks it). The
 # conversion and mask verbs are the adapter proper; the loss and blocks live in their own modules
@@ -73,4 +73,5 @@ __all__ = [
     "squeezenet_student",
     "num_parameters",
     "prune_channels",
+    "trace_graph",
 ]

@@ -81,6 +81,9 @@ _ELEMENTWISE_MODULES = (
     nn.AdaptiveMaxPool2d,
     nn.AdaptiveMaxPool3d,
     nn.Upsample,
+    nn.ZeroPad1d,
+    nn.ZeroPad2d,
+    nn.ZeroPad3d,
 )
 _ELEMENTWISE_FUNCTIONS = {
     F.relu,
@@ -139,6 +142,76 @@ _ELEMENTWISE_METHODS = {
     "type_as",
     "detach",
 }
+# Zero padding adds border zeros that a convolution's own padding would add: bias correction
+# ignores both alike (coreprune.bias_correction).
+_COPY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                 nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)
+_POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                 nn.AdaptiveAvgPool3d)
+_COPY_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d}
+_POOL_FUNCTIONS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+                   F.adaptive_avg_pool3d}
+_COPY_METHODS = {"contiguous", "clone", "float", "to", "type_as", "detach"}
+_INF = float("inf")
+
+
+def _number(value: Any, default: float) -> float | None:
+    """A clip bound given to a traced call: a plain number, None (no bound) or unknown (None out)."""
+    if value is None:
+        return default
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _clip(lo: float | None, hi: float | None) -> dict[str, Any]:
+    """Statistics attrs of ``clamp(x, lo, hi)`` (see coreprune.structured.graph), {} if not numbers."""
+    if lo is None or hi is None or not lo < hi:
+        return {}
+    return {"fn": "clip", "lo": lo, "hi": hi}
+
+
+def _module_statistics(module: nn.Module) -> dict[str, Any]:
+    """How an element-wise module changes per-channel statistics, where bias correction can use it."""
+    if isinstance(module, nn.ReLU):
+        return _clip(0.0, _INF)
+    if isinstance(module, nn.Hardtanh):  # ReLU6 is a Hardtanh(0, 6)
+        return _clip(float(module.min_val), float(module.max_val))
+    if isinstance(module, _COPY_MODULES):
+        return {"fn": "copy"}
+    if isinstance(module, _POOL_MODULES):
+        return {"fn": "pool"}
+    return {}
+
+
+def _call_statistics(fn: Any, is_method: bool, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """How an element-wise function or method changes per-channel statistics (see above)."""
+    if is_method:
+        if fn in _COPY_METHODS:
+            return {"fn": "copy"}
+        if fn in ("relu", "relu_"):
+            return _clip(0.0, _INF)
+        if fn in ("clamp", "clamp_"):
+            return _clip(_number(args[1] if len(args) > 1 else kwargs.get("min"), -_INF),
+                         _number(args[2] if len(args) > 2 else kwargs.get("max"), _INF))
+        return {}
+    if fn in (F.relu, torch.relu):
+        return _clip(0.0, _INF)
+    if fn is F.relu6:
+        return _clip(0.0, 6.0)
+    if fn is F.hardtanh:
+        return _clip(_number(args[1] if len(args) > 1 else kwargs.get("min_val", -1.0), -_INF),
+                     _number(args[2] if len(args) > 2 else kwargs.get("max_val", 1.0), _INF))
+    if fn is torch.clamp:
+        return _clip(_number(args[1] if len(args) > 1 else kwargs.get("min"), -_INF),
+                     _number(args[2] if len(args) > 2 else kwargs.get("max"), _INF))
+    if fn in _COPY_FUNCTIONS:
+        return {"fn": "copy"}
+    if fn in _POOL_FUNCTIONS:
+        return {"fn": "pool"}
+    return {}
+
+
 _BINARY = {
     operator.add: "add",
     operator.iadd: "add",
@@ -156,10 +229,20 @@ _REDUCE_FUNCTIONS = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax"}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
 
 
+def _padded_conv(m: nn.Module) -> bool:
+    """A convolution subclass whose only sub-modules pad (TensorFlow-style 'SAME' convolutions, as in
+    the EfficientNet ports): still one convolution of its own weight, so one leaf of the trace."""
+    return isinstance(m, _CONV) and type(m) not in _CONV and all(
+        isinstance(c, (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)) or type(c).__name__ == "Identity"
+        and not any(True for _ in c.parameters())
+        for c in m.children()
+    )
+
+
 class _Tracer(fx.Tracer):
     # ChannelShuffle's forward branches on the channel count, which a symbolic trace cannot follow.
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, ChannelShuffle) or super().is_leaf_module(m, qualname)
+        return isinstance(m, ChannelShuffle) or _padded_conv(m) or super().is_leaf_module(m, qualname)
 
 
 def _refuse(node: fx.Node, what: str) -> CompressionError:
@@ -215,13 +298,14 @@ class _Translator:
             return str(fx_node.target)
         return fx_node.name
 
-    def passthrough(self, node: fx.Node, src: fx.Node) -> None:
-        """An op that keeps channel i at position i on an axis we can follow."""
+    def passthrough(self, node: fx.Node, src: fx.Node, stats: Mapping[str, Any] | None = None) -> None:
+        """An op that keeps channel i at position i on an axis we can follow; ``stats``: its
+        statistics attrs (see coreprune.structured.graph), where known."""
         in_shape, out_shape, ax = self.shape(src), self.shape(node), self.axis[src]
         if out_shape is None:
             raise _refuse(node, "its result is not a tensor")
         if len(out_shape) == len(in_shape) and out_shape[ax] == in_shape[ax]:
-            self.emit(node, "identity", [src], ax)
+            self.emit(node, "identity", [src], ax, attrs=dict(stats or {}))
         else:
             raise _refuse(node, f"it changes the channel axis {ax} of shape {in_shape} to {out_shape}")
 
@@ -272,7 +356,7 @@ class _Translator:
         elif isinstance(module, (nn.Softmax, nn.LogSoftmax)):
             self.softmax(node, src, module.dim)
         elif isinstance(module, _ELEMENTWISE_MODULES):
-            self.passthrough(node, src)
+            self.passthrough(node, src, _module_statistics(module))
         else:
             raise _refuse(node, f"module type {type(module).__name__} is not supported")
 
@@ -293,7 +377,7 @@ class _Translator:
         if out_shape is None:
             raise _refuse(node, "its result is not a tensor")
         if out_shape[: ax + 1] == in_shape[: ax + 1]:
-            self.emit(node, "identity", [src], ax)
+            self.emit(node, "identity", [src], ax, attrs={"fn": "copy"})
         elif out_shape[:ax] == in_shape[:ax] and len(out_shape) == ax + 1:
             self.flatten(node, src, ax, -1)
         else:
@@ -306,14 +390,15 @@ class _Translator:
         else:
             self.passthrough(node, src)
 
-    def reduce(self, node: fx.Node, src: fx.Node, dims: Any, keepdim: bool) -> None:
+    def reduce(self, node: fx.Node, src: fx.Node, dims: Any, keepdim: bool, mean: bool = False) -> None:
         ndim, ax = len(self.shape(src)), self.axis[src]
         if dims is None:
             raise _refuse(node, "it reduces over every axis, the channels included")
         dims = {d % ndim for d in ((dims,) if isinstance(dims, int) else dims)}
         if ax in dims:
             raise _refuse(node, f"it reduces over the channel axis {ax}")
-        self.emit(node, "identity", [src], ax if keepdim else ax - sum(d < ax for d in dims))
+        self.emit(node, "identity", [src], ax if keepdim else ax - sum(d < ax for d in dims),
+                  attrs={"fn": "pool"} if mean else {})
 
     def binary(self, node: fx.Node, op: str) -> None:
         out_shape = self.shape(node)
@@ -329,7 +414,10 @@ class _Translator:
         if len(tied) == 1:
             self.emit(node, "identity", tied, ax)
         elif tied:
-            self.emit(node, op, tied, ax)
+            # a plain sum of the tensors alone (not a difference, no scaled or broadcast term)
+            plain = (node.target in (operator.add, operator.iadd, torch.add, "add", "add_")
+                     and "alpha" not in node.kwargs and len(tied) == len(node.args) + len(node.kwargs))
+            self.emit(node, op, tied, ax, attrs={"fn": "sum"} if plain else {})
         else:
             raise _refuse(node, "no operand has the output's channels")
 
@@ -432,7 +520,7 @@ class _Translator:
         elif (not is_method and fn in _REDUCE_FUNCTIONS) or (is_method and fn in _REDUCE_METHODS):
             dims = args[1] if len(args) > 1 else kwargs.get("dim")
             keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
-            self.reduce(node, source(), dims, keepdim)
+            self.reduce(node, source(), dims, keepdim, mean=fn in (torch.mean, "mean"))
         elif fn in (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax) or (
             is_method and fn in ("softmax", "log_softmax")
         ):
@@ -441,7 +529,7 @@ class _Translator:
         elif (not is_method and fn in _ELEMENTWISE_FUNCTIONS) or (is_method and fn in _ELEMENTWISE_METHODS):
             if src is None:
                 raise _refuse(node, "its input is not a traced tensor")
-            self.passthrough(node, src)
+            self.passthrough(node, src, _call_statistics(fn, is_method, args, kwargs))
         else:
             raise _refuse(node, "this function is not supported")
 

@@ -38,6 +38,24 @@ Operations (:data:`OPS`)
 ``identity``
     Anything that keeps channel ``i`` at position ``i``: activations, pooling, dropout, spatial
     means, scalar arithmetic, reshapes that do not touch the channel axis.
+
+Statistics (optional attrs, read by :func:`coreprune.channel_statistics`)
+--------------------------------------------------------------------------
+Pruning needs only the channels; bias correction also needs to know how each node changes the
+per-channel mean of the values it passes on. Adapters say so where they know it, and a node
+without it stops the statistics (its consumers get none):
+
+``identity`` with ``fn="copy"``
+    Values unchanged, only moved along other axes (dropout at inference, reshapes, casts).
+``identity`` with ``fn="pool"``
+    Averages along other axes (average pooling, spatial means): the mean is kept, not the spread.
+``identity`` with ``fn="clip"``, ``lo``, ``hi``
+    ``min(max(x, lo), hi)`` element-wise, ``lo``/``hi`` floats (``±inf`` allowed): ReLU is
+    ``(0, inf)``, ReLU6 ``(0, 6)``.
+``add`` with ``fn="sum"``
+    A plain sum of its inputs (not a difference, not a concatenation along another axis).
+``batchnorm`` with ``fix_gamma=1``
+    The scale is taken as 1 whatever its stored value (MXNet's ``fix_gamma``).
 """
 
 from __future__ import annotations
@@ -87,8 +105,9 @@ class Node:
         Size of the channel axis of this node's output.
     params : mapping of str to str
         Parameter role (``"weight"``, ``"bias"``, ...) -> key of the tensor in the weight dict.
-    attrs : mapping of str to int
-        ``groups`` for ``conv`` and ``shuffle``; ``start``/``stop`` for ``slice``.
+    attrs : mapping of str to int, float or str
+        ``groups`` for ``conv`` and ``shuffle``; ``start``/``stop`` for ``slice``; the optional
+        statistics attrs of the module docstring (``fn``, ``lo``, ``hi``, ``fix_gamma``).
 
     Examples
     --------
@@ -101,7 +120,7 @@ class Node:
     inputs: tuple[str, ...]
     channels: int
     params: Mapping[str, str] = field(default_factory=dict)
-    attrs: Mapping[str, int] = field(default_factory=dict)
+    attrs: Mapping[str, int | float | str] = field(default_factory=dict)
 
 
 class Graph:
@@ -186,6 +205,21 @@ class Graph:
                 raise CompressionError(f"{where}: groups {g!r} must divide {c_in} and {node.channels}")
         if node.op in ("conv", "linear", "embedding") and "weight" not in node.params:
             raise CompressionError(f"{where}: needs a 'weight' parameter")
+        self._check_statistics(node, where)
+
+    @staticmethod
+    def _check_statistics(node: Node, where: str) -> None:
+        fn = node.attrs.get("fn")
+        allowed = {"identity": ("copy", "pool", "clip"), "add": ("sum",)}.get(node.op, ())
+        if fn is not None and fn not in allowed:
+            raise CompressionError(f"{where}: fn {fn!r} is not one of {list(allowed)}")
+        if fn == "clip":
+            lo, hi = node.attrs.get("lo"), node.attrs.get("hi")
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)) or \
+                    not float(lo) < float(hi):  # type: ignore[arg-type]
+                raise CompressionError(f"{where}: clip needs numbers lo < hi, got {lo!r}, {hi!r}")
+        if node.attrs.get("fix_gamma", 0) not in (0, 1):
+            raise CompressionError(f"{where}: fix_gamma must be 0 or 1")
 
     def consumers(self, name: str) -> list[Node]:
         """The nodes that read node ``name``'s output, in graph order.

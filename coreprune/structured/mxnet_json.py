@@ -79,6 +79,24 @@ _ADD = {
 _MUL = {"elemwise_mul", "_mul", "_Mul", "broadcast_mul", "elemwise_div", "_div", "broadcast_div"}
 _SOFTMAX = {"softmax", "log_softmax", "SoftmaxOutput", "SoftmaxActivation"}
 _REDUCE = {"mean", "sum", "max", "min"}
+_COPY = {"Dropout", "BlockGrad", "_copy", "identity", "Cast", "cast", "stop_gradient"}
+_SUM = {"elemwise_add", "_Plus", "_plus", "broadcast_add"}
+_INF = float("inf")
+
+
+def _statistics(op: str, a: Mapping[str, str]) -> dict[str, Any]:
+    """How an element-wise operator changes per-channel statistics (see coreprune.structured.graph)."""
+    if op in _COPY:
+        return {"fn": "copy"}
+    if op == "relu" or (op == "Activation" and a.get("act_type") == "relu"):
+        return {"fn": "clip", "lo": 0.0, "hi": _INF}
+    if op == "clip":
+        lo, hi = _literal(a.get("a_min"), None), _literal(a.get("a_max"), None)
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)) and lo < hi:
+            return {"fn": "clip", "lo": float(lo), "hi": float(hi)}
+    if op == "Pooling" and a.get("pool_type", "max") == "avg":
+        return {"fn": "pool"}
+    return {}
 
 
 def _attrs(node: Mapping[str, Any]) -> dict[str, str]:
@@ -159,10 +177,12 @@ class _Builder:
         self.channels[name], self.axis[name], self.rank[name] = int(channels), axis % rank, rank
 
     def same(
-        self, i: int, src: str, op: str = "identity", rank: int | None = None, axis: int | None = None
+        self, i: int, src: str, op: str = "identity", rank: int | None = None, axis: int | None = None,
+        stats: Mapping[str, Any] | None = None,
     ) -> None:
         r = self.rank[src] if rank is None else rank
-        self.emit(i, op, [src], self.channels[src], self.axis[src] if axis is None else axis, r)
+        self.emit(i, op, [src], self.channels[src], self.axis[src] if axis is None else axis, r,
+                  attrs=dict(stats or {}))
 
     def flatten_features(self, i: int) -> int:
         """Features of a flatten: the in_features of the dense layer that reads it."""
@@ -255,8 +275,10 @@ class _Builder:
                 raise self.refuse(i, "it normalises an axis that is not the channel axis")
             roles = ("weight", "bias", "running_mean", "running_var")
             params = {r: self.param(i, k + 1) for k, r in enumerate(roles)}
+            fixed = {"fix_gamma": 1} if _literal(a.get("fix_gamma"), True) else {}  # MXNet's default
             self.emit(
-                i, "batchnorm", [src], self.channels[src], self.axis[src], self.rank[src], params=params
+                i, "batchnorm", [src], self.channels[src], self.axis[src], self.rank[src], params=params,
+                attrs=fixed,
             )
         elif op == "LayerNorm":
             src = self.src(i)
@@ -276,7 +298,7 @@ class _Builder:
             raise self.refuse(i, "PReLU's per-channel slope is not supported")
         elif op in _UNARY or op == "LeakyReLU":
             src = self.src(i)
-            self.same(i, src)
+            self.same(i, src, stats=_statistics(op, a))
             # Global pooling leaves 1 x 1 maps, which is all a later flatten needs to know.
             if src in self.pooled or (op == "Pooling" and _literal(a.get("global_pool"), False)):
                 self.pooled.add(name)
@@ -288,7 +310,9 @@ class _Builder:
             if len(tied) == 1:
                 self.same(i, tied[0])
             else:
-                self.emit(i, "add" if op in _ADD else "mul", tied, c, ax, self.rank[tied[0]])
+                plain = op in _SUM and len(tied) == len(srcs)
+                self.emit(i, "add" if op in _ADD else "mul", tied, c, ax, self.rank[tied[0]],
+                          attrs={"fn": "sum"} if plain else {})
         elif op in ("Concat", "concat"):
             srcs = [self.src(i, k) for k in range(len(n["inputs"]))]
             dim = int(_literal(a.get("dim"), 1)) % self.rank[srcs[0]]
@@ -330,7 +354,7 @@ class _Builder:
         elif op in ("Flatten", "flatten"):
             src = self.src(i)
             if self.rank[src] <= 2:
-                self.same(i, src)
+                self.same(i, src, stats={"fn": "copy"})
             elif self.axis[src] == 1:
                 feats = self.channels[src] if src in self.pooled else self.flatten_features(i)
                 self.emit(i, "flatten", [src], feats, 1, 2)
@@ -350,7 +374,8 @@ class _Builder:
                 raise self.refuse(i, "it reduces over the channel axis")
             keep = _literal(a.get("keepdims"), False)
             ax = self.axis[src] - (0 if keep else sum(x < self.axis[src] for x in axes))
-            self.same(i, src, rank=self.rank[src] - (0 if keep else len(axes)), axis=ax)
+            self.same(i, src, rank=self.rank[src] - (0 if keep else len(axes)), axis=ax,
+                      stats={"fn": "pool"} if op == "mean" else None)
         elif op in _SOFTMAX:
             src = self.src(i)
             axis = int(_literal(a.get("axis"), -1)) % self.rank[src] if op != "SoftmaxOutput" else 1
@@ -380,7 +405,7 @@ class _Builder:
             return
         if ax == 1 and shape in ((0, -1), (-1, self.channels[src]) if r == 2 else ((0, -1),)):
             if r <= 2:
-                self.same(i, src)
+                self.same(i, src, stats={"fn": "copy"})
             else:
                 self.emit(i, "flatten", [src], self.flatten_features(i), 1, 2)
             return

@@ -92,6 +92,13 @@ def resnet50(width: int = 64, num_classes: int = 1000) -> ResNet:
     return ResNet(Bottleneck, [3, 4, 6, 3], width, num_classes)
 
 
+class ReLU6(HybridBlock):
+    """torch's ReLU6 (Gluon 1.9 has no block for it): ``clip(x, 0, 6)``."""
+
+    def hybrid_forward(self, F, x):
+        return F.clip(x, 0.0, 6.0)
+
+
 class InvertedResidual(HybridBlock):
     def __init__(self, cin: int, cout: int, stride: int, expand: int, **kw) -> None:
         super().__init__(**kw)
@@ -103,12 +110,12 @@ class InvertedResidual(HybridBlock):
                 self.conv.add(
                     nn.Conv2D(hidden, 1, use_bias=False, in_channels=cin),
                     nn.BatchNorm(in_channels=hidden),
-                    nn.Activation("relu"),
+                    ReLU6(),
                 )
             self.conv.add(
                 nn.Conv2D(hidden, 3, stride, 1, groups=hidden, use_bias=False, in_channels=hidden),
                 nn.BatchNorm(in_channels=hidden),
-                nn.Activation("relu"),
+                ReLU6(),
                 nn.Conv2D(cout, 1, use_bias=False, in_channels=hidden),
                 nn.BatchNorm(in_channels=cout),
             )
@@ -138,7 +145,7 @@ class MobileNetV2(HybridBlock):
             stem.add(
                 nn.Conv2D(cin, 3, 2, 1, use_bias=False, in_channels=3),
                 nn.BatchNorm(in_channels=cin),
-                nn.Activation("relu"),
+                ReLU6(),
             )
             self.features.add(stem)
             for t, c, n, s in self.SETTINGS:
@@ -150,7 +157,7 @@ class MobileNetV2(HybridBlock):
             head.add(
                 nn.Conv2D(last, 1, use_bias=False, in_channels=cin),
                 nn.BatchNorm(in_channels=last),
-                nn.Activation("relu"),
+                ReLU6(),
             )
             self.features.add(head)
             self.classifier = nn.HybridSequential()

@@ -143,3 +143,37 @@ def test_unsupported_operators_are_refused_by_name(block, match):
     block.initialize()
     with pytest.raises(CompressionError, match=match):
         prune_channels(block, mx.nd.zeros((1, 3, 4, 4)), 0.5)
+
+
+def test_trace_graph_names_and_statistics_attrs():
+    from coreprune.mxnet import to_numpy, trace_graph
+
+    net = smx.MobileNetV2(0.25, 10)
+    net.initialize()
+    graph, weights = trace_graph(net, mx.nd.zeros((1, 3, 32, 32)))
+    assert weights.keys() == to_numpy(net).keys()  # structural names, as the converter gives them
+    keys = {k for node in graph for k in node.params.values()}
+    assert keys <= weights.keys() and len(keys) == len(weights)
+    fns = [dict(node.attrs).get("fn") for node in graph if node.op in ("identity", "add")]
+    assert fns.count("clip") == sum(isinstance(b, smx.ReLU6) for b in _blocks(net)) > 0
+    assert "sum" in fns and "pool" in fns and "copy" in fns  # residuals, global pooling, dropout
+    assert all("fix_gamma" not in node.attrs for node in graph if node.op == "batchnorm")  # Gluon's
+
+
+def _blocks(block):
+    yield block
+    for child in block._children.values():
+        yield from _blocks(child)
+
+
+def test_symbol_batch_norm_fixes_gamma_by_default():
+    data = mx.sym.var("data")
+    net = mx.sym.BatchNorm(mx.sym.Convolution(data, num_filter=4, kernel=(1, 1), name="c"), name="bn")
+    out = mx.sym.BatchNorm(net, fix_gamma=False, name="bn2")
+    shapes = {"c_weight": (4, 2, 1, 1), "c_bias": (4,)}
+    for name in ("bn", "bn2"):
+        shapes.update({f"{name}_{r}": (4,) for r in ("gamma", "beta", "moving_mean", "moving_var")})
+    weights = {k: np.ones(v, np.float32) for k, v in shapes.items()}
+    graph = graph_from_mxnet_json(out.tojson(), weights, {"data": (1, 2, 8, 8)})
+    assert dict(graph.nodes["bn"].attrs) == {"fix_gamma": 1}
+    assert dict(graph.nodes["bn2"].attrs) == {}
