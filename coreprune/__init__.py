@@ -35,6 +35,7 @@ from __future__ import annotations
 from . import arch, distill, io, structured
 from ._fast.blocked import num_threads, set_num_threads
 from .arch import channel_shuffle
+from .bias_correction import channel_statistics, correct_bias
 from .bit_budget import measured_importance
 from .distill import kd_loss, kd_loss_and_grad
 from .errors import CompressionError, EmptyLayerWarning, UnsafePickleError, WeightFileError
@@ -75,6 +76,8 @@ __all__ = [
     "quantize",
     "dequantize",
     "measured_importance",
+    "channel_statistics",
+    "correct_bias",
     "arch",
     "structured",
     "io",

@@ -62,6 +62,7 @@ from .quant_layout import (
 from .rounding import balance_codes
 from .scale_search import METHODS, clip_params, hqq_params
 from .selection import Pattern, check_weights, is_floating, require_finite, select
+from .structured.graph import Graph
 
 __all__ = ["QuantizedArray", "quantize", "dequantize"]
 
@@ -544,6 +545,7 @@ def quantize(
     include: Pattern = None,
     exclude: Pattern = None,
     rounding: str = "auto",
+    graph: Graph | None = None,
 ) -> dict[str, QuantizedArray | np.ndarray]:
     """Quantize the selected tensors to ``bits``-bit integer codes with float32 scales.
 
@@ -614,8 +616,9 @@ def quantize(
     rounding : {"auto", "half_even", "balanced", "torch"}
         How a code is rounded once the scale and zero point are known. ``"auto"`` (default):
         ``"balanced"`` for the convolution kernels (``ndim >= 3``) of the default layout
-        (``group_size="auto"`` and no ``axis``), else ``"half_even"`` (linear layers: no gain
-        measured on a transformer, and ten times the time of the fast path). ``"half_even"``:
+        (``group_size="auto"`` and no ``axis``) when no ``graph`` is given, else ``"half_even"``
+        (linear layers: no gain measured on a transformer, and ten times the time of the fast
+        path; with a graph the mean error is corrected exactly instead). ``"half_even"``:
         ``rint(w / scale) + zero_point`` in the tensor's work dtype (float64 for float64
         tensors). ``"balanced"`` (tensors of ``ndim >= 2``; the others
         ``"half_even"``): ``"half_even"``, then single codes moved one step so that the errors of
@@ -630,12 +633,21 @@ def quantize(
         fused multiply-add) and two for per-axis or per-group scales
         (``torch.quantize_per_channel``). The two differ by one code on exact half-way values
         with an odd zero point and within an ulp of half-way points.
+    graph : coreprune.structured.Graph, optional
+        The model's graph (``coreprune.torch.trace_graph`` / ``coreprune.mxnet.trace_graph``).
+        With it, data-free bias correction follows the quantization
+        (:func:`coreprune.correct_bias`): the expected output shift ``(q(W) - W) E[x]`` of each
+        quantized conv/linear layer, ``E[x]`` from the batch norm before it, is taken out of its
+        bias or its batch norm's ``running_mean`` (those float arrays change in the result).
+        EfficientNet-Lite0 at 4 bits: top-1 agreement 39.2% -> 66.2%, KL 0.96 -> 0.21
+        (docs/quantization.md).
 
     Returns
     -------
     dict[str, QuantizedArray or numpy.ndarray]
         Same names and order; a :class:`QuantizedArray` for each selected tensor (its ``bits``
-        and ``layout`` record the width and layout chosen), the input objects for the others.
+        and ``layout`` record the width and layout chosen), the input objects for the others
+        (new arrays for the biases and running means that ``graph`` corrects).
 
     Raises
     ------
@@ -643,7 +655,8 @@ def quantize(
         ``bits`` not an int in 1..16 (or given with ``budget``, or neither given); ``axis`` out of
         range (names the tensor and its ndim); ``group_size`` < 1; ``flatten`` without an int
         ``group_size`` or with ``axis``; an unknown ``method``; NaN/Inf in a selected tensor; a
-        scale beyond float32; a budget below the smallest widths.
+        scale beyond float32; a budget below the smallest widths; a ``graph`` that is not a
+        :class:`coreprune.structured.Graph` or names weights that are not there.
 
     Examples
     --------
@@ -685,20 +698,30 @@ def quantize(
         raise CompressionError("full_range is a symmetric range; affine always uses the whole range")
     if rounding not in ROUNDINGS:
         raise CompressionError(f"rounding must be one of {', '.join(ROUNDINGS)}; got {rounding!r}")
-    if rounding == "auto" and not (group_size == "auto" and axis is None):
-        rounding = "half_even"  # "auto" stays for the default layout: balanced conv kernels
+    if rounding == "auto" and (graph is not None or not (group_size == "auto" and axis is None)):
+        # "auto" balances conv kernels with the default layout, where no graph says the input means;
+        # with one, correct_bias removes the mean error exactly and nearest rounding is left
+        rounding = "half_even"
     axis = None if axis is None else int(axis)
     group_size = group_size if group_size in (None, "auto") else int(group_size)
     names = select(weights, include, exclude)
+    if graph is not None and not isinstance(graph, Graph):
+        raise CompressionError(f"graph must be a coreprune.structured.Graph, got {type(graph).__name__}")
     if budget is not None:
-        return _quantize_budget(weights, names, budget, bit_choices, importance, symmetric, axis,
-                                group_size, bool(flatten), method, bool(full_range), rounding)
-    if group_size == "auto" and axis is None:  # the default: small fan-ins keep 8 bits
-        widths = {n: default_bits(np.shape(weights[n]), bits) for n in names}  # type: ignore[arg-type]
+        out = _quantize_budget(weights, names, budget, bit_choices, importance, symmetric, axis,
+                               group_size, bool(flatten), method, bool(full_range), rounding)
     else:
-        widths = {n: bits for n in names}  # type: ignore[misc]
-    return _quantize_selected(weights, names, widths, symmetric, axis, group_size,
-                              bool(flatten), method, bool(full_range), rounding)
+        if group_size == "auto" and axis is None:  # the default: small fan-ins keep 8 bits
+            widths = {n: default_bits(np.shape(weights[n]), bits) for n in names}  # type: ignore[arg-type]
+        else:
+            widths = {n: bits for n in names}  # type: ignore[misc]
+        out = _quantize_selected(weights, names, widths, symmetric, axis, group_size,
+                                 bool(flatten), method, bool(full_range), rounding)
+    if graph is None:
+        return out
+    from .bias_correction import correct_bias  # it reads QuantizedArray from here
+
+    return cast("dict[str, QuantizedArray | np.ndarray]", correct_bias(weights, out, graph))
 
 
 def _quantize_selected(

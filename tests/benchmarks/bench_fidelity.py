@@ -52,6 +52,7 @@ import time
 import zipfile
 from collections import Counter
 
+import coreprune.torch
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -277,9 +278,20 @@ def hqq_package(w: dict[str, np.ndarray], bits: int) -> tuple[dict[str, np.ndarr
     return out, size
 
 
+#: The traced graph of the model being measured (``coreprune.torch.trace_graph``), for the rows with
+#: data-free bias correction; None for a model without one (MiniLM's forward is written here).
+GRAPH: cp.structured.Graph | None = None
+
+
 def coreprune_method(**kw):
-    def run(w: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int, str]:
-        q = cp.quantize(w, **kw)
+    def run(w: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int, str] | None:
+        if kw.get("graph") == "traced":
+            if GRAPH is None:
+                return None
+            kw_now = dict(kw, graph=GRAPH)
+        else:
+            kw_now = kw
+        q = cp.quantize(w, **kw_now)
         size = sum(v.nbytes for v in q.values())
         quantized = [v for v in q.values() if isinstance(v, cp.QuantizedArray)]
         bits = sorted({v.bits for v in quantized})
@@ -299,21 +311,32 @@ METHODS = [
     ("RTN 8 default", coreprune_method(bits=8)),
     ("RTN 8 default, half-even rounding", coreprune_method(bits=8, rounding="half_even")),
     ("RTN 8 default, balanced rounding", coreprune_method(bits=8, rounding="balanced")),
+    ("RTN 8 default + bias correction", coreprune_method(bits=8, graph="traced")),
     ("RTN 4 per-channel (old)", coreprune_method(bits=4, axis=0)),
     ("RTN 4 default", coreprune_method(bits=4)),
     ("RTN 4 default, half-even rounding", coreprune_method(bits=4, rounding="half_even")),
     ("RTN 4 default, balanced rounding", coreprune_method(bits=4, rounding="balanced")),
+    ("RTN 4 default + bias correction", coreprune_method(bits=4, graph="traced")),
+    ("RTN 4 default, half-even + bias correction", coreprune_method(bits=4, rounding="half_even",
+                                                                    graph="traced")),
     ("RTN 4 default affine", coreprune_method(bits=4, symmetric=False)),
     ("RTN 4 default full range", coreprune_method(bits=4, full_range=True)),
     ("clip 4 default", coreprune_method(bits=4, method="clip")),
+    ("clip 4 default + bias correction", coreprune_method(bits=4, method="clip", graph="traced")),
     ("hqq-style 4 default", coreprune_method(bits=4, method="hqq")),
     ("hqq package 4", "hqq"),
     ("RTN 3 default", coreprune_method(bits=3)),
     ("clip 3 default", coreprune_method(bits=3, method="clip")),
     ("mixed budget 4.5 (clip)", coreprune_method(budget=4.5, method="clip")),
+    ("mixed budget 4.5 (clip) + bias correction",
+     coreprune_method(budget=4.5, method="clip", graph="traced")),
+    ("mixed budget 4.5 (RTN) + bias correction", coreprune_method(budget=4.5, graph="traced")),
     ("mixed budget 4.5, measured importance", "importance 4.5"),
     ("mixed budget 4.5 affine, measured importance", "importance 4.5 affine"),
+    ("mixed budget 4.5, measured importance + bias correction", "importance 4.5 bc"),
     ("mixed budget 3.5 (clip)", coreprune_method(budget=3.5, method="clip")),
+    ("mixed budget 3.5 (clip) + bias correction",
+     coreprune_method(budget=3.5, method="clip", graph="traced")),
     ("mixed budget 3.5, measured importance", "importance 3.5"),
 ]
 
@@ -360,8 +383,14 @@ def evaluate(name: str, weights: dict[str, np.ndarray], forward, metric, calibra
             dq, size = torch_int8(weights)
             bits = "8"
         elif isinstance(method, str) and method.startswith("importance"):
-            _, budget, *affine = method.split()
-            kw = dict(symmetric=False) if affine else {}
+            _, budget, *extra = method.split()
+            affine = "affine" in extra
+            kw: dict = dict(symmetric=False) if affine else {}
+            if "bc" in extra:
+                if GRAPH is None:
+                    print(f"| {label} | - | - | - | no graph traced: nothing to correct | - |")
+                    continue
+                kw["graph"] = GRAPH
             key = "affine" if affine else "symmetric"
             if key not in importance:
                 t1 = time.perf_counter()
@@ -369,7 +398,9 @@ def evaluate(name: str, weights: dict[str, np.ndarray], forward, metric, calibra
                 print(f"  measured importance ({key}): {time.perf_counter() - t1:.1f} s, "
                       f"{len(importance[key]) + 1} calls of the loss")
                 t0 = time.perf_counter()
-            dq, size, bits = coreprune_method(budget=float(budget), importance=importance[key], **kw)(weights)
+            done = coreprune_method(budget=float(budget), importance=importance[key], **kw)(weights)
+            assert done is not None
+            dq, size, bits = done
         elif method == "hqq":
             got = hqq_package(weights, 4)
             if got is None:
@@ -377,7 +408,11 @@ def evaluate(name: str, weights: dict[str, np.ndarray], forward, metric, calibra
                 continue
             (dq, size), bits = got, "4"
         else:
-            dq, size, bits = method(weights)
+            done = method(weights)
+            if done is None:
+                print(f"| {label} | - | - | - | no graph traced: nothing to correct | - |")
+                continue
+            dq, size, bits = done
         seconds = time.perf_counter() - t0
         rest = sum(v.nbytes for v in weights.values() if not (v.ndim >= 2 and v.dtype.kind == "f"))
         bpw = 8 * (size - rest) / n_weights
@@ -454,6 +489,7 @@ class Cosine:
 
 
 def main() -> None:
+    global GRAPH
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--crops", type=int, default=240)
     ap.add_argument("--sentences", type=int, default=200)
@@ -473,6 +509,7 @@ def main() -> None:
     if "cnn" in args.models:
         model, weights = load_cnn()
         x = image_crops(args.crops)
+        GRAPH, _ = coreprune.torch.trace_graph(model, x[:1])
         calibration = image_crops(args.calibration_crops, seed=1)  # other crops than the evaluation's
 
         @torch.no_grad()
@@ -489,6 +526,7 @@ def main() -> None:
         evaluate(f"EfficientNet-Lite0, {len(x)} real image crops (importance: {len(calibration)} other "
                  "crops)", weights, forward, Agreement(), mean_kl)
     if "text" in args.models:
+        GRAPH = None  # MiniLM: a forward written here with functional ops, no graph (and no batch norm)
         encoder, weights = load_text()
         every = sentences(args.sentences + args.calibration_sentences)
         texts, calibration_texts = every[: args.sentences], every[args.sentences :]

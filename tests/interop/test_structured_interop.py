@@ -20,6 +20,7 @@ mx = pytest.importorskip("mxnet")
 pytest.importorskip("mxnet.gluon", reason="needs a real MXNet installation")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
+import coreprune as cp  # noqa: E402
 import coreprune.mxnet as cmx  # noqa: E402
 import coreprune.torch as ctorch  # noqa: E402
 from coreprune.mxnet.blocks import TORCH_LEAF_NAMES  # noqa: E402
@@ -92,3 +93,33 @@ def test_same_pruned_tensors_from_both_frameworks(name, settings):
         assert np.array_equal(ours_t[k], ours_g[k]), k
         shrunk += ours_t[k].shape != tuple(tnet.state_dict()[k].shape)
     assert shrunk > 0
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2", "shufflenet"])
+def test_same_bias_correction_from_both_frameworks(name):
+    """The traced graphs carry the same statistics (ReLU vs clip(0, 6), sums, pooling), so the
+    corrected running means are bit-identical under either framework's names."""
+    tnet, gnet, _, shape = _twins(name)
+    gen = torch.Generator().manual_seed(4)
+    for m in tnet.modules():  # non-zero means to correct, the same in both
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.bias.copy_(torch.randn(m.num_features, generator=gen))
+    state = tnet.state_dict()
+    for key, param in gnet._collect_params_with_prefix().items():
+        param.set_data(mx.nd.array(state[_torch_name(key)].numpy()))
+    x = np.zeros(shape, np.float32)
+    graph_t, weights_t = ctorch.trace_graph(tnet, torch.from_numpy(x))
+    graph_g, weights_g = cmx.trace_graph(gnet, mx.nd.array(x))
+    q_t = cp.quantize(weights_t, bits=4, graph=graph_t)
+    q_g = cp.quantize(weights_g, bits=4, graph=graph_g)
+    assert sorted(map(_torch_name, q_g)) == sorted(k for k in q_t if not k.endswith("num_batches_tracked"))
+    corrected = 0
+    for key, value in q_g.items():
+        ours = q_t[_torch_name(key)]
+        if isinstance(value, cp.QuantizedArray):
+            assert np.array_equal(value.codes, ours.codes) and np.array_equal(value.scale, ours.scale), key
+        else:
+            assert np.array_equal(value, ours), key
+            corrected += key.endswith("running_mean") and not np.array_equal(value, weights_g[key])
+    assert corrected >= 5

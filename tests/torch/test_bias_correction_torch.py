@@ -1,0 +1,118 @@
+"""Bias correction through coreprune.torch.trace_graph: the statistics attrs the tracer writes, and
+the mean output shift of real architectures (MobileNetV2, ResNet-18) with batch-norm statistics
+gathered on the inputs they are then measured on."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import coreprune as cp  # noqa: E402
+from coreprune.torch import load_numpy, to_numpy, trace_graph  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location(
+    "structured_models", pathlib.Path(__file__).with_name("structured_models.py"))
+sm = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sm)
+
+
+class _Ops(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4)
+        self.r6 = nn.ReLU6()
+        self.drop = nn.Dropout(0.5)
+        self.pool = nn.AvgPool2d(2)
+        self.maxpool = nn.MaxPool2d(2)
+        self.sig = nn.Sigmoid()
+
+    def forward(self, x):
+        b = self.bn(x)
+        relu6 = self.r6(b)
+        relu = F.relu(b)
+        clamp = torch.clamp(b, min=-1.0, max=2.0)
+        clamp_lo = b.clamp(min=0.5)
+        total = relu6 + relu
+        diff = relu6 - relu
+        scaled = relu6 * 2.0
+        dropped = self.drop(relu)
+        pooled = self.pool(dropped)
+        maxed = self.maxpool(relu)
+        spatial = clamp.mean(dim=(2, 3))
+        return total, diff, scaled, pooled, maxed, spatial, self.sig(clamp_lo)
+
+
+def test_trace_graph_writes_how_each_op_moves_the_statistics():
+    graph, _ = trace_graph(_Ops().eval(), torch.zeros(1, 4, 8, 8))
+    by_input = {}
+    for node in graph:
+        by_input.setdefault(node.op, []).append(dict(node.attrs))
+    attrs = {node.name: dict(node.attrs) for node in graph}
+    assert attrs["r6"] == {"fn": "clip", "lo": 0.0, "hi": 6.0}
+    assert attrs["relu"] == {"fn": "clip", "lo": 0.0, "hi": float("inf")}
+    assert attrs["clamp"] == {"fn": "clip", "lo": -1.0, "hi": 2.0}
+    assert attrs["clamp_1"] == {"fn": "clip", "lo": 0.5, "hi": float("inf")}
+    assert attrs["add"] == {"fn": "sum"}
+    assert attrs["sub"] == {}  # a difference is not a sum
+    assert attrs["mul"] == {}  # a scalar product changes the mean
+    assert attrs["drop"] == {"fn": "copy"}
+    assert attrs["pool"] == {"fn": "pool"}
+    assert attrs["maxpool"] == {}  # a maximum raises the mean
+    assert attrs["mean"] == {"fn": "pool"}
+    assert attrs["sig"] == {}
+
+
+def _calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """``model`` whose batch norms hold the exact statistics of ``x`` (cumulative average, one pass),
+    with random affine parameters so that the means to correct are not all zero."""
+    gen = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+            m.reset_running_stats()
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.5 + 0.5)
+    model.train()
+    with torch.no_grad():
+        model(x)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2", "resnet18"])
+def test_bias_correction_shrinks_the_mean_output_shift(name):
+    torch.manual_seed(0)
+    model = sm.MobileNetV2(0.5, 10) if name == "mobilenetv2" else sm.resnet18(16, 10)
+    # ResNet-18 at 64 x 64, not 32 x 32: its last maps would be 4 x 4, where most taps of a 3 x 3
+    # kernel read the zero padding, which the correction does not model (docs/quantization.md)
+    x = torch.randn(256, 3, *((32, 32) if name == "mobilenetv2" else (64, 64)))
+    model = _calibrated(model, x)
+    graph, weights = trace_graph(model, x[:1])
+    assert weights.keys() == to_numpy(model).keys()
+
+    def logits(w: dict) -> np.ndarray:
+        load_numpy(model, cp.dequantize(w))
+        with torch.no_grad():
+            return model(x).double().numpy()
+
+    ref = logits(weights)
+    plain = cp.quantize(weights, bits=3, rounding="half_even")
+    fixed = cp.quantize(weights, bits=3, graph=graph)
+    shift_plain = np.abs((logits(plain) - ref).mean(0)).mean()
+    shift_fixed = np.abs((logits(fixed) - ref).mean(0)).mean()
+    err_plain = np.square(logits(plain) - ref).mean()
+    err_fixed = np.square(logits(fixed) - ref).mean()
+    # measured: mean shift 0.21 -> 0.08 (MobileNetV2), 0.42 -> 0.21 (ResNet-18); squared error
+    # 0.47 -> 0.34, 0.34 -> 0.17
+    assert shift_fixed < 0.7 * shift_plain, (shift_plain, shift_fixed)
+    assert err_fixed < 0.85 * err_plain, (err_plain, err_fixed)
+    corrected = [k for k in weights if k.endswith("running_mean") and not np.array_equal(fixed[k], weights[k])]
+    assert len(corrected) >= 10  # every conv's batch norm whose input statistics are known
