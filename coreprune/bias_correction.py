@@ -35,6 +35,7 @@ from scipy.special import ndtr
 from .errors import CompressionError
 from .quantization import QuantizedArray
 from .structured.graph import Graph, Node
+from .weight_sharing import CodebookArray
 
 __all__ = ["channel_statistics", "correct_bias"]
 
@@ -168,12 +169,12 @@ def channel_statistics(
 
 
 def _dense(value: object, name: str) -> np.ndarray:
-    if isinstance(value, QuantizedArray):
+    if isinstance(value, (QuantizedArray, CodebookArray)):
         return value.dequantize()
     if isinstance(value, np.ndarray):
         return value
-    raise CompressionError(f"tensor {name!r}: bias correction needs an array or a QuantizedArray, got "
-                           f"{type(value).__name__}")
+    raise CompressionError(f"tensor {name!r}: bias correction needs an array, a QuantizedArray or a "
+                           f"CodebookArray, got {type(value).__name__}")
 
 
 def _shift(node: Node, delta: np.ndarray, mean: np.ndarray) -> np.ndarray:
@@ -203,7 +204,8 @@ def correct_bias(
     """``compressed`` with the expected output shift of every changed conv/linear layer removed.
 
     For each ``conv`` or ``linear`` node of ``graph`` whose weight differs between ``original``
-    and ``compressed`` (an array or a :class:`~coreprune.QuantizedArray`), the shift
+    and ``compressed`` (an array, a :class:`~coreprune.QuantizedArray` or a shared-weight
+    ``CodebookArray``), the shift
     ``s = (W' - W) E[x]`` (``E[x]`` from :func:`channel_statistics` of ``original``) is taken out of
     the layer's bias (``b - s``) or, without one, added to the ``running_mean`` of the batch norm
     that is the only reader of its output. Output channels that read an input of unknown mean are
@@ -213,8 +215,9 @@ def correct_bias(
     ----------
     original : Mapping[str, numpy.ndarray]
         The float weights before compression.
-    compressed : Mapping[str, numpy.ndarray or QuantizedArray]
-        The same names after quantization or pruning (e.g. :func:`coreprune.quantize`'s result).
+    compressed : Mapping[str, numpy.ndarray, QuantizedArray or CodebookArray]
+        The same names after quantization, weight sharing or pruning (e.g.
+        :func:`coreprune.quantize`'s result).
     graph : coreprune.structured.Graph
         The model's graph (``coreprune.torch.trace_graph`` / ``coreprune.mxnet.trace_graph``).
 

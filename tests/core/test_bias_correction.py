@@ -203,3 +203,19 @@ def test_a_weight_the_graph_names_must_be_there():
     del w["conv.weight"]
     with pytest.raises(cp.CompressionError, match="conv.weight"):
         cp.correct_bias(w, w, g)
+
+
+def test_any_change_of_the_weights_is_corrected_pruning_and_shared_weights_too():
+    from coreprune.weight_sharing import share_weights
+
+    g, w = _conv_net(1, True)
+    mean = cp.channel_statistics(g, w)["act"][0]
+    pruned, _ = cp.prune_magnitude(w, 0.5, include="conv.weight")
+    shared = share_weights(w, bits=2, include="conv.weight")
+    for changed in (pruned, shared):
+        dense = changed["conv.weight"]
+        dense = dense if isinstance(dense, np.ndarray) else dense.dequantize()
+        delta = dense.astype(np.float64) - w["conv.weight"]
+        expected = w["conv.bias"] - np.einsum("oikl,i->o", delta, mean)
+        got = cp.correct_bias(w, changed, g)["conv.bias"]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -20,10 +20,11 @@ mx = pytest.importorskip("mxnet")
 pytest.importorskip("mxnet.gluon", reason="needs a real MXNet installation")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-import coreprune as cp  # noqa: E402
 import coreprune.mxnet as cmx  # noqa: E402
 import coreprune.torch as ctorch  # noqa: E402
 from coreprune.mxnet.blocks import TORCH_LEAF_NAMES  # noqa: E402
+
+import coreprune as cp  # noqa: E402
 
 _TESTS = pathlib.Path(__file__).resolve().parents[1]
 

@@ -13,10 +13,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import torch.nn.functional as F  # noqa: E402
+from coreprune.torch import load_numpy, to_numpy, trace_graph  # noqa: E402
 from torch import nn  # noqa: E402
 
 import coreprune as cp  # noqa: E402
-from coreprune.torch import load_numpy, to_numpy, trace_graph  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location(
     "structured_models", pathlib.Path(__file__).with_name("structured_models.py"))
@@ -52,9 +52,6 @@ class _Ops(nn.Module):
 
 def test_trace_graph_writes_how_each_op_moves_the_statistics():
     graph, _ = trace_graph(_Ops().eval(), torch.zeros(1, 4, 8, 8))
-    by_input = {}
-    for node in graph:
-        by_input.setdefault(node.op, []).append(dict(node.attrs))
     attrs = {node.name: dict(node.attrs) for node in graph}
     assert attrs["r6"] == {"fn": "clip", "lo": 0.0, "hi": 6.0}
     assert attrs["relu"] == {"fn": "clip", "lo": 0.0, "hi": float("inf")}
@@ -114,5 +111,6 @@ def test_bias_correction_shrinks_the_mean_output_shift(name):
     # 0.47 -> 0.34, 0.34 -> 0.17
     assert shift_fixed < 0.7 * shift_plain, (shift_plain, shift_fixed)
     assert err_fixed < 0.85 * err_plain, (err_plain, err_fixed)
-    corrected = [k for k in weights if k.endswith("running_mean") and not np.array_equal(fixed[k], weights[k])]
+    corrected = [k for k in weights
+                 if k.endswith("running_mean") and not np.array_equal(fixed[k], weights[k])]
     assert len(corrected) >= 10  # every conv's batch norm whose input statistics are known
