@@ -18,9 +18,10 @@ layouts; int8 per channel with the restricted and the full (torch-like) range; c
 half-quadratic ("hqq") scales; the ``hqq`` package's own optimiser where it is installed; mixed
 precision at 4.5 and 3.5 bits per weight, data-free and with ``coreprune.measured_importance`` on
 calibration inputs that are not the evaluation inputs (16 crops of another seed, 40 other
-sentences); the default (balanced) rounding next to half-even. Size: bytes of the whole state
-dict (quantized tensors as stored: packed codes + float32 scales (+ zero points); the rest
-float32), and bits per quantized weight. A second table compares the weight reconstruction
+sentences); the default (balanced) rounding next to half-even; the CNN also with data-free bias
+correction (``quantize(..., graph=)``, the graph from ``coreprune.torch.trace_graph``). Size:
+bytes of the whole state dict (quantized tensors as stored: packed codes + float32 scales (+ zero
+points); the rest float32), and bits per quantized weight. A second table compares the weight reconstruction
 error (sum over tensors of ||w - q(w)||^2 / ||w||^2) of RTN, coreprune's searches and the hqq
 package on the same tensors.
 
@@ -36,6 +37,7 @@ Run::
 
     python tests/benchmarks/bench_fidelity.py [--crops 240] [--sentences 200] [--models cnn,text]
     python tests/benchmarks/bench_fidelity.py --sweep 60    # the CNN's per-tensor 4-bit sensitivity
+    python tests/benchmarks/bench_fidelity.py --breakdown 240   # its 4-bit error by layer family
 """
 
 from __future__ import annotations
@@ -312,6 +314,8 @@ METHODS = [
     ("RTN 8 default, half-even rounding", coreprune_method(bits=8, rounding="half_even")),
     ("RTN 8 default, balanced rounding", coreprune_method(bits=8, rounding="balanced")),
     ("RTN 8 default + bias correction", coreprune_method(bits=8, graph="traced")),
+    ("RTN 8 default, half-even + bias correction", coreprune_method(bits=8, rounding="half_even",
+                                                                    graph="traced")),
     ("RTN 4 per-channel (old)", coreprune_method(bits=4, axis=0)),
     ("RTN 4 default", coreprune_method(bits=4)),
     ("RTN 4 default, half-even rounding", coreprune_method(bits=4, rounding="half_even")),
@@ -331,6 +335,8 @@ METHODS = [
     ("mixed budget 4.5 (clip) + bias correction",
      coreprune_method(budget=4.5, method="clip", graph="traced")),
     ("mixed budget 4.5 (RTN) + bias correction", coreprune_method(budget=4.5, graph="traced")),
+    ("mixed budget 4.5 (RTN), half-even + bias correction",
+     coreprune_method(budget=4.5, rounding="half_even", graph="traced")),
     ("mixed budget 4.5, measured importance", "importance 4.5"),
     ("mixed budget 4.5 affine, measured importance", "importance 4.5 affine"),
     ("mixed budget 4.5, measured importance + bias correction", "importance 4.5 bc"),
@@ -424,6 +430,56 @@ def evaluate(name: str, weights: dict[str, np.ndarray], forward, metric, calibra
         print(f"- {label}: {err:.5f}")
 
 
+#: EfficientNet-Lite0's weight tensors by role (name globs), for ``--breakdown``.
+FAMILIES = {
+    "stem + depthwise (8 bits in the default)": ["_conv_stem.weight", "*_depthwise_conv.weight"],
+    "expand 1x1": "*_expand_conv.weight",
+    "project 1x1": "*_project_conv.weight",
+    "head 1x1": "_conv_head.weight",
+    "classifier": "_fc.weight",
+}
+
+
+def breakdown(model: torch.nn.Module, weights: dict[str, np.ndarray], crops: int) -> None:
+    """Where the 4-bit error of the CNN comes from once the mean shift is corrected: each family of
+    tensors alone at 4 bits (the rest float), then whole models with one width per family, all
+    with nearest rounding and data-free bias correction."""
+    x = image_crops(crops)
+    graph, _ = coreprune.torch.trace_graph(model, x[:1])
+
+    @torch.no_grad()
+    def log_probs(w: dict[str, np.ndarray]) -> torch.Tensor:
+        model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in w.items()})
+        return torch.cat([torch.log_softmax(model(x[i : i + 40]), 1) for i in range(0, len(x), 40)])
+
+    ref = log_probs(weights)
+    n_weights = sum(v.size for v in weights.values() if v.ndim >= 2)
+    rest = sum(v.nbytes for v in weights.values() if v.ndim < 2)
+
+    def row(label: str, widths: dict[str, int]) -> None:
+        q: dict = dict(weights)
+        for family, b in widths.items():
+            part = cp.quantize(weights, bits=b, include=FAMILIES[family], rounding="half_even")
+            q.update({k: v for k, v in part.items() if isinstance(v, cp.QuantizedArray)})
+        q = cp.correct_bias(weights, q, graph)
+        lq = log_probs(cp.dequantize(q))
+        agree = float((lq.argmax(1) == ref.argmax(1)).float().mean())
+        kl = float((ref.exp() * (ref - lq)).sum(1).mean())
+        whole = all(isinstance(q[k], cp.QuantizedArray) for k, v in weights.items() if v.ndim >= 2)
+        bpw = f"{8 * (sum(v.nbytes for v in q.values()) - rest) / n_weights:.3f}" if whole else "-"
+        print(f"| {label} | {agree:.1%} | {kl:.4f} | {bpw} |", flush=True)
+
+    print(f"\n{crops} crops; nearest rounding + bias correction\n")
+    print("| 4 bits on | top-1 agreement | mean KL | bits/weight |\n|---|---|---|---|")
+    for family in FAMILIES:
+        row(family, {family: 4})
+    keys = list(FAMILIES)
+    print("\n| widths: stem+dw / expand / project / head / classifier | top-1 agreement | mean KL | "
+          "bits/weight |\n|---|---|---|---|")
+    for widths in ((8, 4, 4, 4, 4), (8, 4, 6, 4, 3), (8, 4, 5, 4, 4), (8, 5, 5, 3, 3), (8, 4, 8, 4, 4)):
+        row(" / ".join(map(str, widths)), dict(zip(keys, widths)))
+
+
 def sensitivity_sweep(model: torch.nn.Module, weights: dict[str, np.ndarray], crops: int) -> None:
     """Why 4 bits hurt a CNN: the float model's confidence on the crops, the top-1 of centre crops of
     the photographs under three input normalisations, then each tensor of ndim >= 2 alone at 4 bits
@@ -500,9 +556,15 @@ def main() -> None:
     ap.add_argument("--models", default="cnn,text")
     ap.add_argument("--sweep", type=int, default=0, metavar="CROPS",
                     help="only the CNN's per-tensor 4-bit sensitivity sweep, on this many crops")
+    ap.add_argument("--breakdown", type=int, default=0, metavar="CROPS",
+                    help="only the CNN's 4-bit error by layer family, with bias correction")
     args = ap.parse_args()
     if args.sweep:
         sensitivity_sweep(*load_cnn(), args.sweep)
+        return
+    if args.breakdown:
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        breakdown(*load_cnn(), args.breakdown)
         return
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     print(f"torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads")
