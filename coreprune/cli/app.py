@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of --bits: average bits per weight (codes, scales, zero points); "
                         "each tensor gets 2, 3, 4, 6 or 8 bits by its reconstruction error "
                         "(reads the input twice)")
+    p.add_argument("--symbol", metavar="SYMBOL.json",
+                   help="FILE is an MXNet checkpoint's .params: correct each quantized layer's bias or "
+                        "batch-norm running mean from the batch norms before it (data-free bias "
+                        "correction, read from this symbol; MXNet not needed)")
+    p.add_argument("--input-shape", type=_input_shape, action="append", metavar="NAME=1x3x224x224",
+                   help="with --symbol: shape of a data input, when the first layer reading it cannot tell")
     add_shard_options(p)
     p.set_defaults(run=_cmd_quantize)
 

@@ -23,6 +23,7 @@ from .streaming import (
     _quantize_step,
     _selection,
     _summary,
+    _symbol_corrections,
     _write,
 )
 
@@ -58,6 +59,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(args)
     if wants_shards(args, args.output):
+        if args.symbol is not None:
+            raise CliError(f"{args.output}: --symbol writes one file, not shards")
         if output_ext(args.output) != ".cpz":
             _note(args, f"{args.output}: shards other than .cpz cannot hold {args.bits}-bit codes: "
                         "writing the dequantized values in each tensor's dtype (fake quantization)")
@@ -67,9 +70,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     with _open_input(args) as reader, _progress(len(reader), "quantize", args.quiet) as bar:
         selected = _selection(reader, args)
         widths = _budget_widths(reader, selected, args) if args.budget is not None else None
-        step = _quantize_step(args, counts, keep_codes, widths)
-        pipe = _Pipeline(reader, bar=bar, step=step, selected=selected)
+        corrected = _symbol_corrections(reader, selected, args, widths) if args.symbol is not None else {}
+        step = _quantize_step(args, counts, keep_codes, widths, corrected)
+        pipe = _Pipeline(reader, bar=bar, step=step, selected=[*selected, *corrected])
         _write(args, reader, pipe, args.output)
+    if args.symbol is not None:
+        _note(args, f"{args.symbol}: bias correction changed {len(corrected)} bias / running-mean tensor(s)")
     if not keep_codes:
         width = args.bits or "n"
         _note(args, f"{args.output} cannot hold {width}-bit codes: wrote the dequantized values in each "

@@ -1,19 +1,21 @@
-"""``coreprune inspect PARAMS --groups SYMBOL.json``: the coupling groups of a symbol-API MXNet
-checkpoint, read with NumPy and the pure-Python graph builder (MXNet is not needed)."""
+"""A symbol-API MXNet checkpoint's graph, read with NumPy and the pure-Python graph builder (MXNet
+is not needed): ``coreprune inspect PARAMS --groups SYMBOL.json`` prints its coupling groups,
+``coreprune quantize PARAMS --symbol SYMBOL.json`` corrects the biases from it."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from ..errors import CompressionError
 from ..io import open_weights
-from ..structured import Group, coupling_groups, graph_from_mxnet_json, group_importance
+from ..structured import Graph, Group, coupling_groups, graph_from_mxnet_json, group_importance
 from .common import CliError, _print
 
 # a symbol JSON is a few MB even for very large models; more is not a symbol
@@ -123,33 +125,52 @@ def _format_groups(groups: list[Group], weights: Mapping[str, np.ndarray]) -> li
     return lines
 
 
-def _print_groups(args: argparse.Namespace) -> int:
-    """``inspect FILE --groups SYMBOL.json``: print (or ``--json``) the checkpoint's coupling groups."""
-    path = args.groups
-    if args.plot is not None:
-        raise CliError("inspect: --plot does not go with --groups")
-    if os.path.getsize(path) > _MAX_JSON_BYTES:
-        raise CliError(f"{path}: {os.path.getsize(path)} bytes is too large for a symbol JSON")
-    with open(path, "rb") as f:
+def symbol_graph(
+    symbol_path: str, params_path: str, input_shapes: Mapping[str, tuple[int, ...]]
+) -> tuple[Graph, dict[str, np.ndarray]]:
+    """The graph of a symbol-API checkpoint and its arrays named as the symbol's variables.
+
+    The JSON is size-checked and parsed here; a hostile one (or one that does not match the
+    parameters) becomes one :class:`CliError` naming the symbol file.
+    """
+    if os.path.getsize(symbol_path) > _MAX_JSON_BYTES:
+        raise CliError(f"{symbol_path}: {os.path.getsize(symbol_path)} bytes is too large for a symbol JSON")
+    with open(symbol_path, "rb") as f:
         raw = f.read()
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        raise CliError(f"{path}: not an MXNet symbol JSON ({type(exc).__name__}: {exc})") from None
+        raise CliError(f"{symbol_path}: not an MXNet symbol JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), list) or "heads" not in data:
-        raise CliError(f"{path}: not an MXNet symbol JSON (no 'nodes' list and 'heads')")
-    weights = _read_params(args.input)
+        raise CliError(f"{symbol_path}: not an MXNet symbol JSON (no 'nodes' list and 'heads')")
+    weights = _read_params(params_path)
+    with _named(symbol_path):
+        shapes = _guess_inputs(data, weights) | dict(input_shapes)
+        return graph_from_mxnet_json(data, weights, shapes), weights
+
+
+@contextlib.contextmanager
+def _named(path: str) -> Iterator[None]:
+    """Errors from a symbol's structure as one CliError naming the file."""
     try:
-        shapes = _guess_inputs(data, weights) | dict(args.input_shape or [])
-        graph = graph_from_mxnet_json(data, weights, shapes)
-        groups = coupling_groups(graph, weights)
-        lines = _format_groups(groups, weights)
+        yield
     except CliError as exc:
         raise CliError(f"{path}: {exc}") from None
     except _HOSTILE as exc:
         # CompressionError is a ValueError; the rest come from a hostile JSON's odd structure
         what = str(exc) if isinstance(exc, CompressionError) else f"{type(exc).__name__}: {exc}"
         raise CliError(f"{path}: {what}") from None
+
+
+def _print_groups(args: argparse.Namespace) -> int:
+    """``inspect FILE --groups SYMBOL.json``: print (or ``--json``) the checkpoint's coupling groups."""
+    path = args.groups
+    if args.plot is not None:
+        raise CliError("inspect: --plot does not go with --groups")
+    graph, weights = symbol_graph(path, args.input, dict(args.input_shape or []))
+    with _named(path):
+        groups = coupling_groups(graph, weights)
+        lines = _format_groups(groups, weights)
     if args.json:
         doc = {"symbol": str(path), "params": str(args.input), "groups": [
             {"name": g.name, "channels": len(g), "nodes": list(g.nodes), "tensors": _slices(g),

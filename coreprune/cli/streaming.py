@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..bias_correction import correct_bias
 from ..bit_budget import allocate_bits, noise_to_signal
 from ..io import save
 from ..io.base import TensorSpec, WeightReader
@@ -35,6 +36,7 @@ from .common import (
     _pct,
     _say,
 )
+from .groups import _named, symbol_graph
 
 
 class _Pipeline(WeightReader):
@@ -165,10 +167,38 @@ def _budget_widths(reader: WeightReader, selected: list[str], args: argparse.Nam
     return allocate_bits(sizes, errors, counts, args.budget)
 
 
+def _symbol_corrections(
+    reader: WeightReader, selected: list[str], args: argparse.Namespace, widths: dict[str, int] | None
+) -> dict[str, np.ndarray]:
+    """``quantize --symbol``: a first pass quantizing the selected tensors, then the bias correction
+    (:func:`coreprune.correct_bias`) from the symbol's graph; the corrected biases and running
+    means by file name (``arg:``/``aux:`` prefixes as in the file)."""
+    graph, weights = symbol_graph(args.symbol, args.input, dict(args.input_shape or []))
+    var = {n: n.split(":", 1)[1] if n.startswith(("arg:", "aux:")) else n for n in reader}
+    layers = {node.params["weight"] for node in graph if node.op in ("conv", "linear")}
+    if not layers & {var[n] for n in selected}:
+        raise CliError(f"{args.symbol}: its layers use none of the {len(selected)} quantized tensors of "
+                       f"{args.input}")
+    compressed: dict[str, Any] = dict(weights)
+    for name in selected:
+        compressed[var[name]] = _quantize_one(args, name, reader[name], widths[name] if widths else args.bits)
+    with _named(args.symbol):
+        fixed = correct_bias(weights, compressed, graph)
+    changed: dict[str, np.ndarray] = {}
+    for name, v in var.items():
+        value = fixed.get(v)
+        if name not in selected and isinstance(value, np.ndarray) and value is not weights[v]:
+            changed[name] = value
+    return changed
+
+
 def _quantize_step(
-    args: argparse.Namespace, counts: _Counts, keep_codes: bool, widths: dict[str, int] | None = None
+    args: argparse.Namespace, counts: _Counts, keep_codes: bool, widths: dict[str, int] | None = None,
+    corrected: dict[str, np.ndarray] | None = None,
 ) -> Callable[[str, np.ndarray], Any]:
     def step(name: str, w: np.ndarray) -> Any:
+        if corrected and name in corrected:  # a bias or running mean that --symbol corrected
+            return corrected[name]
         bits = widths[name] if widths is not None else args.bits
         q = _quantize_one(args, name, w, bits)
         counts.quantized += 1

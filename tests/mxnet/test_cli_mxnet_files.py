@@ -167,3 +167,30 @@ def test_errors_on_mxnet_files_are_one_line(tmp_path, saved):
     r1, r2 = run_cli(["inspect", broken], ["quantize", path, "-o", path, "--bits", "4"])
     for r in (r1, r2):
         assert r["code"] == 2 and r["err"].count("\n") == 1 and r["err"].startswith("coreprune: error: ")
+
+
+def test_quantize_with_the_exported_symbol_corrects_as_trace_graph_does(tmp_path):
+    """An exported (hybridized) checkpoint, quantized by the framework-free CLI with its symbol,
+    equals the library on the Gluon block's own traced graph, and MXNet's loader reads it."""
+    from coreprune.mxnet import trace_graph
+
+    net = make_net()
+    net.hybridize()
+    net(mx.nd.zeros((1, 3, 8, 8)))
+    net.export(str(tmp_path / "m"))
+    out = tmp_path / "q.params"
+    (r,) = run_cli(["quantize", tmp_path / "m-0000.params", "-o", out, "--bits", "4",
+                    "--symbol", tmp_path / "m-symbol.json"])
+    assert r["code"] == 0, r["err"]
+    # the second convolution reads relu(batch norm): its bias moves; the first reads the data and the
+    # dense layer a convolution without batch norm (unknown means)
+    assert "bias correction changed 1 bias / running-mean tensor(s)" in r["err"]
+    got = {k.split(":", 1)[1]: v.asnumpy() for k, v in mx.nd.load(str(out)).items()}
+    graph, weights = trace_graph(net, mx.nd.zeros((1, 3, 8, 8)))
+    expected = coreprune.dequantize(coreprune.quantize(weights, bits=4, graph=graph))
+    var = {p.name: key for key, p in net._collect_params_with_prefix().items()}
+    assert sorted(var[k] for k in got) == sorted(expected)
+    for name, value in got.items():
+        np.testing.assert_array_equal(value, expected[var[name]], err_msg=name)
+    moved = [var[k] for k in got if not k.endswith("weight") and not np.array_equal(got[k], weights[var[k]])]
+    assert moved == ["3.bias"]
