@@ -268,6 +268,9 @@ def correct_bias(
         target, sign = _target(graph, node, compressed)
         if target is not None and shift.any():
             old = np.asarray(compressed[target])
+            if old.shape != shift.shape:
+                raise CompressionError(f"tensor {target!r}: shape {old.shape}, but layer {node.name!r} has "
+                                       f"{shift.size} output channels")
             out[target] = (old.astype(np.float64) + sign * shift).astype(old.dtype)
     return out
 

@@ -198,8 +198,11 @@ def test_quantize_with_a_graph_is_quantize_then_correct_bias():
         cp.quantize(w, bits=4, graph={"conv": "bn1"})
 
 
-def test_a_weight_the_graph_names_must_be_there():
+def test_a_weight_the_graph_names_must_be_there_with_its_shape():
     g, w = _conv_net(1, True)
+    q = cp.quantize(w, bits=3, include="conv.weight")
+    with pytest.raises(cp.CompressionError, match="'conv.bias': shape"):
+        cp.correct_bias(w, dict(q, **{"conv.bias": np.zeros(5, np.float32)}), g)
     del w["conv.weight"]
     with pytest.raises(cp.CompressionError, match="conv.weight"):
         cp.correct_bias(w, w, g)
