@@ -143,7 +143,11 @@ def channel_statistics(
                     gamma = np.ones(c)
                 beta = _array(weights, node, "bias")
                 beta = np.zeros(c) if beta is None else beta
-                result = (beta, gamma * gamma * rv / (rv + 1e-5))
+                # a negative or non-finite statistic is no statistic: unknown, not a guess
+                ok = (rv >= 0) & np.isfinite(rv) & np.isfinite(gamma) & np.isfinite(beta)
+                g, r = np.where(ok, gamma, 0.0), np.where(ok, rv, 0.0)
+                var = g * g * r / (r + 1e-5)
+                result = (np.where(ok, beta, np.nan), np.where(ok, var, np.nan))
         elif node.op == "identity" and fn == "copy":
             result = ins[0]
         elif node.op == "identity" and fn == "pool":
@@ -260,11 +264,12 @@ def correct_bias(
         after = _dense(compressed[key], key).astype(np.float64)
         if after.shape != before.shape:
             raise CompressionError(f"tensor {key!r}: shape {after.shape} after, {before.shape} before")
-        delta = after - before
-        if not delta.any():
-            continue
-        shift = _shift(node, delta, stats[node.inputs[0]][0])
-        shift = np.where(np.isnan(shift), 0.0, shift)
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite weights: no correction
+            delta = after - before
+            if not delta.any():
+                continue
+            shift = _shift(node, delta, stats[node.inputs[0]][0])
+        shift = np.where(np.isfinite(shift), shift, 0.0)  # unknown inputs (NaN) or non-finite weights
         target, sign = _target(graph, node, compressed)
         if target is not None and shift.any():
             old = np.asarray(compressed[target])

@@ -71,6 +71,25 @@ def test_statistics_follow_channels_through_the_graph():
         assert np.isnan(st[unknown][0]).all(), unknown
 
 
+def test_impossible_statistics_are_unknown_not_guessed():
+    g = Graph([Node("x", "input", (), 4), _bn("bn", "x", 4)], ["bn"])
+    w = _bn_weights("bn", [1.0, np.inf, 1.0, 1.0], [0.0, 1.0, np.nan, 2.0], var=[-1.0, 1.0, 1.0, 1.0])
+    with np.errstate(all="raise"):
+        mean, var = cp.channel_statistics(g, w)["bn"]
+    assert np.isnan(mean[:3]).all() and np.isnan(var[:3]).all()
+    assert mean[3] == 2.0
+
+
+def test_non_finite_weights_get_no_correction():
+    g, w = _conv_net(1, True)
+    bad = dict(w, **{"conv.weight": w["conv.weight"].copy()})
+    bad["conv.weight"][2, 0, 0, 0] = np.inf
+    changed = dict(bad, **{"conv.weight": np.where(np.isinf(bad["conv.weight"]), 0, bad["conv.weight"])})
+    with np.errstate(all="raise"):
+        fixed = cp.correct_bias(bad, changed, g)
+    assert np.isfinite(fixed["conv.bias"]).all() and fixed["conv.bias"][2] == w["conv.bias"][2]
+
+
 def test_fixed_gamma_and_missing_statistics():
     w = _bn_weights("bn", [3.0, 3.0], [1.0, 2.0])
     fixed = Graph([Node("x", "input", (), 2), Node("bn", "batchnorm", ("x",), 2,
