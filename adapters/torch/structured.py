@@ -232,10 +232,13 @@ _REDUCE_METHODS = {"mean", "sum", "amax"}
 def _padded_conv(m: nn.Module) -> bool:
     """A convolution subclass whose only sub-modules pad (TensorFlow-style 'SAME' convolutions, as in
     the EfficientNet ports): still one convolution of its own weight, so one leaf of the trace."""
-    return isinstance(m, _CONV) and type(m) not in _CONV and all(
+    # At least one such child: a subclass without any (weight standardisation, say) changes what
+    # its weight means and is traced into, as before.
+    children = list(m.children())
+    return isinstance(m, _CONV) and type(m) not in _CONV and bool(children) and all(
         isinstance(c, (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)) or type(c).__name__ == "Identity"
         and not any(True for _ in c.parameters())
-        for c in m.children()
+        for c in children
     )
 
 

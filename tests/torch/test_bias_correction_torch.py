@@ -116,3 +116,30 @@ def test_bias_correction_shrinks_the_mean_output_shift(name):
     corrected = [k for k in weights
                  if k.endswith("running_mean") and not np.array_equal(fixed[k], weights[k])]
     assert len(corrected) >= 10  # every conv's batch norm whose input statistics are known
+
+
+class _SamePadConv(nn.Conv2d):
+    """TensorFlow-style 'SAME' convolution as the EfficientNet ports write it."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.static_padding = nn.ZeroPad2d((1, 1, 1, 1))
+
+    def forward(self, x):
+        return F.conv2d(self.static_padding(x), self.weight, self.bias, self.stride)
+
+
+class _StdConv(nn.Conv2d):
+    """Weight standardisation: its weight is not what it applies, so it must not be one plain conv."""
+
+    def forward(self, x):
+        w = self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_padded_conv_subclasses_are_one_conv_other_subclasses_are_not():
+    padded = nn.Sequential(_SamePadConv(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), _SamePadConv(8, 4, 3))
+    graph, _ = trace_graph(padded.eval(), torch.zeros(1, 3, 8, 8))
+    assert [n.op for n in graph] == ["input", "conv", "batchnorm", "identity", "conv"]
+    with pytest.raises(cp.CompressionError, match="outside its module"):
+        trace_graph(nn.Sequential(_StdConv(3, 8, 3)).eval(), torch.zeros(1, 3, 8, 8))
