@@ -145,8 +145,8 @@ def channel_statistics(
                 beta = np.zeros(c) if beta is None else beta
                 # a negative or non-finite statistic is no statistic: unknown, not a guess
                 ok = (rv >= 0) & np.isfinite(rv) & np.isfinite(gamma) & np.isfinite(beta)
-                g, r = np.where(ok, gamma, 0.0), np.where(ok, rv, 0.0)
-                var = g * g * r / (r + 1e-5)
+                scale, raw = np.where(ok, gamma, 0.0), np.where(ok, rv, 0.0)
+                var = scale * scale * raw / (raw + 1e-5)
                 result = (np.where(ok, beta, np.nan), np.where(ok, var, np.nan))
         elif node.op == "identity" and fn == "copy":
             result = ins[0]
