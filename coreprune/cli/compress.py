@@ -70,8 +70,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     with _open_input(args) as reader, _progress(len(reader), "quantize", args.quiet) as bar:
         selected = _selection(reader, args)
         widths = _budget_widths(reader, selected, args) if args.budget is not None else None
-        corrected = _symbol_corrections(reader, selected, args, widths) if args.symbol is not None else {}
-        step = _quantize_step(args, counts, keep_codes, widths, corrected)
+        quantized, corrected = (_symbol_corrections(reader, selected, args, widths)
+                                if args.symbol is not None else ({}, {}))
+        step = _quantize_step(args, counts, keep_codes, widths, corrected, quantized)
         pipe = _Pipeline(reader, bar=bar, step=step, selected=[*selected, *corrected])
         _write(args, reader, pipe, args.output)
     if args.symbol is not None:

@@ -169,19 +169,20 @@ def _budget_widths(reader: WeightReader, selected: list[str], args: argparse.Nam
 
 def _symbol_corrections(
     reader: WeightReader, selected: list[str], args: argparse.Namespace, widths: dict[str, int] | None
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``quantize --symbol``: a first pass quantizing the selected tensors, then the bias correction
-    (:func:`coreprune.correct_bias`) from the symbol's graph; the corrected biases and running
-    means by file name (``arg:``/``aux:`` prefixes as in the file)."""
+    (:func:`coreprune.correct_bias`) from the symbol's graph. Returns the quantized tensors (for the
+    write to reuse) and the corrected biases and running means, by file name (``arg:``/``aux:``
+    prefixes as in the file)."""
     graph, weights = symbol_graph(args.symbol, args.input, dict(args.input_shape or []))
     var = {n: n.split(":", 1)[1] if n.startswith(("arg:", "aux:")) else n for n in reader}
     layers = {node.params["weight"] for node in graph if node.op in ("conv", "linear")}
     if not layers & {var[n] for n in selected}:
         raise CliError(f"{args.symbol}: its layers use none of the {len(selected)} quantized tensors of "
                        f"{args.input}")
+    quantized = {n: _quantize_one(args, n, reader[n], widths[n] if widths else args.bits) for n in selected}
     compressed: dict[str, Any] = dict(weights)
-    for name in selected:
-        compressed[var[name]] = _quantize_one(args, name, reader[name], widths[name] if widths else args.bits)
+    compressed.update({var[n]: q for n, q in quantized.items()})
     with _named(args.symbol):
         fixed = correct_bias(weights, compressed, graph)
     changed: dict[str, np.ndarray] = {}
@@ -189,18 +190,23 @@ def _symbol_corrections(
         value = fixed.get(v)
         if name not in selected and isinstance(value, np.ndarray) and value is not weights[v]:
             changed[name] = value
-    return changed
+    return quantized, changed
 
 
 def _quantize_step(
     args: argparse.Namespace, counts: _Counts, keep_codes: bool, widths: dict[str, int] | None = None,
-    corrected: dict[str, np.ndarray] | None = None,
+    corrected: dict[str, np.ndarray] | None = None, quantized: dict[str, Any] | None = None,
 ) -> Callable[[str, np.ndarray], Any]:
+    """``corrected``: biases / running means that ``--symbol`` corrected; ``quantized``: tensors its
+    first pass already quantized (not quantized again)."""
+
     def step(name: str, w: np.ndarray) -> Any:
-        if corrected and name in corrected:  # a bias or running mean that --symbol corrected
+        if corrected and name in corrected:
             return corrected[name]
-        bits = widths[name] if widths is not None else args.bits
-        q = _quantize_one(args, name, w, bits)
+        if quantized and name in quantized:
+            q = quantized[name]
+        else:
+            q = _quantize_one(args, name, w, widths[name] if widths is not None else args.bits)
         counts.quantized += 1
         counts.bits.append(q.bits)  # what was applied: the default keeps small fan-ins at 8 bits
         return q if keep_codes else q.dequantize()
