@@ -40,6 +40,8 @@ from .weight_sharing import CodebookArray
 __all__ = ["channel_statistics", "correct_bias"]
 
 _SQRT_2PI = float(np.sqrt(2.0 * np.pi))
+#: The batch-norm epsilon of a node without an ``eps`` attr (PyTorch's and Gluon's default).
+_DEFAULT_EPS = 1e-5
 
 
 def _pdf(t: np.ndarray) -> np.ndarray:
@@ -94,11 +96,12 @@ def channel_statistics(
     """Per-channel mean and variance of every node's output, from the batch norms' statistics alone.
 
     A ``batchnorm`` node with ``running_mean`` and ``running_var`` in ``weights`` outputs mean
-    ``beta`` and variance ``gamma**2 * var / (var + 1e-5)`` per channel (over the data its
-    statistics were gathered on); the statistics attrs of :mod:`coreprune.structured.graph`
-    (``fn="copy"``, ``"pool"``, ``"clip"``, ``"sum"``) carry them on; concatenation, slices,
-    flattening and channel shuffles move them with their channels. Anything else outputs unknown
-    (NaN) statistics. A sum adds the variances as if its inputs were independent.
+    ``beta`` and variance ``gamma**2 * var / (var + eps)`` per channel (over the data its
+    statistics were gathered on; ``eps`` is the node's attr, 1e-5 where it has none); the
+    statistics attrs of :mod:`coreprune.structured.graph` (``fn="copy"``, ``"pool"``, ``"clip"``,
+    ``"sum"``) carry them on; concatenation, slices, flattening and channel shuffles move them with
+    their channels. Anything else outputs unknown (NaN) statistics. A sum adds the variances as if
+    its inputs were independent.
 
     Parameters
     ----------
@@ -144,9 +147,13 @@ def channel_statistics(
                 beta = _array(weights, node, "bias")
                 beta = np.zeros(c) if beta is None else beta
                 # a negative or non-finite statistic is no statistic: unknown, not a guess
-                ok = (rv >= 0) & np.isfinite(rv) & np.isfinite(gamma) & np.isfinite(beta)
-                scale, raw = np.where(ok, gamma, 0.0), np.where(ok, rv, 0.0)
-                var = scale * scale * raw / (raw + 1e-5)
+                # the node's own epsilon: a model with 1e-3 (EfficientNet, MXNet's symbol API) and
+                # a running variance near it has a much smaller output spread than 1e-5 gives
+                eps = float(node.attrs.get("eps", _DEFAULT_EPS))
+                # eps = 0 with a zero variance divides by zero in the framework too: unknown
+                ok = (rv >= 0) & np.isfinite(rv) & np.isfinite(gamma) & np.isfinite(beta) & (rv + eps > 0)
+                scale, raw = np.where(ok, gamma, 0.0), np.where(ok, rv, 1.0)
+                var = scale * scale * raw / (raw + eps)
                 result = (np.where(ok, beta, np.nan), np.where(ok, var, np.nan))
         elif node.op == "identity" and fn == "copy":
             result = ins[0]

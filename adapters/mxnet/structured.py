@@ -10,6 +10,9 @@ What it does
   ``prefix-EPOCH.params``), writing a new checkpoint.
 * :func:`prune_channels` does it to a Gluon ``HybridBlock`` (traced by calling it on a symbol, which
   leaves the block as it was) and returns a new ``gluon.SymbolBlock`` holding the smaller model.
+* :func:`trace_graph` returns the framework-free graph and the weights of a Gluon block, or of a
+  symbol with its ``(arg_params, aux_params)``, keyed as :func:`coreprune.mxnet.to_numpy` keys them
+  (for :func:`coreprune.quantize`'s bias correction, ``graph=``).
 
 The supported operators are listed in :mod:`coreprune.structured.mxnet_json`; anything else raises
 :class:`~coreprune.errors.CompressionError` naming the node.
@@ -18,6 +21,7 @@ The supported operators are listed in :mod:`coreprune.structured.mxnet_json`; an
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -27,8 +31,18 @@ import numpy as np
 
 import mxnet as mx
 from coreprune.errors import CompressionError
-from coreprune.structured import Graph, Importance, graph_from_mxnet_json, prune_graph, rewrite_mxnet_json
+from coreprune.structured import (
+    Graph,
+    Importance,
+    graph_from_mxnet_checkpoint,
+    graph_from_mxnet_json,
+    mxnet_variable_names,
+    prune_graph,
+    rewrite_mxnet_json,
+)
 from mxnet import gluon
+
+from .convert import to_numpy
 
 __all__ = ["prune_symbol", "prune_checkpoint", "prune_channels", "block_symbol", "trace_graph"]
 
@@ -177,32 +191,51 @@ def block_symbol(block: gluon.HybridBlock) -> tuple[str, dict[str, np.ndarray], 
 
 
 def trace_graph(
-    model: gluon.HybridBlock, example_inputs: Any
+    model: gluon.HybridBlock | mx.sym.Symbol,
+    example_inputs: Any,
+    *,
+    params: tuple[Mapping[str, mx.nd.NDArray], Mapping[str, mx.nd.NDArray]]
+    | Mapping[str, mx.nd.NDArray]
+    | None = None,
 ) -> tuple[Graph, dict[str, np.ndarray]]:
-    """The core graph of a Gluon block and its weights as ``dict[str, numpy.ndarray]`` (copies).
+    """The core graph of a Gluon block or a symbol, and its weights as ``dict[str, numpy.ndarray]`` (copies).
 
-    The MXNet twin of :func:`coreprune.torch.trace_graph`: the block is called on a symbol (neither
-    hybridized nor run), :func:`coreprune.structured.graph_from_mxnet_json` reads the graph, and
-    parameter keys are renamed to the block's structural names, the keys of
-    :func:`coreprune.mxnet.to_numpy` (``features.0.weight``, ``features.1.running_mean``).
+    The MXNet twin of :func:`coreprune.torch.trace_graph`; either way
+    :func:`coreprune.structured.graph_from_mxnet_json` reads the graph, and the graph's parameter
+    keys are the keys of the weight dict, which are those of :func:`coreprune.mxnet.to_numpy`:
+
+    * a Gluon block is called on a symbol (neither hybridized nor run); keys are the block's
+      structural names, as ``to_numpy(block)`` gives them (``features.0.weight``,
+      ``features.1.running_mean``);
+    * a symbol (``mx.model.load_checkpoint``, the Module API, ``mx.sym``) holds no weights: they come
+      with ``params``, and the keys are those of ``to_numpy(params)``, ``arg:conv0_weight`` and
+      ``aux:bn0_moving_mean`` for an ``(arg_params, aux_params)`` pair
+      (:func:`coreprune.structured.graph_from_mxnet_checkpoint`).
 
     Parameters
     ----------
-    model : mxnet.gluon.HybridBlock
-        Initialised; not modified. One data input.
+    model : mxnet.gluon.HybridBlock or mxnet.sym.Symbol
+        An initialised block, or a symbol; not modified. One data input: a symbol's is its free
+        variable named ``data``, or its only one; other free variables may only be labels read by a
+        loss head (``SoftmaxOutput``'s ``softmax_label``).
     example_inputs : mxnet.nd.NDArray or a 1-tuple of it
         An input batch; only its shape is read.
+    params : (arg_params, aux_params) or mapping of str to NDArray, optional
+        A symbol's parameters: the pair ``mx.model.load_checkpoint`` and ``Module.get_params()``
+        return, or the dict ``mx.nd.load`` reads from its ``.params`` file (``arg:``/``aux:`` keys).
+        Required for a symbol; refused for a block, which holds its own.
 
     Returns
     -------
     (Graph, dict of str to numpy.ndarray)
         Nodes named as the symbol's nodes (``mobilenetstudent0_conv0_fwd``); parameter keys and the
-        weight dict's keys are structural names.
+        weight dict's keys as above.
 
     Raises
     ------
     CompressionError
-        On an unsupported operator (named) or more than one data input.
+        On an unsupported operator (named), more than one data input, a symbol without ``params`` or
+        a block with them.
 
     Examples
     --------
@@ -213,13 +246,33 @@ def trace_graph(
     >>> graph, weights = trace_graph(net, mx.nd.zeros((1, 3, 8, 8)))
     >>> [(n.op, dict(n.params)) for n in graph][1]
     ('conv', {'weight': '0.weight', 'bias': '0.bias'})
+
+    A symbol-API checkpoint (here a symbol and its parameters from the Module API):
+
+    >>> sym = mx.sym.BatchNorm(mx.sym.Convolution(mx.sym.var("data"), num_filter=4, kernel=(1, 1),
+    ...                                           name="c"), name="bn")
+    >>> mod = mx.mod.Module(sym, label_names=None)
+    >>> mod.bind([("data", (1, 3, 8, 8))]); mod.init_params()
+    >>> graph, weights = trace_graph(sym, mx.nd.zeros((1, 3, 8, 8)), params=mod.get_params())
+    >>> dict(graph.nodes["bn"].params)["running_mean"], sorted(weights)[0]
+    ('aux:bn_moving_mean', 'arg:bn_beta')
     """
     if isinstance(example_inputs, (tuple, list)):
         if len(example_inputs) != 1:
             raise CompressionError(f"one data input is supported, got {len(example_inputs)}")
         example_inputs = example_inputs[0]
+    shape = tuple(example_inputs.shape)
+    if isinstance(model, mx.sym.Symbol):
+        if params is None:
+            raise CompressionError("trace_graph: a symbol holds no weights; give them as params=(arg_params, "
+                                   "aux_params), as mx.model.load_checkpoint returns them")
+        weights = to_numpy(params)
+        graph = graph_from_mxnet_checkpoint(model.tojson(), weights, _symbol_inputs(model, weights, shape))
+        return graph, weights
+    if params is not None:
+        raise CompressionError("trace_graph: params= is for a symbol; a Gluon block holds its own parameters")
     js, arg, aux = block_symbol(model)
-    graph = graph_from_mxnet_json(js, {**arg, **aux}, {"data": tuple(example_inputs.shape)})
+    graph = graph_from_mxnet_json(js, {**arg, **aux}, {"data": shape})
     structural = {p.name: key for key, p in model._collect_params_with_prefix().items()}
     nodes = [
         dataclasses.replace(n, params={role: structural.get(k, k) for role, k in n.params.items()})
@@ -227,6 +280,24 @@ def trace_graph(
     ]
     weights = {structural.get(k, k): v for k, v in {**arg, **aux}.items()}
     return Graph(nodes, graph.outputs), weights
+
+
+def _symbol_inputs(
+    sym: mx.sym.Symbol, weights: Mapping[str, np.ndarray], shape: tuple[int, ...]
+) -> dict[str, tuple[int, ...]]:
+    """The shapes of a symbol's free variables (neither a parameter nor an aux state): ``shape`` for
+    its one data input, ``(1,)`` for labels (variables no operator reads as its first input)."""
+    have = set(mxnet_variable_names(weights).values())
+    free = [v for v in (*sym.list_arguments(), *sym.list_auxiliary_states()) if v not in have]
+    nodes = json.loads(sym.tojson())["nodes"]
+    first = {nodes[n["inputs"][0][0]]["name"] for n in nodes if n["op"] != "null" and n.get("inputs")}
+    data = [v for v in free if v in first]
+    if len(data) != 1 or (data != ["data"] and "data" in free):
+        raise CompressionError(
+            f"one data input is supported; the symbol reads {data or free}, which params do not hold "
+            "(are parameters missing from params?)"
+        )
+    return {v: shape if v == data[0] else (1,) for v in free}
 
 
 def prune_channels(

@@ -340,7 +340,9 @@ class _Translator:
             if ax != 1:
                 raise _refuse(node, f"its input's channels are on axis {ax}, not 1")
             roles = ("weight", "bias", "running_mean", "running_var")
-            self.emit(node, "batchnorm", [src], 1, params=self.param_keys(target, module, roles))
+            # its own epsilon (1e-3 in TensorFlow ports such as EfficientNet), for the statistics
+            self.emit(node, "batchnorm", [src], 1, params=self.param_keys(target, module, roles),
+                      attrs={"eps": float(module.eps)})
         elif isinstance(module, nn.LayerNorm):
             if len(module.normalized_shape) != 1 or ax != len(in_shape) - 1:
                 raise _refuse(node, "only a LayerNorm over the channel (last) axis is supported")

@@ -15,7 +15,14 @@ import numpy as np
 
 from ..errors import CompressionError
 from ..io import open_weights
-from ..structured import Graph, Group, coupling_groups, graph_from_mxnet_json, group_importance
+from ..structured import (
+    Graph,
+    Group,
+    coupling_groups,
+    graph_from_mxnet_json,
+    group_importance,
+    mxnet_variable_names,
+)
 from .common import CliError, _print
 
 # a symbol JSON is a few MB even for very large models; more is not a symbol
@@ -39,9 +46,10 @@ def _read_params(path: str) -> dict[str, np.ndarray]:
     """The checkpoint's arrays, named as the symbol's variables (``arg:``/``aux:`` prefixes dropped)."""
     out: dict[str, np.ndarray] = {}
     with open_weights(path) as reader:
+        with _named(path):
+            variables = mxnet_variable_names(reader)
         for name in reader:
-            key = name.split(":", 1)[1] if name.startswith(("arg:", "aux:")) else name
-            out[key] = np.asarray(reader[name])
+            out[variables[name]] = np.asarray(reader[name])
     return out
 
 

@@ -9,8 +9,9 @@ The pipeline, each step public for users with their own framework:
 4. :func:`shrink` builds the new, smaller arrays (:func:`zero_units` checks a plan on the dense model).
 
 :func:`prune_graph` runs steps 2-4. N:M semi-structured masks: :func:`nm_masks`. MXNet symbol
-JSON without MXNet:
-:func:`graph_from_mxnet_json`, :func:`rewrite_mxnet_json`.
+JSON without MXNet: :func:`graph_from_mxnet_json`, :func:`rewrite_mxnet_json`;
+:func:`graph_from_mxnet_checkpoint` and :func:`mxnet_variable_names` for a checkpoint's
+``arg:``/``aux:`` names.
 
 Examples
 --------
@@ -36,7 +37,12 @@ import numpy as np
 from .graph import OPS, Graph, Node
 from .groups import Group, Slice, Unit, coupling_groups
 from .importance import IMPORTANCES, Importance, group_importance
-from .mxnet_json import graph_from_mxnet_json, rewrite_mxnet_json
+from .mxnet_json import (
+    graph_from_mxnet_checkpoint,
+    graph_from_mxnet_json,
+    mxnet_variable_names,
+    rewrite_mxnet_json,
+)
 from .nm import nm_masks
 from .plan import select_units
 from .slicing import Shrunk, shrink, zero_units
@@ -58,6 +64,8 @@ __all__ = [
     "prune_graph",
     "nm_masks",
     "graph_from_mxnet_json",
+    "graph_from_mxnet_checkpoint",
+    "mxnet_variable_names",
     "rewrite_mxnet_json",
 ]
 

@@ -56,10 +56,15 @@ without it stops the statistics (its consumers get none):
     A plain sum of its inputs (not a difference, not a concatenation along another axis).
 ``batchnorm`` with ``fix_gamma=1``
     The scale is taken as 1 whatever its stored value (MXNet's ``fix_gamma``).
+``batchnorm`` with ``eps``
+    The epsilon added to the running variance (a finite number >= 0): PyTorch's ``module.eps``
+    (1e-5 by default, 1e-3 in EfficientNet and other TensorFlow ports), MXNet's ``eps`` (1e-5 in
+    Gluon, 1e-3 in the symbol API). Without it, 1e-5 is assumed.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -107,7 +112,7 @@ class Node:
         Parameter role (``"weight"``, ``"bias"``, ...) -> key of the tensor in the weight dict.
     attrs : mapping of str to int, float or str
         ``groups`` for ``conv`` and ``shuffle``; ``start``/``stop`` for ``slice``; the optional
-        statistics attrs of the module docstring (``fn``, ``lo``, ``hi``, ``fix_gamma``).
+        statistics attrs of the module docstring (``fn``, ``lo``, ``hi``, ``fix_gamma``, ``eps``).
 
     Examples
     --------
@@ -220,6 +225,13 @@ class Graph:
                 raise CompressionError(f"{where}: clip needs numbers lo < hi, got {lo!r}, {hi!r}")
         if node.attrs.get("fix_gamma", 0) not in (0, 1):
             raise CompressionError(f"{where}: fix_gamma must be 0 or 1")
+        if "eps" in node.attrs:
+            eps = node.attrs["eps"]
+            # a string ("1e-3") or a bool is a mistake of whoever built the node, never a number
+            # 0 is legal (torch accepts BatchNorm2d(eps=0)); a channel of zero variance is then unknown
+            if isinstance(eps, bool) or not isinstance(eps, (int, float)) or \
+                    not (math.isfinite(eps) and eps >= 0):
+                raise CompressionError(f"{where}: eps must be a finite number >= 0, got {eps!r}")
 
     def consumers(self, name: str) -> list[Node]:
         """The nodes that read node ``name``'s output, in graph order.

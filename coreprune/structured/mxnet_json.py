@@ -5,12 +5,15 @@
 ``arg:``/``aux:`` arrays, names without the prefix), and builds a
 :class:`~coreprune.structured.Graph`; :func:`rewrite_mxnet_json` writes the shrunk channel counts
 back into the JSON (``num_filter``, ``num_group``, ``num_hidden``, ``output_dim``), so that the new
-symbol and the shrunk parameters form a loadable checkpoint.
+symbol and the shrunk parameters form a loadable checkpoint. :func:`graph_from_mxnet_checkpoint`
+takes the arrays as the checkpoint file names them (``arg:conv0_weight``; the renaming is
+:func:`mxnet_variable_names`) and keys the graph's parameters by those names.
 
 Supported operators (NCHW): ``Convolution`` (plain, grouped, depthwise), ``FullyConnected``
-(``flatten`` true, or false on a channels-last input), ``BatchNorm`` (axis 1), ``LayerNorm`` (last
-axis), ``Embedding``, ``Activation``/``relu``/``sigmoid``/``tanh``/``LeakyReLU`` (not ``prelu``),
-``Dropout``, ``Pooling``, ``clip``, ``BlockGrad``, ``_copy``, scalar arithmetic, element-wise and
+(``flatten`` true, or false on a channels-last input), ``BatchNorm`` (axis 1; its ``eps``, MXNet's
+default 1e-3 where the node has none, goes into the graph), ``LayerNorm`` (last axis),
+``Embedding``, ``Activation``/``relu``/``sigmoid``/``tanh``/``LeakyReLU`` (not ``prelu``), ``Dropout``,
+``Pooling``, ``clip``, ``BlockGrad``, ``_copy``, scalar arithmetic, element-wise and
 broadcast ``add``/``sub``/``mul``/``div``, ``Concat``, ``SliceChannel``/``split``, ``Flatten``,
 ``Reshape`` to ``(0, -1)``, the channel-shuffle pattern ``Reshape((0, -4, g, -1, -2))`` ->
 ``SwapAxis(1, 2)`` -> ``Reshape((0, -3, -2))``, ``mean``/``sum``/``max`` over non-channel axes,
@@ -21,8 +24,9 @@ broadcast ``add``/``sub``/``mul``/``div``, ``Concat``, ``SliceChannel``/``split`
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -31,7 +35,11 @@ from ..errors import CompressionError
 from .graph import Graph, Node
 from .slicing import Shrunk
 
-__all__ = ["graph_from_mxnet_json", "rewrite_mxnet_json"]
+__all__ = ["graph_from_mxnet_json", "graph_from_mxnet_checkpoint", "mxnet_variable_names",
+           "rewrite_mxnet_json"]
+
+#: The prefixes ``mx.model.save_checkpoint`` and ``HybridBlock.export`` give arguments and aux states.
+_CHECKPOINT_PREFIXES = ("arg:", "aux:")
 
 _UNARY = {
     "Activation",
@@ -82,6 +90,10 @@ _REDUCE = {"mean", "sum", "max", "min"}
 _COPY = {"Dropout", "BlockGrad", "_copy", "identity", "Cast", "cast", "stop_gradient"}
 _SUM = {"elemwise_add", "_Plus", "_plus", "broadcast_add"}
 _INF = float("inf")
+#: ``BatchNorm``'s default ``eps`` in MXNet 1.9.1 (``mx.sym.BatchNorm``: ``default=0.0010000000474974513``,
+#: the float ``1e-3f`` widened to a double), used where a symbol's node has no ``eps`` attr. Gluon's
+#: ``nn.BatchNorm`` (``epsilon=1e-5``) always writes its own.
+_MX_BN_EPS = float(np.float32(1e-3))
 
 
 def _statistics(op: str, a: Mapping[str, str]) -> dict[str, Any]:
@@ -97,6 +109,15 @@ def _statistics(op: str, a: Mapping[str, str]) -> dict[str, Any]:
     if op == "Pooling" and a.get("pool_type", "max") == "avg":
         return {"fn": "pool"}
     return {}
+
+
+def _eps(a: Mapping[str, str]) -> Any:
+    """A ``BatchNorm``'s epsilon: its ``eps`` attr (Gluon always writes one), else the operator's default.
+
+    What is not a number is passed on as it is, for :class:`~coreprune.structured.Graph` to refuse.
+    """
+    eps = _literal(a.get("eps"), _MX_BN_EPS)
+    return float(eps) if isinstance(eps, (int, float)) and not isinstance(eps, bool) else eps
 
 
 def _attrs(node: Mapping[str, Any]) -> dict[str, str]:
@@ -278,7 +299,7 @@ class _Builder:
             fixed = {"fix_gamma": 1} if _literal(a.get("fix_gamma"), True) else {}  # MXNet's default
             self.emit(
                 i, "batchnorm", [src], self.channels[src], self.axis[src], self.rank[src], params=params,
-                attrs=fixed,
+                attrs={**fixed, "eps": _eps(a)},
             )
         elif op == "LayerNorm":
             src = self.src(i)
@@ -468,6 +489,100 @@ def graph_from_mxnet_json(
         # a hand-made or damaged JSON (a node without "op", an input index out of range, an
         # attribute that is not a number): one error of the project's family, not a traceback
         raise CompressionError(f"malformed MXNet symbol JSON: {type(exc).__name__}: {exc}") from exc
+
+
+def mxnet_variable_names(names: Iterable[str]) -> dict[str, str]:
+    """Checkpoint name -> symbol variable name: the ``arg:``/``aux:`` prefix dropped.
+
+    A symbol-API checkpoint (``prefix-0000.params`` from ``mx.model.save_checkpoint`` or
+    ``HybridBlock.export``, :func:`coreprune.io.load` of it, ``coreprune.mxnet.to_numpy`` of an
+    ``(arg_params, aux_params)`` pair) names its arrays ``arg:conv0_weight``, ``aux:bn0_moving_mean``;
+    the symbol names its variables ``conv0_weight``, ``bn0_moving_mean``. Names without a prefix are
+    kept as they are.
+
+    Parameters
+    ----------
+    names : iterable of str
+        The checkpoint's array names.
+
+    Returns
+    -------
+    dict of str to str
+        Every name -> its variable name, in input order.
+
+    Raises
+    ------
+    CompressionError
+        If two names are the same variable (``arg:x`` and ``aux:x``, or ``x`` and ``arg:x``): which
+        array the symbol reads would be a guess.
+
+    Examples
+    --------
+    >>> mxnet_variable_names(["arg:conv0_weight", "aux:bn0_moving_mean", "data_mean"])
+    {'arg:conv0_weight': 'conv0_weight', 'aux:bn0_moving_mean': 'bn0_moving_mean', 'data_mean': 'data_mean'}
+    """
+    out: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for name in names:
+        var = name[len("arg:") :] if name.startswith(_CHECKPOINT_PREFIXES) else name
+        if var in seen:
+            raise CompressionError(
+                f"checkpoint names {seen[var]!r} and {name!r} are the same symbol variable {var!r}"
+            )
+        seen[var] = out[name] = var
+    return out
+
+
+def graph_from_mxnet_checkpoint(
+    symbol_json: str | Mapping[str, Any],
+    weights: Mapping[str, np.ndarray],
+    input_shapes: Mapping[str, tuple[int, ...]],
+) -> Graph:
+    """:func:`graph_from_mxnet_json` for arrays named as in the checkpoint file (``arg:``/``aux:``).
+
+    The graph's parameter keys are the names of ``weights`` (``arg:conv0_weight``), so that the graph
+    and the checkpoint's arrays go to :func:`coreprune.quantize` (``graph=``) or
+    :func:`coreprune.correct_bias` together, with no renaming by hand.
+
+    Parameters
+    ----------
+    symbol_json : str or dict
+        The symbol's JSON text (``prefix-symbol.json``, ``Symbol.tojson()``) or its parsed dict.
+    weights : mapping of str to numpy.ndarray
+        The checkpoint's arrays, named as in the file (:func:`coreprune.io.load`, or
+        ``coreprune.mxnet.to_numpy((arg_params, aux_params))``); see :func:`mxnet_variable_names`.
+        Only shapes are read.
+    input_shapes : mapping of str to tuple of int
+        Shape of every data input, by variable name (``{"data": (1, 3, 224, 224)}``).
+
+    Returns
+    -------
+    Graph
+        As :func:`graph_from_mxnet_json`'s, with parameter keys the names of ``weights``.
+
+    Raises
+    ------
+    CompressionError
+        As :func:`graph_from_mxnet_json` and :func:`mxnet_variable_names`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> js = {"nodes": [{"op": "null", "name": "data", "inputs": []},
+    ...   {"op": "null", "name": "fc_weight", "inputs": []},
+    ...   {"op": "FullyConnected", "name": "fc", "attrs": {"num_hidden": "2", "no_bias": "True"},
+    ...    "inputs": [[0, 0, 0], [1, 0, 0]]}], "heads": [[2, 0, 0]]}
+    >>> graph = graph_from_mxnet_checkpoint(js, {"arg:fc_weight": np.zeros((2, 3))}, {"data": (1, 3)})
+    >>> dict(graph.nodes["fc"].params)
+    {'weight': 'arg:fc_weight'}
+    """
+    names = mxnet_variable_names(weights)
+    graph = graph_from_mxnet_json(symbol_json, {names[k]: v for k, v in weights.items()}, input_shapes)
+    key = {var: name for name, var in names.items()}
+    nodes = [
+        dataclasses.replace(n, params={role: key.get(k, k) for role, k in n.params.items()}) for n in graph
+    ]
+    return Graph(nodes, graph.outputs)
 
 
 def rewrite_mxnet_json(symbol_json: str | Mapping[str, Any], shrunk: Shrunk) -> str:

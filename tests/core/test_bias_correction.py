@@ -101,6 +101,40 @@ def test_fixed_gamma_and_missing_statistics():
     assert np.isnan(cp.channel_statistics(no_stats, w)["bn"][0]).all()
 
 
+def test_batch_norm_epsilon_is_the_node_s_own():
+    roles = {r: f"bn.{r}" for r in ("weight", "bias", "running_mean", "running_var")}
+    w = _bn_weights("bn", [2.0, 2.0, 2.0], [0.0, 1.0, 2.0], var=[1e-4, 1e-3, 1.0])
+    stats = {eps: cp.channel_statistics(
+        Graph([Node("x", "input", (), 3), Node("bn", "batchnorm", ("x",), 3, roles,
+                                                 {} if eps is None else {"eps": eps})], ["bn"]), w)["bn"]
+        for eps in (None, 1e-5, 1e-3)}
+    rv = np.array([1e-4, 1e-3, 1.0])
+    np.testing.assert_allclose(stats[1e-3][1], 4 * rv / (rv + 1e-3), rtol=1e-6)
+    np.testing.assert_array_equal(stats[None][1], stats[1e-5][1])  # no attr: 1e-5, as before
+    # a running variance near the epsilon: 4 * 1e-4 / 1.1e-3 = 0.364 against 4 / 1.1 = 3.64
+    np.testing.assert_allclose(stats[1e-5][1][0] / stats[1e-3][1][0], 1.1e-3 / 1.1e-4, rtol=1e-6)
+    np.testing.assert_allclose(stats[1e-5][1][2], stats[1e-3][1][2], rtol=2e-3)  # a large one: 0.1%
+    np.testing.assert_array_equal(stats[1e-3][0], stats[1e-5][0])  # the means are beta either way
+
+
+def test_a_zero_epsilon_is_legal_and_a_zero_variance_then_unknown():
+    """torch accepts BatchNorm2d(eps=0): tracing such a model must not fail; a channel whose
+    running variance is 0 then divides by zero in the framework too, so its statistics are unknown."""
+    roles = {r: f"bn.{r}" for r in ("weight", "bias", "running_mean", "running_var")}
+    w = _bn_weights("bn", [2.0, 2.0], [0.5, 1.0], var=[0.0, 0.25])
+    g = Graph([Node("x", "input", (), 2), Node("bn", "batchnorm", ("x",), 2, roles, {"eps": 0.0})], ["bn"])
+    with np.errstate(all="raise"):  # no 0/0 on the way
+        mean, var = cp.channel_statistics(g, w)["bn"]
+    assert np.isnan(mean[0]) and np.isnan(var[0])
+    assert mean[1] == 1.0 and var[1] == 4.0  # gamma**2 * 0.25 / (0.25 + 0)
+
+
+@pytest.mark.parametrize("eps", [-1e-3, float("nan"), float("inf"), "1e-3", True, None])
+def test_graph_refuses_a_bad_batch_norm_epsilon(eps):
+    with pytest.raises(cp.CompressionError, match=r"'bn' \(batchnorm\): eps must be a finite number >= 0"):
+        Graph([Node("x", "input", (), 2), Node("bn", "batchnorm", ("x",), 2, attrs={"eps": eps})], ["bn"])
+
+
 @pytest.mark.parametrize("attrs", [{"fn": "sum"}, {"fn": "clip", "lo": 1.0, "hi": 1.0},
                                    {"fn": "clip", "lo": "0", "hi": 6.0}, {"fn": "clip"}])
 def test_graph_refuses_bad_statistics_attrs(attrs):

@@ -16,7 +16,10 @@ from coreprune.structured import (
     Graph,
     Node,
     coupling_groups,
+    graph_from_mxnet_checkpoint,
+    graph_from_mxnet_json,
     group_importance,
+    mxnet_variable_names,
     nm_masks,
     prune_graph,
     select_units,
@@ -234,6 +237,35 @@ def test_graph_and_shape_errors_name_the_layer():
         coupling_groups(g, {"a.w": np.zeros((4, 2, 1, 1))})
     with pytest.raises(CompressionError, match="'a.w' is not in the weight dict"):
         coupling_groups(g, {})
+
+
+def test_checkpoint_names_are_symbol_variables_and_key_the_graph():
+    names = mxnet_variable_names(["arg:c_weight", "aux:bn_moving_mean", "plain_weight"])
+    assert names == {"arg:c_weight": "c_weight", "aux:bn_moving_mean": "bn_moving_mean",
+                     "plain_weight": "plain_weight"}
+    for clash in (["arg:x", "aux:x"], ["x", "arg:x"]):
+        with pytest.raises(CompressionError, match="same symbol variable 'x'"):
+            mxnet_variable_names(clash)
+    js = {"nodes": [{"op": "null", "name": "data", "inputs": []},
+                    {"op": "null", "name": "c_weight", "inputs": []},
+                    {"op": "Convolution", "name": "c", "attrs": {"num_filter": "4", "kernel": "(1, 1)",
+                                                                  "no_bias": "True"},
+                     "inputs": [[0, 0, 0], [1, 0, 0]]},
+                    *[{"op": "null", "name": f"bn_{r}", "inputs": []}
+                      for r in ("gamma", "beta", "moving_mean", "moving_var")],
+                    {"op": "BatchNorm", "name": "bn", "attrs": {"eps": "0.002"},
+                     "inputs": [[2, 0, 0], [3, 0, 0], [4, 0, 0], [5, 0, 1], [6, 0, 1]]}],
+          "heads": [[7, 0, 0]]}
+    weights = {"arg:c_weight": np.ones((4, 3, 1, 1)), "arg:bn_gamma": np.ones(4), "arg:bn_beta": np.ones(4),
+               "aux:bn_moving_mean": np.zeros(4), "aux:bn_moving_var": np.ones(4)}
+    graph = graph_from_mxnet_checkpoint(js, weights, {"data": (1, 3, 2, 2)})
+    assert dict(graph.nodes["c"].params) == {"weight": "arg:c_weight"}
+    assert dict(graph.nodes["bn"].params) == {"weight": "arg:bn_gamma", "bias": "arg:bn_beta",
+                                              "running_mean": "aux:bn_moving_mean",
+                                              "running_var": "aux:bn_moving_var"}
+    assert dict(graph.nodes["bn"].attrs) == {"fix_gamma": 1, "eps": 0.002}  # MXNet's fix_gamma default
+    with pytest.raises(CompressionError, match="'c_weight' is neither in the weight dict"):
+        graph_from_mxnet_json(js, weights, {"data": (1, 3, 2, 2)})  # the prefixed names, unrenamed
 
 
 def test_locked_channels_are_not_grouped():

@@ -8,6 +8,7 @@ batch-norm statistics; the dense model then computes what the pruned ``SymbolBlo
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pathlib
 import warnings
@@ -175,5 +176,43 @@ def test_symbol_batch_norm_fixes_gamma_by_default():
         shapes.update({f"{name}_{r}": (4,) for r in ("gamma", "beta", "moving_mean", "moving_var")})
     weights = {k: np.ones(v, np.float32) for k, v in shapes.items()}
     graph = graph_from_mxnet_json(out.tojson(), weights, {"data": (1, 2, 8, 8)})
-    assert dict(graph.nodes["bn"].attrs) == {"fix_gamma": 1}
-    assert dict(graph.nodes["bn2"].attrs) == {}
+    assert dict(graph.nodes["bn"].attrs).get("fix_gamma") == 1
+    assert "fix_gamma" not in graph.nodes["bn2"].attrs
+
+
+def _documented_eps() -> float:
+    """The default eps in MXNet's own BatchNorm docstring (1.9.1: 0.0010000000474974513)."""
+    doc = mx.sym.BatchNorm.__doc__
+    return float(doc[doc.index("eps : double, optional, default=") :].split("=", 1)[1].split()[0])
+
+
+def test_batch_norm_epsilon_from_the_symbol_or_mxnet_s_default():
+    data = mx.sym.var("data")
+    plain = mx.sym.BatchNorm(data, fix_gamma=False, name="plain")  # no eps attr in its JSON
+    out = mx.sym.BatchNorm(plain, fix_gamma=False, eps=2e-4, name="given")
+    weights = {f"{n}_{r}": np.ones(3, np.float32) for n in ("plain", "given")
+               for r in ("gamma", "beta", "moving_mean", "moving_var")}
+    assert "eps" not in (json.loads(out.tojson())["nodes"][5].get("attrs") or {})
+    graph = graph_from_mxnet_json(out.tojson(), weights, {"data": (1, 3, 4, 4)})
+    assert graph.nodes["plain"].attrs["eps"] == _documented_eps() == np.float32(1e-3)
+    assert graph.nodes["given"].attrs["eps"] == 2e-4
+
+    # MXNet itself normalises with that default: (x - mean) / sqrt(var + eps), var = 1e-4
+    x, var = mx.nd.array(np.full((1, 3, 1, 1), 0.1, np.float32)), mx.nd.full((3,), 1e-4)
+    y = mx.nd.BatchNorm(x, mx.nd.ones(3), mx.nd.zeros(3), mx.nd.zeros(3), var, fix_gamma=False).asnumpy()
+    np.testing.assert_allclose(y, 0.1 / np.sqrt(1e-4 + graph.nodes["plain"].attrs["eps"]), rtol=1e-5)
+
+    bad = json.loads(out.tojson())
+    bad["nodes"][5]["attrs"] = {"fix_gamma": "False", "eps": "small"}
+    with pytest.raises(CompressionError, match="eps must be a finite number >= 0, got 'small'"):
+        graph_from_mxnet_json(bad, weights, {"data": (1, 3, 4, 4)})
+
+
+def test_gluon_batch_norm_writes_its_epsilon():
+    net = mx.gluon.nn.HybridSequential()
+    net.add(mx.gluon.nn.BatchNorm(in_channels=3), mx.gluon.nn.BatchNorm(in_channels=3, epsilon=1e-3))
+    net.initialize()
+    from coreprune.mxnet import trace_graph
+
+    graph, _ = trace_graph(net, mx.nd.zeros((1, 3, 4, 4)))
+    assert [n.attrs["eps"] for n in graph if n.op == "batchnorm"] == [1e-5, 1e-3]

@@ -4,6 +4,7 @@ gathered on the inputs they are then measured on."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import pathlib
 
@@ -17,6 +18,7 @@ from coreprune.torch import load_numpy, to_numpy, trace_graph  # noqa: E402
 from torch import nn  # noqa: E402
 
 import coreprune as cp  # noqa: E402
+from coreprune.structured import Graph  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location(
     "structured_models", pathlib.Path(__file__).with_name("structured_models.py"))
@@ -143,3 +145,35 @@ def test_padded_conv_subclasses_are_one_conv_other_subclasses_are_not():
     assert [n.op for n in graph] == ["input", "conv", "batchnorm", "identity", "conv"]
     with pytest.raises(cp.CompressionError, match="outside its module"):
         trace_graph(nn.Sequential(_StdConv(3, 8, 3)).eval(), torch.zeros(1, 3, 8, 8))
+
+
+def test_batch_norm_epsilon_is_the_module_s():
+    """EfficientNet and other TensorFlow ports use eps=1e-3; with running variances near it, the
+    output spread (and a ReLU's mean) is far from what 1e-5 gives. Checked against torch's own
+    batch norm on inputs that have its running statistics."""
+    model = nn.Sequential(nn.BatchNorm2d(4, eps=1e-3), nn.ReLU(), nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2))
+    rv, rm = torch.tensor([1e-4, 5e-4, 1e-3, 1.0]), torch.tensor([0.01, -0.02, 0.0, 1.0])
+    gamma, beta = torch.tensor([1.0, 2.0, 0.5, 1.5]), torch.tensor([0.2, -0.1, 0.3, 0.0])
+    with torch.no_grad():
+        for param, value in zip(("running_var", "running_mean", "weight", "bias"), (rv, rm, gamma, beta)):
+            getattr(model[0], param).copy_(value)
+    model.eval()
+    graph, weights = trace_graph(model, torch.zeros(1, 4, 2, 2))
+    assert graph.nodes["0"].attrs["eps"] == 1e-3 and graph.nodes["3"].attrs["eps"] == 1e-5
+    stats = cp.channel_statistics(graph, weights)
+    g2, v = gamma.double().numpy() ** 2, rv.double().numpy()
+    np.testing.assert_allclose(stats["0"][1], g2 * v / (v + 1e-3), rtol=1e-6)
+
+    x = rm[:, None, None] + rv.sqrt()[:, None, None] * torch.randn(200_000, 4, 1, 1,
+                                                                   generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        bn_out = model[0](x).double().numpy()[:, :, 0, 0]
+    np.testing.assert_allclose(stats["0"][1], bn_out.var(0), rtol=0.02)
+    np.testing.assert_allclose(stats["_1"][0], np.maximum(bn_out, 0).mean(0), atol=0.01)
+
+    # the same graph without the attr assumes 1e-5: about 11x the variance where var = 1e-4
+    plain = Graph([dataclasses.replace(n, attrs={}) if n.op == "batchnorm" else n for n in graph],
+                  graph.outputs)
+    ratio = cp.channel_statistics(plain, weights)["0"][1] / stats["0"][1]
+    np.testing.assert_allclose(ratio, (v + 1e-3) / (v + 1e-5), rtol=1e-6)
+    assert ratio[0] > 10
