@@ -20,18 +20,37 @@ width that fits, each filled greedily -- so it is never worse than the best unif
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from .errors import CompressionError
+from .quant_layout import default_bits
 
 if TYPE_CHECKING:  # quantization imports this module
     from .quantization import QuantizedArray
 
-__all__ = ["allocate_bits", "noise_to_signal", "measure", "measured_importance", "widths_checked"]
+__all__ = ["DEFAULT_WIDTHS", "allocate_bits", "noise_to_signal", "measure", "measured_importance",
+           "small_fan_ins", "widths_checked"]
+
+#: The candidate widths of ``quantize(budget=...)`` and ``coreprune quantize --budget``.
+DEFAULT_WIDTHS = (2, 3, 4, 6, 8)
+
+
+def small_fan_ins(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """The tensors the default layout keeps at 8 bits below 8 (``wide_only`` of :func:`allocate_bits`).
+
+    Those of ``ndim >= 2`` whose fan-in ``prod(shape[1:])`` is at most
+    :data:`coreprune.quant_layout.SMALL_FAN_IN` (:func:`coreprune.quant_layout.default_bits`).
+
+    Examples
+    --------
+    >>> small_fan_ins({"dw.weight": (32, 1, 3, 3), "pw.weight": (64, 32, 1, 1), "bias": (64,)})
+    ['dw.weight']
+    """
+    return [n for n, shape in shapes.items() if default_bits(tuple(shape), 2) == 8]
 
 
 def noise_to_signal(w: np.ndarray, approx: np.ndarray) -> float:
@@ -58,6 +77,7 @@ def allocate_bits(
     counts: Mapping[str, int],
     budget: float,
     importance: Mapping[str, float] | None = None,
+    wide_only: Collection[str] = (),
 ) -> dict[str, int]:
     """One width per tensor, minimising the weighted sum of errors within ``budget`` bits per weight.
 
@@ -73,6 +93,11 @@ def allocate_bits(
         Average bits per weight, ``8 * total bytes / total weights``.
     importance : Mapping[str, float] or None
         Optional factor per tensor (default 1.0).
+    wide_only : collection of str
+        Tensors that only get widths of 8 bits and more (the widest candidate if none is), unless
+        that floor alone does not fit the budget -- then every tensor gets any width. The default
+        layout passes its small fan-ins (:func:`coreprune.quant_layout.default_bits`): the weight
+        error alone underrates depthwise kernels and stems.
 
     Returns
     -------
@@ -90,9 +115,18 @@ def allocate_bits(
     >>> errors = {"a": {2: 0.2, 4: 0.01}, "b": {2: 0.05, 4: 0.003}}
     >>> allocate_bits(sizes, errors, {"a": 100, "b": 100}, budget=3.0)
     {'a': 4, 'b': 2}
+    >>> sizes = {"a": {2: 25, 8: 100}, "b": {2: 25, 8: 100}}
+    >>> errors = {"a": {2: 0.2, 8: 0.0}, "b": {2: 0.05, 8: 0.0}}
+    >>> allocate_bits(sizes, errors, {"a": 100, "b": 100}, budget=5.0, wide_only={"b"})
+    {'a': 2, 'b': 8}
     """
     total = sum(counts.values())
     limit = budget * total / 8
+    if wide_only:
+        floored = {n: ({b: s for b, s in v.items() if b >= 8} or {max(v): v[max(v)]}) if n in wide_only
+                   else v for n, v in sizes.items()}
+        if sum(min(v.values()) for v in floored.values()) <= limit + 1e-9:
+            sizes = floored
     choice = {name: min(widths) for name, widths in sizes.items()}
     used = sum(sizes[n][b] for n, b in choice.items())
     if used > limit + 1e-9:

@@ -81,7 +81,8 @@ def default_layout(shape: tuple, bits: int, group: int = 64) -> tuple[int | None
       (flattened) fan-in, ``k = ceil(fan_in / group)`` groups of equal length ``ceil(fan_in / k)``
       (so no group is much shorter than the others). ``group`` is 64 for up to 4 bits, 128 above.
 
-    At 4 bits with float32 scales a group of 64 costs ``4 + 32/64 = 4.5`` bits per weight.
+    At 4 bits a group of 64 costs ``4 + 16/64 = 4.25`` bits per weight with the float16 scale
+    :func:`coreprune.quantization.quantize` stores by default (``4 + 32/64 = 4.5`` with float32).
 
     Examples
     --------

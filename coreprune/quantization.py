@@ -104,7 +104,7 @@ def _code_range(bits: int, symmetric: bool) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class QuantizedArray:
-    """A quantized tensor: integer codes of the original shape, float32 scales, optional zero points.
+    """A quantized tensor: integer codes of the original shape, float32 or float16 scales, zero points.
 
     Attributes
     ----------
@@ -113,7 +113,7 @@ class QuantizedArray:
         (affine), uint8 in ``{0, 1}`` for ``bits == 1`` (1 means +1, 0 means -1). Any value of the
         ``bits``-bit range is accepted (the quantizer itself uses ``±(2**(b-1) - 1)`` when symmetric).
     scale : numpy.ndarray
-        float32, finite, ``> 0``. Shape ``()`` per tensor, ``(shape[axis],)`` per axis, the
+        float32 or float16, finite, ``> 0``. Shape ``()`` per tensor, ``(shape[axis],)`` per axis, the
         tensor's shape with the grouped axis's length ``n`` replaced by ``ceil(n / group_size)``
         per group, ``(shape[0], ceil(fan_in / group_size))`` for flattened groups
         (:func:`coreprune.quant_layout.param_shape`).
@@ -215,9 +215,9 @@ class QuantizedArray:
             if found[0] < lo or found[1] > hi:
                 raise fail(f"codes outside [{lo}, {hi}] for bits={bits}")
         scale_shape = param_shape(shape, axis, group_size, flatten)
-        if not isinstance(self.scale, np.ndarray) or self.scale.dtype != np.float32:
+        if not isinstance(self.scale, np.ndarray) or self.scale.dtype not in (np.float32, np.float16):
             got = getattr(self.scale, "dtype", type(self.scale).__name__)
-            raise fail(f"scale must be a float32 numpy array, got {got}")
+            raise fail(f"scale must be a float32 or float16 numpy array, got {got}")
         if self.scale.shape != scale_shape:
             raise fail(f"scale has shape {self.scale.shape}, expected {scale_shape}")
         if not np.all(np.isfinite(self.scale) & (self.scale > 0)):
@@ -238,7 +238,8 @@ class QuantizedArray:
         """Bytes of the packed representation.
 
         ``ceil(codes.size * bits / 8) + scale.nbytes (+ zero_point.nbytes if affine)``: the codes
-        as :func:`coreprune.packing.pack_bits` stores them, plus the float32 scales and the zero points.
+        as :func:`coreprune.packing.pack_bits` stores them, plus the scales (4 bytes each in float32,
+        2 in float16) and the zero points.
 
         Examples
         --------
@@ -326,7 +327,8 @@ class QuantizedArray:
 
         def job() -> _blocked.Job:
             values = yield from _kernels.dequantize_job(
-                self.codes.reshape(rows, -1), self.scale.reshape(-1), zero_point, self.bits, self.dtype
+                self.codes.reshape(rows, -1), self.scale.reshape(-1).astype(np.float32), zero_point,
+                self.bits, self.dtype
             )
             return values.reshape(shape)
 
@@ -337,7 +339,7 @@ class QuantizedArray:
             f"QuantizedArray(shape={self.shape}, dtype={self.dtype.name}, bits={self.bits}, "
             f"symmetric={self.symmetric}, axis={self.axis}, group_size={self.group_size}, "
             + ("flatten=True, " if self.flatten else "")
-            + f"scale=float32{self.scale.shape}, nbytes={self.nbytes})"
+            + f"scale={self.scale.dtype.name}{self.scale.shape}, nbytes={self.nbytes})"
         )
 
 
@@ -351,8 +353,64 @@ def _to_scale(name: str, scale64: np.ndarray, what: str) -> np.ndarray:
     return np.maximum(scale64.astype(np.float32), np.float32(SCALE_FLOOR))
 
 
+#: ``scale_dtype`` choices of :func:`quantize`.
+SCALE_DTYPES = ("auto", "float32", "float16")
+#: The largest finite float16: a scale above it cannot be stored in float16.
+_F16_MAX = 65504.0
+
+
+def _half_scales(scale32: np.ndarray) -> np.ndarray | None:
+    """float32 scales -> the smallest float16 at or above each, or None when one exceeds 65504.
+
+    Rounding up keeps every code in range and every RTN error within the stored ``scale / 2``
+    (the range ``max|w|`` still fits in ``qmax`` steps). The stored scale exceeds the float32 one
+    by at most ``2**-10`` of it in float16's normal range (``>= 2**-14``) and by at most
+    ``2**-24`` below it (subnormals, and ``2**-24`` itself for anything smaller): the error bound
+    grows by at most ``2**-25`` in absolute terms there -- channels whose weights are all below
+    ``qmax * 2**-14`` (the dead channels of real networks reach ``1e-9``) lose relative precision,
+    never more than that.
+    """
+    if scale32.size and float(scale32.max()) > _F16_MAX:
+        return None
+    half = scale32.astype(np.float16)
+    low = half.astype(np.float32) < scale32
+    half[low] = np.nextafter(half[low], np.float16(np.inf))
+    return half
+
+
+def _scale_storage(scale_dtype: str, request: int, layout: tuple[int | None, int | None, bool]) -> str:
+    """``"float16"`` (must fit), ``"try16"`` (float16 where it fits, else float32) or ``"float32"``.
+
+    ``request`` is the call's int ``bits``, 0 for a ``bits`` mapping or a budget. ``"auto"``
+    stores float16 scales per channel and per group unless the call asks for 8 bits or more:
+    below 8 bits a float32 scale is a real share of the size (``32 / 64`` of the 4 bits per
+    weight of a 4-bit group of 64; ``32 / 9`` of a depthwise 3x3 channel the 4-bit default holds
+    at 8 bits), and a mapping or a budget is a size choice; ``bits >= 8`` keeps float32 (torch's
+    int8 parity), and so does a tensor's single scale (2 bytes are nothing).
+    """
+    if scale_dtype == "auto":
+        per_tensor = layout[0] is None and layout[1] is None
+        return "try16" if request < 8 and not per_tensor else "float32"
+    return scale_dtype
+
+
+def _stored_scales(name: str, scale32: np.ndarray, storage: str) -> np.ndarray | None:
+    """The scales as stored: float32, or float16 rounded up; None for ``"try16"`` scales that do
+    not fit float16; CompressionError naming the tensor for ``"float16"`` ones."""
+    if storage == "float32":
+        return scale32
+    half = _half_scales(scale32)
+    if half is None and storage == "float16":
+        raise CompressionError(
+            f"tensor {name!r}: a quantization scale ({float(scale32.max()):.6g}) exceeds float16's "
+            "largest value 65504; use scale_dtype='float32' (or 'auto')"
+        )
+    return half
+
+
 def _quantize_fast_job(
-    name: str, w: np.ndarray, bits: int, symmetric: bool, layout: tuple[int | None, int | None, bool]
+    name: str, w: np.ndarray, bits: int, symmetric: bool, layout: tuple[int | None, int | None, bool],
+    storage: str = "float32",
 ) -> _blocked.Job | None:
     """The blocked, threaded path of :func:`_quantize_tensor` as a job, or None where it does not apply.
 
@@ -360,8 +418,9 @@ def _quantize_fast_job(
     C-contiguous float16/bfloat16/float32/float64 tensors of at least
     ``coreprune._fast.blocked.MIN_FAST_ELEMENTS`` values, ``bits >= 2``, whose row view is a plain
     reshape (:func:`coreprune.quant_layout.fast_rows`). The job returns the :class:`QuantizedArray`
-    -- the same one as the reference path -- or None when the tensor holds NaN/Inf or a scale
-    exceeds float32, for the reference path to report. (``bits=1`` stays on the reference path:
+    -- the same one as the reference path -- or None when the tensor holds NaN/Inf, a scale
+    exceeds float32 or does not fit float16 storage, for the reference path to report or to store
+    in float32. (``bits=1`` stays on the reference path:
     its mean is a float64 sum whose rounding depends on NumPy's summation order.)
     """
     rows = fast_rows(w.shape, *layout)
@@ -371,7 +430,13 @@ def _quantize_fast_job(
     what = "max |w| / qmax" if symmetric else "(max - min) / (2**bits - 1)"
 
     def scale_of(stat64: np.ndarray) -> np.ndarray:
-        return _to_scale(name, np.where(stat64 > 0, stat64 / qmax, 1.0), what)
+        scale32 = _to_scale(name, np.where(stat64 > 0, stat64 / qmax, 1.0), what)
+        if storage == "float32":
+            return scale32
+        half = _half_scales(scale32)
+        if half is None:
+            raise CompressionError("a scale above float16")  # the reference path decides
+        return half.astype(np.float32)  # exact; the codes follow the stored value
 
     def job() -> _blocked.Job:
         result = yield from _kernels.quantize_job(
@@ -383,7 +448,7 @@ def _quantize_fast_job(
         scale_shape = param_shape(w.shape, *layout)
         return QuantizedArray(
             codes=codes.reshape(w.shape),
-            scale=scale.reshape(scale_shape),
+            scale=(scale if storage == "float32" else scale.astype(np.float16)).reshape(scale_shape),
             zero_point=None if zero_point is None else zero_point.reshape(scale_shape),
             bits=bits,
             symmetric=symmetric,
@@ -470,6 +535,12 @@ def _torch_rounded(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, fuse
     return np.rint(y).astype(np.float64)
 
 
+def _store(name: str, scale32: np.ndarray, storage: str) -> np.ndarray:
+    """:func:`_stored_scales`, with ``"try16"`` scales that do not fit float16 kept float32."""
+    stored = _stored_scales(name, scale32, storage)
+    return scale32 if stored is None else stored
+
+
 def _quantize_tensor(
     name: str,
     w: np.ndarray,
@@ -479,6 +550,7 @@ def _quantize_tensor(
     method: str = "rtn",
     full_range: bool = False,
     rounding: str = "half_even",
+    storage: str = "float32",
 ) -> QuantizedArray:
     """The reference path: NumPy expressions over the row view of ``w`` (layout normalised)."""
     require_finite(name, w)
@@ -490,24 +562,26 @@ def _quantize_tensor(
     if bits == 1:
         count = x.shape[1] if mask is None else mask.sum(axis=1)
         mean = np.sum(np.abs(x), axis=1, dtype=np.float64) / np.maximum(count, 1)
-        scale = _to_scale(name, mean, "mean |w|")
+        scale = _store(name, _to_scale(name, mean, "mean |w|"), storage)
         codes = (x >= 0).astype(dtype)
     else:
         lo, hi = _code_bounds(bits, symmetric, full_range)
         if method == "rtn" and symmetric:
             peak = np.max(np.abs(x), axis=1, initial=0).astype(np.float64)
             denom = hi + 0.5 if full_range else hi  # full range: -max|w| lands on code -2**(b-1)
-            scale = _to_scale(name, np.where(peak > 0, peak / denom, 1.0), "max |w| / qmax")
+            scale = _store(name, _to_scale(name, np.where(peak > 0, peak / denom, 1.0), "max |w| / qmax"),
+                           storage)
         elif method == "rtn":
             wlo = np.min(x, axis=1, initial=0).astype(np.float64)
             whi = np.max(x, axis=1, initial=0).astype(np.float64)
             span = whi - wlo
-            scale = _to_scale(name, np.where(span > 0, span / hi, 1.0), "(max - min) / (2**bits - 1)")
+            scale = _store(name, _to_scale(name, np.where(span > 0, span / hi, 1.0),
+                                           "(max - min) / (2**bits - 1)"), storage)
             zp = np.clip(np.rint(-wlo / scale.astype(np.float64)), 0, hi)
         else:
             search = clip_params if method == "clip" else hqq_params
             scale64, zp = search(x, mask, symmetric, lo, hi)
-            scale = _to_scale(name, scale64, f"{method} scale")
+            scale = _store(name, _to_scale(name, scale64, f"{method} scale"), storage)
         if rounding == "torch":
             q = _torch_rounded(x, scale, zp, fused=layout[0] is None and layout[1] is None)
         else:
@@ -531,7 +605,7 @@ def _quantize_tensor(
 
 def quantize(
     weights: Mapping[str, np.ndarray],
-    bits: int | None = None,
+    bits: int | Mapping[str, int] | None = None,
     *,
     symmetric: bool = True,
     axis: int | None = None,
@@ -540,14 +614,15 @@ def quantize(
     method: str = "rtn",
     full_range: bool = False,
     budget: float | None = None,
-    bit_choices: Sequence[int] = (2, 3, 4, 6, 8),
+    bit_choices: Sequence[int] = bit_budget.DEFAULT_WIDTHS,
     importance: Mapping[str, float] | None = None,
     include: Pattern = None,
     exclude: Pattern = None,
     rounding: str = "auto",
     graph: Graph | None = None,
+    scale_dtype: str = "auto",
 ) -> dict[str, QuantizedArray | np.ndarray]:
-    """Quantize the selected tensors to ``bits``-bit integer codes with float32 scales.
+    """Quantize the selected tensors to ``bits``-bit integer codes with float32 or float16 scales.
 
     Symmetric (``b = bits``, ``qmax = 2**(b-1) - 1``)::
 
@@ -572,8 +647,10 @@ def quantize(
     ----------
     weights : Mapping[str, numpy.ndarray]
         Name to array. Not modified.
-    bits : int or None
-        1 to 16; None only with ``budget``.
+    bits : int, Mapping[str, int] or None
+        1 to 16; None only with ``budget``. A mapping gives each selected tensor its own width
+        (every selected tensor needs one; the default layout's 8 bits for small fan-ins does not
+        apply: the widths are taken as given).
     symmetric : bool
         Symmetric (default) or affine with a zero point; ``bits=1`` must be symmetric.
     axis : int or None
@@ -641,6 +718,19 @@ def quantize(
         quantized conv/linear layer, ``E[x]`` from the batch norm before it, is taken out of its
         bias or its batch norm's ``running_mean`` (those float arrays change in the result).
         See docs/quantization.md for what it gains on EfficientNet-Lite0.
+    scale_dtype : {"auto", "float32", "float16"}
+        How the scales are stored. ``"auto"`` (default): float16 unless ``bits`` is an int of 8
+        or more, when the tensor has more than one scale (per channel or per group) and no scale
+        exceeds 65504; else float32 (so ``bits >= 8``
+        keeps torch's int8 parity, while a ``bits`` mapping or a ``budget`` stores float16):
+        a group of 64 4-bit codes costs ``4 + 16/64 = 4.25`` bits per weight instead of 4.5, and
+        the depthwise kernels the 4-bit default holds at 8 bits ``8 + 16/9`` instead of
+        ``8 + 32/9``. ``"float16"``:
+        every tensor (a scale above 65504 is an error). ``"float32"``: every tensor, as before
+        float16 scales existed. A float16 scale is the float32 scale rounded *up* to float16 (at
+        most ``2**-10`` larger; below float16's normal range ``2**-14``, at most ``2**-24`` larger,
+        which only the near-zero channels of a tensor reach) and the codes are computed from it,
+        so the error bound above holds for the stored scale.
 
     Returns
     -------
@@ -655,7 +745,8 @@ def quantize(
         ``bits`` not an int in 1..16 (or given with ``budget``, or neither given); ``axis`` out of
         range (names the tensor and its ndim); ``group_size`` < 1; ``flatten`` without an int
         ``group_size`` or with ``axis``; an unknown ``method``; NaN/Inf in a selected tensor; a
-        scale beyond float32; a budget below the smallest widths; a ``graph`` that is not a
+        scale beyond float32 (or, with ``scale_dtype="float16"``, above 65504);
+        a budget below the smallest widths; a ``graph`` that is not a
         :class:`coreprune.structured.Graph` or names weights that are not there.
 
     Examples
@@ -673,7 +764,11 @@ def quantize(
     >>> quantize(conv, bits=4)["conv.weight"].layout  # default: groups of each channel's 144 inputs
     (None, 48, True)
     """
-    if budget is None:
+    given: dict[str, int] | None = None
+    if budget is None and isinstance(bits, Mapping):
+        given = {str(n): _check_bits(b) for n, b in bits.items()}
+        bits = min(given.values(), default=8)  # the checks below that depend on the width
+    elif budget is None:
         bits = _check_bits(bits)
     elif bits is not None:
         raise CompressionError("give either bits or budget, not both")
@@ -698,6 +793,8 @@ def quantize(
         raise CompressionError("full_range is a symmetric range; affine always uses the whole range")
     if rounding not in ROUNDINGS:
         raise CompressionError(f"rounding must be one of {', '.join(ROUNDINGS)}; got {rounding!r}")
+    if not isinstance(scale_dtype, str) or scale_dtype not in SCALE_DTYPES:
+        raise CompressionError(f"scale_dtype must be one of {', '.join(SCALE_DTYPES)}; got {scale_dtype!r}")
     if rounding == "auto" and not (group_size == "auto" and axis is None):
         rounding = "half_even"  # "auto" stays for the default layout: balanced conv kernels
     axis = None if axis is None else int(axis)
@@ -707,14 +804,23 @@ def quantize(
         raise CompressionError(f"graph must be a coreprune.structured.Graph, got {type(graph).__name__}")
     if budget is not None:
         out = _quantize_budget(weights, names, budget, bit_choices, importance, symmetric, axis,
-                               group_size, bool(flatten), method, bool(full_range), rounding)
+                               group_size, bool(flatten), method, bool(full_range), rounding, scale_dtype)
+    elif given is not None:
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise CompressionError(f"bits gives no width for the selected tensor {missing[0]!r} "
+                                   f"({len(missing)} selected tensor(s) without one)")
+        out = _quantize_selected(weights, names, {n: given[n] for n in names}, symmetric, axis, group_size,
+                                 bool(flatten), method, bool(full_range), rounding,
+                                 dict.fromkeys(names, (scale_dtype, 0)))
     else:
         if group_size == "auto" and axis is None:  # the default: small fan-ins keep 8 bits
             widths = {n: default_bits(np.shape(weights[n]), bits) for n in names}  # type: ignore[arg-type]
         else:
             widths = {n: bits for n in names}  # type: ignore[misc]
         out = _quantize_selected(weights, names, widths, symmetric, axis, group_size,
-                                 bool(flatten), method, bool(full_range), rounding)
+                                 bool(flatten), method, bool(full_range), rounding,
+                                 dict.fromkeys(names, (scale_dtype, bits)))  # type: ignore[arg-type]
     if graph is None:
         return out
     from .bias_correction import correct_bias  # it reads QuantizedArray from here
@@ -732,9 +838,11 @@ def _quantize_selected(
     flatten: bool,
     method: str,
     full_range: bool,
-    rounding: str = "half_even",
+    rounding: str,
+    storage: Mapping[str, tuple[str, float]],
 ) -> dict[str, QuantizedArray | np.ndarray]:
-    """:func:`quantize` of the tensors ``names`` at their ``widths``, arguments already checked."""
+    """:func:`quantize` of the tensors ``names`` at their ``widths``, arguments already checked;
+    ``storage``: each tensor's ``scale_dtype`` and request (:func:`_scale_storage`)."""
     out: dict[str, QuantizedArray | np.ndarray] = dict(weights)
     # Layouts are checked first, but each error is raised at its tensor's turn, so that the first
     # problem in mapping order is the one reported, as when every tensor is done one by one.
@@ -753,7 +861,8 @@ def _quantize_selected(
     if method == "rtn" and not full_range and rounding == "half_even":
         for name, plan in plans.items():
             if not isinstance(plan, CompressionError):
-                job = _quantize_fast_job(name, weights[name], widths[name], symmetric, plan)
+                job = _quantize_fast_job(name, weights[name], widths[name], symmetric, plan,
+                                         _scale_storage(*storage[name], plan))
                 if job is not None:
                     jobs[name] = job
     done = dict(zip(jobs, _blocked.run_jobs(list(jobs.values()))))
@@ -761,9 +870,10 @@ def _quantize_selected(
         if isinstance(plan, CompressionError):
             raise plan
         result = done.get(name)
-        if result is None:  # not a fast layout, or NaN/Inf or a scale overflow for the reference to report
+        if result is None:  # not a fast layout, NaN/Inf, a scale overflow, a scale above float16
             result = _quantize_tensor(
-                name, weights[name], widths[name], symmetric, plan, method, full_range, rounding
+                name, weights[name], widths[name], symmetric, plan, method, full_range, rounding,
+                _scale_storage(*storage[name], plan),
             )
         out[name] = _balanced(result, weights[name], full_range) if name in balanced else result
     return out
@@ -800,7 +910,8 @@ def _quantize_budget(
     flatten: bool,
     method: str,
     full_range: bool,
-    rounding: str = "half_even",
+    rounding: str,
+    scale_dtype: str,
 ) -> dict[str, QuantizedArray | np.ndarray]:
     """:func:`quantize` with ``budget``: every width of ``bit_choices`` tried, one chosen per tensor."""
     if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, float, np.integer, np.floating)):
@@ -811,20 +922,14 @@ def _quantize_budget(
 
     def one(name: str, b: int) -> QuantizedArray:
         result = _quantize_selected(weights, [name], {name: b}, symmetric, axis, group_size, flatten, method,
-                                    full_range, rounding)
+                                    full_range, rounding, {name: (scale_dtype, 0)})
         return cast(QuantizedArray, result[name])  # selected by name, so quantized
 
     sizes, errors, counts, arrays = bit_budget.measure(names, weights, widths, one)
-    # With the default layout a small fan-in (default_bits) only gets the widths of 8 bits and more
-    # (or the widest choice), as in quantize(w, bits): the weight error alone underrates those
-    # tensors. Unless even that floor does not fit the budget: then any width.
-    wide = tuple(b for b in widths if b >= 8) or (widths[-1],)
-    small = [n for n in names if group_size == "auto" and axis is None
-             and default_bits(np.shape(weights[n]), 2) == 8]
-    floored = {n: ({b: sizes[n][b] for b in wide} if n in small else sizes[n]) for n in names}
-    if 8 * sum(min(v.values()) for v in floored.values()) <= float(budget) * sum(counts.values()):
-        sizes = floored
-    chosen = bit_budget.allocate_bits(sizes, errors, counts, float(budget), importance)
+    # as in quantize(w, bits), the default layout holds small fan-ins at 8 bits where it can
+    small = bit_budget.small_fan_ins({n: np.shape(weights[n]) for n in names}) \
+        if group_size == "auto" and axis is None else ()
+    chosen = bit_budget.allocate_bits(sizes, errors, counts, float(budget), importance, wide_only=small)
     out: dict[str, QuantizedArray | np.ndarray] = dict(weights)
     for name, b in chosen.items():
         out[name] = arrays[name][b]

@@ -75,7 +75,7 @@ class ShardSettings:
     bits : int, optional
         Quantize the selected tensors to ``bits``-bit codes (kept packed in ``.cpz`` shards,
         dequantized in other formats).
-    symmetric, axis, group_size, flatten, method, full_range, rounding
+    symmetric, axis, group_size, flatten, method, full_range, rounding, scale_dtype
         As :func:`coreprune.quantize` (the same defaults: a layout per tensor).
     include, exclude : glob or list of globs, optional
         Which tensors; default every floating tensor with ``ndim >= 2``.
@@ -101,6 +101,7 @@ class ShardSettings:
     method: str = "rtn"
     full_range: bool = False
     rounding: str = "auto"
+    scale_dtype: str = "auto"
     include: str | Sequence[str] | None = None
     exclude: str | Sequence[str] | None = None
     rename: Mapping[str, str] | None = None
@@ -182,7 +183,8 @@ def quantize_one(name: str, w: np.ndarray, settings: ShardSettings, keep_codes: 
     q = cast(QuantizedArray, quantize(
         {name: w}, settings.bits, symmetric=settings.symmetric, axis=settings.axis,
         group_size=settings.group_size, flatten=settings.flatten, method=settings.method,
-        full_range=settings.full_range, rounding=settings.rounding, include=_ALL,
+        full_range=settings.full_range, rounding=settings.rounding, scale_dtype=settings.scale_dtype,
+        include=_ALL,
     )[name])
     return q if keep_codes else q.dequantize()
 

@@ -14,8 +14,9 @@ Conventions
   ``prune_threshold(weights, threshold)`` would zero. Floating tensors only.
 * ``std``: population standard deviation (``ddof=0``), as ``numpy.std``.
 * ``bytes_8bit`` / ``bytes_4bit``: ``QuantizedArray.nbytes`` of symmetric quantization
-  with one float32 scale per output channel (``axis=0``) for tensors with ``ndim >= 2``
-  and one scale per tensor otherwise: ``ceil(n * bits / 8) + 4 * scales``.
+  with one scale per output channel (``axis=0``; float32 at 8 bits, float16 at 4) for tensors
+  with ``ndim >= 2`` and one float32 scale per tensor otherwise:
+  ``ceil(n * bits / 8) + 4 * scales`` (``+ 2 * scales`` per channel at 4 bits).
 * ``sqnr_8bit_db``: signal-to-quantization-noise ratio of that 8-bit quantization,
   ``10 * log10(sum(w**2) / sum((w - dequantize(q))**2))``; ``inf`` when the
   reconstruction is exact (an all-zero tensor included).
@@ -169,17 +170,19 @@ def sqnr_db(original: np.ndarray, reconstructed: np.ndarray) -> float:
 def quantized_nbytes(shape: tuple[int, ...], bits: int) -> int:
     """Bytes of ``bits``-bit quantization in the convention of :func:`tensor_stats`.
 
-    One float32 scale per index of axis 0 for ``ndim >= 2``, one per tensor otherwise;
-    equal to ``quantize(...).nbytes`` with that layout.
+    One scale per index of axis 0 for ``ndim >= 2`` (float16 below 8 bits, float32 at 8 and
+    more, as ``quantize``'s ``scale_dtype="auto"`` stores them), one float32 scale per tensor
+    otherwise; equal to ``quantize(...).nbytes`` with that layout (when the scales fit float16).
 
     Examples
     --------
-    >>> quantized_nbytes((64, 3, 3, 3), 4), quantized_nbytes((10,), 8)
-    (1120, 14)
+    >>> quantized_nbytes((64, 3, 3, 3), 4), quantized_nbytes((64, 3, 3, 3), 8), quantized_nbytes((10,), 8)
+    (992, 1984, 14)
     """
     n = math.prod(shape)
-    scales = shape[0] if len(shape) >= 2 else 1
-    return math.ceil(n * bits / 8) + 4 * scales
+    if len(shape) < 2:
+        return math.ceil(n * bits / 8) + 4
+    return math.ceil(n * bits / 8) + (2 if bits < 8 else 4) * shape[0]
 
 
 def tensor_stats(name: str, array: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD) -> TensorStats:

@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="codes: balanced (errors of each output channel cancel) for conv kernels "
                             "with the default layouts, else half-even (auto, the default); or one "
                             "of them everywhere; or torch's own rounding")
+        g.add_argument("--scale-dtype", choices=("auto", "float32", "float16"), default="auto",
+                       help="how scales are stored: float16 per channel and group where they fit, "
+                            "except --bits 8 and more (auto, the default); or one of them everywhere")
 
     parser = _Parser(
         prog=_PROG,
@@ -197,7 +200,8 @@ def _check_combinations(args: argparse.Namespace) -> None:
                                 ("--per-tensor", args.per_tensor),
                                 ("--flatten", args.flatten), ("--method", args.method != "rtn"),
                                 ("--full-range", args.full_range),
-                                ("--rounding", args.rounding != "auto")) if v]
+                                ("--rounding", args.rounding != "auto"),
+                                ("--scale-dtype", args.scale_dtype != "auto")) if v]
         if given:
             raise CliError(f"compress: {', '.join(given)} needs --bits")
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import __version__
 from ..bias_correction import correct_bias
-from ..bit_budget import allocate_bits, noise_to_signal
+from ..bit_budget import DEFAULT_WIDTHS, allocate_bits, noise_to_signal, small_fan_ins
 from ..io import save
 from ..io.base import TensorSpec, WeightReader
 from ..io.cpz import save_compressed
@@ -27,6 +27,7 @@ from ..pruning import (
 )
 from ..quantization import quantize
 from ..selection import select
+from ..structured import mxnet_variable_names
 from .common import (
     _EVERYTHING,
     _PROG,
@@ -144,27 +145,33 @@ def quant_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     group_size = args.group_size if args.group_size is not None else None if args.per_tensor else "auto"
     return {"symmetric": not args.affine, "axis": args.axis, "group_size": group_size,
             "flatten": args.flatten, "method": args.method, "full_range": args.full_range,
-            "rounding": args.rounding}
+            "rounding": args.rounding, "scale_dtype": args.scale_dtype}
 
 
-def _quantize_one(args: argparse.Namespace, name: str, w: np.ndarray, bits: int) -> Any:
-    return quantize({name: w}, bits, include=_EVERYTHING, **quant_kwargs(args))[name]
+def _quantize_one(args: argparse.Namespace, name: str, w: np.ndarray, bits: int, exact: bool = False) -> Any:
+    """``--bits`` (``exact`` False: the default layout may hold a small fan-in at 8 bits) or a width
+    the budget chose (taken as given)."""
+    widths = {name: bits} if exact else bits
+    return quantize({name: w}, widths, include=_EVERYTHING, **quant_kwargs(args))[name]
 
 
 def _budget_widths(reader: WeightReader, selected: list[str], args: argparse.Namespace) -> dict[str, int]:
-    """``--budget``: a first pass, one tensor at a time, measuring every width; then the allocation."""
-    widths = (2, 3, 4, 6, 8)
+    """``--budget``: a first pass, one tensor at a time, measuring every width; then the allocation,
+    as ``quantize(budget=...)`` does it (the same widths, the same floor for small fan-ins)."""
     sizes: dict[str, dict[int, int]] = {}
     errors: dict[str, dict[int, float]] = {}
     counts: dict[str, int] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for name in selected:
         w = reader[name]
-        sizes[name], errors[name], counts[name] = {}, {}, int(w.size)
-        for b in widths:
-            q = _quantize_one(args, name, w, b)
+        sizes[name], errors[name], counts[name], shapes[name] = {}, {}, int(w.size), w.shape
+        for b in DEFAULT_WIDTHS:
+            q = _quantize_one(args, name, w, b, exact=True)
             sizes[name][b] = q.nbytes
             errors[name][b] = noise_to_signal(w, q.dequantize())
-    return allocate_bits(sizes, errors, counts, args.budget)
+    kw = quant_kwargs(args)
+    small = small_fan_ins(shapes) if kw["group_size"] == "auto" and kw["axis"] is None else ()
+    return allocate_bits(sizes, errors, counts, args.budget, wide_only=small)
 
 
 def _symbol_corrections(
@@ -175,12 +182,13 @@ def _symbol_corrections(
     write to reuse) and the corrected biases and running means, by file name (``arg:``/``aux:``
     prefixes as in the file)."""
     graph, weights = symbol_graph(args.symbol, args.input, dict(args.input_shape or []))
-    var = {n: n.split(":", 1)[1] if n.startswith(("arg:", "aux:")) else n for n in reader}
+    var = mxnet_variable_names(reader)  # symbol_graph has read the same names, clashes refused
     layers = {node.params["weight"] for node in graph if node.op in ("conv", "linear")}
     if not layers & {var[n] for n in selected}:
         raise CliError(f"{args.symbol}: its layers use none of the {len(selected)} quantized tensors of "
                        f"{args.input}")
-    quantized = {n: _quantize_one(args, n, reader[n], widths[n] if widths else args.bits) for n in selected}
+    quantized = {n: _quantize_one(args, n, reader[n], widths[n] if widths else args.bits, exact=bool(widths))
+                 for n in selected}
     compressed: dict[str, Any] = dict(weights)
     compressed.update({var[n]: q for n, q in quantized.items()})
     with _named(args.symbol):
@@ -206,7 +214,8 @@ def _quantize_step(
         if quantized and name in quantized:
             q = quantized[name]
         else:
-            q = _quantize_one(args, name, w, widths[name] if widths is not None else args.bits)
+            q = _quantize_one(args, name, w, widths[name] if widths is not None else args.bits,
+                              exact=widths is not None)
         counts.quantized += 1
         counts.bits.append(q.bits)  # what was applied: the default keeps small fan-ins at 8 bits
         return q if keep_codes else q.dequantize()

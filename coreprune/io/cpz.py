@@ -238,6 +238,8 @@ def _write_tensor(out: _CountingWriter, name: str, value: Value, entropy: bool =
         if value.flatten:  # written only when set: files of the other layouts stay as they were
             entry["flatten"] = True
         blobs["codes"] = out.blob(pack_bits(kept, value.bits))
+        if value.scale.dtype == np.float16:  # written only when set, as "flatten"
+            entry["scale_dtype"] = "float16"
         blobs["scale"] = out.blob(_little(value.scale))
         if value.zero_point is not None:
             blobs["zero_point"] = out.blob(_little(value.zero_point))
@@ -429,6 +431,7 @@ class _Entry:
     group_size: int | None = None
     code_dtype: np.dtype | None = None
     flatten: bool = False
+    scale_dtype: np.dtype = np.dtype(np.float32)
     gap_width: int = 0
     nm: tuple[int, int, str] | None = None  # layout "nm": (n, m, index encoding)
 
@@ -491,6 +494,10 @@ def _validate_entry(raw: object, path: Path, data_end: int) -> _Entry:
         axis = _field(raw, "axis", int, where, optional=True)
         group_size = _field(raw, "group_size", int, where, optional=True)
         flatten = raw.get("flatten", False)
+        scale_name = raw.get("scale_dtype", "float32")
+        if scale_name not in ("float32", "float16"):
+            raise _fail(where, f"bad scale_dtype {scale_name!r:.40} (float32 or float16)")
+        scale_dtype = np.dtype(scale_name)
         code_name = _field(raw, "code_dtype", str, where)
         if code_name not in _CODE_DTYPES or not 1 <= bits <= 16 or 8 * np.dtype(code_name).itemsize < bits:
             raise _fail(where, f"bad quantization parameters (bits {bits}, codes {code_name})")
@@ -504,12 +511,12 @@ def _validate_entry(raw: object, path: Path, data_end: int) -> _Entry:
             raise _fail(where, "1-bit codes have no sparse layout")
         params = element_count(_param_shape(shape, axis, group_size, flatten))
         expected["codes"] = math.ceil(nnz * bits / 8)
-        expected["scale"] = params * 4
+        expected["scale"] = params * scale_dtype.itemsize
         if not symmetric:
             expected["zero_point"] = params * np.dtype(code_name).itemsize
         extra = dict(
             bits=bits, symmetric=symmetric, axis=axis, group_size=group_size, code_dtype=np.dtype(code_name),
-            flatten=flatten,
+            flatten=flatten, scale_dtype=scale_dtype,
         )
     else:
         expected["values"] = nnz * dtype.itemsize
@@ -757,7 +764,7 @@ class CpzReader(WeightReader):
         except CompressionError as err:
             raise _fail(where, str(err)) from None
         pshape = _param_shape(e.shape, e.axis, e.group_size, e.flatten)
-        scale = _native(self._blob(e, "scale", np.dtype(np.float32))).reshape(pshape)
+        scale = _native(self._blob(e, "scale", e.scale_dtype)).reshape(pshape)
         zero_point = None
         if not e.symmetric:
             zero_point = _native(self._blob(e, "zero_point", e.code_dtype)).reshape(pshape)

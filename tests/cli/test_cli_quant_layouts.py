@@ -32,6 +32,8 @@ def make_model() -> dict[str, np.ndarray]:
          dict(bits=3, group_size=20, flatten=True, method="hqq")),
         (["--bits", "8", "--axis", "0", "--full-range"], dict(bits=8, axis=0, full_range=True)),
         (["--bits", "4", "--affine", "--method", "clip"], dict(bits=4, symmetric=False, method="clip")),
+        (["--bits", "4", "--scale-dtype", "float32"], dict(bits=4, scale_dtype="float32")),
+        (["--bits", "8", "--scale-dtype", "float16"], dict(bits=8, scale_dtype="float16")),
     ],
 )
 def test_quantize_writes_what_the_library_gives(tmp_path, capsys, opts, kwargs):
@@ -76,12 +78,34 @@ def test_budget_allocates_as_the_library_and_shows_the_bits(tmp_path, capsys):
     for name, v in expected.items():
         if isinstance(v, QuantizedArray):
             assert got[name].bits == v.bits and got[name].layout == v.layout
+            assert got[name].scale.dtype == v.scale.dtype
             np.testing.assert_array_equal(got[name].codes, v.codes)
             bits.add(v.bits)
     assert len(bits) > 1 and "for a budget of 5 bits per weight" in said
     assert main(["inspect", str(out)]) == 0
     shown = capsys.readouterr().out
     assert all(f"q{b}" in shown for b in bits)
+
+
+@pytest.mark.parametrize("budget", ["4.5", "2.5"])
+def test_budget_floor_for_small_fan_ins_is_the_librarys(tmp_path, capsys, budget):
+    """At 4.5 the depthwise and stem kernels keep 8 bits; at 2.5 that floor alone does not fit, so
+    they go lower: the command line allocates as quantize(budget=...) both ways."""
+    rng = np.random.default_rng(1)
+    model = {"stem.weight": rng.standard_normal((64, 3, 3, 3)).astype(np.float32),
+             "dw.weight": rng.standard_normal((512, 1, 3, 3)).astype(np.float32),
+             "pw.weight": rng.standard_normal((256, 512)).astype(np.float32)}
+    src, out = tmp_path / "m.npz", tmp_path / "q.cpz"
+    cio.save(model, src)
+    assert main(["quantize", str(src), "-o", str(out), "--budget", budget]) == 0
+    expected = coreprune.quantize(model, budget=float(budget))
+    got = load_compressed(out)
+    assert {n: got[n].bits for n in model} == {n: expected[n].bits for n in model}
+    small = (got["stem.weight"].bits, got["dw.weight"].bits)
+    assert (small == (8, 8)) if budget == "4.5" else min(small) < 8
+    for name in model:
+        np.testing.assert_array_equal(got[name].codes, expected[name].codes)
+        np.testing.assert_array_equal(got[name].scale, expected[name].scale)
 
 
 @pytest.mark.parametrize("argv, fragment", [

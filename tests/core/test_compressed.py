@@ -285,7 +285,8 @@ def test_manifest_records_quantization_parameters(tmp_path):
         "kind": "quantized", "shape": [4, 8], "dtype": "float16", "bits": 5, "symmetric": False,
         "axis": None, "group_size": 4, "code_dtype": "uint8"}
     assert entry["blobs"]["codes"][1] == math.ceil(32 * 5 / 8)
-    assert entry["blobs"]["scale"][1] == 8 * 4 and entry["blobs"]["zero_point"][1] == 8
+    assert entry["scale_dtype"] == "float16"  # 5-bit groups: float16 scales, 2 bytes each
+    assert entry["blobs"]["scale"][1] == 8 * 2 and entry["blobs"]["zero_point"][1] == 8
 
 
 # ------------------------------------------------------------------------------------------------ sizes
@@ -388,7 +389,7 @@ def test_open_weights_reads_cpz_dequantized_and_load_compressed_exactly(tmp_path
         assert r.metadata == {"source": "unit test"} and r.extras == {}
         assert r.storage("a") == {"kind": "quantized", "layout": "full", "bits": 4,
                                   "stored_nbytes": encoded_nbytes(q["a"]),
-                                  "blob_nbytes": {"codes": 15, "scale": 24}}
+                                  "blob_nbytes": {"codes": 15, "scale": 12}}  # 6 float16 scales
         assert r.storage("n")["kind"] == "dense" and r.storage("n")["bits"] is None
     dense = cio.load(path)
     np.testing.assert_array_equal(dense["a"], q["a"].dequantize())

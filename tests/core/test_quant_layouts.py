@@ -55,11 +55,13 @@ def group_slices(shape, axis, g, flatten):
     ],
 )
 @pytest.mark.parametrize("method", ["rtn", "clip", "hqq"])
+@pytest.mark.parametrize("scale_dtype", ["float32", "float16"])
 def test_every_group_equals_the_per_tensor_quantizer_on_its_slice(shape, axis, g, flatten, symmetric,
-                                                                   method):
+                                                                   method, scale_dtype):
     w = np.random.default_rng(len(shape) + g).standard_normal(shape).astype(np.float32)
     q = quantize({"w": w}, 3, symmetric=symmetric, axis=axis, group_size=g, flatten=flatten,
-                 method=method)["w"]
+                 method=method, scale_dtype=scale_dtype)["w"]
+    assert q.scale.dtype == scale_dtype
     assert q.scale.shape == param_shape(w.shape, *q.layout)
     d = q.dequantize()
     assert d.shape == w.shape and d.dtype == w.dtype
@@ -71,7 +73,7 @@ def test_every_group_equals_the_per_tensor_quantizer_on_its_slice(shape, axis, g
             part, got_d, got_c = flat_w[c, s0:s1], flat_d[c, s0:s1], flat_codes[c, s0:s1]
         else:
             part, got_d, got_c = w[sl], d[sl], q.codes[sl]
-        ref = per_tensor(part, 3, symmetric, method=method)
+        ref = per_tensor(part, 3, symmetric, method=method, scale_dtype=scale_dtype)
         assert q.scale[sidx] == ref.scale
         if not symmetric:
             assert q.zero_point[sidx] == ref.zero_point
@@ -96,9 +98,14 @@ def test_constant_and_zero_groups_are_exact(method, symmetric):
     w = np.zeros((4, 10), np.float32)
     w[1] = 0.75
     w[2, :5] = -2.5
-    q = quantize({"w": w}, 4, symmetric=symmetric, group_size=5, method=method)["w"]
+    q = quantize({"w": w}, 4, symmetric=symmetric, group_size=5, method=method, scale_dtype="float32")["w"]
     np.testing.assert_allclose(q.dequantize(), w, rtol=1e-6, atol=0)
     assert (q.scale[0] == 1.0).all()  # an all-zero group keeps scale 1 and codes of zero
+    # float16 scales (the 4-bit groups' default): a constant is off by the scale's rounding up only
+    q16 = quantize({"w": w}, 4, symmetric=symmetric, group_size=5, method=method)["w"]
+    assert q16.scale.dtype == np.float16 and (q16.scale[0] == 1.0).all()
+    np.testing.assert_allclose(q16.dequantize(), w, rtol=2.0**-10, atol=0)
+    assert not np.array_equal(q16.dequantize(), w)  # not exact: the scale moved up to float16
 
 
 @pytest.mark.parametrize("method", ["rtn", "clip", "hqq"])
@@ -113,9 +120,12 @@ def test_nan_and_inf_are_refused_by_every_method_and_layout(method, bad):
 
 def test_fast_path_equals_the_reference_for_flattened_groups():
     w = np.random.default_rng(3).standard_normal((64, 32, 3, 3)).astype(np.float32)  # fan-in 288
-    for symmetric in (True, False):
-        fast = quantize({"w": w}, 4, symmetric=symmetric, group_size=96, flatten=True)["w"]
-        ref = _quantize_tensor("w", w, 4, symmetric, (None, 96, True))
+    for symmetric, storage in ((True, "float32"), (False, "float32"), (True, "try16"), (False, "float16")):
+        scale_dtype = {"try16": "auto"}.get(storage, storage)
+        fast = quantize({"w": w}, 4, symmetric=symmetric, group_size=96, flatten=True,
+                        scale_dtype=scale_dtype)["w"]
+        ref = _quantize_tensor("w", w, 4, symmetric, (None, 96, True), storage=storage)
+        assert fast.scale.dtype == (np.float32 if storage == "float32" else np.float16)
         np.testing.assert_array_equal(fast.codes, ref.codes)
         np.testing.assert_array_equal(fast.scale, ref.scale)
         np.testing.assert_array_equal(fast.dequantize(), ref.dequantize())
@@ -140,14 +150,16 @@ def test_default_layouts_follow_the_tensor():
     assert q["bn.weight"] is w["bn.weight"]
     assert quantize(w, bits=8)["pw.weight"].layout == (0, None, False)
     assert default_layout((4,), 4) == (None, None, False)
-    # the 4-bit default costs at most 4.5 bits per weight on the large tensors
-    assert 8 * q["fc.weight"].nbytes / w["fc.weight"].size == 4.5
+    # the 4-bit default costs 4.25 bits per weight on the large tensors (float16 group scales)
+    assert 8 * q["fc.weight"].nbytes / w["fc.weight"].size == 4.25
+    assert q["fc.weight"].scale.dtype == np.float16 and q["dw.weight"].scale.dtype == np.float16
     # fan-ins of at most SMALL_FAN_IN (stem 27, depthwise 9) keep 8 bits, the rest the width asked
     assert SMALL_FAN_IN == 32
     assert {n: q[n].bits for n in w if n != "bn.weight"} == {
         "stem.weight": 8, "dw.weight": 8, "pw.weight": 4, "fc.weight": 4}
     assert quantize(w, bits=3)["dw.weight"].bits == 8 and quantize(w, bits=3)["pw.weight"].bits == 3
-    np.testing.assert_array_equal(q["dw.weight"].codes, quantize(w, bits=8)["dw.weight"].codes)
+    as_int8 = quantize(w, bits=8, scale_dtype="float16")["dw.weight"]  # the 4-bit call stores float16 scales
+    np.testing.assert_array_equal(q["dw.weight"].codes, as_int8.codes)
     # an explicit layout keeps the width asked everywhere, and so do 1 bit and 8 bits and more
     assert {v.bits for n, v in quantize(w, bits=4, axis=0).items() if n != "bn.weight"} == {4}
     assert quantize(w, bits=4, group_size=16)["dw.weight"].bits == 4
@@ -256,3 +268,28 @@ def test_every_layout_round_trips_through_cpz(tmp_path, symmetric):
             if not symmetric:
                 np.testing.assert_array_equal(a.zero_point, b.zero_point)
             np.testing.assert_array_equal(a.dequantize(), b.dequantize())
+
+
+def test_bits_mapping_gives_each_tensor_its_width():
+    rng = np.random.default_rng(5)
+    w = {"dw.weight": rng.standard_normal((16, 1, 3, 3)).astype(np.float32),
+         "fc.weight": rng.standard_normal((8, 128)).astype(np.float32),
+         "fc.bias": rng.standard_normal(8).astype(np.float32)}
+    q = quantize(w, bits={"dw.weight": 4, "fc.weight": 6})
+    assert (q["dw.weight"].bits, q["fc.weight"].bits) == (4, 6)  # no 8-bit floor: taken as given
+    assert q["fc.bias"] is w["fc.bias"]  # not selected, needs no width
+    # each tensor equals quantize at its own width with the same layout (float16 scales both ways)
+    for name, b in (("dw.weight", 4), ("fc.weight", 6)):
+        alone = quantize({name: w[name]}, b, group_size=q[name].group_size, axis=q[name].axis,
+                         flatten=q[name].flatten, scale_dtype="float16", rounding="half_even")[name]
+        direct = quantize({name: w[name]}, bits={name: b}, rounding="half_even")[name]
+        np.testing.assert_array_equal(direct.codes, alone.codes)
+        np.testing.assert_array_equal(direct.scale, alone.scale)
+    with pytest.raises(CompressionError, match=r"bits gives no width for the selected tensor 'fc.weight'"):
+        quantize(w, bits={"dw.weight": 4})
+    with pytest.raises(CompressionError, match="bits must be an int in 1..16, got 17"):
+        quantize(w, bits={"dw.weight": 4, "fc.weight": 17})
+    with pytest.raises(CompressionError, match="bits=1 is sign binarization"):
+        quantize(w, bits={"dw.weight": 1, "fc.weight": 4}, symmetric=False)
+    with pytest.raises(CompressionError, match="give either bits or budget"):
+        quantize(w, bits={"dw.weight": 4, "fc.weight": 4}, budget=4.0)

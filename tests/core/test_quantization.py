@@ -101,7 +101,7 @@ def test_affine_represents_zero_exactly():
 def test_binarization(layout):
     w = np.random.default_rng(6).standard_normal((4, 5, 6)).astype(np.float32)
     w[0, 0, 0] = 0.0
-    q = quantize({"w": w}, 1, **(layout or {"group_size": None}))["w"]
+    q = quantize({"w": w}, 1, **(layout or {"group_size": None}), scale_dtype="float32")["w"]
     assert q.codes.dtype == np.uint8 and set(np.unique(q.codes).tolist()) <= {0, 1}
     np.testing.assert_array_equal(q.codes, (w >= 0).astype(np.uint8))
     if "axis" in layout:
@@ -126,7 +126,7 @@ def test_binarization(layout):
 @pytest.mark.parametrize("axis", [0, 1, 2, -1, -3])
 def test_per_axis_equals_per_tensor_on_each_slice(symmetric, axis):
     w = np.random.default_rng(7).standard_normal((3, 4, 5)).astype(np.float32)
-    q = quantize({"w": w}, 4, symmetric=symmetric, axis=axis)["w"]
+    q = quantize({"w": w}, 4, symmetric=symmetric, axis=axis, scale_dtype="float32")["w"]
     ax = axis % 3
     assert q.axis == ax and q.scale.shape == (w.shape[ax],) and q.codes.shape == w.shape
     for i in range(w.shape[ax]):
@@ -143,7 +143,7 @@ def test_per_axis_equals_per_tensor_on_each_slice(symmetric, axis):
 @pytest.mark.parametrize("g", [1, 2, 3, 6])
 def test_groups_equal_per_tensor_on_each_group(symmetric, g):
     w = np.random.default_rng(8).standard_normal((2, 3, 6)).astype(np.float32)
-    q = quantize({"w": w}, 3, symmetric=symmetric, group_size=g)["w"]
+    q = quantize({"w": w}, 3, symmetric=symmetric, group_size=g, scale_dtype="float32")["w"]
     assert q.group_size == g and q.axis is None and q.scale.shape == (2, 3, 6 // g)
     deq = q.dequantize()
     for idx in np.ndindex(2, 3, 6 // g):
@@ -166,8 +166,8 @@ def test_group_with_the_last_axis_is_redundant():
 
 def test_group_covering_the_whole_last_axis_equals_per_row():
     w = np.random.default_rng(10).standard_normal((5, 8)).astype(np.float32)
-    a = quantize({"w": w}, 6, group_size=8)["w"]
-    b = quantize({"w": w}, 6, axis=0)["w"]
+    a = quantize({"w": w}, 6, group_size=8, scale_dtype="float32")["w"]
+    b = quantize({"w": w}, 6, axis=0, scale_dtype="float32")["w"]
     np.testing.assert_array_equal(a.codes, b.codes)
     np.testing.assert_array_equal(a.scale[:, 0], b.scale)
 
@@ -397,7 +397,8 @@ def test_quantized_array_dequantize_by_hand():
         (dict(codes=[[1, 2], [3, 4]]), "codes must be a numpy array"),
         (dict(codes=np.zeros((2, 3), np.int8)), r"codes have shape \(2, 3\), expected \(2, 2\)"),
         (dict(codes=np.array([[8, 0], [0, 0]], np.int8)), r"codes outside \[-8, 7\]"),
-        (dict(scale=np.array([0.5, 0.25])), "scale must be a float32 numpy array"),
+        (dict(scale=np.array([0.5, 0.25])), "scale must be a float32 or float16 numpy array"),
+        (dict(scale=np.array([0.5, np.inf], np.float16)), "scale must be finite and > 0"),
         (dict(scale=np.array([0.5], np.float32)), r"scale has shape \(1,\), expected \(2,\)"),
         (dict(scale=np.array([0.5, 0.0], np.float32)), "scale must be finite and > 0"),
         (dict(scale=np.array([np.inf, 1.0], np.float32)), "scale must be finite and > 0"),
@@ -464,7 +465,7 @@ def test_repr_is_short_and_informative():
     text = repr(q)
     assert text == (
         "QuantizedArray(shape=(512, 256), dtype=float32, bits=4, symmetric=True, axis=0, group_size=None, "
-        "scale=float32(512,), nbytes=67584)"
+        "scale=float16(512,), nbytes=66560)"
     )
     assert "bfloat16" in repr(quantize({"w": np.ones((2, 2), BF16)}, 8, group_size=None)["w"])
 
@@ -488,5 +489,6 @@ def test_the_nbytes_figures_of_the_algorithms_page():
         coreprune.quantize(w, bits=8, group_size=None, include="w")["w"].nbytes,
         coreprune.quantize(w, bits=4, axis=0, include="w")["w"].nbytes,
         coreprune.quantize(w, bits=4, group_size=64, include="w")["w"].nbytes,
+        coreprune.quantize(w, bits=4, group_size=64, include="w", scale_dtype="float32")["w"].nbytes,
     ]
-    assert w["w"].nbytes == 524_288 and sizes == [131_076, 66_560, 73_728]
+    assert w["w"].nbytes == 524_288 and sizes == [131_076, 66_048, 69_632, 73_728]

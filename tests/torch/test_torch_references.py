@@ -161,8 +161,9 @@ def test_affine_n_bit_dequantization_equals_fake_quantize(bits):
     torch.manual_seed(bits)
     w = torch.randn(12, 30) + 0.2
     q = quantize({"w": w.numpy()}, bits, symmetric=False, axis=0)["w"]
+    scale = torch.from_numpy(q.scale.astype(np.float32))  # float16 scales below 8 bits: exact in float32
     reference = torch.fake_quantize_per_channel_affine(
-        w, torch.from_numpy(q.scale), torch.from_numpy(q.zero_point.astype(np.int32)), 0, 0, 2**bits - 1
+        w, scale, torch.from_numpy(q.zero_point.astype(np.int32)), 0, 0, 2**bits - 1
     )
     np.testing.assert_array_equal(dequantize({"w": q})["w"], reference.numpy())
     q = quantize({"w": w.numpy()}, bits, symmetric=False, group_size=None)["w"]

@@ -341,7 +341,8 @@ def cpz_case(draw: Any) -> Case:
         floats = {k: v for k, v in w.items() if v.dtype.kind == "f" and v.ndim >= 1}
         if floats:
             bits = draw(st.sampled_from([1, 3, 4, 8]))
-            w.update(coreprune.quantize(floats, bits=bits, include=lambda *_: True))
+            group_size = draw(st.sampled_from(["auto", 4]))  # groups below 8 bits: float16 scales
+            w.update(coreprune.quantize(floats, bits=bits, group_size=group_size, include=lambda *_: True))
     buf = io.BytesIO()
     from coreprune.io import cpz
 
