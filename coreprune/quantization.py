@@ -839,7 +839,7 @@ def _quantize_selected(
     method: str,
     full_range: bool,
     rounding: str,
-    storage: Mapping[str, tuple[str, float]],
+    storage: Mapping[str, tuple[str, int]],
 ) -> dict[str, QuantizedArray | np.ndarray]:
     """:func:`quantize` of the tensors ``names`` at their ``widths``, arguments already checked;
     ``storage``: each tensor's ``scale_dtype`` and request (:func:`_scale_storage`)."""

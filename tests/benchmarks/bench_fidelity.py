@@ -435,13 +435,26 @@ def evaluate(name: str, weights: dict[str, np.ndarray], forward, metric, calibra
 
 
 #: EfficientNet-Lite0's weight tensors by role (name globs), for ``--breakdown``.
+#: Families of EfficientNet-Lite0's tensors for ``--breakdown``. The first is every tensor the
+#: default layout holds at 8 bits below 8 (fan-in <= SMALL_FAN_IN: the stem, the depthwise kernels
+#: and the first blocks' expansions); the others are the rest, by pattern.
+SMALL_FAMILY = "fan-in <= 32: stem, depthwise, first expansions (8 bits in the default)"
 FAMILIES = {
-    "stem + depthwise (8 bits in the default)": ["_conv_stem.weight", "*_depthwise_conv.weight"],
-    "expand 1x1": "*_expand_conv.weight",
+    SMALL_FAMILY: None,
+    "expand 1x1 (fan-in > 32)": "*_expand_conv.weight",
     "project 1x1": "*_project_conv.weight",
     "head 1x1": "_conv_head.weight",
     "classifier": "_fc.weight",
 }
+
+
+def family_names(weights: dict[str, np.ndarray], family: str) -> list[str]:
+    """The tensors of one of :data:`FAMILIES`, in state-dict order."""
+    selected = cp.selection.select(weights, None, None)
+    small = set(cp.bit_budget.small_fan_ins({n: weights[n].shape for n in selected}))
+    if FAMILIES[family] is None:
+        return [n for n in selected if n in small]
+    return [n for n in cp.selection.select(weights, FAMILIES[family], None) if n not in small]
 
 
 def breakdown(model: torch.nn.Module, weights: dict[str, np.ndarray], crops: int) -> None:
@@ -463,7 +476,9 @@ def breakdown(model: torch.nn.Module, weights: dict[str, np.ndarray], crops: int
     def row(label: str, widths: dict[str, int]) -> None:
         q: dict = dict(weights)
         for family, b in widths.items():
-            part = cp.quantize(weights, bits=b, include=FAMILIES[family], rounding="half_even")
+            # a width per tensor, taken as given: bits=4 alone would hold the small fan-ins at 8
+            names = family_names(weights, family)
+            part = cp.quantize(weights, bits=dict.fromkeys(names, b), include=names, rounding="half_even")
             q.update({k: v for k, v in part.items() if isinstance(v, cp.QuantizedArray)})
         q = cp.correct_bias(weights, q, graph)
         lq = log_probs(cp.dequantize(q))
@@ -478,7 +493,7 @@ def breakdown(model: torch.nn.Module, weights: dict[str, np.ndarray], crops: int
     for family in FAMILIES:
         row(family, {family: 4})
     keys = list(FAMILIES)
-    print("\n| widths: stem+dw / expand / project / head / classifier | top-1 agreement | mean KL | "
+    print("\n| widths: fan-in <= 32 / expand / project / head / classifier | top-1 agreement | mean KL | "
           "bits/weight |\n|---|---|---|---|")
     for widths in ((8, 4, 4, 4, 4), (8, 4, 6, 4, 3), (8, 4, 5, 4, 4), (8, 5, 5, 3, 3), (8, 4, 8, 4, 4)):
         row(" / ".join(map(str, widths)), dict(zip(keys, widths)))
