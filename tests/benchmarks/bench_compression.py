@@ -431,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
                              "joins the threshold-pruning and 4-bit rows as 'baseline coreprune'")
     parser.add_argument("--passes", action="store_true",
                         help="only time each NumPy step of the kernels on one thread (ns per value)")
+    parser.add_argument("--scale-dtype", choices=("auto", "float32", "float16"), default="auto",
+                        help="coreprune's 4-bit scales (auto: float16); float32 to compare with a "
+                             "--baseline from before float16 scales existed (the same codes)")
     args = parser.parse_args(argv)
     if args.passes:
         print(f"ns per value, one thread, CPU time; load average {os.getloadavg()[0]:.2f}")
@@ -465,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     warm_outputs = {n: (np.zeros_like(v), np.zeros(v.shape, np.bool_)) for n, v in w.items()}
 
     def coreprune_4bit_pack() -> dict:
-        return {n: pack_bits(q.codes, 4) for n, q in cp.quantize(w, 4, group_size=GROUP).items()}
+        scales = {} if args.scale_dtype == "auto" else {"scale_dtype": args.scale_dtype}
+        return {n: pack_bits(q.codes, 4) for n, q in cp.quantize(w, 4, group_size=GROUP, **scales).items()}
 
     # (operation, implementation, callable, bytes processed)
     cases: list[tuple[str, str, Callable[[], Any], int]] = [

@@ -38,6 +38,7 @@ Run::
     python tests/benchmarks/bench_fidelity.py [--crops 240] [--sentences 200] [--models cnn,text]
     python tests/benchmarks/bench_fidelity.py --sweep 60    # the CNN's per-tensor 4-bit sensitivity
     python tests/benchmarks/bench_fidelity.py --breakdown 240   # its 4-bit error by layer family
+    python tests/benchmarks/bench_fidelity.py --rows "hqq package"   # only the rows named so
 """
 
 from __future__ import annotations
@@ -258,7 +259,11 @@ def torch_int8(w: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
 
 def hqq_package(w: dict[str, np.ndarray], bits: int) -> tuple[dict[str, np.ndarray], int] | None:
     """The ``hqq`` package's optimiser (affine, float zero) with coreprune's default 4-bit layouts
-    where the group divides the fan-in, per channel otherwise; None when hqq is not installed."""
+    where the group divides the fan-in, per channel otherwise; None when hqq is not installed.
+
+    It optimises in float32 on the CPU; its scale and zero are then rounded to float16, what hqq
+    stores with its default compute dtype, and counted at 2 bytes each -- the footing of
+    coreprune's float16 scales."""
     try:
         from hqq.core.quantize import Quantizer
     except ImportError:
@@ -275,14 +280,17 @@ def hqq_package(w: dict[str, np.ndarray], bits: int) -> tuple[dict[str, np.ndarr
         wq, meta = Quantizer.quantize(t, nbits=bits, channel_wise=True, group_size=g, optimize=True,
                                       round_zero=False, axis=1, bitpack=False, compute_dtype=torch.float32,
                                       device="cpu")
+        meta = dict(meta, scale=meta["scale"].half().float(), zero=meta["zero"].half().float())
         out[name] = Quantizer.dequantize(wq, meta).reshape(a.shape).numpy()
-        size += math.ceil(a.size * bits / 8) + 8 * (a.size // g)  # float32 scale + float32 zero
+        size += math.ceil(a.size * bits / 8) + 4 * (a.size // g)  # float16 scale + float16 zero
     return out, size
 
 
 #: The traced graph of the model being measured (``coreprune.torch.trace_graph``), for the rows with
 #: data-free bias correction; None for a model without one (MiniLM's forward is written here).
 GRAPH: cp.structured.Graph | None = None
+#: ``--rows``: the substrings of the method names to run (all when empty).
+ROWS: list[str] = []
 
 
 def coreprune_method(**kw):
@@ -388,6 +396,8 @@ def evaluate(name: str, weights: dict[str, np.ndarray], forward, metric, calibra
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for label, method in METHODS:
+        if ROWS and not any(r in label for r in ROWS):
+            continue
         t0 = time.perf_counter()
         if method is None:
             dq, size = torch_int8(weights)
@@ -573,11 +583,14 @@ def main() -> None:
     ap.add_argument("--calibration-sentences", type=int, default=40,
                     help="sentences (after the evaluation's) for coreprune.measured_importance")
     ap.add_argument("--models", default="cnn,text")
+    ap.add_argument("--rows", default="", metavar="TEXT,...",
+                    help="only the table rows whose method names contain one of these (e.g. 'hqq')")
     ap.add_argument("--sweep", type=int, default=0, metavar="CROPS",
                     help="only the CNN's per-tensor 4-bit sensitivity sweep, on this many crops")
     ap.add_argument("--breakdown", type=int, default=0, metavar="CROPS",
                     help="only the CNN's 4-bit error by layer family, with bias correction")
     args = ap.parse_args()
+    ROWS[:] = [r for r in args.rows.split(",") if r]
     if args.sweep:
         sensitivity_sweep(*load_cnn(), args.sweep)
         return

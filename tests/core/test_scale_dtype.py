@@ -212,3 +212,19 @@ def test_a_bad_float16_scale_in_a_file_is_one_error(tmp_path, value):
     rewrite_manifest(path, fix_crc)
     with pytest.raises(CompressionError, match=f"{path.name}.*scale must be finite and > 0"):
         load_compressed(path)
+
+
+def test_the_fast_rounding_up_equals_numpys_float16_rounding_up():
+    """The bit trick of the fast path (add 2**13 - 1, clear 13 bits) against astype + nextafter, on
+    float32 values spread over float16's whole range, subnormals and the largest value included."""
+    from coreprune.quantization import _half_up
+
+    rng = np.random.default_rng(7)
+    values = np.exp2(rng.uniform(-30, 16, 200_000)).astype(np.float32)
+    values = np.concatenate([values[values <= 65504], np.float32([65504, 2.0**-14, 2.0**-24, 2.0**-30,
+                                                                  np.nextafter(np.float32(2.0**-14), 0)])])
+    for part in (values[values >= 2.0**-14], values):  # the normal-range path, then the general one
+        got = _half_up(part)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, up16(part).astype(np.float32))
+    assert _half_up(np.float32([1.0, 65505.0])) is None
