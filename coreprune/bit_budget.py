@@ -47,7 +47,7 @@ def small_fan_ins(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
 
     Examples
     --------
-    >>> small_fan_ins({"dw.weight": (32, 1, 3, 3), "pw.weight": (64, 32, 1, 1), "bias": (64,)})
+    >>> small_fan_ins({"dw.weight": (32, 1, 3, 3), "pw.weight": (64, 48, 1, 1), "bias": (64,)})
     ['dw.weight']
     """
     return [n for n, shape in shapes.items() if default_bits(tuple(shape), 2) == 8]

@@ -245,8 +245,8 @@ class QuantizedArray:
         --------
         >>> import numpy as np
         >>> q = quantize({"w": np.ones((64, 10), np.float32)}, bits=4, axis=0)["w"]
-        >>> q.nbytes  # 640 * 4 / 8 + 64 * 4
-        576
+        >>> q.nbytes  # 640 * 4 / 8 + 64 * 2: float16 scales below 8 bits
+        448
         """
         n = math.ceil(self.codes.size * self.bits / 8) + self.scale.nbytes
         return n + (self.zero_point.nbytes if self.zero_point is not None else 0)
