@@ -177,6 +177,15 @@ def fast_rows(shape: tuple, axis: int | None, group_size: int | None, flatten: b
     return shape[0] if axis == 0 else None
 
 
+def _columns(n: int, group_size: int) -> int:
+    """Columns of the row view of runs of ``n`` values in groups of ``group_size``.
+
+    A group longer than its run is one group of the run's length, unpadded: the same values, the
+    same scale, and no allocation that grows with ``group_size`` (a file may say 2**63).
+    """
+    return max(1, min(group_size, n))
+
+
 def _run_view(x: np.ndarray, axis: int | None, flatten: bool) -> np.ndarray:
     """``x`` with the grouped run as its last axis: ``(..., n)`` (``flatten`` is handled by the caller)."""
     return np.moveaxis(x, _group_axis(x.ndim, axis), -1)
@@ -217,6 +226,7 @@ def to_rows(
         return np.moveaxis(x, axis, 0).reshape(n, x.size // n if n else 0), None
     run = x.reshape(x.shape[0], math.prod(x.shape[1:])) if flatten else _run_view(x, axis, flatten)
     n = run.shape[-1]
+    group_size = _columns(n, group_size)
     groups = -(-n // group_size)
     pad = groups * group_size - n
     if pad == 0:
@@ -253,6 +263,7 @@ def from_rows(
         k = _group_axis(len(shape), axis)
         run_shape = tuple(shape[:k]) + tuple(shape[k + 1 :]) + (shape[k],)
     n = run_shape[-1]
+    group_size = _columns(n, group_size)
     groups = -(-n // group_size)
     run = rows.reshape(run_shape[:-1] + (groups * group_size,))[..., :n]
     if flatten:

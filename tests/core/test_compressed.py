@@ -540,6 +540,21 @@ def test_forged_manifests_are_refused_before_allocation(tmp_path, edit, match):
         load_compressed(path)
 
 
+@pytest.mark.parametrize("group_size", [2**40, 2**63, 10**30])
+def test_a_huge_group_size_reads_as_one_group_per_run(tmp_path, group_size):
+    """Found by the structure-aware fuzzer: an empty grouped tensor whose group_size is bent to
+    2**63 crashed NumPy's reshape; a small one would have been padded to group_size values."""
+    w = {"e.weight": np.zeros((0, 0, 3), np.float32),
+         "s.weight": np.random.default_rng(2).standard_normal((4, 10)).astype(np.float32)}
+    q = coreprune.quantize(w, bits=4, group_size=16)
+    path = tmp_path / "g.cpz"
+    save_compressed(q, path)
+    rewrite_manifest(path, lambda m: [e.update(group_size=group_size) for e in m["tensors"]])
+    back = load_compressed(path)
+    assert back["e.weight"].shape == (0, 0, 3) and back["e.weight"].dequantize().shape == (0, 0, 3)
+    np.testing.assert_array_equal(back["s.weight"].dequantize(), q["s.weight"].dequantize())
+
+
 def test_a_forged_index_that_points_past_the_tensor_is_refused(tmp_path):
     a = np.zeros(600, np.float32)
     a[[5, 10]] = 1

@@ -293,3 +293,21 @@ def test_bits_mapping_gives_each_tensor_its_width():
         quantize(w, bits={"dw.weight": 1, "fc.weight": 4}, symmetric=False)
     with pytest.raises(CompressionError, match="give either bits or budget"):
         quantize(w, bits={"dw.weight": 4, "fc.weight": 4}, budget=4.0)
+
+
+@pytest.mark.parametrize("shape", [(4, 10), (2, 3, 5), (0, 0, 0), (3, 0)])
+@pytest.mark.parametrize("g", [11, 2**40, 2**63])
+def test_a_group_longer_than_its_run_is_one_unpadded_group(shape, g):
+    """A group size beyond the run (legal: one short group) gives what the run's own length gives,
+    with no row view that grows with the group size (the structure-aware fuzzer bent a .cpz's
+    group_size to 2**63: NumPy refused the reshape of an empty tensor; 2**40 on a small one
+    allocated a padded row of 2**40 values)."""
+    w = np.random.default_rng(9).standard_normal(shape).astype(np.float32)
+    run = shape[-1]
+    q = quantize({"w": w}, 4, group_size=g)["w"]
+    ref = quantize({"w": w}, 4, group_size=max(run, 1))["w"]
+    np.testing.assert_array_equal(q.codes, ref.codes)
+    np.testing.assert_array_equal(q.scale, ref.scale)
+    np.testing.assert_array_equal(q.dequantize(), ref.dequantize())
+    rows, mask = to_rows(w, None, g, False)
+    assert rows.shape[1] <= max(run, 1) and mask is None
