@@ -359,8 +359,9 @@ SCALE_DTYPES = ("auto", "float32", "float16")
 _F16_MAX = 65504.0
 
 
-def _half_scales(scale32: np.ndarray) -> np.ndarray | None:
-    """float32 scales -> the smallest float16 at or above each, or None when one exceeds 65504.
+def _half_up(scale32: np.ndarray) -> np.ndarray | None:
+    """float32 scales -> the smallest float16 at or above each, as float32 values (each exactly a
+    float16), or None when one exceeds 65504.
 
     Rounding up keeps every code in range and every RTN error within the stored ``scale / 2``
     (the range ``max|w|`` still fits in ``qmax`` steps). The stored scale exceeds the float32 one
@@ -369,13 +370,6 @@ def _half_scales(scale32: np.ndarray) -> np.ndarray | None:
     grows by at most ``2**-25`` in absolute terms there -- channels whose weights are all below
     ``qmax * 2**-14`` (the dead channels of real networks reach ``1e-9``) lose relative precision,
     never more than that.
-    """
-    up = _half_up(scale32)
-    return None if up is None else up.astype(np.float16)
-
-
-def _half_up(scale32: np.ndarray) -> np.ndarray | None:
-    """:func:`_half_scales` as float32 values (each exactly a float16), or None above 65504.
 
     The fast path calls it once per tile, so the usual case -- every scale in float16's normal
     range, whose 10 mantissa bits are float32's top 10 -- is two integer operations on the bits:
@@ -412,18 +406,21 @@ def _scale_storage(scale_dtype: str, request: int, layout: tuple[int | None, int
     return scale_dtype
 
 
-def _stored_scales(name: str, scale32: np.ndarray, storage: str) -> np.ndarray | None:
-    """The scales as stored: float32, or float16 rounded up; None for ``"try16"`` scales that do
-    not fit float16; CompressionError naming the tensor for ``"float16"`` ones."""
+def _store(name: str, scale32: np.ndarray, storage: str) -> np.ndarray:
+    """The scales as stored (:func:`_scale_storage`): float32, or float16 rounded up; ``"try16"``
+    scales that do not fit float16 stay float32, ``"float16"`` ones are a CompressionError naming
+    the tensor."""
     if storage == "float32":
         return scale32
-    half = _half_scales(scale32)
-    if half is None and storage == "float16":
+    up = _half_up(scale32)
+    if up is not None:
+        return up.astype(np.float16)
+    if storage == "float16":
         raise CompressionError(
             f"tensor {name!r}: a quantization scale ({float(scale32.max()):.6g}) exceeds float16's "
             "largest value 65504; use scale_dtype='float32' (or 'auto')"
         )
-    return half
+    return scale32
 
 
 def _quantize_fast_job(
@@ -551,12 +548,6 @@ def _torch_rounded(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, fuse
         if zp is not None:
             y = (y + zero.astype(np.float32)).astype(np.float32)
     return np.rint(y).astype(np.float64)
-
-
-def _store(name: str, scale32: np.ndarray, storage: str) -> np.ndarray:
-    """:func:`_stored_scales`, with ``"try16"`` scales that do not fit float16 kept float32."""
-    stored = _stored_scales(name, scale32, storage)
-    return scale32 if stored is None else stored
 
 
 def _quantize_tensor(

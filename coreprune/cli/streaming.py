@@ -187,8 +187,9 @@ def _symbol_corrections(
     if not layers & {var[n] for n in selected}:
         raise CliError(f"{args.symbol}: its layers use none of the {len(selected)} quantized tensors of "
                        f"{args.input}")
-    quantized = {n: _quantize_one(args, n, reader[n], widths[n] if widths else args.bits, exact=bool(widths))
-                 for n in selected}
+    # symbol_graph has read every array already: no second read of the selected ones
+    quantized = {n: _quantize_one(args, n, weights[var[n]], widths[n] if widths else args.bits,
+                                  exact=bool(widths)) for n in selected}
     compressed: dict[str, Any] = dict(weights)
     compressed.update({var[n]: q for n, q in quantized.items()})
     with _named(args.symbol):
