@@ -8,7 +8,8 @@ imports torch or mxnet on its own; the converters are the subpackages :mod:`core
   :func:`global_magnitude_threshold` (the global cut, streamed over a lazy reader)
 * quantization: :func:`quantize`, :func:`dequantize`, :class:`QuantizedArray`, :func:`pack_bits`,
   :func:`unpack_bits` (n-bit codes to bytes and back), :func:`measured_importance` (per-tensor
-  sensitivities for ``quantize(..., budget=)`` from a loss on a few real inputs)
+  sensitivities for ``quantize(..., budget=)`` from a loss on a few real inputs), :mod:`coreprune.gptq`
+  (``quantize(..., hessians=)``: rounding that compensates its errors on a few real inputs)
 * statistics: :func:`sparsity`, :func:`tensor_stats` (what ``coreprune inspect`` prints)
 * files: :mod:`coreprune.io` (``load``, ``save``, ``open_weights``), :func:`save_compressed`,
   :func:`load_compressed`
@@ -32,7 +33,7 @@ Examples
 
 from __future__ import annotations
 
-from . import arch, distill, io, structured
+from . import arch, distill, gptq, io, structured
 from ._fast.blocked import num_threads, set_num_threads
 from .arch import channel_shuffle
 from .bias_correction import channel_statistics, correct_bias
@@ -80,6 +81,7 @@ __all__ = [
     "correct_bias",
     "arch",
     "structured",
+    "gptq",
     "io",
     "distill",
     "channel_shuffle",

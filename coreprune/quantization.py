@@ -42,7 +42,7 @@ from typing import cast
 import ml_dtypes
 import numpy as np
 
-from . import bit_budget
+from . import bit_budget, gptq
 from ._fast import blocked as _blocked
 from ._fast import kernels as _kernels
 from .errors import CompressionError
@@ -630,6 +630,7 @@ def quantize(
     rounding: str = "auto",
     graph: Graph | None = None,
     scale_dtype: str = "auto",
+    hessians: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, QuantizedArray | np.ndarray]:
     """Quantize the selected tensors to ``bits``-bit integer codes with float32 or float16 scales.
 
@@ -740,6 +741,16 @@ def quantize(
         most ``2**-10`` larger; below float16's normal range ``2**-14``, at most ``2**-24`` larger,
         which only the near-zero channels of a tensor reach) and the codes are computed from it,
         so the error bound above holds for the stored scale.
+    hessians : Mapping[str, numpy.ndarray] or None
+        Optional second moments ``H = E[x x^T]`` of the inputs of some selected tensors, each
+        ``(fan_in, fan_in)`` in the order of ``w.reshape(shape[0], -1)``, measured on a few real
+        inputs (``coreprune.torch.input_hessians`` / ``coreprune.mxnet.input_hessians``, or
+        :class:`coreprune.gptq.InputMoments`). Those tensors keep the scales chosen above but
+        get their codes from :func:`coreprune.gptq.gptq_codes` (GPTQ: each rounding error is
+        compensated on the inputs it correlates with; their dequantized values may then lie more
+        than ``scale / 2`` from ``w``, within the code range); the others are unchanged. A name
+        that is not among ``weights`` is an error; one not selected is ignored. See
+        docs/quantization.md for what it gains on EfficientNet-Lite0 and MiniLM.
 
     Returns
     -------
@@ -756,7 +767,10 @@ def quantize(
         ``group_size`` or with ``axis``; an unknown ``method``; NaN/Inf in a selected tensor; a
         scale beyond float32 (or, with ``scale_dtype="float16"``, above 65504);
         a budget below the smallest widths; a ``graph`` that is not a
-        :class:`coreprune.structured.Graph` or names weights that are not there.
+        :class:`coreprune.structured.Graph` or names weights that are not there; a ``hessians``
+        entry for a name not in ``weights``, of another shape than the tensor's ``(fan_in,
+        fan_in)``, not finite, not symmetric, not positive semi-definite, or for a tensor of
+        ``bits=1`` or ``ndim < 2``.
 
     Examples
     --------
@@ -809,6 +823,7 @@ def quantize(
     axis = None if axis is None else int(axis)
     group_size = group_size if group_size in (None, "auto") else int(group_size)
     names = select(weights, include, exclude)
+    moments = None if hessians is None else gptq.check_names(hessians, weights)
     if graph is not None and not isinstance(graph, Graph):
         raise CompressionError(f"graph must be a coreprune.structured.Graph, got {type(graph).__name__}")
     if budget is not None:
@@ -830,6 +845,11 @@ def quantize(
         out = _quantize_selected(weights, names, widths, symmetric, axis, group_size,
                                  bool(flatten), method, bool(full_range), rounding,
                                  dict.fromkeys(names, (scale_dtype, bits)))  # type: ignore[arg-type]
+    if moments:
+        for name in names:
+            if name in moments:
+                out[name] = _compensated(name, cast(QuantizedArray, out[name]), weights[name], moments[name],
+                                         bool(full_range))
     if graph is None:
         return out
     from .bias_correction import correct_bias  # it reads QuantizedArray from here
@@ -905,6 +925,23 @@ def _balanced(q: QuantizedArray, w: np.ndarray, full_range: bool) -> QuantizedAr
     lo, hi = _code_bounds(q.bits, q.symmetric, full_range)
     codes = balance_codes(q.codes.reshape(rows, -1), exact, step, lo, hi).reshape(q.codes.shape)
     return dataclasses.replace(q, codes=codes)
+
+
+def _compensated(
+    name: str, q: QuantizedArray, w: np.ndarray, hessian: object, full_range: bool
+) -> QuantizedArray:
+    """``q`` with the codes of :func:`coreprune.gptq.gptq_codes` for its scales and the inputs ``hessian``."""
+    if q.bits == 1 or len(q.shape) < 2:
+        raise CompressionError(f"tensor {name!r}: hessians need bits >= 2 and a weight of ndim >= 2 "
+                               f"(got bits={q.bits}, shape {q.shape})")
+    rows = q.shape[0]
+    fan_in = math.prod(q.shape[1:])
+    h = gptq.check_hessian(name, hessian, fan_in)
+    step = q.expand(q.scale).reshape(rows, fan_in)
+    zero = None if q.zero_point is None else q.expand(q.zero_point).reshape(rows, fan_in)
+    lo, hi = _code_bounds(q.bits, q.symmetric, full_range)
+    codes = gptq.gptq_codes(np.asarray(w).reshape(rows, fan_in), step, zero, lo, hi, h, name)
+    return dataclasses.replace(q, codes=codes.astype(q.codes.dtype).reshape(q.shape))
 
 
 def _quantize_budget(
