@@ -39,6 +39,7 @@ from .blocks import (
     num_parameters,
     squeezenet_student,
 )
+from .calibration import input_hessians
 from .codebook import attach_codebooks, attached_codebooks, detach_codebooks
 from .convert import LoadReport, load_numpy, to_numpy, weight_names
 from .distill import distill_student, kd_loss
@@ -73,4 +74,5 @@ __all__ = [
     "num_parameters",
     "prune_channels",
     "trace_graph",
+    "input_hessians",
 ]

@@ -3,9 +3,11 @@
 What it does: converts a module's parameters and buffers to NumPy arrays for :mod:`coreprune`
 (:func:`to_numpy`), writes arrays back into the module's own tensors (:func:`load_numpy`), keeps
 pruned weights at zero while fine-tuning with PyTorch's own pruning hooks (:func:`attach_masks`,
-:func:`attached_masks`, :func:`reapply_masks`, :func:`detach_masks`), and distils a student
-(:func:`kd_loss`, :func:`distill_student`). :mod:`coreprune.mxnet` has the same verbs with the
-same signatures; ``docs/torch.md`` tabulates them and the one difference (``to_numpy(copy=False)``).
+:func:`attached_masks`, :func:`reapply_masks`, :func:`detach_masks`), distils a student
+(:func:`kd_loss`, :func:`distill_student`), and measures each layer's input second moments on a
+few real batches for GPTQ rounding (:func:`input_hessians`). :mod:`coreprune.mxnet` has the same
+verbs with the same signatures; ``docs/torch.md`` tabulates them and the one difference
+(``to_numpy(copy=False)``).
 
 What it must not do: any compression maths (that is :mod:`coreprune`'s, on the dicts), any file
 I/O, or any change to a module beyond the pruning reparametrisation it is asked for.
@@ -40,6 +42,7 @@ from .blocks import (
     num_parameters,
     squeezenet_student,
 )
+from .calibration import input_hessians
 from .codebook import attach_codebooks, attached_codebooks, detach_codebooks
 from .convert import LoadReport, load_numpy, to_numpy, weight_names
 from .distill import distill_student, kd_loss
@@ -74,4 +77,5 @@ __all__ = [
     "num_parameters",
     "prune_channels",
     "trace_graph",
+    "input_hessians",
 ]

@@ -28,6 +28,7 @@ from coreprune.errors import CompressionError  # noqa: E402
 from coreprune.load_report import LoadReport  # noqa: E402
 
 VERBS = [
+    "input_hessians",
     "to_numpy",
     "load_numpy",
     "attach_masks",
