@@ -18,10 +18,12 @@ layouts; int8 per channel with the restricted and the full (torch-like) range; c
 half-quadratic ("hqq") scales; the ``hqq`` package's own optimiser where it is installed; mixed
 precision at 4.5 and 3.5 bits per weight, data-free and with ``coreprune.measured_importance`` on
 calibration inputs that are not the evaluation inputs (16 crops of another seed, 40 other
-sentences); the default (balanced) rounding next to half-even; the CNN also with data-free bias
-correction (``quantize(..., graph=)``, the graph from ``coreprune.torch.trace_graph``). Size:
-bytes of the whole state dict (quantized tensors as stored: packed codes + float32 scales (+ zero
-points); the rest float32), and bits per quantized weight. A second table compares the weight reconstruction
+sentences); GPTQ rounding (``quantize(..., hessians=)``) with the layer inputs' second moments
+measured on 128 other crops / 128 other sentences; the default (balanced) rounding next to
+half-even; the CNN also with data-free bias correction (``quantize(..., graph=)``, the graph
+from ``coreprune.torch.trace_graph``). Size: bytes of the whole state dict (quantized tensors as
+stored: packed codes + scales, float16 by default below 8 bits (+ zero points); the rest
+float32), and bits per quantized weight. A second table compares the weight reconstruction
 error (sum over tensors of ||w - q(w)||^2 / ||w||^2) of RTN, coreprune's searches and the hqq
 package on the same tensors.
 
@@ -39,6 +41,7 @@ Run::
     python tests/benchmarks/bench_fidelity.py --sweep 60    # the CNN's per-tensor 4-bit sensitivity
     python tests/benchmarks/bench_fidelity.py --breakdown 240   # its 4-bit error by layer family
     python tests/benchmarks/bench_fidelity.py --rows "hqq package"   # only the rows named so
+    python tests/benchmarks/bench_fidelity.py --rows GPTQ   # only the GPTQ rows (and their hessians)
 """
 
 from __future__ import annotations
@@ -192,13 +195,19 @@ class MiniLM:
         self.tok.enable_truncation(128)
         self.heads, self.layers = 12, 6
 
-    def embed(self, w: dict[str, np.ndarray], texts: list[str], batch: int = 50) -> np.ndarray:
+    def embed(self, w: dict[str, np.ndarray], texts: list[str], batch: int = 50,
+              moments: cp.gptq.InputMoments | None = None) -> np.ndarray:
+        """Sentence embeddings; with ``moments``, every linear layer's input rows (the real tokens,
+        not the padding) are added to it under the layer's weight name, for GPTQ's hessians."""
         t = {k: torch.from_numpy(np.asarray(v)) for k, v in w.items()}
+        real = torch.ones(0, dtype=torch.bool)
 
         def ln(x: torch.Tensor, p: str) -> torch.Tensor:
             return F.layer_norm(x, x.shape[-1:], t[p + ".weight"], t[p + ".bias"], eps=1e-12)
 
         def lin(x: torch.Tensor, p: str) -> torch.Tensor:
+            if moments is not None:
+                moments.add(p + ".weight", x[real].double().numpy())
             return F.linear(x, t[p + ".weight"], t[p + ".bias"])
 
         out = []
@@ -206,6 +215,7 @@ class MiniLM:
             enc = self.tok.encode_batch(texts[i : i + batch])
             ids = torch.tensor([e.ids for e in enc])
             mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.float32)
+            real = mask.bool()
             n = ids.shape[1]
             x = t["embeddings.word_embeddings.weight"][ids] + t["embeddings.position_embeddings.weight"][:n]
             x = ln(x + t["embeddings.token_type_embeddings.weight"][0], "embeddings.LayerNorm")
@@ -289,18 +299,23 @@ def hqq_package(w: dict[str, np.ndarray], bits: int) -> tuple[dict[str, np.ndarr
 #: The traced graph of the model being measured (``coreprune.torch.trace_graph``), for the rows with
 #: data-free bias correction; None for a model without one (MiniLM's forward is written here).
 GRAPH: cp.structured.Graph | None = None
+#: The GPTQ rows' input second moments of the model being measured, on calibration inputs that are
+#: not the evaluation's (``coreprune.torch.input_hessians`` for the CNN, ``cp.gptq.InputMoments``
+#: fed by the hand-written MiniLM forward).
+HESSIANS: dict[str, np.ndarray] = {}
 #: ``--rows``: the substrings of the method names to run (all when empty).
 ROWS: list[str] = []
 
 
 def coreprune_method(**kw):
     def run(w: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int, str] | None:
+        kw_now = dict(kw)
         if kw.get("graph") == "traced":
             if GRAPH is None:
                 return None
-            kw_now = dict(kw, graph=GRAPH)
-        else:
-            kw_now = kw
+            kw_now["graph"] = GRAPH
+        if kw.get("hessians") == "measured":
+            kw_now["hessians"] = HESSIANS
         q = cp.quantize(w, **kw_now)
         size = sum(v.nbytes for v in q.values())
         quantized = [v for v in q.values() if isinstance(v, cp.QuantizedArray)]
@@ -356,6 +371,13 @@ METHODS = [
     ("mixed budget 3.5 (clip) + bias correction",
      coreprune_method(budget=3.5, method="clip", graph="traced")),
     ("mixed budget 3.5, measured importance", "importance 3.5"),
+    ("GPTQ 4 default", coreprune_method(bits=4, hessians="measured")),
+    ("GPTQ 4 default + bias correction", coreprune_method(bits=4, hessians="measured", graph="traced")),
+    ("GPTQ 4 default, clip scales", coreprune_method(bits=4, method="clip", hessians="measured")),
+    ("GPTQ 4 default affine", coreprune_method(bits=4, symmetric=False, hessians="measured")),
+    ("GPTQ mixed budget 4.5 (RTN)", coreprune_method(budget=4.5, hessians="measured")),
+    ("GPTQ mixed budget 4.5 (clip)", coreprune_method(budget=4.5, method="clip", hessians="measured")),
+    ("GPTQ mixed budget 3.5 (clip)", coreprune_method(budget=3.5, method="clip", hessians="measured")),
 ]
 
 
@@ -574,7 +596,7 @@ class Cosine:
 
 
 def main() -> None:
-    global GRAPH
+    global GRAPH, HESSIANS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--crops", type=int, default=240)
     ap.add_argument("--sentences", type=int, default=200)
@@ -582,6 +604,10 @@ def main() -> None:
                     help="crops (another seed) for coreprune.measured_importance")
     ap.add_argument("--calibration-sentences", type=int, default=40,
                     help="sentences (after the evaluation's) for coreprune.measured_importance")
+    ap.add_argument("--gptq-crops", type=int, default=128,
+                    help="crops (another seed) whose layer inputs give the GPTQ rows' hessians")
+    ap.add_argument("--gptq-sentences", type=int, default=128,
+                    help="sentences (after the others) whose layer inputs give the GPTQ rows' hessians")
     ap.add_argument("--models", default="cnn,text")
     ap.add_argument("--rows", default="", metavar="TEXT,...",
                     help="only the table rows whose method names contain one of these (e.g. 'hqq')")
@@ -605,6 +631,12 @@ def main() -> None:
         x = image_crops(args.crops)
         GRAPH, _ = coreprune.torch.trace_graph(model, x[:1])
         calibration = image_crops(args.calibration_crops, seed=1)  # other crops than the evaluation's
+        if any("GPTQ" in label for label, _ in METHODS if not ROWS or any(r in label for r in ROWS)):
+            t0 = time.perf_counter()
+            gptq_crops = image_crops(args.gptq_crops, seed=2)
+            HESSIANS = coreprune.torch.input_hessians(model, gptq_crops.split(16))
+            print(f"GPTQ hessians of {len(HESSIANS)} layers from {len(gptq_crops)} crops of another seed: "
+                  f"{time.perf_counter() - t0:.1f} s")
 
         @torch.no_grad()
         def forward(w: dict[str, np.ndarray], inputs: torch.Tensor = x) -> np.ndarray:
@@ -622,14 +654,22 @@ def main() -> None:
     if "text" in args.models:
         GRAPH = None  # MiniLM: a forward written here with functional ops, no graph (and no batch norm)
         encoder, weights = load_text()
-        every = sentences(args.sentences + args.calibration_sentences)
-        texts, calibration_texts = every[: args.sentences], every[args.sentences :]
+        every = sentences(args.sentences + args.calibration_sentences + args.gptq_sentences)
+        texts = every[: args.sentences]
+        calibration_texts = every[args.sentences : args.sentences + args.calibration_sentences]
+        gptq_texts = every[args.sentences + args.calibration_sentences :]
 
         @torch.no_grad()
         def embed(w: dict[str, np.ndarray], inputs: list[str] = texts) -> np.ndarray:
             return encoder.embed(w, inputs)
 
         weights = {k: v for k, v in weights.items() if k != "embeddings.position_ids"}
+        t0 = time.perf_counter()
+        moments = cp.gptq.InputMoments()
+        encoder.embed(weights, gptq_texts, moments=moments)
+        HESSIANS = moments.hessians()
+        print(f"GPTQ hessians of {len(HESSIANS)} layers from {len(gptq_texts)} other sentences: "
+              f"{time.perf_counter() - t0:.1f} s")
         cal_float = embed(weights, calibration_texts)
 
         def one_minus_cosine(w: dict[str, np.ndarray]) -> float:
