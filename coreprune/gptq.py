@@ -10,7 +10,9 @@ time and spreads its error onto the columns not yet rounded, the least-squares u
     e   = (w_j - q(w_j)) / U_jj                     U = chol(H^-1)^T, upper triangular
     w_k = w_k - e U_jk        for every k after j
 
-Columns are taken by decreasing ``H_jj`` (the "act-order" heuristic: the inputs with the most
+Weights that are exactly 0 keep the code of 0 (a pruned weight stays pruned, as with round to
+nearest); the error that the updates had moved onto them goes on to the later columns. Columns
+are taken by decreasing ``H_jj`` (the "act-order" heuristic: the inputs with the most
 energy first, while many columns remain to absorb their error), and the scales are fixed before
 (those :func:`coreprune.quantize` chose), so the layout and the file format do not change: only
 the codes do. ``H`` is damped by ``0.01 * mean(diag H)`` on its diagonal, as in the paper.
@@ -122,6 +124,8 @@ def gptq_codes(
     ----------
     w : numpy.ndarray
         ``(R, C)`` float weights: one output channel per row, its flattened fan-in along the row.
+        Entries that are exactly 0 (pruned) get the code of 0, whatever the updates (their
+        error is compensated by the others, as SparseGPT does with a fixed mask).
     step : numpy.ndarray
         ``(R, C)`` float > 0, each entry's scale (the tensor's scales expanded).
     zero : numpy.ndarray or None
@@ -157,6 +161,7 @@ def gptq_codes(
     """
     rows, n = w.shape
     w64 = np.array(w, dtype=np.float64)
+    pruned = w64 == 0  # stays 0: a mask survives quantization, as with round to nearest
     step64 = np.asarray(step, dtype=np.float64)
     zero64 = None if zero is None else np.asarray(zero, dtype=np.float64)
     codes = np.empty((rows, n), np.int64)
@@ -166,7 +171,7 @@ def gptq_codes(
         return codes
     if not np.any(diag > 0):  # no input ever reached this layer: nothing to compensate
         exact = w64 / step64 + (0 if zero64 is None else zero64)
-        return np.clip(np.rint(exact), lo, hi).astype(np.int64)
+        return np.clip(np.rint(exact), lo, hi).astype(np.int64)  # 0 -> the zero code
     dead = diag <= 0
     h[dead, :] = 0
     h[:, dead] = 0
@@ -181,6 +186,7 @@ def gptq_codes(
     if not np.all(np.isfinite(u)):
         raise CompressionError(f"hessian of {name!r} is not positive semi-definite")
     w64 = w64[:, order]
+    pruned = pruned[:, order]
     step64 = step64[:, order]
     if zero64 is not None:
         zero64 = zero64[:, order]
@@ -191,6 +197,7 @@ def gptq_codes(
             s = step64[:, j]
             z = 0.0 if zero64 is None else zero64[:, j]
             c = np.clip(np.rint(w64[:, j] / s + z), lo, hi)
+            c = np.where(pruned[:, j], np.rint(z), c)  # its error goes on to the others
             codes[:, order[j]] = c
             e = (w64[:, j] - (c - z) * s) / u[j, j]
             err[:, j - b0] = e

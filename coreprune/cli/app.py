@@ -152,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "correction, read from this symbol; MXNet not needed)")
     p.add_argument("--input-shape", type=_input_shape, action="append", metavar="NAME=1x3x224x224",
                    help="with --symbol: shape of a data input, when the first layer reading it cannot tell")
+    p.add_argument("--hessians", metavar="MOMENTS",
+                   help="GPTQ rounding: a weight file (any format read here) holding, under the input's "
+                        "tensor names, each layer's input second moments (fan_in x fan_in), as "
+                        "coreprune.torch/mxnet.input_hessians return them; tensors without one are "
+                        "rounded to nearest")
     add_shard_options(p)
     p.set_defaults(run=_cmd_quantize)
 

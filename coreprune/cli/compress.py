@@ -17,6 +17,7 @@ from .streaming import (
     _budget_widths,
     _chain,
     _Counts,
+    _hessians,
     _is_cpz,
     _Pipeline,
     _prune_step,
@@ -61,13 +62,16 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if wants_shards(args, args.output):
         if args.symbol is not None:
             raise CliError(f"{args.output}: --symbol writes one file, not shards")
+        if args.hessians is not None:
+            raise CliError(f"{args.output}: --hessians writes one file, not shards")
         if output_ext(args.output) != ".cpz":
             _note(args, f"{args.output}: shards other than .cpz cannot hold {args.bits}-bit codes: "
                         "writing the dequantized values in each tensor's dtype (fake quantization)")
         return run_sharded(args, ShardSettings(**quant_settings(args), **picks(args)), args.output)
     counts = _Counts()
     keep_codes = _is_cpz(args.output)
-    with _open_input(args) as reader, _progress(len(reader), "quantize", args.quiet) as bar:
+    with _open_input(args) as reader, _progress(len(reader), "quantize", args.quiet) as bar, \
+            _hessians(args, reader):
         selected = _selection(reader, args)
         widths = _budget_widths(reader, selected, args) if args.budget is not None else None
         quantized, corrected = (_symbol_corrections(reader, selected, args, widths)

@@ -4,8 +4,9 @@ read, transformed and written at a time; the per-tensor steps, the writer and th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import numpy as np
 from .. import __version__
 from ..bias_correction import correct_bias
 from ..bit_budget import DEFAULT_WIDTHS, allocate_bits, noise_to_signal, small_fan_ins
-from ..io import save
+from ..errors import CompressionError
+from ..io import open_weights, save
 from ..io.base import TensorSpec, WeightReader
 from ..io.cpz import save_compressed
 from ..io.torch_format import EXTENSIONS as _TORCH_SUFFIXES
@@ -35,6 +37,7 @@ from .common import (
     _human,
     _note,
     _pct,
+    _reader_options,
     _say,
 )
 from .groups import _named, symbol_graph
@@ -148,11 +151,43 @@ def quant_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "rounding": args.rounding, "scale_dtype": args.scale_dtype}
 
 
-def _quantize_one(args: argparse.Namespace, name: str, w: np.ndarray, bits: int, exact: bool = False) -> Any:
+def _quantize_one(
+    args: argparse.Namespace, name: str, w: np.ndarray, bits: int, exact: bool = False,
+    compensate: bool = True,
+) -> Any:
     """``--bits`` (``exact`` False: the default layout may hold a small fan-in at 8 bits) or a width
-    the budget chose (taken as given)."""
+    the budget chose (taken as given); GPTQ rounding where ``--hessians`` has the tensor's moments
+    and ``compensate`` (the budget measures round to nearest, as ``quantize(budget=)`` does)."""
     widths = {name: bits} if exact else bits
-    return quantize({name: w}, widths, include=_EVERYTHING, **quant_kwargs(args))[name]
+    moments = getattr(args, "hessian_reader", None)
+    if not compensate or moments is None or name not in moments:
+        return quantize({name: w}, widths, include=_EVERYTHING, **quant_kwargs(args))[name]
+    try:
+        return quantize({name: w}, widths, include=_EVERYTHING, hessians={name: moments[name]},
+                        **quant_kwargs(args))[name]
+    except CompressionError as exc:
+        if str(exc).startswith("hessian"):  # the moments' fault (coreprune.gptq's messages), not the input's
+            raise CliError(f"{args.hessians}: {exc}") from None
+        raise
+
+
+@contextlib.contextmanager
+def _hessians(args: argparse.Namespace, reader: WeightReader) -> Iterator[None]:
+    """``quantize --hessians``: its file open (lazily, as hostile as any input) for the run, every
+    name in it checked against the input's tensors first."""
+    if getattr(args, "hessians", None) is None:
+        yield
+        return
+    with open_weights(args.hessians, **_reader_options(args)) as moments:
+        unknown = [n for n in moments if n not in reader]
+        if unknown:
+            raise CliError(f"{args.hessians}: {unknown[0]!r} is not a tensor of {args.input} "
+                           f"({len(unknown)} such name(s))")
+        args.hessian_reader = moments
+        try:
+            yield
+        finally:
+            args.hessian_reader = None
 
 
 def _budget_widths(reader: WeightReader, selected: list[str], args: argparse.Namespace) -> dict[str, int]:
@@ -166,7 +201,7 @@ def _budget_widths(reader: WeightReader, selected: list[str], args: argparse.Nam
         w = reader[name]
         sizes[name], errors[name], counts[name], shapes[name] = {}, {}, int(w.size), w.shape
         for b in DEFAULT_WIDTHS:
-            q = _quantize_one(args, name, w, b, exact=True)
+            q = _quantize_one(args, name, w, b, exact=True, compensate=False)
             sizes[name][b] = q.nbytes
             errors[name][b] = noise_to_signal(w, q.dequantize())
     kw = quant_kwargs(args)

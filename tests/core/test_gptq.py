@@ -26,8 +26,9 @@ def gptq_reference(w, step, lo, hi, h):
     hinv = np.linalg.inv(h)
     codes = np.zeros(w.shape, np.int64)
     left = list(order)
+    pruned = w == 0
     for j in order:
-        c = np.clip(np.rint(w[:, j] / step[:, j]), lo, hi)
+        c = np.where(pruned[:, j], 0, np.clip(np.rint(w[:, j] / step[:, j]), lo, hi))
         codes[:, j] = c
         err = (w[:, j] - c * step[:, j]) / hinv[j, j]
         left.remove(j)
@@ -54,6 +55,7 @@ def test_equals_the_reference(shape):
     x = correlated(rng, 500, 1, n)
     h = x.T.astype(np.float64) @ x / len(x)
     h[:, 7] = h[7, :] = 0  # an input never seen
+    w[rng.random(shape) < 0.3] = 0  # pruned weights
     step = np.abs(w).max(1, keepdims=True) / 7 * np.ones(shape)
     got = gptq_codes(w, step, None, -7, 7, h)
     ref = gptq_reference(w, step, -7, 7, h)
@@ -186,3 +188,18 @@ def test_input_moments():
         m.add("w", x[0])
     with pytest.raises(CompressionError, match="NaN"):
         m.add("w", np.full((2, 5), np.inf))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_pruned_weights_stay_zero(symmetric):
+    rng = np.random.default_rng(8)
+    w = {"conv.weight": rng.normal(size=(16, 8, 3, 3)).astype(np.float32)}
+    w["conv.weight"][rng.random(w["conv.weight"].shape) < 0.6] = 0
+    x = correlated(rng, 500, 1, 72)
+    m = InputMoments()
+    m.add("conv.weight", x)
+    q = quantize(w, bits=4, symmetric=symmetric, hessians=m.hessians())
+    dq = dequantize(q)["conv.weight"]
+    assert np.all(dq[w["conv.weight"] == 0] == 0)
+    plain = dequantize(quantize(w, bits=4, symmetric=symmetric))["conv.weight"]
+    assert output_error(w["conv.weight"], dq, x) < output_error(w["conv.weight"], plain, x)
