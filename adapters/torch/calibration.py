@@ -29,7 +29,7 @@ def _layers(model: nn.Module) -> dict[str, nn.Module]:
     """Weight name (as ``model.state_dict()`` / ``to_numpy(model)`` name it) to its layer: every
     ``nn.Linear`` and every ``nn.Conv1d`` / ``nn.Conv2d`` of one group (a grouped or depthwise
     convolution has one input per group, no single fan-in to correlate)."""
-    out = {}
+    out: dict[str, nn.Module] = {}
     for path, m in model.named_modules():
         if isinstance(m, nn.Linear) or (isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups == 1):
             out[f"{path}.weight" if path else "weight"] = m
@@ -57,11 +57,10 @@ def _rows(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(m, nn.Linear):
         return x.reshape(-1, x.shape[-1])
     x, kernel = _padded(m, x)  # type: ignore[arg-type]
+    stride = tuple(int(v) for v in m.stride)  # type: ignore[union-attr]
+    dilation = tuple(int(v) for v in m.dilation)  # type: ignore[union-attr]
     if len(kernel) == 1:  # Conv1d: a 2-D unfold of height 1
-        x, kernel = x.unsqueeze(-2), (1, kernel[0])
-        stride, dilation = (1, m.stride[0]), (1, m.dilation[0])  # type: ignore[index]
-    else:
-        stride, dilation = m.stride, m.dilation  # type: ignore[assignment]
+        x, kernel, stride, dilation = x.unsqueeze(-2), (1, *kernel), (1, *stride), (1, *dilation)
     if x.dim() == len(kernel) + 1:  # an unbatched input
         x = x.unsqueeze(0)
     patches = F.unfold(x, kernel, dilation=dilation, stride=stride)  # (N, C*kh*kw, L)
