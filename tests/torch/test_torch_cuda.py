@@ -15,6 +15,7 @@ from coreprune.torch import (  # noqa: E402
     attach_masks,
     attached_masks,
     detach_masks,
+    input_hessians,
     load_numpy,
     reapply_masks,
     to_numpy,
@@ -139,3 +140,14 @@ def test_attention_masks_ties_and_prefixes_stay_on_the_device():
     detach_masks(model)
     assert all(p.device.type == "cuda" for p in model.parameters())
     assert model.embed.weight is model.head.weight
+
+
+def test_input_hessians_of_a_cuda_model_match_the_cpu_and_leave_it_on_the_device():
+    net = small_net(4).eval()
+    x = torch.randn(6, 3, 8, 8)
+    on_gpu = input_hessians(net, x.cuda())
+    assert all(p.device.type == "cuda" for p in net.parameters())
+    on_cpu = input_hessians(net.cpu(), x)
+    assert list(on_gpu) == list(on_cpu) == ["0.weight", "4.weight"]
+    np.testing.assert_array_equal(on_gpu["0.weight"], on_cpu["0.weight"])  # the raw input's patches
+    np.testing.assert_allclose(on_gpu["4.weight"], on_cpu["4.weight"], rtol=1e-4, atol=1e-6)
