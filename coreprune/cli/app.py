@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--scale-dtype", choices=("auto", "float32", "float16"), default="auto",
                        help="how scales are stored: float16 per channel and group where they fit, "
                             "except --bits 8 and more (auto, the default); or one of them everywhere")
+        g.add_argument("--hessians", metavar="MOMENTS",
+                       help="GPTQ rounding: a weight file (any format read here) holding, under the "
+                            "input's tensor names, each layer's input second moments (fan_in x fan_in), "
+                            "as coreprune.torch/mxnet.input_hessians return them; tensors without one "
+                            "are rounded to nearest")
 
     parser = _Parser(
         prog=_PROG,
@@ -152,11 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "correction, read from this symbol; MXNet not needed)")
     p.add_argument("--input-shape", type=_input_shape, action="append", metavar="NAME=1x3x224x224",
                    help="with --symbol: shape of a data input, when the first layer reading it cannot tell")
-    p.add_argument("--hessians", metavar="MOMENTS",
-                   help="GPTQ rounding: a weight file (any format read here) holding, under the input's "
-                        "tensor names, each layer's input second moments (fan_in x fan_in), as "
-                        "coreprune.torch/mxnet.input_hessians return them; tensors without one are "
-                        "rounded to nearest")
     add_shard_options(p)
     p.set_defaults(run=_cmd_quantize)
 
@@ -206,7 +206,8 @@ def _check_combinations(args: argparse.Namespace) -> None:
                                 ("--flatten", args.flatten), ("--method", args.method != "rtn"),
                                 ("--full-range", args.full_range),
                                 ("--rounding", args.rounding != "auto"),
-                                ("--scale-dtype", args.scale_dtype != "auto")) if v]
+                                ("--scale-dtype", args.scale_dtype != "auto"),
+                                ("--hessians", args.hessians is not None)) if v]
         if given:
             raise CliError(f"compress: {', '.join(given)} needs --bits")
 

@@ -97,6 +97,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if wants_shards(args, args.output):
         if args.codebook_bits is not None:
             raise CliError(f"{args.output}: --codebook-bits writes one .cpz file, not shards")
+        if args.hessians is not None:
+            raise CliError(f"{args.output}: --hessians writes one file, not shards")
         if output_ext(args.output) != ".cpz":
             raise CliError(f"{args.output}: compress writes .cpz shards; name the output NAME.cpz.index.json")
         quant_fields = quant_settings(args) if args.bits is not None else {}
@@ -106,7 +108,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         raise CliError(f"{args.output}: compress writes .cpz files; name the output *.cpz "
                        "(prune and quantize write other formats)")
     counts = _Counts()
-    with _open_input(args) as reader, _progress(len(reader), "compress", args.quiet) as bar:
+    with _open_input(args) as reader, _progress(len(reader), "compress", args.quiet) as bar, \
+            _hessians(args, reader):
         selected = _selection(reader, args)
         prune = None
         if args.threshold is not None or args.sparsity is not None:

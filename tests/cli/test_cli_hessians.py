@@ -86,7 +86,25 @@ def test_bad_moments_are_one_line_naming_the_file(tmp_path, capsys, bad, match):
     assert re.search(match, line)
 
 
-def test_not_with_shards_nor_compress(tmp_path, capsys):
+def test_compress_prunes_then_rounds_by_gptq_keeping_the_zeros(tmp_path, capsys):
+    model, h = model_and_moments()
+    src, moments, out = tmp_path / "m.npz", tmp_path / "h.npz", tmp_path / "c.cpz"
+    cio.save(model, src)
+    cio.save(h, moments)
+    assert main(["compress", str(src), "-o", str(out), "--threshold", "0.05", "--bits", "4",
+                 "--hessians", str(moments)]) == 0
+    pruned, masks = coreprune.prune_threshold(model, 0.05)
+    expected = coreprune.quantize(pruned, bits=4, hessians=h)
+    got = load_compressed(out)
+    for name in ("conv.weight", "fc.weight"):
+        np.testing.assert_array_equal(got[name].codes, expected[name].codes)
+        assert np.all(got[name].dequantize()[~masks[name]] == 0)
+    code = main(["compress", str(src), "-o", str(tmp_path / "d.cpz"), "--threshold", "0.05",
+                 "--hessians", str(moments)])
+    assert code == 2 and "--hessians needs --bits" in capsys.readouterr().err
+
+
+def test_not_with_shards(tmp_path, capsys):
     model, h = model_and_moments()
     src, moments = tmp_path / "m.npz", tmp_path / "h.npz"
     cio.save(model, src)
@@ -94,7 +112,6 @@ def test_not_with_shards_nor_compress(tmp_path, capsys):
     code = main(["quantize", str(src), "-o", str(tmp_path / "q.cpz.index.json"), "--bits", "4",
                  "--hessians", str(moments)])
     assert code == 2 and "--hessians writes one file" in capsys.readouterr().err
-    # compress has no such option
-    code = main(["compress", str(src), "-o", str(tmp_path / "c.cpz"), "--bits", "4",
+    code = main(["compress", str(src), "-o", str(tmp_path / "c.cpz.index.json"), "--bits", "4",
                  "--hessians", str(moments)])
-    assert code == 2 and "unrecognized arguments: --hessians" in capsys.readouterr().err
+    assert code == 2 and "--hessians writes one file" in capsys.readouterr().err
