@@ -71,22 +71,23 @@ def _as_tensor(value: Any) -> Any:
     return torch.from_numpy(value) if isinstance(value, np.ndarray) else value
 
 
-def _batches(inputs: Any, batch_size: int | None) -> Iterator[tuple]:
-    """Each batch as positional arguments, sliced along its first axis into ``batch_size`` samples."""
+def _batches(inputs: Any, batch_size: int | None) -> Iterator[tuple[int, tuple]]:
+    """``(batch index, positional arguments)``, each batch sliced along its first axis into
+    ``batch_size`` samples."""
     if isinstance(inputs, (torch.Tensor, np.ndarray)):
         inputs = [inputs]
     elif isinstance(inputs, (str, bytes)) or not isinstance(inputs, Iterable):
         raise CompressionError(f"inputs must be a tensor or an iterable of batches, "
                                f"got {type(inputs).__name__}")
-    for batch in inputs:
+    for index, batch in enumerate(inputs):
         many = isinstance(batch, (tuple, list))
         args = tuple(_as_tensor(a) for a in batch) if many else (_as_tensor(batch),)
         size = len(args[0]) if args and isinstance(args[0], torch.Tensor) and args[0].dim() else 0
         if batch_size is None or size <= batch_size:
-            yield args
+            yield index, args
             continue
         for start in range(0, size, batch_size):
-            yield tuple(a[start : start + batch_size]
+            yield index, tuple(a[start : start + batch_size]
                         if isinstance(a, torch.Tensor) and a.dim() and len(a) == size else a for a in args)
 
 
@@ -124,8 +125,8 @@ def input_hessians(model: nn.Module, inputs: Any, *, batch_size: int | None = No
     Raises
     ------
     CompressionError
-        ``model`` not a module, no batch, ``batch_size`` not a positive int, or non-finite inputs
-        of a layer.
+        ``model`` not a module, no batch, ``batch_size`` not a positive int, non-finite inputs
+        of a layer, or a batch the model refuses (its message attached).
 
     Examples
     --------
@@ -147,7 +148,11 @@ def input_hessians(model: nn.Module, inputs: Any, *, batch_size: int | None = No
 
     def hook(name: str):
         def record(module: nn.Module, args: tuple) -> None:
+            if not args or not isinstance(args[0], torch.Tensor):
+                return  # called with keywords or something else: the layer's own forward decides
             rows = _rows(module, args[0].detach())
+            if rows.shape[1] != module.weight[0].numel():  # type: ignore[index]
+                return  # the layer refuses this input itself, with torch's own message
             for start in range(0, rows.shape[0], _CHUNK):
                 moments.add(name, rows[start : start + _CHUNK].to(torch.float64).cpu().numpy())
         return record
@@ -158,8 +163,14 @@ def input_hessians(model: nn.Module, inputs: Any, *, batch_size: int | None = No
     try:
         model.eval()
         with torch.no_grad():
-            for batch in _batches(inputs, batch_size):
-                model(*batch)
+            for index, batch in _batches(inputs, batch_size):
+                try:
+                    model(*batch)
+                except CompressionError:
+                    raise
+                except Exception as exc:  # the user's forward may raise anything on a batch it refuses
+                    raise CompressionError(
+                        f"input_hessians: the model failed on batch {index}: {exc}") from exc
                 seen += 1
     finally:
         for h in handles:

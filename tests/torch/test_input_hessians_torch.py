@@ -128,6 +128,11 @@ def test_errors():
         input_hessians(nn.Linear(2, 2), 3)
     with pytest.raises(cp.CompressionError, match="NaN or Inf"):
         input_hessians(nn.Linear(2, 2), torch.full((1, 2), float("nan")))
+    # a batch the model refuses: one error with torch's message, and the hooks are gone
+    net = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(cp.CompressionError, match="failed on batch 1: .*shapes cannot be multiplied"):
+        input_hessians(net, [torch.ones(2, 3), torch.ones(2, 4)])
+    assert not net[0]._forward_pre_hooks
 
 
 @pytest.mark.parametrize("name", ["mobilenetv2", "resnet18"])
