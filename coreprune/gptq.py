@@ -38,6 +38,10 @@ DAMPING = 0.01
 #: Columns rounded between two matrix-product updates of the rest (GPTQ's lazy batch).
 _BLOCK = 128
 
+#: Rows widened to float64 at a time by :meth:`InputMoments.add`: bounds the copy of a large patch
+#: matrix (a 3x3 convolution over a feature map has many rows).
+_CHUNK = 1 << 16
+
 
 class InputMoments:
     """Running second moments ``H = mean over rows of x x^T`` of each layer's input rows.
@@ -61,7 +65,8 @@ class InputMoments:
         self._rows: dict[str, int] = {}
 
     def add(self, name: str, rows: np.ndarray) -> None:
-        """Add the rows ``(m, fan_in)`` (any float dtype) seen by the weight ``name``.
+        """Add the rows ``(m, fan_in)`` (any float dtype) seen by the weight ``name``; they are
+        widened to float64 and summed ``_CHUNK`` rows at a time.
 
         Raises
         ------
@@ -72,15 +77,18 @@ class InputMoments:
         if x.ndim != 2 or x.dtype.kind not in "fiu":
             raise CompressionError(f"input rows of {name!r} must be a 2-D numeric array, got "
                                    f"{x.dtype} of shape {x.shape}")
-        x = x.astype(np.float64, copy=False)
         if not np.all(np.isfinite(x)):
             raise CompressionError(f"input rows of {name!r} contain NaN or Inf")
         total = self._sums.get(name)
         if total is not None and total.shape[0] != x.shape[1]:
             raise CompressionError(f"input rows of {name!r} have {x.shape[1]} features, earlier rows "
                                    f"{total.shape[0]}")
-        product = x.T @ x
-        self._sums[name] = product if total is None else total + product
+        if total is None:
+            total = np.zeros((x.shape[1], x.shape[1]))
+        for start in range(0, x.shape[0], _CHUNK):
+            chunk = x[start : start + _CHUNK].astype(np.float64, copy=False)
+            total = total + chunk.T @ chunk
+        self._sums[name] = total
         self._rows[name] = self._rows.get(name, 0) + x.shape[0]
 
     def rows(self, name: str) -> int:

@@ -24,10 +24,6 @@ from .convert import MX_BFLOAT16, _check_initialised, _slots
 
 __all__ = ["input_hessians"]
 
-#: Rows handed to the accumulator at a time (as in coreprune.torch): bounds the float64 copy of a
-#: large patch matrix, and the same chunks give the same float64 sums in both adapters.
-_CHUNK = 1 << 16
-
 #: The layout each convolution class must have: its patches are then ``(C, k...)``, the weight's order.
 _LAYOUTS: dict[type, str] = {gluon.nn.Conv1D: "NCW", gluon.nn.Conv2D: "NCHW"}
 
@@ -55,9 +51,10 @@ def _layers(blocks: list[gluon.Block], names: Mapping[int, list[str]]) -> list[t
     :func:`~coreprune.mxnet.to_numpy` name of the block's weight."""
     out = []
     for block in blocks:
-        if isinstance(block, gluon.nn.Dense):
-            pass
-        elif isinstance(block, (gluon.nn.Conv1D, gluon.nn.Conv2D)) and block._op_name == "Convolution":
+        conv = isinstance(block, (gluon.nn.Conv1D, gluon.nn.Conv2D)) and block._op_name == "Convolution"
+        if not (conv or isinstance(block, gluon.nn.Dense)):
+            continue
+        if conv:
             if block._kwargs["num_group"] != 1:  # grouped/depthwise: no single fan-in to correlate
                 continue
             layout = block._kwargs["layout"]
@@ -67,8 +64,6 @@ def _layers(blocks: list[gluon.Block], names: Mapping[int, list[str]]) -> list[t
                     f"input_hessians: {block.name} has layout {layout!r}; only {wanted!r} is supported "
                     "(its patches must follow the weight's (in_channels, kernel...) order)"
                 )
-        else:
-            continue
         aliases = names.get(id(block.weight))
         if aliases:
             out.append((block, aliases[0]))
@@ -99,8 +94,7 @@ def _recorder(moments: InputMoments, name: str) -> Callable[[gluon.Block, tuple]
         rows = _rows(block, args[0])
         if rows.shape[1] != int(np.prod(block.weight.shape[1:])):
             return  # the layer refuses this input itself, with MXNet's message
-        for start in range(0, rows.shape[0], _CHUNK):
-            moments.add(name, rows[start : start + _CHUNK].asnumpy())
+        moments.add(name, rows.asnumpy())
 
     return record
 

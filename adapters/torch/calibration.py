@@ -21,9 +21,6 @@ from torch import nn
 
 __all__ = ["input_hessians"]
 
-#: Rows handed to the accumulator at a time: bounds the float64 copy of a large patch matrix.
-_CHUNK = 1 << 16
-
 
 def _layers(model: nn.Module) -> dict[str, nn.Module]:
     """Weight name (as ``model.state_dict()`` / ``to_numpy(model)`` name it) to its layer: every
@@ -153,8 +150,9 @@ def input_hessians(model: nn.Module, inputs: Any, *, batch_size: int | None = No
             rows = _rows(module, args[0].detach())
             if rows.shape[1] != module.weight[0].numel():  # type: ignore[index]
                 return  # the layer refuses this input itself, with torch's own message
-            for start in range(0, rows.shape[0], _CHUNK):
-                moments.add(name, rows[start : start + _CHUNK].to(torch.float64).cpu().numpy())
+            if rows.dtype == torch.bfloat16:  # NumPy has no bfloat16; the float32 values are exact
+                rows = rows.float()
+            moments.add(name, rows.cpu().numpy())
         return record
 
     modes = {m: m.training for m in model.modules()}

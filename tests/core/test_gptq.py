@@ -203,3 +203,17 @@ def test_pruned_weights_stay_zero(symmetric):
     assert np.all(dq[w["conv.weight"] == 0] == 0)
     plain = dequantize(quantize(w, bits=4, symmetric=symmetric))["conv.weight"]
     assert output_error(w["conv.weight"], dq, x) < output_error(w["conv.weight"], plain, x)
+
+
+def test_input_moments_in_chunks_equal_one_product(monkeypatch):
+    import coreprune.gptq as gptq_module
+
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(50, 4)).astype(np.float32)
+    whole = InputMoments()
+    whole.add("w", x)
+    monkeypatch.setattr(gptq_module, "_CHUNK", 7)  # 8 chunks, the last one short
+    chunked = InputMoments()
+    chunked.add("w", x)
+    np.testing.assert_allclose(chunked.hessians()["w"], whole.hessians()["w"], rtol=1e-12)
+    assert chunked.rows("w") == 50
