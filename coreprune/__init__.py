@@ -9,7 +9,9 @@ imports torch or mxnet on its own; the converters are the subpackages :mod:`core
 * quantization: :func:`quantize`, :func:`dequantize`, :class:`QuantizedArray`, :func:`pack_bits`,
   :func:`unpack_bits` (n-bit codes to bytes and back), :func:`measured_importance` (per-tensor
   sensitivities for ``quantize(..., budget=)`` from a loss on a few real inputs), :mod:`coreprune.gptq`
-  (``quantize(..., hessians=)``: rounding that compensates its errors on a few real inputs)
+  (``quantize(..., hessians=)``: rounding that compensates its errors on a few real inputs),
+  :func:`estimate_hessians` (the same moments estimated without data, from the batch norms)
+* data-free corrections from the batch norms: :func:`channel_statistics`, :func:`correct_bias`
 * statistics: :func:`sparsity`, :func:`tensor_stats` (what ``coreprune inspect`` prints)
 * files: :mod:`coreprune.io` (``load``, ``save``, ``open_weights``), :func:`save_compressed`,
   :func:`load_compressed`
@@ -40,6 +42,7 @@ from .bias_correction import channel_statistics, correct_bias
 from .bit_budget import measured_importance
 from .distill import kd_loss, kd_loss_and_grad
 from .errors import CompressionError, EmptyLayerWarning, UnsafePickleError, WeightFileError
+from .graph_moments import estimate_hessians
 from .io.cpz import load_compressed, save_compressed
 from .layout_planner import encoded_nbytes, layout_of
 from .packing import pack_bits, unpack_bits
@@ -79,6 +82,7 @@ __all__ = [
     "measured_importance",
     "channel_statistics",
     "correct_bias",
+    "estimate_hessians",
     "arch",
     "structured",
     "gptq",

@@ -19,7 +19,9 @@ half-quadratic ("hqq") scales; the ``hqq`` package's own optimiser where it is i
 precision at 4.5 and 3.5 bits per weight, data-free and with ``coreprune.measured_importance`` on
 calibration inputs that are not the evaluation inputs (16 crops of another seed, 40 other
 sentences); GPTQ rounding (``quantize(..., hessians=)``) with the layer inputs' second moments
-measured on 128 other crops / 128 other sentences; the default (balanced) rounding next to
+measured on 128 other crops / 128 other sentences, and for the CNN without data, with the
+moments that ``coreprune.estimate_hessians`` estimates from the traced graph; the default
+(balanced) rounding next to
 half-even; the CNN also with data-free bias correction (``quantize(..., graph=)``, the graph
 from ``coreprune.torch.trace_graph``). Size: bytes of the whole state dict (quantized tensors as
 stored: packed codes + scales, float16 by default below 8 bits (+ zero points); the rest
@@ -42,6 +44,8 @@ Run::
     python tests/benchmarks/bench_fidelity.py --breakdown 240   # its 4-bit error by layer family
     python tests/benchmarks/bench_fidelity.py --rows "hqq package"   # only the rows named so
     python tests/benchmarks/bench_fidelity.py --rows GPTQ   # only the GPTQ rows (and their hessians)
+    python tests/benchmarks/bench_fidelity.py --models cnn --rows "data-free GPTQ"   # no data at all
+    python tests/benchmarks/bench_fidelity.py --moments 128   # estimated against measured moments
 """
 
 from __future__ import annotations
@@ -307,6 +311,20 @@ HESSIANS: dict[str, np.ndarray] = {}
 ROWS: list[str] = []
 
 
+def independent_channels(graph: cp.structured.Graph, w: dict[str, np.ndarray],
+                         estimated: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """For the layers of ``estimated``: ``diag(var) + mean mean^T`` from the batch norms alone (what
+    ``estimate_hessians`` gives without its propagated correlations), taps as in ``estimated``."""
+    stats = cp.channel_statistics(graph, w)
+    source = {n.params["weight"]: n.inputs[0] for n in graph.nodes.values() if "weight" in n.params}
+    out = {}
+    for key, h in estimated.items():
+        mean, var = stats[source[key]]
+        taps = h.shape[0] // mean.size
+        out[key] = np.kron(np.diag(var), np.eye(taps)) + np.kron(np.outer(mean, mean), np.ones((taps, taps)))
+    return out
+
+
 def coreprune_method(**kw):
     def run(w: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int, str] | None:
         kw_now = dict(kw)
@@ -316,6 +334,12 @@ def coreprune_method(**kw):
             kw_now["graph"] = GRAPH
         if kw.get("hessians") == "measured":
             kw_now["hessians"] = HESSIANS
+        if kw.get("hessians") in ("estimated", "independent"):  # data-free: from the graph's batch norms
+            if GRAPH is None:
+                return None
+            kw_now["hessians"] = cp.estimate_hessians(GRAPH, w)
+            if kw["hessians"] == "independent":  # the ablation: the same layers, no correlations
+                kw_now["hessians"] = independent_channels(GRAPH, w, kw_now["hessians"])
         q = cp.quantize(w, **kw_now)
         size = sum(v.nbytes for v in q.values())
         quantized = [v for v in q.values() if isinstance(v, cp.QuantizedArray)]
@@ -371,6 +395,15 @@ METHODS = [
     ("mixed budget 3.5 (clip) + bias correction",
      coreprune_method(budget=3.5, method="clip", graph="traced")),
     ("mixed budget 3.5, measured importance", "importance 3.5"),
+    ("data-free GPTQ 4 default", coreprune_method(bits=4, hessians="estimated")),
+    ("data-free GPTQ 4 default + bias correction",
+     coreprune_method(bits=4, hessians="estimated", graph="traced")),
+    ("data-free GPTQ 4 default, independent channels + bias correction",
+     coreprune_method(bits=4, hessians="independent", graph="traced")),
+    ("data-free GPTQ mixed budget 4.5 (RTN) + bias correction",
+     coreprune_method(budget=4.5, hessians="estimated", graph="traced")),
+    ("data-free GPTQ mixed budget 3.5 (clip) + bias correction",
+     coreprune_method(budget=3.5, method="clip", hessians="estimated", graph="traced")),
     ("GPTQ 4 default", coreprune_method(bits=4, hessians="measured")),
     ("GPTQ 4 default + bias correction", coreprune_method(bits=4, hessians="measured", graph="traced")),
     ("GPTQ 4 default, clip scales", coreprune_method(bits=4, method="clip", hessians="measured")),
@@ -531,6 +564,61 @@ def breakdown(model: torch.nn.Module, weights: dict[str, np.ndarray], crops: int
         row(" / ".join(map(str, widths)), dict(zip(keys, widths)))
 
 
+def moments_check(model: torch.nn.Module, weights: dict[str, np.ndarray], crops: int) -> None:
+    """How close ``coreprune.estimate_hessians`` (no data) is to the moments measured on real crops:
+    per layer family, the correlation between the off-diagonal entries of the two normalised
+    second moments, for the estimate and for independent channels (the batch norms' means and
+    variances alone); then the same for the covariances (the measured one centred by the crops'
+    own means, the estimate by the batch norms'), where independent channels have no off-diagonal
+    entries at all."""
+    x = image_crops(crops, seed=2)
+    graph, _ = coreprune.torch.trace_graph(model, x[:1])
+    t0 = time.perf_counter()
+    estimated = cp.estimate_hessians(graph, weights)
+    print(f"estimate_hessians: {len(estimated)} layers in {time.perf_counter() - t0:.1f} s")
+    measured = coreprune.torch.input_hessians(model, x.split(16))
+    stats = cp.channel_statistics(graph, weights)
+    means: dict[str, np.ndarray] = {}  # each layer's input channel means on these crops
+    hooks = []
+    for key in estimated:
+        def record(module, inputs, key=key):
+            share = len(inputs[0]) / len(x)
+            means[key] = means.get(key, 0) + inputs[0].double().mean((0, 2, 3)).numpy() * share
+        hooks.append(model.get_submodule(key.rsplit(".", 1)[0]).register_forward_pre_hook(record))
+    with torch.no_grad():
+        for batch in x.split(16):
+            model(batch)
+    for hook in hooks:
+        hook.remove()
+
+    def correlation(h: np.ndarray) -> np.ndarray:
+        d = np.sqrt(np.maximum(np.diag(h), 1e-30))
+        return h / np.outer(d, d)
+
+    rows: dict[str, list[tuple[float, ...]]] = {}
+    for node in graph.nodes.values():
+        key = node.params.get("weight")
+        if key not in estimated:
+            continue
+        mean, var = stats[node.inputs[0]]
+        independent = np.diag(var) + np.outer(mean, mean)  # every layer here is 1x1
+        iu = np.triu_indices(mean.size, 1)
+        truth = correlation(measured[key])[iu]
+        centred = correlation(measured[key] - np.outer(means[key], means[key]))[iu]
+        sims = tuple(float(np.corrcoef(correlation(h)[iu], truth)[0, 1])
+                     for h in (estimated[key], independent))
+        sims += (float(np.corrcoef(correlation(estimated[key] - np.outer(mean, mean))[iu], centred)[0, 1]),)
+        family = "project" if "project" in key else "expand" if "expand" in key else key
+        rows.setdefault(family, []).append(sims)
+    print(f"\n| layers ({crops} crops of seed 2) | count | second moment: estimate, median (min-max) | "
+          "independent channels | centred: estimate |")
+    print("|---|---|---|---|---|")
+    for family, sims in rows.items():
+        ours, ind, cen = (np.array([s[i] for s in sims]) for i in range(3))
+        print(f"| {family} | {len(sims)} | {np.median(ours):.2f} ({ours.min():.2f}-{ours.max():.2f}) | "
+              f"{np.median(ind):.2f} | {np.median(cen):.2f} ({cen.min():.2f}-{cen.max():.2f}) |")
+
+
 def sensitivity_sweep(model: torch.nn.Module, weights: dict[str, np.ndarray], crops: int) -> None:
     """Why 4 bits hurt a CNN: the float model's confidence on the crops, the top-1 of centre crops of
     the photographs under three input normalisations, then each tensor of ndim >= 2 alone at 4 bits
@@ -613,12 +701,18 @@ def main() -> None:
                     help="only the table rows whose method names contain one of these (e.g. 'hqq')")
     ap.add_argument("--sweep", type=int, default=0, metavar="CROPS",
                     help="only the CNN's per-tensor 4-bit sensitivity sweep, on this many crops")
+    ap.add_argument("--moments", type=int, default=0, metavar="CROPS",
+                    help="only: estimate_hessians against the moments measured on this many crops")
     ap.add_argument("--breakdown", type=int, default=0, metavar="CROPS",
                     help="only the CNN's 4-bit error by layer family, with bias correction")
     args = ap.parse_args()
     ROWS[:] = [r for r in args.rows.split(",") if r]
     if args.sweep:
         sensitivity_sweep(*load_cnn(), args.sweep)
+        return
+    if args.moments:
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        moments_check(*load_cnn(), args.moments)
         return
     if args.breakdown:
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -631,7 +725,7 @@ def main() -> None:
         x = image_crops(args.crops)
         GRAPH, _ = coreprune.torch.trace_graph(model, x[:1])
         calibration = image_crops(args.calibration_crops, seed=1)  # other crops than the evaluation's
-        if any("GPTQ" in label for label, _ in METHODS if not ROWS or any(r in label for r in ROWS)):
+        if any(label.startswith("GPTQ") for label, _ in METHODS if not ROWS or any(r in label for r in ROWS)):
             t0 = time.perf_counter()
             gptq_crops = image_crops(args.gptq_crops, seed=2)
             HESSIANS = coreprune.torch.input_hessians(model, gptq_crops.split(16))

@@ -124,3 +124,23 @@ def test_same_bias_correction_from_both_frameworks(name):
             assert np.array_equal(value, ours), key
             corrected += key.endswith("running_mean") and not np.array_equal(value, weights_g[key])
     assert corrected >= 5
+
+
+@pytest.mark.parametrize("name, layers", [("resnet18", 15), ("mobilenetv2", 34), ("shufflenet", 1)])
+def test_same_estimated_hessians_from_both_frameworks(name, layers):
+    """coreprune.estimate_hessians reads only the traced graph and the weights: the two
+    frameworks' graphs give bit-identical data-free moments, and the same GPTQ codes."""
+    tnet, gnet, _, shape = _twins(name)
+    x = np.zeros(shape, np.float32)
+    graph_t, weights_t = ctorch.trace_graph(tnet, torch.from_numpy(x))
+    graph_g, weights_g = cmx.trace_graph(gnet, mx.nd.array(x))
+    h_t = cp.estimate_hessians(graph_t, weights_t)
+    h_g = cp.estimate_hessians(graph_g, weights_g)
+    assert sorted(map(_torch_name, h_g)) == sorted(h_t) and len(h_t) == layers, sorted(h_t)
+    for key, value in h_g.items():
+        assert np.array_equal(value, h_t[_torch_name(key)]), key
+    q_t = cp.quantize(weights_t, bits=4, hessians=h_t, graph=graph_t)
+    q_g = cp.quantize(weights_g, bits=4, hessians=h_g, graph=graph_g)
+    for key, value in q_g.items():
+        if isinstance(value, cp.QuantizedArray):
+            assert np.array_equal(value.codes, q_t[_torch_name(key)].codes), key
