@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "correction, read from this symbol; MXNet not needed)")
     p.add_argument("--input-shape", type=_input_shape, action="append", metavar="NAME=1x3x224x224",
                    help="with --symbol: shape of a data input, when the first layer reading it cannot tell")
+    p.add_argument("--estimate-hessians", action="store_true",
+                   help="with --symbol: GPTQ rounding without data, from each layer's input moments "
+                        "estimated from the symbol's batch norms (coreprune.estimate_hessians)")
     add_shard_options(p)
     p.set_defaults(run=_cmd_quantize)
 
@@ -199,6 +202,12 @@ def _check_combinations(args: argparse.Namespace) -> None:
         raise CliError(f"{args.command}: --global goes with --sparsity")
     if args.command == "quantize" and (args.bits is None) == (args.budget is None):
         raise CliError("quantize: give --bits B or --budget X (one of them)")
+    if getattr(args, "estimate_hessians", False):
+        if args.symbol is None:
+            raise CliError("quantize: --estimate-hessians needs --symbol SYMBOL.json (the graph to "
+                           "estimate from)")
+        if args.hessians is not None:
+            raise CliError("quantize: --estimate-hessians or --hessians MOMENTS, not both")
     if args.command == "compress" and args.bits is None:
         given = [f for f, v in (("--affine", args.affine), ("--axis", args.axis is not None),
                                 ("--group-size", args.group_size is not None),

@@ -81,6 +81,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         _write(args, reader, pipe, args.output)
     if args.symbol is not None:
         _note(args, f"{args.symbol}: bias correction changed {len(corrected)} bias / running-mean tensor(s)")
+    if getattr(args, "estimate_hessians", False):
+        _note(args, f"{args.symbol}: GPTQ rounding of {args.estimated_layers} tensor(s) from moments "
+                    "estimated from its batch norms")
     if not keep_codes:
         width = args.bits or "n"
         _note(args, f"{args.output} cannot hold {width}-bit codes: wrote the dequantized values in each "

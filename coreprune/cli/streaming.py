@@ -16,6 +16,7 @@ from .. import __version__
 from ..bias_correction import correct_bias
 from ..bit_budget import DEFAULT_WIDTHS, allocate_bits, noise_to_signal, small_fan_ins
 from ..errors import CompressionError
+from ..graph_moments import estimate_hessians
 from ..io import open_weights, save
 from ..io.base import TensorSpec, WeightReader
 from ..io.cpz import save_compressed
@@ -167,7 +168,7 @@ def _quantize_one(
                         **quant_kwargs(args))[name]
     except CompressionError as exc:
         if str(exc).startswith("hessian"):  # the moments' fault (coreprune.gptq's messages), not the input's
-            raise CliError(f"{args.hessians}: {exc}") from None
+            raise CliError(f"{args.hessians or args.symbol}: {exc}") from None
         raise
 
 
@@ -222,7 +223,13 @@ def _symbol_corrections(
     if not layers & {var[n] for n in selected}:
         raise CliError(f"{args.symbol}: its layers use none of the {len(selected)} quantized tensors of "
                        f"{args.input}")
-    # symbol_graph has read every array already: no second read of the selected ones
+    if getattr(args, "estimate_hessians", False):  # GPTQ without data, keyed by the file's names
+        with _named(args.symbol):
+            estimated = estimate_hessians(graph, weights)
+        args.hessian_reader = {n: estimated[var[n]] for n in selected if var[n] in estimated}
+        args.estimated_layers = len(args.hessian_reader)
+    # symbol_graph has read every array already: no second read of the selected ones (and the
+    # write reuses these, so the moments serve only here)
     quantized = {n: _quantize_one(args, n, weights[var[n]], widths[n] if widths else args.bits,
                                   exact=bool(widths)) for n in selected}
     compressed: dict[str, Any] = dict(weights)

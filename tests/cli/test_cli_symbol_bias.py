@@ -103,3 +103,39 @@ def test_symbol_with_shards_is_refused(tmp_path, capsys):
     code = main(["quantize", str(params), "-o", str(tmp_path / "q.params.index.json"), "--bits", "4",
                  "--symbol", str(sym_path)])
     assert code == 2 and "--symbol writes one file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", [["--bits", "4"], ["--budget", "4.5"]], ids=["bits", "budget"])
+def test_estimate_hessians_rounds_as_the_library_does(tmp_path, capsys, how):
+    """``--estimate-hessians``: GPTQ from the symbol's estimated moments, then the bias correction,
+    value for value what ``quantize(..., hessians=estimate_hessians(graph, w), graph=graph)`` gives."""
+    sym_path, params, sym, arrays = _checkpoint(tmp_path)
+    out = tmp_path / "q.params"
+    assert main(["quantize", str(params), "-o", str(out), *how, "--symbol", str(sym_path),
+                 "--estimate-hessians"]) == 0
+    assert "GPTQ rounding of 2 tensor(s) from moments estimated" in capsys.readouterr().err
+    got = load(str(out))
+    weights = {k.split(":", 1)[1]: v for k, v in arrays.items()}
+    graph = graph_from_mxnet_json(sym, weights, {"data": (1, 3, 4, 4)})
+    hessians = cp.estimate_hessians(graph, weights)
+    assert sorted(hessians) == ["c1_weight", "fc_weight"]  # c0 reads the data: no statistics
+    kw = {"bits": 4} if how[0] == "--bits" else {"budget": 4.5}
+    expected = cp.dequantize(cp.quantize(weights, hessians=hessians, graph=graph, **kw))
+    for key, value in got.items():
+        np.testing.assert_array_equal(value, expected[key.split(":", 1)[1]], err_msg=key)
+    rtn = cp.dequantize(cp.quantize(weights, graph=graph, **kw))
+    assert not np.array_equal(got["arg:c1_weight"], rtn["c1_weight"])  # GPTQ did change codes
+
+
+@pytest.mark.parametrize("extra, problem", [
+    ([], "--estimate-hessians needs --symbol"),
+    (["--symbol", "SYM", "--hessians", "H.npz"], "not both"),
+])
+def test_estimate_hessians_misuse_is_one_line(tmp_path, capsys, extra, problem):
+    sym_path, params, _, _ = _checkpoint(tmp_path)
+    extra = [str(sym_path) if a == "SYM" else a for a in extra]
+    code = main(["quantize", str(params), "-o", str(tmp_path / "q.params"), "--bits", "4",
+                 "--estimate-hessians", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and problem in err[0], err
+    assert not (tmp_path / "q.params").exists()
