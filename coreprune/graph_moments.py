@@ -172,7 +172,9 @@ def estimate_hessians(graph: Graph, weights: Mapping[str, np.ndarray]) -> dict[s
         if node.op in ("conv", "linear") and ins:
             _moment(node, weights, ins[0][0], stats[node.inputs[0]], sums)
         result = _propagate(node, ins, weights, stats)
-        corr[node.name] = result if result is None or result.shape[0] <= MAX_CHANNELS else None  # concat
+        # a weight that does not fit its node, or a concatenation too wide: no correlation known
+        fits = result is not None and result.shape == (node.channels, node.channels)
+        corr[node.name] = result if fits and node.channels <= MAX_CHANNELS else None
         for src in node.inputs:  # free what no later node reads
             readers[src] -= 1
             if readers[src] == 0 and src not in graph.outputs:
@@ -212,7 +214,8 @@ def _propagate(node: Node, ins: list[tuple[np.ndarray | None, np.ndarray]],
         weight = weights.get(node.params.get("weight", ""))
         if not isinstance(weight, np.ndarray) or not ins or node.channels > MAX_CHANNELS:
             return None
-        cov = _layer(node, np.asarray(weight, np.float64), _covariance(*ins[0]))
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite weights: masked below
+            cov = _layer(node, np.asarray(weight, np.float64), _covariance(*ins[0]))
         return None if cov is None else _correlation(cov)
     if op == "batchnorm":
         r = ins[0][0]

@@ -246,3 +246,26 @@ def test_wide_layers_are_bounded(monkeypatch):
     beta = w["bn1.bias"].astype(np.float64)
     var = w["bn1.weight"].astype(np.float64) ** 2 * w["bn1.running_var"] / (w["bn1.running_var"] + 1e-5)
     np.testing.assert_allclose(h, np.diag(var) + np.outer(beta, beta), rtol=1e-6)
+
+
+def test_weights_that_do_not_fit_the_graph_give_no_error_and_no_nonsense():
+    """A graph and weights that disagree (a layer's weight of the wrong shape, NaN or infinite
+    weights, a weight that is not an array) never raise: those layers and what they feed get no
+    correlation, and every estimate returned is finite, symmetric and positive semi-definite."""
+    graph, w, _ = _linear_chain(clip=True)
+    cases = [
+        dict(w, **{"fc1.weight": np.ones((5, 4), np.float32)}),  # 5 outputs, the graph says 6
+        dict(w, **{"fc1.weight": np.full((6, 4), np.nan, np.float32)}),
+        dict(w, **{"fc1.weight": np.full((6, 4), np.inf, np.float32)}),
+        dict(w, **{"fc1.weight": "not an array"}),
+        dict(w, **{"fc2.weight": np.ones((3, 7), np.float32)}),  # fan-in 7 for 6 channels
+    ]
+    for weights in cases:
+        for h in cp.estimate_hessians(graph, weights).values():
+            assert np.all(np.isfinite(h)) and np.array_equal(h, h.T)
+            assert np.linalg.eigvalsh(h).min() >= -1e-9 * np.abs(h).max()
+    assert "fc2.weight" not in cp.estimate_hessians(graph, cases[-1])
+    # with the misfit fc1, fc2 still gets the batch norms' means and variances, channels independent
+    h = cp.estimate_hessians(graph, cases[0])["fc2.weight"]
+    stats = cp.channel_statistics(graph, cases[0])["act"]
+    np.testing.assert_allclose(h, np.diag(stats[1]) + np.outer(stats[0], stats[0]), rtol=1e-12)
