@@ -174,7 +174,7 @@ def estimate_hessians(graph: Graph, weights: Mapping[str, np.ndarray]) -> dict[s
         result = _propagate(node, ins, weights, stats)
         # a weight that does not fit its node, or a concatenation too wide: no correlation known
         fits = result is not None and result.shape == (node.channels, node.channels)
-        corr[node.name] = result if fits and node.channels <= MAX_CHANNELS else None
+        corr[node.name] = result if fits else None
         for src in node.inputs:  # free what no later node reads
             readers[src] -= 1
             if readers[src] == 0 and src not in graph.outputs:
@@ -198,8 +198,11 @@ def _moment(node: Node, weights: Mapping[str, np.ndarray], corr: np.ndarray | No
     if fan_in % mean.size or fan_in > MAX_FAN_IN:
         return
     taps = fan_in // mean.size
-    cov = _covariance(corr, var)
-    h = np.kron(cov, np.eye(taps)) + np.kron(np.outer(mean, mean), np.ones((taps, taps)))
+    h = _covariance(corr, var)
+    if taps == 1:
+        h += np.outer(mean, mean)
+    else:
+        h = np.kron(h, np.eye(taps)) + np.kron(np.outer(mean, mean), np.ones((taps, taps)))
     total, count = sums.get(key, (np.zeros_like(h), 0))
     if total.shape == h.shape:
         sums[key] = (total + h, count + 1)
@@ -210,9 +213,12 @@ def _propagate(node: Node, ins: list[tuple[np.ndarray | None, np.ndarray]],
                ) -> np.ndarray | None:
     """The correlation of ``node``'s output channels (None: none known, the identity)."""
     op, fn = node.op, node.attrs.get("fn")
+    # no matrix wider than MAX_CHANNELS is ever formed, not even a diagonal one for an input
+    if node.channels > MAX_CHANNELS or any(v.size > MAX_CHANNELS for _, v in ins):
+        return None
     if op in ("conv", "linear"):
         weight = weights.get(node.params.get("weight", ""))
-        if not isinstance(weight, np.ndarray) or not ins or node.channels > MAX_CHANNELS:
+        if not isinstance(weight, np.ndarray) or not ins:
             return None
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite weights: masked below
             cov = _layer(node, np.asarray(weight, np.float64), _covariance(*ins[0]))
@@ -268,7 +274,5 @@ def _propagate(node: Node, ins: list[tuple[np.ndarray | None, np.ndarray]],
     if op == "flatten":
         r = ins[0][0]
         per = node.channels // max(1, ins[0][1].size)
-        if r is None or r.shape[0] * per > MAX_CHANNELS:
-            return None
-        return np.kron(r, np.eye(per))
+        return None if r is None else np.kron(r, np.eye(per))
     return None

@@ -269,3 +269,28 @@ def test_weights_that_do_not_fit_the_graph_give_no_error_and_no_nonsense():
     h = cp.estimate_hessians(graph, cases[0])["fc2.weight"]
     stats = cp.channel_statistics(graph, cases[0])["act"]
     np.testing.assert_allclose(h, np.diag(stats[1]) + np.outer(stats[0], stats[0]), rtol=1e-12)
+
+
+def test_a_wide_flatten_allocates_nothing_of_its_square():
+    """A classifier reading a flattened feature map (VGG's 25 088 features) gets no estimate, and
+    no matrix of that width is formed on the way (20 000^2 float64 would be 3.2 GB)."""
+    import tracemalloc
+
+    c, per = 50, 400
+    roles = {r: f"bn.{r}" for r in ROLES}
+    graph = Graph([Node("x", "input", (), c), Node("bn", "batchnorm", ("x",), c, roles),
+                   Node("flat", "flatten", ("bn",), c * per),
+                   Node("fc", "linear", ("flat",), 10, {"weight": "fc.weight"}),
+                   Node("bn2", "batchnorm", ("fc",), 10, {r: f"bn2.{r}" for r in ROLES}),
+                   Node("out", "linear", ("bn2",), 3, {"weight": "out.weight"})], ["out"])
+    w = {"fc.weight": np.ones((10, c * per), np.float32), "out.weight": np.ones((3, 10), np.float32)}
+    for name, n in (("bn", c), ("bn2", 10)):
+        w.update({f"{name}.weight": np.ones(n, np.float32), f"{name}.bias": np.ones(n, np.float32),
+                  f"{name}.running_mean": np.zeros(n, np.float32), f"{name}.running_var": np.ones(n, np.float32)})
+    tracemalloc.start()
+    try:
+        h = cp.estimate_hessians(graph, w)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sorted(h) == ["out.weight"] and peak < 50e6, peak
