@@ -286,7 +286,8 @@ def test_a_wide_flatten_allocates_nothing_of_its_square():
     w = {"fc.weight": np.ones((10, c * per), np.float32), "out.weight": np.ones((3, 10), np.float32)}
     for name, n in (("bn", c), ("bn2", 10)):
         w.update({f"{name}.weight": np.ones(n, np.float32), f"{name}.bias": np.ones(n, np.float32),
-                  f"{name}.running_mean": np.zeros(n, np.float32), f"{name}.running_var": np.ones(n, np.float32)})
+                  f"{name}.running_mean": np.zeros(n, np.float32),
+                  f"{name}.running_var": np.ones(n, np.float32)})
     tracemalloc.start()
     try:
         h = cp.estimate_hessians(graph, w)
