@@ -43,6 +43,7 @@ compares it, layer by layer, with the moments measured on real crops (docs/quant
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeGuard
 
 import numpy as np
 from scipy.special import ndtr
@@ -58,6 +59,11 @@ __all__ = ["estimate_hessians"]
 MAX_CHANNELS = 4096
 #: Fan-in above which a layer gets no estimate (its ``H`` alone would take 512 MiB).
 MAX_FAN_IN = 8192
+
+
+def _numeric(value: object) -> TypeGuard[np.ndarray]:
+    """A real-valued array (integers and floats; not object, complex or string arrays)."""
+    return isinstance(value, np.ndarray) and value.dtype.kind in "iuf"
 
 
 def _covariance(corr: np.ndarray | None, var: np.ndarray) -> np.ndarray:
@@ -188,7 +194,7 @@ def _moment(node: Node, weights: Mapping[str, np.ndarray], corr: np.ndarray | No
     key = node.params.get("weight")
     weight = weights.get(key) if key is not None else None
     mean, var = stat
-    if key is None or not isinstance(weight, np.ndarray) or weight.ndim < 2:
+    if key is None or not _numeric(weight) or weight.ndim < 2:
         return
     if int(node.attrs.get("groups", 1)) != 1:
         return
@@ -218,7 +224,7 @@ def _propagate(node: Node, ins: list[tuple[np.ndarray | None, np.ndarray]],
         return None
     if op in ("conv", "linear"):
         weight = weights.get(node.params.get("weight", ""))
-        if not isinstance(weight, np.ndarray) or not ins:
+        if not _numeric(weight) or not ins:
             return None
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite weights: masked below
             cov = _layer(node, np.asarray(weight, np.float64), _covariance(*ins[0]))
@@ -230,7 +236,7 @@ def _propagate(node: Node, ins: list[tuple[np.ndarray | None, np.ndarray]],
         key = node.params.get("weight")
         gamma = weights.get(key) if key is not None else None
         fixed = node.attrs.get("fix_gamma", 0)
-        if fixed or not isinstance(gamma, np.ndarray) or gamma.shape != (r.shape[0],):
+        if fixed or not _numeric(gamma) or gamma.shape != (r.shape[0],):
             return r
         sign = np.where(gamma < 0, -1.0, 1.0)
         return r * np.outer(sign, sign)

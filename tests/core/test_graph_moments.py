@@ -258,6 +258,8 @@ def test_weights_that_do_not_fit_the_graph_give_no_error_and_no_nonsense():
         dict(w, **{"fc1.weight": np.full((6, 4), np.nan, np.float32)}),
         dict(w, **{"fc1.weight": np.full((6, 4), np.inf, np.float32)}),
         dict(w, **{"fc1.weight": "not an array"}),
+        dict(w, **{"fc1.weight": np.array([["a"] * 4] * 6)}),  # strings
+        dict(w, **{"fc1.weight": np.ones((6, 4), np.complex64)}),
         dict(w, **{"fc2.weight": np.ones((3, 7), np.float32)}),  # fan-in 7 for 6 channels
     ]
     for weights in cases:
