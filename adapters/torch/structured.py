@@ -152,6 +152,11 @@ _COPY_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d}
 _POOL_FUNCTIONS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
                    F.adaptive_avg_pool3d}
 _COPY_METHODS = {"contiguous", "clone", "float", "to", "type_as", "detach"}
+# element-wise activations whose Gaussian statistics coreprune.channel_statistics knows
+_SMOOTH_MODULES = ((nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"), (nn.SiLU, "silu"), (nn.Hardswish, "hardswish"))
+_SMOOTH_FUNCTIONS = {torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh",
+                     F.gelu: "gelu", F.silu: "silu", F.hardswish: "hardswish"}
+_SMOOTH_METHODS = {"sigmoid": "sigmoid", "tanh": "tanh"}
 _INF = float("inf")
 
 
@@ -181,6 +186,11 @@ def _module_statistics(module: nn.Module) -> dict[str, Any]:
         return {"fn": "copy"}
     if isinstance(module, _POOL_MODULES):
         return {"fn": "pool"}
+    if isinstance(module, nn.GELU):  # the tanh approximation is within 1e-3 of the erf form
+        return {"fn": "gelu"}
+    for kind, name in _SMOOTH_MODULES:
+        if isinstance(module, kind):
+            return {"fn": name}
     return {}
 
 
@@ -194,6 +204,8 @@ def _call_statistics(fn: Any, is_method: bool, args: tuple, kwargs: Mapping[str,
         if fn in ("clamp", "clamp_"):
             return _clip(_number(args[1] if len(args) > 1 else kwargs.get("min"), -_INF),
                          _number(args[2] if len(args) > 2 else kwargs.get("max"), _INF))
+        if fn in _SMOOTH_METHODS:
+            return {"fn": _SMOOTH_METHODS[fn]}
         return {}
     if fn in (F.relu, torch.relu):
         return _clip(0.0, _INF)
@@ -209,6 +221,8 @@ def _call_statistics(fn: Any, is_method: bool, args: tuple, kwargs: Mapping[str,
         return {"fn": "copy"}
     if fn in _POOL_FUNCTIONS:
         return {"fn": "pool"}
+    if fn in _SMOOTH_FUNCTIONS:
+        return {"fn": _SMOOTH_FUNCTIONS[fn]}
     return {}
 
 

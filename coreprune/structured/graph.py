@@ -52,6 +52,9 @@ without it stops the statistics (its consumers get none):
 ``identity`` with ``fn="clip"``, ``lo``, ``hi``
     ``min(max(x, lo), hi)`` element-wise, ``lo``/``hi`` floats (``±inf`` allowed): ReLU is
     ``(0, inf)``, ReLU6 ``(0, 6)``.
+``identity`` with ``fn`` one of :data:`SMOOTH_ACTIVATIONS`
+    ``"sigmoid"``, ``"tanh"``, ``"gelu"`` (``x Phi(x)``, the erf form), ``"silu"`` (``x sigmoid(x)``,
+    also called swish) or ``"hardswish"`` (``x relu6(x + 3) / 6``), element-wise.
 ``add`` with ``fn="sum"``
     A plain sum of its inputs (not a difference, not a concatenation along another axis).
 ``batchnorm`` with ``fix_gamma=1``
@@ -70,7 +73,7 @@ from dataclasses import dataclass, field
 
 from ..errors import CompressionError
 
-__all__ = ["OPS", "Node", "Graph"]
+__all__ = ["OPS", "SMOOTH_ACTIVATIONS", "Node", "Graph"]
 
 #: The operations a :class:`Node` may have, with the parameter roles each accepts.
 OPS: dict[str, frozenset[str]] = {
@@ -89,6 +92,10 @@ OPS: dict[str, frozenset[str]] = {
     "shuffle": frozenset(),
     "identity": frozenset(),
 }
+
+#: The element-wise activations an ``identity`` node may name with its ``fn`` attr besides ``clip``:
+#: their per-channel statistics are Gaussian expectations (coreprune.channel_statistics).
+SMOOTH_ACTIVATIONS = ("sigmoid", "tanh", "gelu", "silu", "hardswish")
 
 _ARITY = {"input": (0, 0), "add": (2, None), "mul": (2, None), "concat": (1, None)}
 
@@ -215,7 +222,8 @@ class Graph:
     @staticmethod
     def _check_statistics(node: Node, where: str) -> None:
         fn = node.attrs.get("fn")
-        allowed = {"identity": ("copy", "pool", "clip"), "add": ("sum",)}.get(node.op, ())
+        allowed = {"identity": ("copy", "pool", "clip", *SMOOTH_ACTIVATIONS),
+                   "add": ("sum",)}.get(node.op, ())
         if fn is not None and fn not in allowed:
             raise CompressionError(f"{where}: fn {fn!r} is not one of {list(allowed)}")
         if fn == "clip":

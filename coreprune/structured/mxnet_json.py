@@ -108,6 +108,12 @@ def _statistics(op: str, a: Mapping[str, str]) -> dict[str, Any]:
             return {"fn": "clip", "lo": float(lo), "hi": float(hi)}
     if op == "Pooling" and a.get("pool_type", "max") == "avg":
         return {"fn": "pool"}
+    if op in ("sigmoid", "tanh"):
+        return {"fn": op}
+    if op == "Activation" and a.get("act_type") in ("sigmoid", "tanh"):
+        return {"fn": a["act_type"]}
+    if op == "LeakyReLU" and a.get("act_type") == "gelu":  # Gluon's nn.GELU, the erf form
+        return {"fn": "gelu"}
     return {}
 
 

@@ -39,6 +39,26 @@ def test_clipped_moments_match_sampling(lo, hi):
     np.testing.assert_allclose(var, sampled.var(0), atol=0.03, rtol=0.02)
 
 
+@pytest.mark.parametrize("fn", ["sigmoid", "tanh", "gelu", "silu", "hardswish"])
+def test_smooth_activation_moments_match_sampling(fn):
+    from coreprune.bias_correction import activation
+
+    gamma, beta = [0.5, 1.0, 2.0, 3.0, 1e-9], [-1.0, 0.3, 2.5, -2.0, 4.0]
+    g = Graph([Node("x", "input", (), 5), _bn("bn", "x", 5),
+               Node("act", "identity", ("bn",), 5, attrs={"fn": fn})], ["act"])
+    mean, var = cp.channel_statistics(g, _bn_weights("bn", gamma, beta))["act"]
+    z = np.random.default_rng(1).standard_normal((400_000, 1)) * np.array(gamma) + np.array(beta)
+    z = (z - np.array(beta)) * np.sqrt(1 / (1 + 1e-5)) + np.array(beta)
+    sampled = activation(fn, z)
+    np.testing.assert_allclose(mean, sampled.mean(0), atol=0.01)
+    np.testing.assert_allclose(var, sampled.var(0), atol=0.02, rtol=0.02)
+
+
+def test_an_unknown_activation_name_is_refused():
+    with pytest.raises(cp.CompressionError, match="fn 'mish'"):
+        Graph([Node("x", "input", (), 2), Node("a", "identity", ("x",), 2, attrs={"fn": "mish"})], ["a"])
+
+
 def test_statistics_follow_channels_through_the_graph():
     g = Graph([
         Node("x", "input", (), 4), _bn("a", "x", 4), _bn("b", "x", 4),

@@ -144,3 +144,53 @@ def test_same_estimated_hessians_from_both_frameworks(name, layers):
     for key, value in q_g.items():
         if isinstance(value, cp.QuantizedArray):
             assert np.array_equal(value.codes, q_t[_torch_name(key)].codes), key
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "tanh", "gelu"])
+def test_smooth_activations_give_the_same_statistics_in_both_frameworks(act):
+    """Sigmoid, tanh and GELU (the activations both frameworks name as one op) carry the batch
+    norms' statistics in both traced graphs: the bias correction and the estimated moments of
+    the layers after them are bit-identical."""
+    torch.manual_seed(1)
+    t_act = {"sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh, "gelu": torch.nn.GELU}[act]
+    tnet = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8), t_act(),
+        torch.nn.Conv2d(8, 8, 1), torch.nn.BatchNorm2d(8), t_act(), torch.nn.Conv2d(8, 4, 1)).eval()
+    gen = torch.Generator().manual_seed(2)
+    for m in tnet.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(8, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(8, generator=gen))
+                m.running_mean.copy_(torch.randn(8, generator=gen))
+                m.running_var.copy_(torch.rand(8, generator=gen) + 0.5)
+
+    def g_act():
+        return mx.gluon.nn.GELU() if act == "gelu" else mx.gluon.nn.Activation(act)
+
+    gnet = mx.gluon.nn.HybridSequential()
+    gnet.add(mx.gluon.nn.Conv2D(8, 3, padding=1, use_bias=False, in_channels=3),
+             mx.gluon.nn.BatchNorm(in_channels=8), g_act(),
+             mx.gluon.nn.Conv2D(8, 1, in_channels=8), mx.gluon.nn.BatchNorm(in_channels=8), g_act(),
+             mx.gluon.nn.Conv2D(4, 1, in_channels=8))
+    gnet.initialize()
+    state = tnet.state_dict()
+    for key, param in gnet._collect_params_with_prefix().items():
+        param.set_data(mx.nd.array(state[_torch_name(key)].numpy()))
+    x = np.zeros((1, 3, 6, 6), np.float32)
+    graph_t, weights_t = ctorch.trace_graph(tnet, torch.from_numpy(x))
+    graph_g, weights_g = cmx.trace_graph(gnet, mx.nd.array(x))
+    assert [n.attrs.get("fn") for n in graph_t if n.op == "identity"] == [act, act]
+    assert [n.attrs.get("fn") for n in graph_g if n.op == "identity"] == [act, act]
+    q_t = cp.quantize(weights_t, bits=4, graph=graph_t, hessians=cp.estimate_hessians(graph_t, weights_t))
+    q_g = cp.quantize(weights_g, bits=4, graph=graph_g, hessians=cp.estimate_hessians(graph_g, weights_g))
+    assert sorted(cp.estimate_hessians(graph_g, weights_g)) == ["3.weight", "6.weight"]
+    moved = 0
+    for key, value in q_g.items():
+        ours = q_t[_torch_name(key)]
+        if isinstance(value, cp.QuantizedArray):
+            assert np.array_equal(value.codes, ours.codes), key
+        else:
+            assert np.array_equal(value, ours), key
+            moved += key.endswith("bias") and not np.array_equal(value, weights_g[key])
+    assert moved == 2  # the two 1x1 convolutions after an activation

@@ -66,7 +66,27 @@ def test_trace_graph_writes_how_each_op_moves_the_statistics():
     assert attrs["pool"] == {"fn": "pool"}
     assert attrs["maxpool"] == {}  # a maximum raises the mean
     assert attrs["mean"] == {"fn": "pool"}
-    assert attrs["sig"] == {}
+    assert attrs["sig"] == {"fn": "sigmoid"}
+
+
+class _Smooth(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.acts = nn.ModuleList([nn.Sigmoid(), nn.Tanh(), nn.GELU(), nn.GELU(approximate="tanh"),
+                                   nn.SiLU(), nn.Hardswish(), nn.Mish()])
+
+    def forward(self, x):
+        outs = [act(x) for act in self.acts]
+        return (*outs, torch.sigmoid(x), F.silu(x), F.gelu(x), F.hardswish(x), x.tanh(), x.sigmoid(),
+                F.softplus(x))
+
+
+def test_trace_graph_names_the_smooth_activations():
+    graph, _ = trace_graph(_Smooth().eval(), torch.zeros(1, 4, 8, 8))
+    fns = [dict(node.attrs).get("fn") for node in graph if node.op == "identity"]
+    # Mish and softplus have no rule: no statistics after them
+    assert fns == ["sigmoid", "tanh", "gelu", "gelu", "silu", "hardswish", None,
+                   "sigmoid", "silu", "gelu", "hardswish", "tanh", "sigmoid", None]
 
 
 def _calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -86,13 +106,26 @@ def _calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("name", ["mobilenetv2", "resnet18"])
+def _with_activation(model: nn.Module, make) -> nn.Module:
+    """``model`` with every ReLU6 replaced by ``make()`` (MobileNetV3 / EfficientNet-style)."""
+    for parent in list(model.modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.ReLU6):
+                setattr(parent, child_name, make())
+    return model
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2", "resnet18", "mobilenetv2-hardswish", "mobilenetv2-silu"])
 def test_bias_correction_shrinks_the_mean_output_shift(name):
     torch.manual_seed(0)
-    model = sm.MobileNetV2(0.5, 10) if name == "mobilenetv2" else sm.resnet18(16, 10)
+    model = sm.MobileNetV2(0.5, 10) if name.startswith("mobilenetv2") else sm.resnet18(16, 10)
+    if name.endswith("hardswish"):
+        model = _with_activation(model, nn.Hardswish)
+    elif name.endswith("silu"):
+        model = _with_activation(model, nn.SiLU)
     # ResNet-18 at 64 x 64, not 32 x 32: its last maps would be 4 x 4, where most taps of a 3 x 3
     # kernel read the zero padding, which the correction does not model (docs/quantization.md)
-    x = torch.randn(256, 3, *((32, 32) if name == "mobilenetv2" else (64, 64)))
+    x = torch.randn(256, 3, *((32, 32) if name.startswith("mobilenetv2") else (64, 64)))
     model = _calibrated(model, x)
     graph, weights = trace_graph(model, x[:1])
     assert weights.keys() == to_numpy(model).keys()
