@@ -7,7 +7,8 @@ nine taps rounded the same way shift its whole channel). Nagel et al. (2019, "Da
 Quantization Through Weight Equalization and Bias Correction") remove it with ``E[x]`` taken from
 the batch norm that precedes the layer, without any data: a batch norm's output has, over the
 data it was trained on, mean ``beta`` and standard deviation ``|gamma|`` per channel; through a
-ReLU or ReLU6 it becomes a clipped normal of known mean.
+ReLU or ReLU6 it becomes a clipped normal of known mean (through a sigmoid, tanh, GELU, SiLU or
+hardswish, a Gaussian expectation computed by quadrature).
 
 This module propagates those per-channel means (and spreads) through the framework-free graph of
 :mod:`coreprune.structured` (traced by the adapters' ``trace_graph``), and moves each changed
@@ -140,7 +141,9 @@ def channel_statistics(
     ``beta`` and variance ``gamma**2 * var / (var + eps)`` per channel (over the data its
     statistics were gathered on; ``eps`` is the node's attr, 1e-5 where it has none); the
     statistics attrs of :mod:`coreprune.structured.graph` (``fn="copy"``, ``"pool"``, ``"clip"``,
-    ``"sum"``) carry them on; concatenation, slices, flattening and channel shuffles move them with
+    ``"sum"``, and the smooth activations ``"sigmoid"``, ``"tanh"``, ``"gelu"``, ``"silu"``,
+    ``"hardswish"``, whose Gaussian moments are taken by 96-point Gauss-Hermite quadrature) carry
+    them on; concatenation, slices, flattening and channel shuffles move them with
     their channels. Anything else outputs unknown (NaN) statistics. A sum adds the variances as if
     its inputs were independent.
 
