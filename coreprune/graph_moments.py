@@ -89,17 +89,21 @@ def _correlation(cov: np.ndarray) -> np.ndarray:
     return r
 
 
-def _clipped_covariance(corr: np.ndarray, mean: np.ndarray, var: np.ndarray, lo: float, hi: float
-                        ) -> np.ndarray:
-    """``Cov(f(a_i), f(a_j)) ~ E[f'(a_i)] E[f'(a_j)] Cov(a_i, a_j)`` for ``f = clip(., lo, hi)``.
+def _activation_covariance(node: Node, corr: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """``Cov(f(a_i), f(a_j)) ~ E[f'(a_i)] E[f'(a_j)] Cov(a_i, a_j)`` for the node's activation ``f``.
 
-    For normal ``a``, ``E[f'(a)] = P(lo < a < hi) = Phi((hi - m) / s) - Phi((lo - m) / s)``. Only
-    the off-diagonal entries are used (the diagonal is the clipped normal's exact variance).
+    For normal ``a`` and ``f = clip(., lo, hi)``, ``E[f'(a)] = P(lo < a < hi) = Phi((hi - m) / s) -
+    Phi((lo - m) / s)``; for a smooth activation, by quadrature. Only the off-diagonal entries are
+    used (the diagonal is the activation's exact variance).
     """
     sd = np.sqrt(np.maximum(var, 0.0))
-    live = sd > 0
-    safe = np.where(live, sd, 1.0)
-    slope = np.where(live, ndtr((hi - mean) / safe) - ndtr((lo - mean) / safe), 0.0)
+    if node.attrs.get("fn") == "clip":
+        lo, hi = float(node.attrs["lo"]), float(node.attrs["hi"])
+        live = sd > 0
+        safe = np.where(live, sd, 1.0)
+        slope = np.where(live, ndtr((hi - mean) / safe) - ndtr((lo - mean) / safe), 0.0)
+    else:
+        slope = gaussian_moments(str(node.attrs["fn"]), mean, var)[2]
     return corr * np.outer(sd * slope, sd * slope)
 
 
@@ -248,12 +252,7 @@ def _propagate(node: Node, ins: list[tuple[np.ndarray | None, np.ndarray]],
         mean, var = stats[node.inputs[0]]
         if r is None or not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var))):
             return r
-        if fn == "clip":
-            cov = _clipped_covariance(r, mean, var, float(node.attrs["lo"]), float(node.attrs["hi"]))
-        else:  # the same first-order rule, E[f'(a)] by quadrature
-            slope = gaussian_moments(str(fn), mean, var)[2]
-            sd = np.sqrt(np.maximum(var, 0.0))
-            cov = r * np.outer(sd * slope, sd * slope)
+        cov = _activation_covariance(node, r, mean, var)
         out_var = stats[node.name][1]
         np.fill_diagonal(cov, np.where(np.isfinite(out_var), out_var, 0.0))
         return _correlation(cov)

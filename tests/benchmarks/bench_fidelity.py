@@ -595,18 +595,18 @@ def moments_check(model: torch.nn.Module, weights: dict[str, np.ndarray], crops:
         d = np.sqrt(np.maximum(np.diag(h), 1e-30))
         return h / np.outer(d, d)
 
+    independent = independent_channels(graph, weights, estimated)
     rows: dict[str, list[tuple[float, ...]]] = {}
     for node in graph.nodes.values():
         key = node.params.get("weight")
         if key not in estimated:
             continue
-        mean, var = stats[node.inputs[0]]
-        independent = np.diag(var) + np.outer(mean, mean)  # every layer here is 1x1
-        iu = np.triu_indices(mean.size, 1)
+        mean = stats[node.inputs[0]][0]
+        iu = np.triu_indices(mean.size, 1)  # every layer here is 1x1
         truth = correlation(measured[key])[iu]
         centred = correlation(measured[key] - np.outer(means[key], means[key]))[iu]
         sims = tuple(float(np.corrcoef(correlation(h)[iu], truth)[0, 1])
-                     for h in (estimated[key], independent))
+                     for h in (estimated[key], independent[key]))
         sims += (float(np.corrcoef(correlation(estimated[key] - np.outer(mean, mean))[iu], centred)[0, 1]),)
         family = "project" if "project" in key else "expand" if "expand" in key else key
         rows.setdefault(family, []).append(sims)

@@ -169,9 +169,10 @@ def test_errors_on_mxnet_files_are_one_line(tmp_path, saved):
         assert r["code"] == 2 and r["err"].count("\n") == 1 and r["err"].startswith("coreprune: error: ")
 
 
-def test_quantize_with_the_exported_symbol_corrects_as_trace_graph_does(tmp_path):
-    """An exported (hybridized) checkpoint, quantized by the framework-free CLI with its symbol,
-    equals the library on the Gluon block's own traced graph, and MXNet's loader reads it."""
+def _quantize_exported(tmp_path, *flags):
+    """An exported (hybridized) ``make_net`` quantized to 4 bits by the CLI with its symbol and
+    ``flags``: the CLI result, the output's arrays by variable name, the block's own
+    traced graph and weights, and variable name -> structural name."""
     from coreprune.mxnet import trace_graph
 
     net = make_net()
@@ -180,15 +181,21 @@ def test_quantize_with_the_exported_symbol_corrects_as_trace_graph_does(tmp_path
     net.export(str(tmp_path / "m"))
     out = tmp_path / "q.params"
     (r,) = run_cli(["quantize", tmp_path / "m-0000.params", "-o", out, "--bits", "4",
-                    "--symbol", tmp_path / "m-symbol.json"])
+                    "--symbol", tmp_path / "m-symbol.json", *flags])
     assert r["code"] == 0, r["err"]
+    got = {k.split(":", 1)[1]: v.asnumpy() for k, v in mx.nd.load(str(out)).items()}
+    var = {p.name: key for key, p in net._collect_params_with_prefix().items()}
+    return r, got, trace_graph(net, mx.nd.zeros((1, 3, 8, 8))), var
+
+
+def test_quantize_with_the_exported_symbol_corrects_as_trace_graph_does(tmp_path):
+    """An exported (hybridized) checkpoint, quantized by the framework-free CLI with its symbol,
+    equals the library on the Gluon block's own traced graph, and MXNet's loader reads it."""
+    r, got, (graph, weights), var = _quantize_exported(tmp_path)
     # the second convolution reads relu(batch norm): its bias moves; the first reads the data and the
     # dense layer a convolution without batch norm (unknown means)
     assert "bias correction changed 1 bias / running-mean tensor(s)" in r["err"]
-    got = {k.split(":", 1)[1]: v.asnumpy() for k, v in mx.nd.load(str(out)).items()}
-    graph, weights = trace_graph(net, mx.nd.zeros((1, 3, 8, 8)))
     expected = coreprune.dequantize(coreprune.quantize(weights, bits=4, graph=graph))
-    var = {p.name: key for key, p in net._collect_params_with_prefix().items()}
     assert sorted(var[k] for k in got) == sorted(expected)
     for name, value in got.items():
         np.testing.assert_array_equal(value, expected[var[name]], err_msg=name)
@@ -200,23 +207,11 @@ def test_estimate_hessians_on_an_exported_symbol_equals_the_library_on_the_block
     """``quantize --symbol --estimate-hessians`` on an exported checkpoint: the values of
     ``quantize(..., hessians=estimate_hessians(graph, w), graph=graph)`` on the Gluon block's own
     traced graph, and GPTQ changed the codes of the layer the batch norms describe."""
-    from coreprune.mxnet import trace_graph
-
-    net = make_net()
-    net.hybridize()
-    net(mx.nd.zeros((1, 3, 8, 8)))
-    net.export(str(tmp_path / "m"))
-    out = tmp_path / "q.params"
-    (r,) = run_cli(["quantize", tmp_path / "m-0000.params", "-o", out, "--bits", "4",
-                    "--symbol", tmp_path / "m-symbol.json", "--estimate-hessians"])
-    assert r["code"] == 0, r["err"]
+    r, got, (graph, weights), var = _quantize_exported(tmp_path, "--estimate-hessians")
     assert "GPTQ rounding of 1 tensor(s)" in r["err"]
-    got = {k.split(":", 1)[1]: v.asnumpy() for k, v in mx.nd.load(str(out)).items()}
-    graph, weights = trace_graph(net, mx.nd.zeros((1, 3, 8, 8)))
     hessians = coreprune.estimate_hessians(graph, weights)
     assert sorted(hessians) == ["3.weight"]
     expected = coreprune.dequantize(coreprune.quantize(weights, bits=4, graph=graph, hessians=hessians))
-    var = {p.name: key for key, p in net._collect_params_with_prefix().items()}
     for name, value in got.items():
         np.testing.assert_array_equal(value, expected[var[name]], err_msg=name)
     plain = coreprune.dequantize(coreprune.quantize(weights, bits=4, graph=graph))
