@@ -33,22 +33,24 @@ if TYPE_CHECKING:  # quantization imports this module
     from .quantization import QuantizedArray
 
 __all__ = ["DEFAULT_WIDTHS", "allocate_bits", "noise_to_signal", "measure", "measured_importance",
-           "small_fan_ins", "widths_checked"]
+           "small_tensors", "widths_checked"]
 
 #: The candidate widths of ``quantize(budget=...)`` and ``coreprune quantize --budget``.
 DEFAULT_WIDTHS = (2, 3, 4, 6, 8)
 
 
-def small_fan_ins(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+def small_tensors(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
     """The tensors the default layout keeps at 8 bits below 8 (``wide_only`` of :func:`allocate_bits`).
 
     Those of ``ndim >= 2`` whose fan-in ``prod(shape[1:])`` is at most
-    :data:`coreprune.quant_layout.SMALL_FAN_IN` (:func:`coreprune.quant_layout.default_bits`).
+    :data:`coreprune.quant_layout.SMALL_FAN_IN` or whose size is at most
+    :data:`coreprune.quant_layout.SMALL_TENSOR` (:func:`coreprune.quant_layout.default_bits`).
 
     Examples
     --------
-    >>> small_fan_ins({"dw.weight": (32, 1, 3, 3), "pw.weight": (64, 48, 1, 1), "bias": (64,)})
-    ['dw.weight']
+    >>> small_tensors({"dw.weight": (32, 1, 3, 3), "pw.weight": (64, 96, 1, 1), "fc.weight": (10, 64),
+    ...                "bias": (64,)})
+    ['dw.weight', 'fc.weight']
     """
     return [n for n, shape in shapes.items() if default_bits(tuple(shape), 2) == 8]
 
@@ -96,7 +98,7 @@ def allocate_bits(
     wide_only : collection of str
         Tensors that only get widths of 8 bits and more (the widest candidate if none is), unless
         that floor alone does not fit the budget -- then every tensor gets any width. The default
-        layout passes its small fan-ins (:func:`coreprune.quant_layout.default_bits`): the weight
+        layout passes its small tensors (:func:`coreprune.quant_layout.default_bits`): the weight
         error alone underrates depthwise kernels and stems.
 
     Returns

@@ -26,6 +26,7 @@ import numpy as np
 __all__ = [
     "Layout",
     "SMALL_FAN_IN",
+    "SMALL_TENSOR",
     "default_bits",
     "default_layout",
     "param_shape",
@@ -52,23 +53,34 @@ def _group_axis(ndim: int, axis: int | None) -> int:
 #: convolutions. On EfficientNet-Lite0 one such tensor at 4 bits, the rest float, already costs
 #: 30-45% of the top-1 agreement (docs/quantization.md); they hold few of a model's weights.
 SMALL_FAN_IN = 32
+#: Largest tensor (``prod(shape)`` weights) that the low-bit default keeps at 8 bits per output
+#: channel whatever its fan-in (:func:`default_bits`): at 8 bits it costs at most 2 KiB more than
+#: at 4, nothing next to a model, while one such tensor can carry an outsized share of the error --
+#: EfficientNet-Lite0's first two 1x1 projections (2304 and 3456 weights), MiniLM's token-type
+#: embeddings (768 weights, added to every token: as much cosine at 4 bits as the 11.7 M word
+#: embeddings; ``bench_fidelity.py --text-breakdown``).
+SMALL_TENSOR = 4096
 
 
 def default_bits(shape: tuple, bits: int) -> int:
     """The width :func:`coreprune.quantization.quantize` gives a tensor when asked for ``bits``
     with its default layout: 8 for a tensor of ``ndim >= 2`` whose fan-in ``prod(shape[1:])`` is
-    at most :data:`SMALL_FAN_IN` when ``2 <= bits < 8``, else ``bits``.
+    at most :data:`SMALL_FAN_IN` or whose size ``prod(shape)`` is at most :data:`SMALL_TENSOR`
+    when ``2 <= bits < 8``, else ``bits``.
 
     Examples
     --------
-    >>> default_bits((32, 1, 3, 3), 4), default_bits((32, 3, 3, 3), 3), default_bits((24, 144, 1, 1), 4)
+    >>> default_bits((32, 1, 3, 3), 4), default_bits((32, 3, 3, 3), 3), default_bits((40, 144, 1, 1), 4)
     (8, 8, 4)
+    >>> default_bits((24, 144, 1, 1), 4), default_bits((2, 384), 4)    # 3456 and 768 weights
+    (8, 8)
     >>> default_bits((32, 1, 3, 3), 1), default_bits((32, 1, 3, 3), 12), default_bits((32,), 4)
     (1, 12, 4)
     """
     if len(shape) < 2 or not 2 <= bits < 8:
         return bits
-    return 8 if math.prod(shape[1:]) <= SMALL_FAN_IN else bits
+    small = math.prod(shape[1:]) <= SMALL_FAN_IN or math.prod(shape) <= SMALL_TENSOR
+    return 8 if small else bits
 
 
 def default_layout(shape: tuple, bits: int, group: int = 64) -> tuple[int | None, int | None, bool]:

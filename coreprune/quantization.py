@@ -659,7 +659,7 @@ def quantize(
         Name to array. Not modified.
     bits : int, Mapping[str, int] or None
         1 to 16; None only with ``budget``. A mapping gives each selected tensor its own width
-        (every selected tensor needs one; the default layout's 8 bits for small fan-ins does not
+        (every selected tensor needs one; the default layout's 8 bits for small tensors does not
         apply: the widths are taken as given).
     symmetric : bool
         Symmetric (default) or affine with a zero point; ``bits=1`` must be symmetric.
@@ -669,9 +669,10 @@ def quantize(
     group_size : int, None or "auto"
         ``"auto"`` (default): without ``axis``, the layout of
         :func:`coreprune.quant_layout.default_layout` for each tensor at its width (per output
-        channel at 8 bits and for small fan-ins, else groups of about 64 values of each channel's
+        channel at 8 bits and for small tensors, else groups of about 64 values of each channel's
         flattened fan-in), and below 8 bits, 8 bits per output channel for a fan-in of at most
-        :data:`coreprune.quant_layout.SMALL_FAN_IN` (depthwise kernels, a 3-channel stem; see
+        :data:`coreprune.quant_layout.SMALL_FAN_IN` (depthwise kernels, a 3-channel stem) or a
+        tensor of at most :data:`coreprune.quant_layout.SMALL_TENSOR` weights (see
         :func:`coreprune.quant_layout.default_bits`); with ``axis``, one scale per index.
         None: no groups (per tensor without ``axis``). An int: groups of that many consecutive
         values; a run it does not divide ends with a shorter group.
@@ -688,8 +689,8 @@ def quantize(
         Average bits per weight (codes, scales and zero points over the selected tensors'
         weights): the width of each tensor is chosen from ``bit_choices`` by
         :func:`coreprune.bit_budget.allocate_bits` from each tensor's noise-to-signal ratio at
-        each width; with the default layout, fan-ins of at most
-        :data:`coreprune.quant_layout.SMALL_FAN_IN` only get widths of 8 and more (or the widest
+        each width; with the default layout, the small tensors of
+        :func:`coreprune.quant_layout.default_bits` only get widths of 8 and more (or the widest
         choice) unless that floor alone exceeds the budget. Exclusive with ``bits``.
     bit_choices : sequence of int
         Candidate widths for ``budget`` (2 to 16).
@@ -783,9 +784,12 @@ def quantize(
     True
     >>> quantize(w, bits=4, axis=0)["fc.weight"].codes.tolist()
     [[3, -7], [7, 0]]
-    >>> conv = {"conv.weight": np.random.default_rng(0).standard_normal((8, 16, 3, 3)).astype(np.float32)}
+    >>> conv = {"conv.weight": np.random.default_rng(0).standard_normal((32, 16, 3, 3)).astype(np.float32)}
     >>> quantize(conv, bits=4)["conv.weight"].layout  # default: groups of each channel's 144 inputs
     (None, 48, True)
+    >>> small = quantize({"conv.weight": conv["conv.weight"][:8]}, bits=4)["conv.weight"]
+    >>> small.bits, small.layout  # at most SMALL_TENSOR (4096) weights: 8 bits per output channel
+    (8, (0, None, False))
     """
     given: dict[str, int] | None = None
     if budget is None and isinstance(bits, Mapping):
@@ -838,7 +842,7 @@ def quantize(
                                  bool(flatten), method, bool(full_range), rounding,
                                  dict.fromkeys(names, (scale_dtype, 0)))
     else:
-        if group_size == "auto" and axis is None:  # the default: small fan-ins keep 8 bits
+        if group_size == "auto" and axis is None:  # the default: small tensors keep 8 bits
             widths = {n: default_bits(np.shape(weights[n]), bits) for n in names}  # type: ignore[arg-type]
         else:
             widths = {n: bits for n in names}  # type: ignore[misc]
@@ -972,8 +976,8 @@ def _quantize_budget(
         return cast(QuantizedArray, result[name])  # selected by name, so quantized
 
     sizes, errors, counts, arrays = bit_budget.measure(names, weights, widths, one)
-    # as in quantize(w, bits), the default layout holds small fan-ins at 8 bits where it can
-    small = bit_budget.small_fan_ins({n: np.shape(weights[n]) for n in names}) \
+    # as in quantize(w, bits), the default layout holds small tensors at 8 bits where it can
+    small = bit_budget.small_tensors({n: np.shape(weights[n]) for n in names}) \
         if group_size == "auto" and axis is None else ()
     chosen = bit_budget.allocate_bits(sizes, errors, counts, float(budget), importance, wide_only=small)
     out: dict[str, QuantizedArray | np.ndarray] = dict(weights)

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "group where G does not divide it)")
         where.add_argument("--per-tensor", action="store_true",
                            help="one scale per tensor (default: a layout per tensor, per output channel at "
-                                "8 bits and for small fan-ins, else groups of about 64 of each channel's "
+                                "8 bits and for small tensors, else groups of about 64 of each channel's "
                                 "flattened fan-in)")
         g.add_argument("--flatten", action="store_true",
                        help="with --group-size: groups along each output channel's flattened fan-in")

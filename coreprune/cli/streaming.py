@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import __version__
 from ..bias_correction import correct_bias
-from ..bit_budget import DEFAULT_WIDTHS, allocate_bits, noise_to_signal, small_fan_ins
+from ..bit_budget import DEFAULT_WIDTHS, allocate_bits, noise_to_signal, small_tensors
 from ..errors import CompressionError
 from ..graph_moments import estimate_hessians
 from ..io import open_weights, save
@@ -156,7 +156,7 @@ def _quantize_one(
     args: argparse.Namespace, name: str, w: np.ndarray, bits: int, exact: bool = False,
     compensate: bool = True,
 ) -> Any:
-    """``--bits`` (``exact`` False: the default layout may hold a small fan-in at 8 bits) or a width
+    """``--bits`` (``exact`` False: the default layout may hold a small tensor at 8 bits) or a width
     the budget chose (taken as given); GPTQ rounding where ``--hessians`` has the tensor's moments
     and ``compensate`` (the budget measures round to nearest, as ``quantize(budget=)`` does)."""
     widths = {name: bits} if exact else bits
@@ -193,7 +193,7 @@ def _hessians(args: argparse.Namespace, reader: WeightReader) -> Iterator[None]:
 
 def _budget_widths(reader: WeightReader, selected: list[str], args: argparse.Namespace) -> dict[str, int]:
     """``--budget``: a first pass, one tensor at a time, measuring every width; then the allocation,
-    as ``quantize(budget=...)`` does it (the same widths, the same floor for small fan-ins)."""
+    as ``quantize(budget=...)`` does it (the same widths, the same floor for small tensors)."""
     sizes: dict[str, dict[int, int]] = {}
     errors: dict[str, dict[int, float]] = {}
     counts: dict[str, int] = {}
@@ -206,7 +206,7 @@ def _budget_widths(reader: WeightReader, selected: list[str], args: argparse.Nam
             sizes[name][b] = q.nbytes
             errors[name][b] = noise_to_signal(w, q.dequantize())
     kw = quant_kwargs(args)
-    small = small_fan_ins(shapes) if kw["group_size"] == "auto" and kw["axis"] is None else ()
+    small = small_tensors(shapes) if kw["group_size"] == "auto" and kw["axis"] is None else ()
     return allocate_bits(sizes, errors, counts, args.budget, wide_only=small)
 
 
@@ -260,7 +260,7 @@ def _quantize_step(
             q = _quantize_one(args, name, w, widths[name] if widths is not None else args.bits,
                               exact=widths is not None)
         counts.quantized += 1
-        counts.bits.append(q.bits)  # what was applied: the default keeps small fan-ins at 8 bits
+        counts.bits.append(q.bits)  # what was applied: the default keeps small tensors at 8 bits
         return q if keep_codes else q.dequantize()
 
     return step

@@ -42,6 +42,7 @@ Run::
     python tests/benchmarks/bench_fidelity.py [--crops 240] [--sentences 200] [--models cnn,text]
     python tests/benchmarks/bench_fidelity.py --sweep 60    # the CNN's per-tensor 4-bit sensitivity
     python tests/benchmarks/bench_fidelity.py --breakdown 240   # its 4-bit error by layer family
+    python tests/benchmarks/bench_fidelity.py --text-breakdown 200   # MiniLM's, by layer family
     python tests/benchmarks/bench_fidelity.py --rows "hqq package"   # only the rows named so
     python tests/benchmarks/bench_fidelity.py --rows GPTQ   # only the GPTQ rows (and their hessians)
     python tests/benchmarks/bench_fidelity.py --models cnn --rows "data-free GPTQ"   # no data at all
@@ -344,9 +345,12 @@ def coreprune_method(**kw):
         size = sum(v.nbytes for v in q.values())
         quantized = [v for v in q.values() if isinstance(v, cp.QuantizedArray)]
         bits = sorted({v.bits for v in quantized})
-        if "budget" in kw:  # where the bits went: small fan-ins (stem, depthwise) and the rest
-            for label, small in (("fan-in <= 27", True), ("larger fan-in", False)):
-                chosen = [v.bits for v in quantized if (v.codes.size // max(v.shape[0], 1) <= 27) == small]
+        if "budget" in kw:  # where the bits went: the default's small tensors and the rest
+            small = set(cp.bit_budget.small_tensors({n: np.shape(w[n]) for n, v in q.items()
+                                                     if isinstance(v, cp.QuantizedArray)}))
+            for label, in_small in (("small tensors", True), ("the others", False)):
+                chosen = [v.bits for n, v in q.items()
+                          if isinstance(v, cp.QuantizedArray) and (n in small) == in_small]
                 print(f"  budget {kw['budget']}: {label}: bits {dict(sorted(Counter(chosen).items()))}")
         return cp.dequantize(q), size, "/".join(map(str, bits))
 
@@ -499,15 +503,15 @@ def evaluate(name: str, weights: dict[str, np.ndarray], forward, metric, calibra
         print(f"- {label}: {err:.5f}")
 
 
-#: EfficientNet-Lite0's weight tensors by role (name globs), for ``--breakdown``.
 #: Families of EfficientNet-Lite0's tensors for ``--breakdown``. The first is every tensor the
-#: default layout holds at 8 bits below 8 (fan-in <= SMALL_FAN_IN: the stem, the depthwise kernels
-#: and the first blocks' expansions); the others are the rest, by pattern.
-SMALL_FAMILY = "fan-in <= 32: stem, depthwise, first expansions (8 bits in the default)"
+#: default layout holds at 8 bits below 8 (``cp.bit_budget.small_tensors``: fan-in <= SMALL_FAN_IN
+#: or at most SMALL_TENSOR weights: the stem, the depthwise kernels, the first blocks' expansions
+#: and projections); the others are the rest, by pattern.
+SMALL_FAMILY = "small tensors: stem, depthwise, first expansions and projections (8 bits in the default)"
 FAMILIES = {
     SMALL_FAMILY: None,
-    "expand 1x1 (fan-in > 32)": "*_expand_conv.weight",
-    "project 1x1": "*_project_conv.weight",
+    "expand 1x1 (the others)": "*_expand_conv.weight",
+    "project 1x1 (the others)": "*_project_conv.weight",
     "head 1x1": "_conv_head.weight",
     "classifier": "_fc.weight",
 }
@@ -516,7 +520,7 @@ FAMILIES = {
 def family_names(weights: dict[str, np.ndarray], family: str) -> list[str]:
     """The tensors of one of :data:`FAMILIES`, in state-dict order."""
     selected = cp.selection.select(weights, None, None)
-    small = set(cp.bit_budget.small_fan_ins({n: weights[n].shape for n in selected}))
+    small = set(cp.bit_budget.small_tensors({n: weights[n].shape for n in selected}))
     if FAMILIES[family] is None:
         return [n for n in selected if n in small]
     return [n for n in cp.selection.select(weights, FAMILIES[family], None) if n not in small]
@@ -558,7 +562,7 @@ def breakdown(model: torch.nn.Module, weights: dict[str, np.ndarray], crops: int
     for family in FAMILIES:
         row(family, {family: 4})
     keys = list(FAMILIES)
-    print("\n| widths: fan-in <= 32 / expand / project / head / classifier | top-1 agreement | mean KL | "
+    print("\n| widths: small / expand / project / head / classifier | top-1 agreement | mean KL | "
           "bits/weight |\n|---|---|---|---|")
     for widths in ((8, 4, 4, 4, 4), (8, 4, 6, 4, 3), (8, 4, 5, 4, 4), (8, 5, 5, 3, 3), (8, 4, 8, 4, 4)):
         row(" / ".join(map(str, widths)), dict(zip(keys, widths)))
@@ -683,6 +687,66 @@ class Cosine:
         return f"{cos.mean():.4f} | {cos.min():.4f}"
 
 
+#: all-MiniLM-L6-v2's weight tensors by role (name globs), for ``--text-breakdown``; the layer
+#: norm whose output each linear family reads (post-LN BERT), where it reads one.
+TEXT_FAMILIES = {
+    "word embeddings": "embeddings.word_embeddings.weight",
+    "position embeddings": "embeddings.position_embeddings.weight",
+    "token type embeddings": "embeddings.token_type_embeddings.weight",
+    "query": "*.attention.self.query.weight",
+    "key": "*.attention.self.key.weight",
+    "value": "*.attention.self.value.weight",
+    "attention output": "*.attention.output.dense.weight",
+    "FFN in": "*.intermediate.dense.weight",
+    "FFN out": "encoder.layer.?.output.dense.weight",
+}
+
+
+def text_breakdown(sentences_n: int, calibration_n: int) -> None:
+    """Where MiniLM's 4-bit error comes from: each family of tensors alone at 4 bits (the default
+    layout, the rest float); how uneven each family's input features are (the largest second
+    moment ``E[x_k^2]`` of a layer's input over its median, measured on other sentences: the
+    outlier features of BERT's layer norms); and what rounding can reach at <= 4.5 bits with real
+    inputs (GPTQ with the measured moments, at the default groups of 64 and at groups of 32)."""
+    encoder, weights = load_text()
+    weights = {k: v for k, v in weights.items() if k != "embeddings.position_ids"}
+    every = sentences(sentences_n + calibration_n)
+    texts, others = every[:sentences_n], every[sentences_n:]
+    with torch.no_grad():
+        ref = encoder.embed(weights, texts)
+        moments = cp.gptq.InputMoments()
+        encoder.embed(weights, others, moments=moments)
+    hessians = moments.hessians()
+    n_weights = sum(v.size for v in weights.values() if v.ndim >= 2)
+    rest = sum(v.nbytes for v in weights.values() if v.ndim < 2)
+
+    def cosine(q: dict) -> float:
+        with torch.no_grad():
+            got = encoder.embed(cp.dequantize(q), texts)
+        return float(np.mean(np.sum(ref * got, 1) / np.linalg.norm(got, axis=1)))
+
+    print(f"\n{len(texts)} sentences; moments from {len(others)} other sentences\n")
+    print("| 4 bits on | tensors | weights | mean cosine | input max/median E[x^2], median over layers |")
+    print("|---|---|---|---|---|")
+    for family, pattern in TEXT_FAMILIES.items():
+        names = cp.selection.select(weights, pattern, None)
+        # every tensor of the family at 4 bits, as given: bits=4 alone would hold the small at 8
+        part = cp.quantize(weights, bits=dict.fromkeys(names, 4), include=names)
+        q = {**weights, **part}
+        second = [np.diag(hessians[n]) for n in names if n in hessians]  # E[x_k^2] of each layer
+        ratios = [float(np.max(d) / np.median(d)) for d in second]
+        spread = f"{np.median(ratios):.0f}" if ratios else "-"
+        print(f"| {family} | {len(names)} | {sum(weights[n].size for n in names)} | {cosine(q):.4f} | "
+              f"{spread} |", flush=True)
+    print("\n| whole model at 4 bits | bits/weight | mean cosine |\n|---|---|---|")
+    for label, kw in (("RTN, default groups of 64", {}), ("RTN, groups of 32", {"group_size": 32}),
+                      ("GPTQ (measured moments), groups of 64", {"hessians": hessians}),
+                      ("GPTQ (measured moments), groups of 32", {"group_size": 32, "hessians": hessians})):
+        q = cp.quantize(weights, bits=4, **kw)
+        bpw = 8 * (sum(v.nbytes for v in q.values()) - rest) / n_weights
+        print(f"| {label} | {bpw:.3f} | {cosine(q):.4f} |", flush=True)
+
+
 def main() -> None:
     global GRAPH, HESSIANS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -705,6 +769,8 @@ def main() -> None:
                     help="only: estimate_hessians against the moments measured on this many crops")
     ap.add_argument("--breakdown", type=int, default=0, metavar="CROPS",
                     help="only the CNN's 4-bit error by layer family, with bias correction")
+    ap.add_argument("--text-breakdown", type=int, default=0, metavar="SENTENCES",
+                    help="only MiniLM's 4-bit error by layer family (moments: --gptq-sentences others)")
     args = ap.parse_args()
     ROWS[:] = [r for r in args.rows.split(",") if r]
     if args.sweep:
@@ -713,6 +779,10 @@ def main() -> None:
     if args.moments:
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
         moments_check(*load_cnn(), args.moments)
+        return
+    if args.text_breakdown:
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        text_breakdown(args.text_breakdown, args.gptq_sentences)
         return
     if args.breakdown:
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -19,7 +19,7 @@ def make_model() -> dict[str, np.ndarray]:
         "features.1.weight": rng.random(8).astype(np.float32) + 0.5,
         "features.3.weight": (rng.standard_normal((16, 8, 3, 3)) * 0.1).astype(np.float32),
         "dw.weight": (rng.standard_normal((16, 1, 3, 3)) * 0.1).astype(np.float32),
-        "classifier.weight": (rng.standard_normal((10, 200)) * 0.05).astype(np.float32),
+        "classifier.weight": (rng.standard_normal((32, 200)) * 0.05).astype(np.float32),  # > SMALL_TENSOR
     }
 
 
@@ -88,7 +88,7 @@ def test_budget_allocates_as_the_library_and_shows_the_bits(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("budget", ["4.5", "2.5"])
-def test_budget_floor_for_small_fan_ins_is_the_librarys(tmp_path, capsys, budget):
+def test_budget_floor_for_small_tensors_is_the_librarys(tmp_path, capsys, budget):
     """At 4.5 the depthwise and stem kernels keep 8 bits; at 2.5 that floor alone does not fit, so
     they go lower: the command line allocates as quantize(budget=...) both ways."""
     rng = np.random.default_rng(1)

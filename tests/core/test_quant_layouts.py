@@ -10,7 +10,7 @@ import pytest
 
 from coreprune import CompressionError, dequantize, quantize
 from coreprune.bit_budget import allocate_bits, noise_to_signal
-from coreprune.quant_layout import SMALL_FAN_IN, default_bits, default_layout, from_rows, param_shape, to_rows
+from coreprune.quant_layout import SMALL_FAN_IN, SMALL_TENSOR, default_bits, default_layout, from_rows, param_shape, to_rows
 from coreprune.quantization import _quantize_tensor
 from coreprune.scale_search import clip_params, hqq_params, reconstruct, row_sq_error, rtn_params
 
@@ -138,14 +138,16 @@ def test_default_layouts_follow_the_tensor():
     w = {
         "stem.weight": rng.standard_normal((32, 3, 3, 3)).astype(np.float32),  # fan-in 27: per channel
         "dw.weight": rng.standard_normal((96, 1, 3, 3)).astype(np.float32),  # depthwise: per channel
-        "pw.weight": rng.standard_normal((24, 144, 1, 1)).astype(np.float32),  # 3 flattened groups of 48
+        "pw.weight": rng.standard_normal((40, 144, 1, 1)).astype(np.float32),  # 3 flattened groups of 48
+        "emb.weight": rng.standard_normal((2, 384)).astype(np.float32),  # 768 weights: per channel
         "fc.weight": rng.standard_normal((10, 1280)).astype(np.float32),  # 20 groups of 64
         "bn.weight": rng.standard_normal(32).astype(np.float32),  # left alone
     }
     q = quantize(w, bits=4)
     assert q["stem.weight"].layout == (0, None, False)
     assert q["dw.weight"].layout == (0, None, False)
-    assert q["pw.weight"].layout == (None, 48, True) and q["pw.weight"].scale.shape == (24, 3)
+    assert q["pw.weight"].layout == (None, 48, True) and q["pw.weight"].scale.shape == (40, 3)
+    assert q["emb.weight"].layout == (0, None, False)
     assert q["fc.weight"].layout == (None, 64, False) and q["fc.weight"].scale.shape == (10, 20)
     assert q["bn.weight"] is w["bn.weight"]
     assert quantize(w, bits=8)["pw.weight"].layout == (0, None, False)
@@ -153,10 +155,11 @@ def test_default_layouts_follow_the_tensor():
     # the 4-bit default costs 4.25 bits per weight on the large tensors (float16 group scales)
     assert 8 * q["fc.weight"].nbytes / w["fc.weight"].size == 4.25
     assert q["fc.weight"].scale.dtype == np.float16 and q["dw.weight"].scale.dtype == np.float16
-    # fan-ins of at most SMALL_FAN_IN (stem 27, depthwise 9) keep 8 bits, the rest the width asked
-    assert SMALL_FAN_IN == 32
+    # fan-ins of at most SMALL_FAN_IN (stem 27, depthwise 9) and tensors of at most SMALL_TENSOR
+    # weights keep 8 bits, the rest the width asked
+    assert SMALL_FAN_IN == 32 and SMALL_TENSOR == 4096
     assert {n: q[n].bits for n in w if n != "bn.weight"} == {
-        "stem.weight": 8, "dw.weight": 8, "pw.weight": 4, "fc.weight": 4}
+        "stem.weight": 8, "dw.weight": 8, "pw.weight": 4, "fc.weight": 4, "emb.weight": 8}
     assert quantize(w, bits=3)["dw.weight"].bits == 8 and quantize(w, bits=3)["pw.weight"].bits == 3
     as_int8 = quantize(w, bits=8, scale_dtype="float16")["dw.weight"]  # the 4-bit call stores float16 scales
     np.testing.assert_array_equal(q["dw.weight"].codes, as_int8.codes)
@@ -164,7 +167,9 @@ def test_default_layouts_follow_the_tensor():
     assert {v.bits for n, v in quantize(w, bits=4, axis=0).items() if n != "bn.weight"} == {4}
     assert quantize(w, bits=4, group_size=16)["dw.weight"].bits == 4
     assert quantize(w, bits=1)["dw.weight"].bits == 1 and quantize(w, bits=12)["dw.weight"].bits == 12
-    assert default_bits((33, 33), 4) == 4 and default_bits((33, 32), 4) == 8
+    assert default_bits((33, 33), 4) == 8 and default_bits((33, 32), 4) == 8
+    assert default_bits((64, 64), 4) == 8 and default_bits((64, 65), 4) == 4 and default_bits((4097, 1), 4) == 8
+    assert default_bits((2, 2049), 4) == 4
 
 
 def test_full_range_uses_the_lowest_code_and_a_finer_step():

@@ -102,8 +102,8 @@ def test_quantize_balanced_is_nearest_then_balanced(layout, bits):
         exact = w[name].astype(np.float64).reshape(rows, -1) / step
         if q.zero_point is not None:
             exact += q.expand(q.zero_point).astype(np.float64).reshape(rows, -1)
-        qmax = 2 ** (bits - 1) - 1
-        lo, hi = (0, 2**bits - 1) if not q.symmetric else (-qmax - int("full_range" in layout), qmax)
+        qmax = 2 ** (q.bits - 1) - 1  # the tensor's own width: the default holds small ones at 8
+        lo, hi = (0, 2**q.bits - 1) if not q.symmetric else (-qmax - int("full_range" in layout), qmax)
         expected = balance_reference(n.codes.reshape(rows, -1), exact, step, lo, hi)
         np.testing.assert_array_equal(q.codes.reshape(rows, -1), expected)
         assert np.all(np.abs(q.codes.astype(int) - n.codes) <= 1)

@@ -57,7 +57,7 @@ def test_auto_storage_by_layout_width_and_range():
     w = {
         "fc.weight": rng.standard_normal((32, 256)).astype(np.float32),  # groups of 64 at 4 bits
         "dw.weight": rng.standard_normal((32, 1, 3, 3)).astype(np.float32),  # 8 bits per channel
-        "huge.weight": (rng.standard_normal((4, 256)) * 1e6).astype(np.float32),  # scales > 65504
+        "huge.weight": (rng.standard_normal((20, 256)) * 1e6).astype(np.float32),  # scales > 65504
     }
     q = quantize(w, bits=4)  # a 4-bit request: float16 where the scales fit, the 8-bit depthwise too
     assert {n: v.scale.dtype.name for n, v in q.items()} == {
@@ -176,11 +176,11 @@ def test_cpz_round_trip_and_manifest(tmp_path):
     [
         (lambda e: e.update(scale_dtype="float64"), "bad scale_dtype 'float64'"),
         (lambda e: e.update(scale_dtype=16), "bad scale_dtype 16"),
-        (lambda e: e.pop("scale_dtype"), "blob 'scale' has 64 bytes, the shape says 128"),
+        (lambda e: e.pop("scale_dtype"), "blob 'scale' has 192 bytes, the shape says 384"),
     ],
 )
 def test_bent_scale_dtype_fields_are_one_error_naming_the_file(tmp_path, edit, message):
-    w = {"a.weight": np.random.default_rng(4).standard_normal((8, 200)).astype(np.float32)}
+    w = {"a.weight": np.random.default_rng(4).standard_normal((24, 200)).astype(np.float32)}
     path = tmp_path / "q.cpz"
     save_compressed(quantize(w, bits=4), path)
 
