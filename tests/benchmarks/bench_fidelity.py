@@ -46,6 +46,8 @@ Run::
     python tests/benchmarks/bench_fidelity.py --rows "hqq package"   # only the rows named so
     python tests/benchmarks/bench_fidelity.py --rows GPTQ   # only the GPTQ rows (and their hessians)
     python tests/benchmarks/bench_fidelity.py --models cnn --rows "data-free GPTQ"   # no data at all
+    python tests/benchmarks/bench_fidelity.py --models cnn --crop-seed 5 --rows "4 default + bias"
+                                                   # the same rows on held-out crops of another seed
     python tests/benchmarks/bench_fidelity.py --moments 128   # estimated against measured moments
 """
 
@@ -545,7 +547,7 @@ def breakdown(model: torch.nn.Module, weights: dict[str, np.ndarray], crops: int
     def row(label: str, widths: dict[str, int]) -> None:
         q: dict = dict(weights)
         for family, b in widths.items():
-            # a width per tensor, taken as given: bits=4 alone would hold the small fan-ins at 8
+            # a width per tensor, taken as given: bits=4 alone would hold the small tensors at 8
             names = family_names(weights, family)
             part = cp.quantize(weights, bits=dict.fromkeys(names, b), include=names, rounding="half_even")
             q.update({k: v for k, v in part.items() if isinstance(v, cp.QuantizedArray)})
@@ -751,6 +753,8 @@ def main() -> None:
     global GRAPH, HESSIANS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--crops", type=int, default=240)
+    ap.add_argument("--crop-seed", type=int, default=0,
+                    help="seed of the evaluation crops (1 and 2 give the calibration and GPTQ crops)")
     ap.add_argument("--sentences", type=int, default=200)
     ap.add_argument("--calibration-crops", type=int, default=16,
                     help="crops (another seed) for coreprune.measured_importance")
@@ -792,7 +796,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads")
     if "cnn" in args.models:
         model, weights = load_cnn()
-        x = image_crops(args.crops)
+        x = image_crops(args.crops, seed=args.crop_seed)
         GRAPH, _ = coreprune.torch.trace_graph(model, x[:1])
         calibration = image_crops(args.calibration_crops, seed=1)  # other crops than the evaluation's
         if any(label.startswith("GPTQ") for label, _ in METHODS if not ROWS or any(r in label for r in ROWS)):

@@ -85,8 +85,10 @@ def test_estimated_correlations_follow_the_measured_ones(name):
     assert np.mean(similarities) > 0.3, similarities
 
 
-@pytest.mark.parametrize("name", ["mobilenetv2", "mobilenetv2-hardswish"])
-def test_data_free_gptq_lowers_the_output_error_of_mobilenetv2(name):
+def _output_errors(name: str, layout: str) -> tuple[float, float]:
+    """Held-out output mean squared error of round to nearest and of data-free GPTQ (both with
+    bias correction), at the plain 4-bit default or, ``layout="fan-in"``, with 8 bits for fan-ins
+    of at most SMALL_FAN_IN and 4 for the rest."""
     model, x = _calibrated(name)
     graph, weights = trace_graph(model, x[:1])
     held_out = x[128:]
@@ -99,13 +101,28 @@ def test_data_free_gptq_lowers_the_output_error_of_mobilenetv2(name):
         with torch.no_grad():
             return float(((model(held_out) - reference) ** 2).mean())
 
-    # 8 bits for fan-ins of at most SMALL_FAN_IN, 4 for the rest. The default's SMALL_TENSOR rule
-    # would hold half the estimated layers of this half-width net at 8 bits too; with the plain
-    # default the estimate gains only with hardswish (0.84 of RTN; ReLU6: 1.22, docs/quantization.md)
-    widths = {n: 8 if np.prod(weights[n].shape[1:]) <= SMALL_FAN_IN else 4
-              for n in cp.selection.select(weights)}
+    widths: int | dict[str, int] = 4
+    if layout == "fan-in":
+        widths = {n: 8 if np.prod(weights[n].shape[1:]) <= SMALL_FAN_IN else 4
+                  for n in cp.selection.select(weights)}
     rtn = mse(cp.quantize(weights, bits=widths, graph=graph))
     hessians = cp.estimate_hessians(graph, weights)
     assert len(hessians) >= 30  # every 1x1 convolution but the first: through ReLU6 or hardswish
-    estimated = mse(cp.quantize(weights, bits=widths, graph=graph, hessians=hessians))
+    return rtn, mse(cp.quantize(weights, bits=widths, graph=graph, hessians=hessians))
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2", "mobilenetv2-hardswish"])
+def test_data_free_gptq_lowers_the_output_error_of_mobilenetv2(name):
+    rtn, estimated = _output_errors(name, "fan-in")
     assert estimated < 0.95 * rtn, (estimated, rtn)  # 0.87 (ReLU6) and 0.53 (hardswish) on this seed
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param("mobilenetv2", marks=pytest.mark.xfail(
+        strict=True, reason="a known limit (docs/quantization.md): with the default's SMALL_TENSOR "
+        "rule, half of this half-width net's estimated layers are at 8 bits, and with ReLU6 the "
+        "estimate then does worse than round to nearest (1.22 of its error on this seed)")),
+    "mobilenetv2-hardswish"])
+def test_data_free_gptq_at_the_plain_default(name):
+    rtn, estimated = _output_errors(name, "default")
+    assert estimated < rtn, (estimated, rtn)  # hardswish: 0.84 on this seed
