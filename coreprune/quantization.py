@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import cast
 
 import ml_dtypes
@@ -840,7 +840,7 @@ def quantize(
                                    f"({len(missing)} selected tensor(s) without one)")
         out = _quantize_selected(weights, names, {n: given[n] for n in names}, symmetric, axis, group_size,
                                  bool(flatten), method, bool(full_range), rounding,
-                                 dict.fromkeys(names, (scale_dtype, 0)))
+                                 dict.fromkeys(names, (scale_dtype, 0)), recoded=moments or ())
     else:
         if group_size == "auto" and axis is None:  # the default: small tensors keep 8 bits
             widths = {n: default_bits(np.shape(weights[n]), bits) for n in names}  # type: ignore[arg-type]
@@ -848,7 +848,8 @@ def quantize(
             widths = {n: bits for n in names}  # type: ignore[misc]
         out = _quantize_selected(weights, names, widths, symmetric, axis, group_size,
                                  bool(flatten), method, bool(full_range), rounding,
-                                 dict.fromkeys(names, (scale_dtype, bits)))  # type: ignore[arg-type]
+                                 dict.fromkeys(names, (scale_dtype, bits)),  # type: ignore[arg-type]
+                                 recoded=moments or ())
     if moments:
         for name in names:
             if name in moments:
@@ -873,9 +874,11 @@ def _quantize_selected(
     full_range: bool,
     rounding: str,
     storage: Mapping[str, tuple[str, int]],
+    recoded: Collection[str] = (),
 ) -> dict[str, QuantizedArray | np.ndarray]:
     """:func:`quantize` of the tensors ``names`` at their ``widths``, arguments already checked;
-    ``storage``: each tensor's ``scale_dtype`` and request (:func:`_scale_storage`)."""
+    ``storage``: each tensor's ``scale_dtype`` and request (:func:`_scale_storage`); ``recoded``:
+    tensors whose codes GPTQ will replace (kept at nearest rounding: balancing them is wasted)."""
     out: dict[str, QuantizedArray | np.ndarray] = dict(weights)
     # Layouts are checked first, but each error is raised at its tensor's turn, so that the first
     # problem in mapping order is the one reported, as when every tensor is done one by one.
@@ -887,8 +890,8 @@ def _quantize_selected(
             plans[name] = problem
             break  # nothing after the first layout error is ever reached
     # balanced: nearest first, then codes moved; "auto" balances the kernels of ndim >= 3
-    balanced = {n for n in names
-                if rounding == "balanced" or (rounding == "auto" and np.ndim(weights[n]) >= 3)}
+    balanced = {n for n in names if n not in recoded
+                and (rounding == "balanced" or (rounding == "auto" and np.ndim(weights[n]) >= 3))}
     rounding = "half_even" if rounding in ("auto", "balanced") else rounding
     jobs = {}
     if method == "rtn" and not full_range and rounding == "half_even":

@@ -217,3 +217,32 @@ def test_input_moments_in_chunks_equal_one_product(monkeypatch):
     chunked.add("w", x)
     np.testing.assert_allclose(chunked.hessians()["w"], whole.hessians()["w"], rtol=1e-12)
     assert chunked.rows("w") == 50
+
+
+def test_kernels_that_gptq_recodes_are_not_balanced_first(monkeypatch):
+    """The default balances conv kernels' codes; GPTQ replaces a tensor's codes from its scales and
+    weights alone, so balancing a kernel that has a hessian would be thrown away: it is skipped,
+    and the codes are those of nearest rounding's scales, whatever the rounding asked."""
+    import coreprune.quantization as quantization
+
+    rng = np.random.default_rng(5)
+    w = {"conv.weight": rng.normal(size=(64, 8, 3, 3)).astype(np.float32),
+         "other.weight": rng.normal(size=(64, 8, 3, 3)).astype(np.float32)}
+    x = correlated(rng, 400, 1, 72)
+    h = {"conv.weight": x.T.astype(np.float64) @ x / len(x)}
+    calls = []
+    real = quantization.balance_codes
+
+    def counted(codes, *rest):
+        calls.append(codes.shape)
+        return real(codes, *rest)
+
+    monkeypatch.setattr(quantization, "balance_codes", counted)
+    auto = quantize(w, bits=4, hessians=h)
+    assert calls == [(64, 72)]  # the kernel without a hessian only
+    nearest = quantize(w, bits=4, hessians=h, rounding="half_even")
+    balanced = quantize(w, bits=4, hessians=h, rounding="balanced")
+    for q in (nearest, balanced):
+        np.testing.assert_array_equal(q["conv.weight"].codes, auto["conv.weight"].codes)
+        np.testing.assert_array_equal(q["conv.weight"].scale, auto["conv.weight"].scale)
+    assert not np.array_equal(nearest["other.weight"].codes, auto["other.weight"].codes)
