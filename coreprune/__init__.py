@@ -41,7 +41,7 @@ from .arch import channel_shuffle
 from .bias_correction import channel_statistics, correct_bias
 from .bit_budget import measured_importance
 from .distill import kd_loss, kd_loss_and_grad
-from .errors import CompressionError, EmptyLayerWarning, UnsafePickleError, WeightFileError
+from .errors import CompressionError, EmptyLayerWarning, HessianError, UnsafePickleError, WeightFileError
 from .graph_moments import estimate_hessians
 from .io.cpz import load_compressed, save_compressed
 from .layout_planner import encoded_nbytes, layout_of
@@ -62,6 +62,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CompressionError",
+    "HessianError",
     "EmptyLayerWarning",
     "UnsafePickleError",
     "WeightFileError",

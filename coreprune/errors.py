@@ -8,7 +8,7 @@ message that names the tensor or file and says what is wrong. It subclasses
 
 from __future__ import annotations
 
-__all__ = ["CompressionError", "WeightFileError", "UnsafePickleError", "EmptyLayerWarning"]
+__all__ = ["CompressionError", "WeightFileError", "UnsafePickleError", "HessianError", "EmptyLayerWarning"]
 
 
 class CompressionError(ValueError):
@@ -46,6 +46,26 @@ class UnsafePickleError(WeightFileError):
     --------
     >>> issubclass(UnsafePickleError, CompressionError)
     True
+    """
+
+
+class HessianError(CompressionError):
+    """GPTQ input moments (``quantize(..., hessians=)``) that cannot be used: not a mapping, a name
+    that is not a weight, a matrix of the wrong shape, not finite, not symmetric, not positive
+    semi-definite, or given for a tensor GPTQ cannot round (1 bit, ndim < 2).
+
+    The message starts with ``hessian`` and names the tensor; the command line attributes it to
+    the moments' file rather than to the weights.
+
+    Examples
+    --------
+    >>> import numpy as np, coreprune
+    >>> try:
+    ...     coreprune.quantize({"fc.weight": np.ones((2, 3), np.float32)}, bits=4,
+    ...                        hessians={"fc.weight": np.eye(2)})
+    ... except coreprune.HessianError as e:
+    ...     print(str(e).split(" must")[0], isinstance(e, coreprune.CompressionError))
+    hessian of 'fc.weight' True
     """
 
 

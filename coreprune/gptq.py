@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .errors import CompressionError
+from .errors import CompressionError, HessianError
 
 __all__ = ["InputMoments", "DAMPING", "gptq_codes"]
 
@@ -101,19 +101,19 @@ class InputMoments:
 
 
 def check_hessian(name: str, hessian: object, fan_in: int) -> np.ndarray:
-    """``hessian`` as a float64 ``(fan_in, fan_in)`` symmetric finite array, or CompressionError."""
+    """``hessian`` as a float64 ``(fan_in, fan_in)`` symmetric finite array, or HessianError."""
     h = np.asarray(hessian)
     if h.dtype.kind not in "fiu" or h.shape != (fan_in, fan_in):
-        raise CompressionError(f"hessian of {name!r} must be a ({fan_in}, {fan_in}) float array (the "
+        raise HessianError(f"hessian of {name!r} must be a ({fan_in}, {fan_in}) float array (the "
                                f"weight's flattened fan-in), got {h.dtype} of shape {h.shape}")
     h = h.astype(np.float64)
     if not np.all(np.isfinite(h)):
-        raise CompressionError(f"hessian of {name!r} contains NaN or Inf")
+        raise HessianError(f"hessian of {name!r} contains NaN or Inf")
     scale = float(np.abs(h).max(initial=0.0))
     if float(np.abs(h - h.T).max(initial=0.0)) > 1e-6 * scale:
-        raise CompressionError(f"hessian of {name!r} is not symmetric")
+        raise HessianError(f"hessian of {name!r} is not symmetric")
     if np.any(np.diag(h) < 0):
-        raise CompressionError(f"hessian of {name!r} has a negative diagonal entry (not a second moment)")
+        raise HessianError(f"hessian of {name!r} has a negative diagonal entry (not a second moment)")
     return h
 
 
@@ -154,8 +154,8 @@ def gptq_codes(
 
     Raises
     ------
-    CompressionError
-        The damped ``hessian`` is not positive definite.
+    HessianError
+        The damped ``hessian`` is not positive definite (a :class:`~coreprune.CompressionError`).
 
     Examples
     --------
@@ -190,9 +190,9 @@ def gptq_codes(
     try:
         u = np.linalg.cholesky(np.linalg.inv(h)).T
     except np.linalg.LinAlgError:
-        raise CompressionError(f"hessian of {name!r} is not positive semi-definite") from None
+        raise HessianError(f"hessian of {name!r} is not positive semi-definite") from None
     if not np.all(np.isfinite(u)):
-        raise CompressionError(f"hessian of {name!r} is not positive semi-definite")
+        raise HessianError(f"hessian of {name!r} is not positive semi-definite")
     w64 = w64[:, order]
     pruned = pruned[:, order]
     step64 = step64[:, order]
@@ -215,13 +215,13 @@ def gptq_codes(
 
 
 def check_names(hessians: object, weights: Mapping[str, object]) -> dict[str, object]:
-    """``hessians`` as a dict whose every name is in ``weights``, or CompressionError naming one
+    """``hessians`` as a dict whose every name is in ``weights``, or HessianError naming one
     that is not."""
     if not isinstance(hessians, Mapping):
-        raise CompressionError(f"hessians must be a mapping of weight name to array, "
+        raise HessianError(f"hessians must be a mapping of weight name to array, "
                                f"got {type(hessians).__name__}")
     missing = [str(n) for n in hessians if n not in weights]
     if missing:
-        raise CompressionError(f"hessians names {missing[0]!r}, which is not among the weights "
+        raise HessianError(f"hessians names {missing[0]!r}, which is not among the weights "
                                f"({len(missing)} such name(s); a prefix such as 'module.' differs?)")
     return dict(hessians)

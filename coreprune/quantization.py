@@ -45,7 +45,7 @@ import numpy as np
 from . import bit_budget, gptq
 from ._fast import blocked as _blocked
 from ._fast import kernels as _kernels
-from .errors import CompressionError
+from .errors import CompressionError, HessianError
 from .packing import _check_bits
 from .quant_layout import (
     default_bits,
@@ -768,10 +768,11 @@ def quantize(
         ``group_size`` or with ``axis``; an unknown ``method``; NaN/Inf in a selected tensor; a
         scale beyond float32 (or, with ``scale_dtype="float16"``, above 65504);
         a budget below the smallest widths; a ``graph`` that is not a
-        :class:`coreprune.structured.Graph` or names weights that are not there; a ``hessians``
-        entry for a name not in ``weights``, of another shape than the tensor's ``(fan_in,
-        fan_in)``, not finite, not symmetric, not positive semi-definite, or for a tensor of
-        ``bits=1`` or ``ndim < 2``.
+        :class:`coreprune.structured.Graph` or names weights that are not there.
+    HessianError
+        (a CompressionError) A ``hessians`` entry for a name not in ``weights``, of another shape
+        than the tensor's ``(fan_in, fan_in)``, not finite, not symmetric, not positive
+        semi-definite, or for a tensor of ``bits=1`` or ``ndim < 2``.
 
     Examples
     --------
@@ -939,7 +940,7 @@ def _compensated(
 ) -> QuantizedArray:
     """``q`` with the codes of :func:`coreprune.gptq.gptq_codes` for its scales and the inputs ``hessian``."""
     if q.bits == 1 or len(q.shape) < 2:
-        raise CompressionError(f"hessian of {name!r}: GPTQ needs bits >= 2 and a weight of ndim >= 2 "
+        raise HessianError(f"hessian of {name!r}: GPTQ needs bits >= 2 and a weight of ndim >= 2 "
                                f"(got bits={q.bits}, shape {q.shape})")
     rows = q.shape[0]
     fan_in = math.prod(q.shape[1:])

@@ -15,7 +15,7 @@ import numpy as np
 from .. import __version__
 from ..bias_correction import correct_bias
 from ..bit_budget import DEFAULT_WIDTHS, allocate_bits, noise_to_signal, small_tensors
-from ..errors import CompressionError
+from ..errors import HessianError
 from ..graph_moments import estimate_hessians
 from ..io import open_weights, save
 from ..io.base import TensorSpec, WeightReader
@@ -166,10 +166,8 @@ def _quantize_one(
     try:
         return quantize({name: w}, widths, include=_EVERYTHING, hessians={name: moments[name]},
                         **quant_kwargs(args))[name]
-    except CompressionError as exc:
-        if str(exc).startswith("hessian"):  # the moments' fault (coreprune.gptq's messages), not the input's
-            raise CliError(f"{args.hessians or args.symbol}: {exc}") from None
-        raise
+    except HessianError as exc:  # the moments' fault, not the input's
+        raise CliError(f"{args.hessians or args.symbol}: {exc}") from None
 
 
 @contextlib.contextmanager

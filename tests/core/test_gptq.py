@@ -246,3 +246,20 @@ def test_kernels_that_gptq_recodes_are_not_balanced_first(monkeypatch):
         np.testing.assert_array_equal(q["conv.weight"].codes, auto["conv.weight"].codes)
         np.testing.assert_array_equal(q["conv.weight"].scale, auto["conv.weight"].scale)
     assert not np.array_equal(nearest["other.weight"].codes, auto["other.weight"].codes)
+
+
+@pytest.mark.parametrize("hessians", [
+    "not a mapping", {"nope.weight": np.eye(4)}, {"fc.weight": np.eye(3)},
+    {"fc.weight": np.full((4, 4), np.nan)}, {"fc.weight": -np.eye(4)},
+])
+def test_hessian_problems_are_hessian_errors(hessians):
+    """The command line tells the moments' faults from the weights' by this class."""
+    from coreprune import HessianError
+
+    w = {"fc.weight": np.ones((2, 4), np.float32)}
+    with pytest.raises(HessianError, match="hessian") as caught:
+        quantize(w, bits=4, hessians=hessians)
+    assert isinstance(caught.value, CompressionError) and isinstance(caught.value, ValueError)
+    with pytest.raises(CompressionError) as caught:  # the weights' own faults are not
+        quantize({"fc.weight": np.full((2, 4), np.nan, np.float32)}, bits=4, hessians={"fc.weight": np.eye(4)})
+    assert not isinstance(caught.value, HessianError)
