@@ -105,7 +105,7 @@ def check_hessian(name: str, hessian: object, fan_in: int) -> np.ndarray:
     h = np.asarray(hessian)
     if h.dtype.kind not in "fiu" or h.shape != (fan_in, fan_in):
         raise HessianError(f"hessian of {name!r} must be a ({fan_in}, {fan_in}) float array (the "
-                               f"weight's flattened fan-in), got {h.dtype} of shape {h.shape}")
+                           f"weight's flattened fan-in), got {h.dtype} of shape {h.shape}")
     h = h.astype(np.float64)
     if not np.all(np.isfinite(h)):
         raise HessianError(f"hessian of {name!r} contains NaN or Inf")
@@ -219,9 +219,9 @@ def check_names(hessians: object, weights: Mapping[str, object]) -> dict[str, ob
     that is not."""
     if not isinstance(hessians, Mapping):
         raise HessianError(f"hessians must be a mapping of weight name to array, "
-                               f"got {type(hessians).__name__}")
+                           f"got {type(hessians).__name__}")
     missing = [str(n) for n in hessians if n not in weights]
     if missing:
         raise HessianError(f"hessians names {missing[0]!r}, which is not among the weights "
-                               f"({len(missing)} such name(s); a prefix such as 'module.' differs?)")
+                           f"({len(missing)} such name(s); a prefix such as 'module.' differs?)")
     return dict(hessians)

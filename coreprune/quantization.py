@@ -941,7 +941,7 @@ def _compensated(
     """``q`` with the codes of :func:`coreprune.gptq.gptq_codes` for its scales and the inputs ``hessian``."""
     if q.bits == 1 or len(q.shape) < 2:
         raise HessianError(f"hessian of {name!r}: GPTQ needs bits >= 2 and a weight of ndim >= 2 "
-                               f"(got bits={q.bits}, shape {q.shape})")
+                           f"(got bits={q.bits}, shape {q.shape})")
     rows = q.shape[0]
     fan_in = math.prod(q.shape[1:])
     h = gptq.check_hessian(name, hessian, fan_in)
