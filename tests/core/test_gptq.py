@@ -261,5 +261,6 @@ def test_hessian_problems_are_hessian_errors(hessians):
         quantize(w, bits=4, hessians=hessians)
     assert isinstance(caught.value, CompressionError) and isinstance(caught.value, ValueError)
     with pytest.raises(CompressionError) as caught:  # the weights' own faults are not
-        quantize({"fc.weight": np.full((2, 4), np.nan, np.float32)}, bits=4, hessians={"fc.weight": np.eye(4)})
+        quantize({"fc.weight": np.full((2, 4), np.nan, np.float32)}, bits=4,
+                 hessians={"fc.weight": np.eye(4)})
     assert not isinstance(caught.value, HessianError)
