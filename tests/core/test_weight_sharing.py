@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from scipy.cluster.vq import kmeans2
 
-from coreprune import CompressionError
+from coreprune import CompressionError, load_compressed, save_compressed
+from coreprune.bit_budget import allocate_bits, noise_to_signal
 from coreprune.weight_sharing import (
+    CODEBOOK_WIDTHS,
     CodebookArray,
     _kmeans_1d,
     _kmeans_reference,
@@ -19,6 +21,7 @@ from coreprune.weight_sharing import (
     nf4_codebook,
     quantize_to_codebook,
     share_weights,
+    stored_nbytes,
 )
 
 
@@ -125,6 +128,100 @@ def test_share_weights_per_layer_bits_and_masks():
     np.testing.assert_array_equal(shared["fc.weight"].mask, masks["fc.weight"])
     with pytest.raises(CompressionError):
         share_weights(w, {"nope": 4})
+
+
+def _mixed_weights(rng):
+    """Tensors whose best widths differ: bell-shaped, heavy-tailed, flat, pruned, depthwise."""
+    return {
+        "a.weight": rng.normal(size=(64, 96)).astype(np.float32),
+        "b.weight": rng.laplace(size=(96, 128)).astype(np.float32),
+        "c.weight": rng.uniform(-1, 1, size=(128, 80)).astype(np.float32),
+        "d.weight": _pruned(rng, (80, 120), keep=0.4),
+        "dw.weight": rng.normal(size=(48, 1, 3, 3)).astype(np.float32),
+        "a.bias": rng.normal(size=64).astype(np.float32),
+    }
+
+
+def test_stored_nbytes_is_the_entropy_of_the_codes():
+    """ANS reaches the codes' Shannon entropy: the stored bytes are n * H / 8 plus the codebook."""
+    rng = np.random.default_rng(11)
+    for bits in (3, 6):
+        c = kmeans_codebook(rng.normal(size=200_000).astype(np.float32), bits=bits)
+        p = np.bincount(c.codes.ravel(), minlength=1 << bits) / c.codes.size
+        entropy = -(p[p > 0] * np.log2(p[p > 0])).sum()
+        ideal = c.codes.size * entropy / 8 + 4 * (1 << bits)
+        assert ideal <= stored_nbytes(c) <= 1.01 * ideal + 64
+        assert stored_nbytes(c) < c.nbytes  # uneven k-means codes: below plain packing
+
+
+def test_stored_nbytes_is_what_the_cpz_file_holds(tmp_path):
+    rng = np.random.default_rng(12)
+    w = _mixed_weights(rng)
+    shared = share_weights(w, 5)
+    save_compressed(shared, tmp_path / "w.cpz")
+    stored = sum(stored_nbytes(v) for v in shared.values() if isinstance(v, CodebookArray))
+    rest = sum(v.nbytes for v in shared.values() if not isinstance(v, CodebookArray))
+    overhead = (tmp_path / "w.cpz").stat().st_size - stored - rest
+    assert 0 < overhead < 1024 * len(w)  # the manifest and the zip headers only
+    back = load_compressed(tmp_path / "w.cpz")
+    for name, value in shared.items():
+        expect = value.dequantize() if isinstance(value, CodebookArray) else value
+        got = back[name].dequantize() if isinstance(back[name], CodebookArray) else back[name]
+        np.testing.assert_array_equal(got, expect)
+
+
+@pytest.mark.parametrize("budget", [3.0, 4.0, 5.5])
+def test_budget_fits_and_is_the_allocation_of_the_measured_table(budget):
+    rng = np.random.default_rng(13)
+    w = _mixed_weights(rng)
+    before = {n: v.copy() for n, v in w.items()}
+    out = share_weights(w, budget=budget)
+    for n, v in w.items():
+        np.testing.assert_array_equal(v, before[n])  # inputs never modified
+    names = [n for n in w if w[n].ndim >= 2]
+    total = sum(w[n].size for n in names)
+    assert 8 * sum(stored_nbytes(out[n]) for n in names) / total <= budget
+    assert out["a.bias"] is not w["a.bias"] and np.array_equal(out["a.bias"], w["a.bias"])
+    # the reference: every width measured one tensor at a time, then the shared allocator
+    sizes, errors = {}, {}
+    for n in names:
+        cands = {b: kmeans_codebook(w[n], b) for b in CODEBOOK_WIDTHS}
+        sizes[n] = {b: stored_nbytes(c) for b, c in cands.items()}
+        target = np.where(w[n] != 0, w[n], 0)
+        errors[n] = {b: noise_to_signal(target, c.dequantize()) for b, c in cands.items()}
+    expect = allocate_bits(sizes, errors, {n: w[n].size for n in names}, budget, wide_only={"dw.weight"})
+    assert {n: out[n].bits for n in names} == expect
+    for n in names:  # the chosen codebooks are the plain ones, bit for bit
+        ref = kmeans_codebook(w[n], expect[n])
+        np.testing.assert_array_equal(out[n].codes, ref.codes)
+        np.testing.assert_array_equal(out[n].codebook, ref.codebook)
+    # never worse than the best single width that fits
+    cost = sum(errors[n][expect[n]] for n in names)
+    for b in CODEBOOK_WIDTHS:
+        if sum(sizes[n][b] for n in names) * 8 <= budget * total:
+            assert cost <= sum(errors[n][b] for n in names) + 1e-12
+
+
+def test_budget_holds_small_tensors_at_8_bits_and_follows_importance():
+    rng = np.random.default_rng(14)
+    w = _mixed_weights(rng)
+    out = share_weights(w, budget=4.0)
+    assert out["dw.weight"].bits == 8  # a fan-in of 9: the default layout's floor
+    plain = {n: out[n].bits for n in out if isinstance(out[n], CodebookArray)}
+    favoured = share_weights(w, budget=4.0, importance={"c.weight": 1000.0})
+    assert favoured["c.weight"].bits > plain["c.weight"]
+    narrow = share_weights(w, budget=3.0, bit_choices=(2, 3, 4), include="*.weight")
+    assert {v.bits for v in narrow.values() if isinstance(v, CodebookArray)} <= {2, 3, 4}
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(), dict(bits=4, budget=4.0), dict(budget=0.5), dict(budget=-1.0), dict(budget=float("nan")),
+    dict(budget=4.0, bit_choices=(1, 4)), dict(budget=4.0, bit_choices=()),
+])
+def test_budget_refusals_are_the_project_error(kwargs):
+    w = _mixed_weights(np.random.default_rng(15))
+    with pytest.raises(CompressionError):
+        share_weights(w, **kwargs)
 
 
 def test_centroid_gradients_match_finite_differences():
