@@ -44,6 +44,7 @@ __all__ = [
     "lloyd_max_gaussian",
     "quantize_to_codebook",
     "stored_nbytes",
+    "codebook_costs",
     "CODEBOOK_WIDTHS",
 ]
 
@@ -313,8 +314,8 @@ def share_weights(
         (:func:`coreprune.bit_budget.allocate_bits`: least sum of noise-to-signal ratios
         ``||w - w'||^2 / ||w||^2``, times ``importance``, within the budget; the default layout's
         small tensors, :func:`coreprune.bit_budget.small_tensors`, held at 8 bits while that floor
-        fits). Holds every candidate's codes (``len(bit_choices)`` bytes per weight) until the
-        choice is made.
+        fits). Each tensor is clustered once per candidate width and once more at its chosen one
+        (:func:`codebook_costs`), one at a time.
     bit_choices : sequence of int, default CODEBOOK_WIDTHS
         The candidate widths of ``budget`` (2 to 16).
     importance : Mapping[str, float], optional
@@ -392,20 +393,60 @@ def _budget_widths(
         raise CompressionError(f"budget must be a positive number of bits per weight, got {budget!r}")
     choices = widths_checked(bit_choices)
     names = select(weights, include, exclude)
-    candidates: dict[str, dict[int, CodebookArray]] = {}
     sizes: dict[str, dict[int, int]] = {}
     errors: dict[str, dict[int, float]] = {}
     for name in names:
-        w = weights[name]
-        kept = masks.get(name)
-        target = w if kept is None else np.where(kept, w, 0)
-        candidates[name] = {b: kmeans_codebook(w, b, mask=kept, iters=iters) for b in choices}
-        sizes[name] = {b: stored_nbytes(c) for b, c in candidates[name].items()}
-        errors[name] = {b: noise_to_signal(target, c.dequantize()) for b, c in candidates[name].items()}
+        sizes[name], errors[name] = codebook_costs(weights[name], choices, mask=masks.get(name), iters=iters)
     counts = {n: int(weights[n].size) for n in names}
     small = small_tensors({n: weights[n].shape for n in names})
     picked = allocate_bits(sizes, errors, counts, budget, importance, wide_only=small)
-    return {n: candidates[n][b] for n, b in picked.items()}
+    # k-means is deterministic (linear initialisation): clustering again at the chosen width gives
+    # the measured codebook, without holding every candidate's codes meanwhile
+    return {n: kmeans_codebook(weights[n], b, mask=masks.get(n), iters=iters) for n, b in picked.items()}
+
+
+def codebook_costs(
+    w: np.ndarray,
+    bit_choices: Sequence[int] = CODEBOOK_WIDTHS,
+    *,
+    mask: np.ndarray | None = None,
+    iters: int = 30,
+) -> tuple[dict[int, int], dict[int, float]]:
+    """Per candidate width, the stored bytes and the error of ``kmeans_codebook(w, b)``: what
+    ``share_weights(budget=)`` (and ``coreprune compress --codebook-budget``) allocate from.
+
+    Parameters
+    ----------
+    w : numpy.ndarray
+        Floating, finite; any shape.
+    bit_choices : sequence of int, default CODEBOOK_WIDTHS
+        Widths 2 to 16.
+    mask, iters
+        As :func:`kmeans_codebook` (default mask ``w != 0``).
+
+    Returns
+    -------
+    sizes : dict[int, int]
+        :func:`stored_nbytes` of each width's codebook.
+    errors : dict[int, float]
+        Its noise-to-signal ratio ``||w_kept - w'||^2 / ||w_kept||^2``, ``w_kept`` being ``w`` with
+        the weights outside the mask zeroed (what pruning already decided is not counted).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sizes, errors = codebook_costs(np.random.default_rng(0).normal(size=4096), (3, 6))
+    >>> sizes[3] < sizes[6], errors[3] > errors[6]
+    (True, True)
+    """
+    kept = w if mask is None else np.where(mask, w, 0)
+    sizes: dict[int, int] = {}
+    errors: dict[int, float] = {}
+    for b in widths_checked(bit_choices):
+        c = kmeans_codebook(w, b, mask=mask, iters=iters)
+        sizes[b] = stored_nbytes(c)
+        errors[b] = noise_to_signal(kept, c.dequantize())
+    return sizes, errors
 
 
 def stored_nbytes(value: CodebookArray) -> int:

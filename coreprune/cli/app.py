@@ -172,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of --bits: a k-means codebook of 2**B shared values per tensor, B by layer "
                         "kind or name glob, e.g. conv=8,fc=5 or 'features.*=6,fc=4' or one width 6 "
                         "(kinds by shape: conv >= 3 axes, fc 2 axes, all; globs win over kinds)")
+    g.add_argument("--codebook-budget", type=_float, metavar="X",
+                   help="instead of --codebook-bits: average bits per weight as the .cpz file stores the "
+                        "shared tensors (entropy-coded codes and positions + codebooks); each tensor of "
+                        "2 or more axes gets 3 to 8 bits by its reconstruction error (reads the input twice)")
     g.add_argument("--entropy", choices=("ans", "none"), default="ans",
                    help="codebook tensors: ANS-code their codes and index gaps (ans, the default) or "
                         "bit-pack them (none)")

@@ -18,9 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from ..bit_budget import allocate_bits, small_tensors
 from ..entropy import empirical_entropy
+from ..errors import CompressionError
+from ..io.base import WeightReader
 from ..selection import is_floating
-from ..weight_sharing import CodebookArray, share_weights
+from ..weight_sharing import CODEBOOK_WIDTHS, CodebookArray, codebook_costs, share_weights
 from .common import CliError
 
 #: Layer kinds a rule may name, decided from the tensor's shape (see the module docstring).
@@ -96,25 +99,63 @@ def bits_for(name: str, shape: tuple[int, ...], dtype: np.dtype, rules: list[tup
 
 
 def codebook_step(
-    rules: list[tuple[str, int]], counts: Any
+    rules: list[tuple[str, int]], counts: Any, widths: dict[str, int] | None = None
 ) -> Callable[[str, np.ndarray], np.ndarray | CodebookArray]:
-    """Per-tensor k-means sharing (after pruning: only the surviving, non-zero weights are clustered)."""
+    """Per-tensor k-means sharing (after pruning: only the surviving, non-zero weights are clustered),
+    at the width the rules give or, with ``widths`` (``--codebook-budget``), the one given by name."""
 
     def step(name: str, w: np.ndarray) -> np.ndarray | CodebookArray:
-        bits = bits_for(name, tuple(w.shape), w.dtype, rules)
+        bits = widths.get(name) if widths is not None else bits_for(name, tuple(w.shape), w.dtype, rules)
         if bits is None or w.size == 0:
             return w
         shared = share_weights({name: w}, {name: bits})[name]
         counts.shared += 1
+        counts.bits.append(bits)
         return shared
 
     return step
 
 
-def check_rules(rules: list[tuple[str, int]], args: argparse.Namespace) -> None:
+def check_rules(args: argparse.Namespace) -> None:
     """Refuse what compress cannot do with codebooks (one line, exit 2)."""
+    if args.codebook_bits is not None and args.codebook_budget is not None:
+        raise CliError("compress: --codebook-bits or --codebook-budget, not both")
+    flag = "--codebook-bits" if args.codebook_bits is not None else "--codebook-budget"
     if args.bits is not None:
-        raise CliError("compress: --codebook-bits and --bits are two ways to quantize; give one of them")
+        raise CliError(f"compress: {flag} and --bits are two ways to quantize; give one of them")
+    if args.codebook_budget is not None and args.entropy != "ans":
+        raise CliError("compress: --codebook-budget counts the entropy-coded size; "
+                       "it goes with --entropy ans")
+
+
+def budget_widths(
+    reader: WeightReader,
+    selected: list[str],
+    budget: float,
+    prune: Callable[[str, np.ndarray], np.ndarray] | None,
+) -> dict[str, int]:
+    """``--codebook-budget``: a first pass, one tensor at a time (pruned first, as it will be
+    written), measuring each width of ``CODEBOOK_WIDTHS`` (:func:`coreprune.weight_sharing.codebook_costs`);
+    then the allocation of ``share_weights(budget=)``. Only floating tensors of ``ndim >= 2`` among
+    ``selected`` are shared."""
+    sizes: dict[str, dict[int, int]] = {}
+    errors: dict[str, dict[int, float]] = {}
+    counts: dict[str, int] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in selected:
+        w = reader[name]
+        if w.ndim < 2 or w.size == 0 or not is_floating(w.dtype):
+            continue
+        if prune is not None:
+            w = prune(name, w)
+        sizes[name], errors[name] = codebook_costs(w, CODEBOOK_WIDTHS)
+        counts[name], shapes[name] = int(w.size), tuple(w.shape)
+    if not sizes:
+        raise CliError("compress: --codebook-budget found no floating tensor of 2 or more axes to share")
+    try:
+        return allocate_bits(sizes, errors, counts, budget, wide_only=small_tensors(shapes))
+    except CompressionError as err:
+        raise CliError(f"compress: --codebook-budget {budget:g}: {err}") from None
 
 
 def codebook_row(value: CodebookArray, stored_nbytes: int, code_nbytes: int) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..shardwise import ShardSettings
-from .codebook import check_rules, codebook_step
+from .codebook import budget_widths, check_rules, codebook_step
 from .common import (
     CliError,
     _note,
@@ -93,13 +93,15 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
-    if args.codebook_bits is not None:
-        check_rules(args.codebook_bits, args)
+    sharing = args.codebook_bits is not None or args.codebook_budget is not None
+    if sharing:
+        check_rules(args)
     if args.dry_run:
         return _dry_run(args)
     if wants_shards(args, args.output):
-        if args.codebook_bits is not None:
-            raise CliError(f"{args.output}: --codebook-bits writes one .cpz file, not shards")
+        if sharing:
+            flag = "--codebook-bits" if args.codebook_bits is not None else "--codebook-budget"
+            raise CliError(f"{args.output}: {flag} writes one .cpz file, not shards")
         if args.hessians is not None:
             raise CliError(f"{args.output}: --hessians writes one file, not shards")
         if output_ext(args.output) != ".cpz":
@@ -118,7 +120,13 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         if args.threshold is not None or args.sparsity is not None:
             prune = _prune_step(reader, selected, args, counts)
         quant = _quantize_step(args, counts, True) if args.bits is not None else None
-        shared = codebook_step(args.codebook_bits, counts) if args.codebook_bits is not None else None
+        shared = None
+        if args.codebook_budget is not None:
+            first = _prune_step(reader, selected, args, _Counts()) if prune is not None else None
+            widths = budget_widths(reader, selected, args.codebook_budget, first)
+            shared = codebook_step([], counts, widths)
+        elif args.codebook_bits is not None:
+            shared = codebook_step(args.codebook_bits, counts)
         pipe = _Pipeline(reader, bar=bar, step=_chain(prune, quant, shared), selected=selected)
         _write(args, reader, pipe, args.output)
     _summary(args, args.output, counts, len(pipe))

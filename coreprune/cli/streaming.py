@@ -364,7 +364,11 @@ def _summary(args: argparse.Namespace, output: str, counts: _Counts, tensors: in
             parts.append(f"quantized {counts.quantized} to {spread} bits ({how}, {scope})")
     if counts.shared:
         coding = "ANS-coded" if args.entropy == "ans" else "bit-packed"
-        rules = ",".join(f"{k}={b}" for k, b in args.codebook_bits)
+        if getattr(args, "codebook_budget", None) is not None:
+            spread = "/".join(str(b) for b in sorted(set(counts.bits)))
+            rules = f"{spread} bits for a budget of {args.codebook_budget:g} bits per weight"
+        else:
+            rules = ",".join(f"{k}={b}" for k, b in args.codebook_bits)
         parts.append(f"shared {counts.shared} with k-means codebooks ({rules}; {coding})")
     size_in, size_out = _input_size(args.input), os.path.getsize(output)
     _say(args, f"wrote {output}: {_human(size_out)} (input {_human(size_in)}); " + "; ".join(parts))

@@ -17,7 +17,7 @@ from coreprune.cli import main
 from coreprune.cli.codebook import bits_for, parse_codebook_bits
 from coreprune.entropy import empirical_entropy
 from coreprune.io.cpz import load_compressed, open_reader
-from coreprune.weight_sharing import CodebookArray, share_weights
+from coreprune.weight_sharing import CodebookArray, share_weights, stored_nbytes
 
 # LeNet-5 (Caffe variant) shapes, as in Deep Compression's Table 3
 LENET5 = {
@@ -118,7 +118,43 @@ def test_rules_parse_and_refuse():
     assert bits_for("x.bias", (3,), f32, [("x.*", 6)]) == 6  # a glob names any floating tensor
 
 
+@pytest.mark.parametrize("prune, budget", [([], 4.5), (["--sparsity", "0.9"], 0.8)])
+def test_codebook_budget_matches_the_library_and_fits(capsys, tmp_path, lenet, prune, budget):
+    """Bits per weight count every weight, pruned or not: 10% survivors fit 0.8 bits per weight."""
+    src, w = lenet
+    out = tmp_path / "b.cpz"
+    code, text, err = _run(capsys, "compress", src, "-o", out, *prune, "--codebook-budget", budget)
+    assert code == 0, err
+    assert f"for a budget of {budget:g} bits per weight" in text
+    if prune:  # the reference: the same pruning through the CLI, then the library
+        code, _, err = _run(capsys, "prune", src, "-o", tmp_path / "pruned.npz", *prune)
+        assert code == 0, err
+        source = dict(np.load(tmp_path / "pruned.npz"))
+    else:
+        source = w
+    ref = share_weights(source, budget=budget)
+    got = load_compressed(out)
+    weights = [n for n in LENET5 if n.endswith(".weight")]
+    assert len({got[n].bits for n in weights}) > 1  # the budget mixes widths here
+    with open_reader(out) as r:
+        stored = {n: r.storage(n)["stored_nbytes"] for n in weights}
+    for name in weights:
+        g, r_ = got[name], ref[name]
+        assert isinstance(g, CodebookArray) and g.bits == r_.bits
+        assert np.array_equal(g.codes, r_.codes) and np.array_equal(g.codebook, r_.codebook)
+        assert stored[name] == stored_nbytes(r_)  # the budget counts what the file stores
+    assert 8 * sum(stored.values()) / sum(w[n].size for n in weights) <= budget
+    for name in LENET5:
+        if name.endswith(".bias"):
+            assert got[name].tobytes() == w[name].tobytes()
+
+
 @pytest.mark.parametrize("argv, fragment", [
+    (["--codebook-budget", "4", "--codebook-bits", "4"], "not both"),
+    (["--codebook-budget", "4", "--bits", "4"], "give one of them"),
+    (["--codebook-budget", "4", "--entropy", "none"], "--entropy ans"),
+    (["--codebook-budget", "0.5"], "smallest width"),
+    (["--codebook-budget", "nan"], "finite"),
     (["--codebook-bits", "conv=17"], "1..16"),
     (["--codebook-bits", "conv"], "KIND=BITS"),
     (["--codebook-bits", "conv=8", "--bits", "4"], "give one of them"),
