@@ -358,8 +358,7 @@ def share_weights(
         raise CompressionError("share_weights: give bits or budget, not both or neither")
     masks = {} if masks is None else masks
     if budget is not None:
-        widths = _budget_widths(weights, float(budget), bit_choices, importance, masks, include,
-                                exclude, iters)
+        widths = _budget_widths(weights, budget, bit_choices, importance, masks, include, exclude, iters)
         return {name: widths[name] if name in widths else w.copy() for name, w in weights.items()}
     if isinstance(bits, Mapping):
         unknown = [n for n in bits if n not in weights]
@@ -389,8 +388,10 @@ def _budget_widths(
     iters: int,
 ) -> dict[str, CodebookArray]:
     """The CodebookArray of the width :func:`allocate_bits` gives each selected tensor."""
-    if isinstance(budget, bool) or not np.isfinite(budget) or budget <= 0:
+    if (isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, float, np.integer, np.floating))
+            or not np.isfinite(budget) or budget <= 0):
         raise CompressionError(f"budget must be a positive number of bits per weight, got {budget!r}")
+    budget = float(budget)
     choices = widths_checked(bit_choices)
     names = select(weights, include, exclude)
     sizes: dict[str, dict[int, int]] = {}

@@ -216,6 +216,7 @@ def test_budget_holds_small_tensors_at_8_bits_and_follows_importance():
 
 @pytest.mark.parametrize("kwargs", [
     dict(), dict(bits=4, budget=4.0), dict(budget=0.5), dict(budget=-1.0), dict(budget=float("nan")),
+    dict(budget="4.5"), dict(budget=True), dict(budget=float("inf")),
     dict(budget=4.0, bit_choices=(1, 4)), dict(budget=4.0, bit_choices=()),
 ])
 def test_budget_refusals_are_the_project_error(kwargs):
