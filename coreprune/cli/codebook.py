@@ -25,6 +25,7 @@ from ..io.base import WeightReader
 from ..selection import is_floating
 from ..weight_sharing import CODEBOOK_WIDTHS, CodebookArray, codebook_costs, share_weights
 from .common import CliError
+from .streaming import width_costs
 
 #: Layer kinds a rule may name, decided from the tensor's shape (see the module docstring).
 KINDS = ("conv", "fc", "all")
@@ -138,18 +139,13 @@ def budget_widths(
     written), measuring each width of ``CODEBOOK_WIDTHS`` (:func:`coreprune.weight_sharing.codebook_costs`);
     then the allocation of ``share_weights(budget=)``. Only floating tensors of ``ndim >= 2`` among
     ``selected`` are shared."""
-    sizes: dict[str, dict[int, int]] = {}
-    errors: dict[str, dict[int, float]] = {}
-    counts: dict[str, int] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    for name in selected:
-        w = reader[name]
+
+    def costs(name: str, w: np.ndarray) -> tuple[dict[int, int], dict[int, float]] | None:
         if w.ndim < 2 or w.size == 0 or not is_floating(w.dtype):
-            continue
-        if prune is not None:
-            w = prune(name, w)
-        sizes[name], errors[name] = codebook_costs(w, CODEBOOK_WIDTHS)
-        counts[name], shapes[name] = int(w.size), tuple(w.shape)
+            return None
+        return codebook_costs(w if prune is None else prune(name, w), CODEBOOK_WIDTHS)
+
+    sizes, errors, counts, shapes = width_costs(reader, selected, costs)
     if not sizes:
         raise CliError("compress: --codebook-budget found no floating tensor of 2 or more axes to share")
     try:

@@ -189,20 +189,42 @@ def _hessians(args: argparse.Namespace, reader: WeightReader) -> Iterator[None]:
             args.hessian_reader = None
 
 
-def _budget_widths(reader: WeightReader, selected: list[str], args: argparse.Namespace) -> dict[str, int]:
-    """``--budget``: a first pass, one tensor at a time, measuring every width; then the allocation,
-    as ``quantize(budget=...)`` does it (the same widths, the same floor for small tensors)."""
+#: Per tensor: each width's stored bytes, its error; the weight count and the shape.
+CostTables = tuple[dict[str, dict[int, int]], dict[str, dict[int, float]], dict[str, int],
+                   dict[str, tuple[int, ...]]]
+
+
+def width_costs(
+    reader: WeightReader,
+    selected: list[str],
+    costs: Callable[[str, np.ndarray], tuple[dict[int, int], dict[int, float]] | None],
+) -> CostTables:
+    """The first pass of a budget (``quantize --budget``, ``compress --codebook-budget``): one tensor
+    at a time, ``costs(name, w)`` gives each width's stored bytes and error (None leaves the tensor
+    out). Returns the sizes, errors, weight counts and shapes :func:`allocate_bits` takes."""
     sizes: dict[str, dict[int, int]] = {}
     errors: dict[str, dict[int, float]] = {}
     counts: dict[str, int] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     for name in selected:
         w = reader[name]
-        sizes[name], errors[name], counts[name], shapes[name] = {}, {}, int(w.size), w.shape
-        for b in DEFAULT_WIDTHS:
-            q = _quantize_one(args, name, w, b, exact=True, compensate=False)
-            sizes[name][b] = q.nbytes
-            errors[name][b] = noise_to_signal(w, q.dequantize())
+        measured = costs(name, w)
+        if measured is not None:
+            sizes[name], errors[name] = measured
+            counts[name], shapes[name] = int(w.size), tuple(w.shape)
+    return sizes, errors, counts, shapes
+
+
+def _budget_widths(reader: WeightReader, selected: list[str], args: argparse.Namespace) -> dict[str, int]:
+    """``--budget``: a first pass measuring every width; then the allocation, as
+    ``quantize(budget=...)`` does it (the same widths, the same floor for small tensors)."""
+
+    def costs(name: str, w: np.ndarray) -> tuple[dict[int, int], dict[int, float]]:
+        quantized = {b: _quantize_one(args, name, w, b, exact=True, compensate=False) for b in DEFAULT_WIDTHS}
+        return ({b: q.nbytes for b, q in quantized.items()},
+                {b: noise_to_signal(w, q.dequantize()) for b, q in quantized.items()})
+
+    sizes, errors, counts, shapes = width_costs(reader, selected, costs)
     kw = quant_kwargs(args)
     small = small_tensors(shapes) if kw["group_size"] == "auto" and kw["axis"] is None else ()
     return allocate_bits(sizes, errors, counts, args.budget, wide_only=small)
