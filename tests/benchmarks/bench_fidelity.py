@@ -382,13 +382,12 @@ def codebook_method(bits: int | None = None, small_at_8: bool = True, corrected:
         masks = {n: np.ones(w[n].shape, bool) for n in names}  # dense: an exact 0.0 gets a code too
         if budget is not None:
             shared = share_weights(w, budget=budget, masks=masks)
+            chosen = [v.bits for v in shared.values() if isinstance(v, CodebookArray)]  # where the bits went
+            print(f"  codebook budget {budget}: bits {dict(sorted(Counter(chosen).items()))}")
         else:
             assert bits is not None
             shared = share_weights(w, {n: cp.quant_layout.default_bits(w[n].shape, bits) if small_at_8
                                        else bits for n in names}, masks=masks)
-        if budget is not None:  # where the bits went
-            chosen = [v.bits for v in shared.values() if isinstance(v, CodebookArray)]
-            print(f"  codebook budget {budget}: bits {dict(sorted(Counter(chosen).items()))}")
         if corrected:
             shared = cp.correct_bias(w, shared, GRAPH)
         dq = {n: v.dequantize() if isinstance(v, CodebookArray) else v for n, v in shared.items()}
